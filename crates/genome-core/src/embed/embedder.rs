@@ -1,0 +1,188 @@
+//! A text embedding model: ONNX Runtime session + tokenizer + config, ready to run batches.
+
+use ndarray::{Ix2, Ix3};
+use ort::session::{builder::GraphOptimizationLevel, Session};
+use ort::value::TensorRef;
+
+use super::config::{ModelConfig, Pooling};
+use super::pooling::{cls_pool, l2_normalize, mean_pool};
+use super::runtime::{ExecutionProvider, Runtime};
+use super::tokenize::TextTokenizer;
+use crate::{Error, Result};
+
+/// How to build a session. Backends share the machine's cores, so the default is one
+/// intra-op thread (measured: with 2 threads throughput collapses when another process is busy).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionSettings {
+    pub intra_threads: usize,
+    pub provider: ExecutionProvider,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self { intra_threads: 1, provider: ExecutionProvider::Cpu }
+    }
+}
+
+pub struct TextEmbedder {
+    session: Session,
+    tokenizer: TextTokenizer,
+    config: ModelConfig,
+    settings: SessionSettings,
+}
+
+fn model_err(e: impl std::fmt::Display) -> Error {
+    Error::ModelLoad(e.to_string())
+}
+
+impl TextEmbedder {
+    pub fn new(
+        runtime: &Runtime,
+        onnx: &[u8],
+        tokenizer_json: &[u8],
+        config: ModelConfig,
+        settings: SessionSettings,
+    ) -> Result<Self> {
+        config.validate()?;
+        let tokenizer = TextTokenizer::from_json(tokenizer_json, config.max_tokens)?;
+        let mut builder = Session::builder(&runtime.env)
+            .map_err(model_err)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(model_err)?
+            .with_intra_threads(settings.intra_threads.max(1))
+            .map_err(model_err)?
+            .with_inter_threads(1)
+            .map_err(model_err)?;
+        builder = register_provider(builder, settings.provider)?;
+        let session = builder.commit_from_memory(onnx).map_err(model_err)?;
+        let me = Self { session, tokenizer, config, settings };
+        me.check_signature()?;
+        Ok(me)
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn settings(&self) -> SessionSettings {
+        self.settings
+    }
+
+    /// The graph must have the inputs and the output the config names.
+    fn check_signature(&self) -> Result<()> {
+        let inputs: Vec<&str> = self.session.inputs().iter().map(|o| o.name()).collect();
+        for name in &self.config.input_names {
+            if !inputs.contains(&name.as_str()) {
+                return Err(Error::ModelMismatch(format!(
+                    "config names input \"{name}\" but the model's inputs are {inputs:?}"
+                )));
+            }
+        }
+        if inputs.len() != self.config.input_names.len() {
+            return Err(Error::ModelMismatch(format!(
+                "the model has inputs {inputs:?}, the config names {:?}",
+                self.config.input_names
+            )));
+        }
+        let outputs: Vec<&str> = self.session.outputs().iter().map(|o| o.name()).collect();
+        if !outputs.contains(&self.config.output_name.as_str()) {
+            return Err(Error::ModelMismatch(format!(
+                "config names output \"{}\" but the model's outputs are {outputs:?}",
+                self.config.output_name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Embed a batch; one vector per text, in order. Callers chunk large inputs by the batch
+    /// size and check for cancellation between chunks.
+    pub fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let enc = self.tokenizer.encode_batch(texts)?;
+        let names = &self.config.input_names;
+        let inf = |e: ort::Error| Error::Inference(e.to_string());
+        let mut inputs = vec![
+            (names[0].clone(), TensorRef::from_array_view(enc.ids.view()).map_err(inf)?.into_dyn()),
+            (names[1].clone(), TensorRef::from_array_view(enc.mask.view()).map_err(inf)?.into_dyn()),
+        ];
+        if names.len() == 3 {
+            inputs.push((
+                names[2].clone(),
+                TensorRef::from_array_view(enc.type_ids.view()).map_err(inf)?.into_dyn(),
+            ));
+        }
+        let dim = self.config.dimension;
+        let pooling = self.config.pooling;
+        let normalize = self.config.normalize;
+        let output_name = self.config.output_name.clone();
+        let outputs = self.session.run(inputs).map_err(inf)?;
+        let value = outputs
+            .get(output_name.as_str())
+            .ok_or_else(|| Error::ModelMismatch(format!("output \"{output_name}\" missing")))?;
+        let arr = value.try_extract_array::<f32>().map_err(|e| {
+            Error::ModelMismatch(format!("output \"{output_name}\" is not a float32 tensor: {e}"))
+        })?;
+        let shape = arr.shape().to_vec();
+        let bad_shape = |what: &str| {
+            Error::ModelMismatch(format!(
+                "output \"{output_name}\" has shape {shape:?}; {what} (config: pooling {pooling:?}, dimension {dim})"
+            ))
+        };
+        let mut vectors = match pooling {
+            Pooling::Mean | Pooling::Cls => {
+                let h = arr
+                    .into_dimensionality::<Ix3>()
+                    .map_err(|_| bad_shape("expected [batch, tokens, dimension]"))?;
+                if h.dim().0 != texts.len() || h.dim().1 != enc.ids.dim().1 || h.dim().2 != dim {
+                    return Err(bad_shape("expected [batch, tokens, dimension]"));
+                }
+                if pooling == Pooling::Mean {
+                    mean_pool(h, enc.mask.view())
+                } else {
+                    cls_pool(h)
+                }
+            }
+            Pooling::None => {
+                let h = arr
+                    .into_dimensionality::<Ix2>()
+                    .map_err(|_| bad_shape("expected [batch, dimension] with pooling none"))?;
+                if h.dim() != (texts.len(), dim) {
+                    return Err(bad_shape("expected [batch, dimension] with pooling none"));
+                }
+                h.outer_iter().map(|r| r.to_vec()).collect()
+            }
+        };
+        if vectors.iter().flatten().any(|x| !x.is_finite()) {
+            return Err(Error::Inference("model produced NaN or infinite values".into()));
+        }
+        if normalize {
+            vectors.iter_mut().for_each(|v| l2_normalize(v));
+        }
+        Ok(vectors)
+    }
+}
+
+fn register_provider(
+    builder: ort::session::builder::SessionBuilder,
+    provider: ExecutionProvider,
+) -> Result<ort::session::builder::SessionBuilder> {
+    match provider {
+        ExecutionProvider::Cpu => Ok(builder),
+        #[cfg(feature = "cuda")]
+        ExecutionProvider::Cuda => builder
+            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+            .map_err(|e| Error::Provider {
+                provider: "cuda".into(),
+                reason: format!(
+                    "{e} (onnxruntime-gpu's libonnxruntime_providers_cuda.so and CUDA/cuDNN libraries must be loadable)"
+                ),
+            }),
+        #[cfg(not(feature = "cuda"))]
+        ExecutionProvider::Cuda => Err(Error::Provider {
+            provider: "cuda".into(),
+            reason: "pg_genome was built without the `cuda` cargo feature".into(),
+        }),
+    }
+}

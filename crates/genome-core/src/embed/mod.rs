@@ -1,0 +1,11 @@
+//! Text embeddings: registry config, tokenization, ONNX Runtime sessions and pooling.
+
+pub mod config;
+pub mod embedder;
+pub mod pooling;
+pub mod runtime;
+pub mod tokenize;
+
+pub use config::{ModelConfig, Pooling};
+pub use embedder::{SessionSettings, TextEmbedder};
+pub use runtime::{ExecutionProvider, Runtime};

@@ -1,0 +1,10 @@
+//! pg_genome's core: model code and algorithms that do not need PostgreSQL.
+//!
+//! The pgrx extension (the workspace root) is a thin layer over this crate: it reads
+//! arguments and GUCs, fetches model rows with SPI and maps [`Error`] to PostgreSQL ERRORs.
+//! Everything here is tested with plain `cargo test`.
+
+pub mod embed;
+pub mod error;
+
+pub use error::{Error, Result};

@@ -1,0 +1,23 @@
+# Shared settings for the project's scripts (sourced, not run).
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE="$REPO/.genome"                     # everything generated: venv, models, data, cluster (git-ignored)
+PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
+PG_BIN="/usr/lib/postgresql/15/bin"
+GENOME_PORT="${GENOME_PORT:-55432}"
+PGDATA_DIR="$STATE/pgdata"
+PGSOCK_DIR="$STATE/run"
+PGLOG="$STATE/postgres.log"
+VENV="$STATE/venv"
+MODELS="$STATE/models"
+ORT_VERSION="1.31.1"
+export PGHOST=127.0.0.1 PGPORT="$GENOME_PORT" PGUSER=postgres PGDATABASE=genome
+export CARGO_PGRX_DISABLE_GC_SECTIONS_WORKAROUND=1
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# Where the server reads installed files from (also used by the tests).
+pg_pkglibdir() { "$PG_CONFIG" --pkglibdir; }
+pg_sharedir() { "$PG_CONFIG" --sharedir; }
+ORT_LIB_DIR() { echo "$(pg_pkglibdir)/pg_genome"; }
+MODEL_INSTALL_DIR() { echo "$(pg_sharedir)/pg_genome/models"; }
+
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }

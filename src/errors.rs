@@ -1,0 +1,57 @@
+//! Map core errors to PostgreSQL ERRORs with a SQLSTATE, a message and a hint.
+
+use genome_core::Error;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+pub fn report(e: Error) -> ! {
+    let (code, hint) = match &e {
+        Error::RuntimeLoad { .. } => (
+            PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
+            Some("set genome.onnxruntime_library to the path of libonnxruntime.so (ONNX Runtime >= 1.24)"),
+        ),
+        Error::Config(_) => (PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, None),
+        Error::Tokenizer(_) => (
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            Some("the tokenizer must be a Hugging Face tokenizer.json"),
+        ),
+        Error::ModelLoad(_) => (
+            PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION,
+            Some("the model's ONNX bytes could not be parsed; re-register it from a valid .onnx file"),
+        ),
+        Error::ModelMismatch(_) => (
+            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            Some("fix the model's config (output_name, input_names, pooling, dimension) in genome.models"),
+        ),
+        Error::Provider { .. } => (
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            Some("SET genome.execution_provider = 'cpu' to run on the CPU"),
+        ),
+        Error::Inference(_) => (PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, None),
+    };
+    let mut r = ErrorReport::new(code, format!("pg_genome: {e}"), "pg_genome");
+    if let Some(h) = hint {
+        r = r.set_hint(h);
+    }
+    r.report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
+pub fn raise(code: PgSqlErrorCode, msg: String, hint: Option<String>) -> ! {
+    let mut r = ErrorReport::new(code, format!("pg_genome: {msg}"), "pg_genome");
+    if let Some(h) = hint {
+        r = r.set_hint(h);
+    }
+    r.report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
+pub trait OrReport<T> {
+    fn or_report(self) -> T;
+}
+
+impl<T> OrReport<T> for genome_core::Result<T> {
+    fn or_report(self) -> T {
+        self.unwrap_or_else(|e| report(e))
+    }
+}

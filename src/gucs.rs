@@ -1,0 +1,94 @@
+//! Every `genome.*` setting, in one place. Documented in the README.
+
+use std::ffi::CString;
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
+
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Provider {
+    #[name = c"cpu"]
+    Cpu,
+    #[name = c"cuda"]
+    Cuda,
+}
+
+pub static DEFAULT_MODEL: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"all-minilm-l6-v2"));
+pub static ONNXRUNTIME_LIBRARY: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"$libdir/pg_genome/libonnxruntime.so.1.31.1"));
+pub static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(32);
+pub static EXECUTION_PROVIDER: GucSetting<Provider> = GucSetting::<Provider>::new(Provider::Cpu);
+pub static MODEL_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(2);
+
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"genome.default_model",
+        c"Model used when a function's model argument is NULL.",
+        c"A registered model name, optionally name@version; the newest version when none is given.",
+        &DEFAULT_MODEL,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    // SUSET: loading a shared library runs its code inside the server.
+    GucRegistry::define_string_guc(
+        c"genome.onnxruntime_library",
+        c"Path of the ONNX Runtime shared library (libonnxruntime.so).",
+        c"$libdir expands to PostgreSQL's package library directory. Loaded once per backend, on first use.",
+        &ONNXRUNTIME_LIBRARY,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"genome.intra_op_threads",
+        c"ONNX Runtime intra-op threads per backend.",
+        c"Default 1: backends share the machine's cores.",
+        &INTRA_OP_THREADS,
+        1,
+        64,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"genome.batch_size",
+        c"Texts per model run in batch functions.",
+        c"Cancellation is checked between batches.",
+        &BATCH_SIZE,
+        1,
+        4096,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"genome.execution_provider",
+        c"ONNX Runtime execution provider: cpu or cuda.",
+        c"cuda needs a build with the `cuda` feature and onnxruntime-gpu's provider libraries.",
+        &EXECUTION_PROVIDER,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"genome.model_cache_size",
+        c"Model sessions kept loaded per backend (least recently used are dropped).",
+        c"",
+        &MODEL_CACHE_SIZE,
+        1,
+        64,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+}
+
+pub fn string(s: &GucSetting<Option<CString>>) -> Option<String> {
+    s.get().map(|c| c.to_string_lossy().into_owned()).filter(|s| !s.trim().is_empty())
+}
+
+/// The runtime library path with `$libdir` expanded.
+pub fn onnxruntime_library() -> String {
+    let raw = string(&ONNXRUNTIME_LIBRARY).unwrap_or_default();
+    if let Some(rest) = raw.strip_prefix("$libdir") {
+        format!("{}{}", crate::pkglib_dir(), rest)
+    } else {
+        raw
+    }
+}

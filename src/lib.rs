@@ -1,0 +1,55 @@
+//! pg_genome: the pgrx layer. Arguments, SPI, GUCs and errors live here; models and algorithms
+//! live in `genome-core` (no PostgreSQL dependency, tested with plain `cargo test`).
+
+use pgrx::prelude::*;
+
+::pgrx::pg_module_magic!(name, version);
+
+pub mod embed;
+pub mod errors;
+pub mod gucs;
+pub mod models;
+pub mod vector;
+
+/// PostgreSQL's package library directory (`$libdir`).
+pub fn pkglib_dir() -> String {
+    unsafe {
+        std::ffi::CStr::from_ptr(std::ptr::addr_of!(pgrx::pg_sys::pkglib_path) as *const std::ffi::c_char)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// PostgreSQL's share directory (models installed by the set-up live under it).
+pub fn share_dir() -> String {
+    unsafe {
+        let mut buf = vec![0 as std::ffi::c_char; pgrx::pg_sys::MAXPGPATH as usize];
+        pgrx::pg_sys::get_share_path(std::ptr::addr_of!(pgrx::pg_sys::my_exec_path) as *const _, buf.as_mut_ptr());
+        std::ffi::CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+    }
+}
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    // Only GUCs here: ONNX Runtime is loaded lazily in the backend that needs it, never in the
+    // postmaster (its threads would not survive fork()).
+    gucs::init();
+}
+
+extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'pg_genome'"]
+    }
+}

@@ -1,0 +1,364 @@
+//! The model registry (`genome.models`) and the per-process session cache.
+//!
+//! Models are registered explicitly; nothing is downloaded. A backend loads a model's ONNX
+//! session and tokenizer once and keeps it in an LRU cache keyed by the row id; the row's xmin
+//! (changes whenever the row is updated) and the session settings are checked on every statement,
+//! so re-registering or editing a model invalidates the cached session.
+
+use std::cell::RefCell;
+use std::num::NonZeroUsize;
+
+use genome_core::embed::{ExecutionProvider, ModelConfig, Runtime, SessionSettings, TextEmbedder};
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgSqlErrorCode};
+use sha2::{Digest, Sha256};
+
+use crate::errors::{raise, OrReport};
+use crate::gucs;
+
+/// One registry row, without the (large) model bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelRow {
+    pub id: i64,
+    pub name: String,
+    pub version: String,
+    pub task: String,
+    pub dimension: i32,
+    pub config: String,
+    pub row_version: i64,
+}
+
+struct Loaded {
+    row_version: i64,
+    threads: usize,
+    provider: ExecutionProvider,
+    embedder: TextEmbedder,
+}
+
+thread_local! {
+    static CACHE: RefCell<lru::LruCache<i64, Loaded>> =
+        RefCell::new(lru::LruCache::new(NonZeroUsize::new(64).unwrap()));
+}
+
+/// `name` or `name@version`; NULL means `genome.default_model`.
+pub fn parse_spec(spec: Option<&str>) -> (String, Option<String>) {
+    let spec = spec
+        .map(str::to_string)
+        .or_else(|| gucs::string(&gucs::DEFAULT_MODEL))
+        .unwrap_or_else(|| {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "no model given and genome.default_model is empty".into(),
+                None,
+            )
+        });
+    match spec.split_once('@') {
+        Some((n, v)) => (n.trim().to_string(), Some(v.trim().to_string())),
+        None => (spec.trim().to_string(), None),
+    }
+}
+
+/// Find the registry row for a model spec; the newest version when none is given.
+pub fn resolve(spec: Option<&str>) -> ModelRow {
+    let (name, version) = parse_spec(spec);
+    let row = Spi::connect(|client| {
+        let t = client.select(
+            "SELECT id, name, version, task, dimension, config::text, xmin::text::bigint \
+               FROM genome.models WHERE name = $1 AND ($2::text IS NULL OR version = $2) \
+              ORDER BY created_at DESC, id DESC LIMIT 1",
+            None,
+            &[name.as_str().into(), version.clone().into()],
+        )?;
+        let mut out = None;
+        for r in t {
+            out = Some(ModelRow {
+                id: r.get::<i64>(1)?.unwrap_or_default(),
+                name: r.get::<String>(2)?.unwrap_or_default(),
+                version: r.get::<String>(3)?.unwrap_or_default(),
+                task: r.get::<String>(4)?.unwrap_or_default(),
+                dimension: r.get::<i32>(5)?.unwrap_or_default(),
+                config: r.get::<String>(6)?.unwrap_or_default(),
+                row_version: r.get::<i64>(7)?.unwrap_or_default(),
+            });
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    })
+    .unwrap_or_else(|e| error!("pg_genome: reading genome.models failed: {e}"));
+    match row {
+        Some(r) => r,
+        None => {
+            let names = Spi::get_one::<String>(
+                "SELECT string_agg(DISTINCT name || '@' || version, ', ') FROM genome.models",
+            )
+            .ok()
+            .flatten();
+            let what = match &version {
+                Some(v) => format!("model \"{name}\" version \"{v}\" is not registered"),
+                None => format!("model \"{name}\" is not registered"),
+            };
+            match names {
+                None => raise(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                    format!("{what}: the model registry genome.models is empty"),
+                    Some("register a model with genome.register_model(...) or genome.register_model_dir(...)".into()),
+                ),
+                Some(list) => raise(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                    what,
+                    Some(format!("registered models: {list}")),
+                ),
+            }
+        }
+    }
+}
+
+fn current_settings() -> SessionSettings {
+    let provider = match gucs::EXECUTION_PROVIDER.get() {
+        gucs::Provider::Cpu => ExecutionProvider::Cpu,
+        gucs::Provider::Cuda => ExecutionProvider::Cuda,
+    };
+    SessionSettings { intra_threads: gucs::INTRA_OP_THREADS.get().max(1) as usize, provider }
+}
+
+pub fn runtime() -> &'static Runtime {
+    Runtime::get_or_load(&gucs::onnxruntime_library()).or_report()
+}
+
+/// Run `f` with the loaded embedder for `row`, loading it on first use or after a change.
+pub fn with_embedder<R>(row: &ModelRow, f: impl FnOnce(&mut TextEmbedder) -> R) -> R {
+    if row.task != "text-embedding" {
+        raise(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("model \"{}@{}\" is a {} model, not a text-embedding model", row.name, row.version, row.task),
+            None,
+        );
+    }
+    let settings = current_settings();
+    let fresh = CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        c.resize(NonZeroUsize::new(gucs::MODEL_CACHE_SIZE.get().max(1) as usize).unwrap());
+        matches!(c.get(&row.id), Some(l) if l.row_version == row.row_version
+            && l.threads == settings.intra_threads && l.provider == settings.provider)
+    });
+    if !fresh {
+        // Drop the stale session before building the new one: two 90 MB sessions at once
+        // would double the backend's peak memory for nothing.
+        CACHE.with(|c| c.borrow_mut().pop(&row.id));
+        let embedder = load_embedder(row, settings);
+        CACHE.with(|c| {
+            c.borrow_mut().put(
+                row.id,
+                Loaded {
+                    row_version: row.row_version,
+                    threads: settings.intra_threads,
+                    provider: settings.provider,
+                    embedder,
+                },
+            )
+        });
+    }
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        let loaded = c.get_mut(&row.id).expect("model just cached");
+        f(&mut loaded.embedder)
+    })
+}
+
+fn load_embedder(row: &ModelRow, settings: SessionSettings) -> TextEmbedder {
+    let config = ModelConfig::from_json(&row.config).or_report();
+    let (onnx, path, tokenizer) = Spi::connect(|client| {
+        let t = client.select(
+            "SELECT onnx, onnx_path, tokenizer FROM genome.models WHERE id = $1",
+            None,
+            &[row.id.into()],
+        )?;
+        let mut out = (None, None, None);
+        for r in t {
+            out = (r.get::<Vec<u8>>(1)?, r.get::<String>(2)?, r.get::<String>(3)?);
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    })
+    .unwrap_or_else(|e| error!("pg_genome: reading genome.models failed: {e}"));
+    let onnx = match (onnx, path) {
+        (Some(b), _) => b,
+        (None, Some(p)) => std::fs::read(&p).unwrap_or_else(|e| {
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
+                format!("model \"{}@{}\": cannot read ONNX file \"{p}\": {e}", row.name, row.version),
+                None,
+            )
+        }),
+        (None, None) => raise(
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!("model \"{}@{}\" has neither ONNX bytes nor a path", row.name, row.version),
+            None,
+        ),
+    };
+    let tokenizer = tokenizer.unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("text model \"{}@{}\" has no tokenizer", row.name, row.version),
+            None,
+        )
+    });
+    let embedder = TextEmbedder::new(runtime(), &onnx, tokenizer.as_bytes(), config, settings).or_report();
+    log!("pg_genome: loaded model {}@{} ({} bytes, provider {})", row.name, row.version, onnx.len(), settings.provider.name());
+    embedder
+}
+
+/// Names must be usable in specs (`name@version`) and file names.
+fn check_name(what: &str, s: &str) {
+    let ok = !s.is_empty()
+        && s.len() <= 100
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !ok {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid model {what} \"{s}\": use 1-100 characters of letters, digits, '.', '_' and '-'"),
+            None,
+        );
+    }
+}
+
+/// Parse the config, and load + run the model once so that a model that cannot load, or whose
+/// output does not fit its config, is refused at registration rather than at first use.
+fn validate(onnx: &[u8], tokenizer: &str, config: &str, task: &str, check_run: bool) -> ModelConfig {
+    if task != "text-embedding" {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("unknown task \"{task}\" (supported: text-embedding)"),
+            None,
+        );
+    }
+    let cfg = ModelConfig::from_json(config).or_report();
+    if check_run {
+        let mut e = TextEmbedder::new(runtime(), onnx, tokenizer.as_bytes(), cfg.clone(), current_settings()).or_report();
+        let out = e.embed(&["pg_genome registration check"]).or_report();
+        if out.len() != 1 || out[0].len() != cfg.dimension {
+            raise(
+                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                format!("model output has dimension {} but the config says {}", out.first().map_or(0, |v| v.len()), cfg.dimension),
+                None,
+            );
+        }
+    }
+    cfg
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+fn insert(name: &str, version: &str, task: &str, cfg: &ModelConfig, onnx: Option<&[u8]>, path: Option<&str>,
+          tokenizer: &str, config: &str, sha: &str) -> i64 {
+    Spi::get_one_with_args::<i64>(
+        "INSERT INTO genome.models (name, version, task, dimension, onnx, onnx_path, tokenizer, config, sha256) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9) RETURNING id",
+        &[
+            name.into(),
+            version.into(),
+            task.into(),
+            (cfg.dimension as i32).into(),
+            onnx.map(|b| b.to_vec()).into(),
+            path.into(),
+            tokenizer.into(),
+            config.into(),
+            sha.into(),
+        ],
+    )
+    .unwrap_or_else(|e| {
+        let msg = e.to_string();
+        if msg.contains("duplicate key") || msg.contains("models_name_version_key") {
+            raise(
+                PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+                format!("model \"{name}\" version \"{version}\" is already registered"),
+                Some("register a new version, or DELETE FROM genome.models the old row first".into()),
+            )
+        }
+        error!("pg_genome: registering the model failed: {msg}")
+    })
+    .expect("INSERT ... RETURNING gives a row")
+}
+
+/// Register a model from its bytes. Returns the new row's id.
+#[pg_extern(volatile)]
+pub fn register_model(
+    name: &str,
+    version: &str,
+    onnx: &[u8],
+    tokenizer: &str,
+    config: pgrx::JsonB,
+    task: default!(&str, "'text-embedding'"),
+    validate_model: default!(bool, true),
+) -> i64 {
+    check_name("name", name);
+    check_name("version", version);
+    let config = config.0.to_string();
+    let cfg = validate(onnx, tokenizer, &config, task, validate_model);
+    insert(name, version, task, &cfg, Some(onnx), None, tokenizer, &config, &sha256_hex(onnx))
+}
+
+/// Register a model whose ONNX file stays on the server (`onnx_path`), read at load time.
+/// For superusers and members of pg_read_server_files, as reading server files is.
+#[pg_extern(volatile)]
+pub fn register_model_path(
+    name: &str,
+    version: &str,
+    onnx_path: &str,
+    tokenizer: &str,
+    config: pgrx::JsonB,
+    task: default!(&str, "'text-embedding'"),
+    validate_model: default!(bool, true),
+) -> i64 {
+    let allowed = unsafe {
+        pg_sys::superuser()
+            || pg_sys::has_privs_of_role(pg_sys::GetUserId(), pg_sys::Oid::from(pg_sys::ROLE_PG_READ_SERVER_FILES))
+    };
+    if !allowed {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "registering a model by server path requires superuser or pg_read_server_files".into(),
+            None,
+        );
+    }
+    if !std::path::Path::new(onnx_path).is_absolute() {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("onnx_path \"{onnx_path}\" must be absolute"), None);
+    }
+    check_name("name", name);
+    check_name("version", version);
+    let onnx = std::fs::read(onnx_path).unwrap_or_else(|e| {
+        raise(PgSqlErrorCode::ERRCODE_UNDEFINED_FILE, format!("cannot read \"{onnx_path}\": {e}"), None)
+    });
+    let config = config.0.to_string();
+    let cfg = validate(&onnx, tokenizer, &config, task, validate_model);
+    insert(name, version, task, &cfg, None, Some(onnx_path), tokenizer, &config, &sha256_hex(&onnx))
+}
+
+/// Drop every cached session of this backend (they reload on next use).
+#[pg_extern(volatile)]
+pub fn clear_model_cache() -> i64 {
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        let n = c.len() as i64;
+        c.clear();
+        n
+    })
+}
+
+/// What this backend has loaded: for tests of the cache and for health checks.
+#[pg_extern(volatile)]
+pub fn loaded_models() -> TableIterator<'static, (name!(model_id, i64), name!(row_version, i64), name!(intra_op_threads, i32), name!(execution_provider, String))> {
+    let rows: Vec<_> = CACHE.with(|c| {
+        c.borrow()
+            .iter()
+            .map(|(id, l)| (*id, l.row_version, l.threads as i32, l.provider.name().to_string()))
+            .collect()
+    });
+    TableIterator::new(rows)
+}
+
+/// The ONNX Runtime this backend loaded (NULL when none yet).
+#[pg_extern(volatile)]
+pub fn onnxruntime_version() -> Option<String> {
+    Runtime::loaded().map(|r| r.version.clone())
+}
