@@ -25,11 +25,12 @@ pub struct ModelRow {
     pub task: String,
     pub dimension: i32,
     pub config: String,
-    pub row_version: i64,
+    /// `xmin:ctid` of the row: changes whenever the row is updated, even inside one transaction.
+    pub row_version: String,
 }
 
 struct Loaded {
-    row_version: i64,
+    row_version: String,
     threads: usize,
     provider: ExecutionProvider,
     embedder: TextEmbedder,
@@ -63,7 +64,7 @@ pub fn resolve(spec: Option<&str>) -> ModelRow {
     let (name, version) = parse_spec(spec);
     let row = Spi::connect(|client| {
         let t = client.select(
-            "SELECT id, name, version, task, dimension, config::text, xmin::text::bigint \
+            "SELECT id, name, version, task, dimension, config::text, xmin::text || ':' || ctid::text \
                FROM genome.models WHERE name = $1 AND ($2::text IS NULL OR version = $2) \
               ORDER BY created_at DESC, id DESC LIMIT 1",
             None,
@@ -78,7 +79,7 @@ pub fn resolve(spec: Option<&str>) -> ModelRow {
                 task: r.get::<String>(4)?.unwrap_or_default(),
                 dimension: r.get::<i32>(5)?.unwrap_or_default(),
                 config: r.get::<String>(6)?.unwrap_or_default(),
-                row_version: r.get::<i64>(7)?.unwrap_or_default(),
+                row_version: r.get::<String>(7)?.unwrap_or_default(),
             });
         }
         Ok::<_, pgrx::spi::SpiError>(out)
@@ -149,7 +150,7 @@ pub fn with_embedder<R>(row: &ModelRow, f: impl FnOnce(&mut TextEmbedder) -> R) 
             c.borrow_mut().put(
                 row.id,
                 Loaded {
-                    row_version: row.row_version,
+                    row_version: row.row_version.clone(),
                     threads: settings.intra_threads,
                     provider: settings.provider,
                     embedder,
@@ -232,15 +233,9 @@ fn validate(onnx: &[u8], tokenizer: &str, config: &str, task: &str, check_run: b
     }
     let cfg = ModelConfig::from_json(config).or_report();
     if check_run {
+        // embed() checks the output's shape against the config (pooling, dimension).
         let mut e = TextEmbedder::new(runtime(), onnx, tokenizer.as_bytes(), cfg.clone(), current_settings()).or_report();
-        let out = e.embed(&["pg_genome registration check"]).or_report();
-        if out.len() != 1 || out[0].len() != cfg.dimension {
-            raise(
-                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
-                format!("model output has dimension {} but the config says {}", out.first().map_or(0, |v| v.len()), cfg.dimension),
-                None,
-            );
-        }
+        e.embed(&["pg_genome registration check"]).or_report();
     }
     cfg
 }
@@ -251,6 +246,20 @@ fn sha256_hex(b: &[u8]) -> String {
 
 fn insert(name: &str, version: &str, task: &str, cfg: &ModelConfig, onnx: Option<&[u8]>, path: Option<&str>,
           tokenizer: &str, config: &str, sha: &str) -> i64 {
+    // SPI raises a unique violation as an ERROR of its own; check first for a clearer message.
+    let exists = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM genome.models WHERE name = $1 AND version = $2)",
+        &[name.into(), version.into()],
+    )
+    .unwrap_or_default()
+    .unwrap_or(false);
+    if exists {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+            format!("model \"{name}\" version \"{version}\" is already registered"),
+            Some("register a new version, or DELETE FROM genome.models the old row first".into()),
+        )
+    }
     Spi::get_one_with_args::<i64>(
         "INSERT INTO genome.models (name, version, task, dimension, onnx, onnx_path, tokenizer, config, sha256) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9) RETURNING id",
@@ -266,17 +275,7 @@ fn insert(name: &str, version: &str, task: &str, cfg: &ModelConfig, onnx: Option
             sha.into(),
         ],
     )
-    .unwrap_or_else(|e| {
-        let msg = e.to_string();
-        if msg.contains("duplicate key") || msg.contains("models_name_version_key") {
-            raise(
-                PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
-                format!("model \"{name}\" version \"{version}\" is already registered"),
-                Some("register a new version, or DELETE FROM genome.models the old row first".into()),
-            )
-        }
-        error!("pg_genome: registering the model failed: {msg}")
-    })
+    .unwrap_or_else(|e| error!("pg_genome: registering the model failed: {e}"))
     .expect("INSERT ... RETURNING gives a row")
 }
 
@@ -347,11 +346,11 @@ pub fn clear_model_cache() -> i64 {
 
 /// What this backend has loaded: for tests of the cache and for health checks.
 #[pg_extern(volatile)]
-pub fn loaded_models() -> TableIterator<'static, (name!(model_id, i64), name!(row_version, i64), name!(intra_op_threads, i32), name!(execution_provider, String))> {
+pub fn loaded_models() -> TableIterator<'static, (name!(model_id, i64), name!(row_version, String), name!(intra_op_threads, i32), name!(execution_provider, String))> {
     let rows: Vec<_> = CACHE.with(|c| {
         c.borrow()
             .iter()
-            .map(|(id, l)| (*id, l.row_version, l.threads as i32, l.provider.name().to_string()))
+            .map(|(id, l)| (*id, l.row_version.clone(), l.threads as i32, l.provider.name().to_string()))
             .collect()
     });
     TableIterator::new(rows)

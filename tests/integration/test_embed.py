@@ -56,7 +56,7 @@ ERRORS = [
     ("SELECT genome.register_model('bad', '1', onnx, tokenizer, config || '{\"output_name\": \"logits\"}') FROM genome.models WHERE name='tiny-bert'",
      "config names output \"logits\""),
     ("SELECT genome.register_model('bad', '1', onnx, tokenizer, config || '{\"dimension\": 384}') FROM genome.models WHERE name='tiny-bert'",
-     "model output has dimension 32 but the config says 384"),
+     "has shape [1, 7, 32]; expected [batch, tokens, dimension]"),
     ("SELECT genome.register_model('bad name', '1', onnx, tokenizer, config) FROM genome.models WHERE name='tiny-bert'",
      "invalid model name"),
     ("SELECT genome.register_model_path('bad', '1', 'relative/model.onnx', '', '{}')", "must be absolute"),
