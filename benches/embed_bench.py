@@ -2,9 +2,9 @@
 """Embedding throughput, peers side by side in one run (not a test).
 
 Same texts (the sample data: real fortunes), same model file (all-minilm-l6-v2 fp32 ONNX),
-one intra-op thread everywhere, batch 32 unless stated:
+one intra-op thread everywhere:
   1. PostgreSQL, row by row:  UPDATE bench SET e = genome.embed(body)
-  2. PostgreSQL, batch form:  UPDATE ... FROM unnest(genome.embed_batch(array_agg(body)))
+  2. PostgreSQL, batch form:  UPDATE ... FROM unnest(genome.embed_batch(array_agg(body))), genome.batch_size 8 and 32
   3. the raw Rust embedder outside PostgreSQL (genome-core, example embed_bench), batch 1 and 32
   4. Python onnxruntime + tokenizers (same model, same tokenizer settings), batch 1 and 32
   5. sentence-transformers, only if it is installed (the set-up does not install PyTorch)
@@ -39,7 +39,7 @@ def backend_rss(c):
 
 
 with pg() as c:
-    c.execute("SET genome.intra_op_threads = 1; SET genome.batch_size = 32")
+    c.execute("SET genome.intra_op_threads = 1")
     c.execute("DROP TABLE IF EXISTS bench_embed")
     c.execute("CREATE UNLOGGED TABLE bench_embed (id int PRIMARY KEY, body text, e vector(384))")
     with c.cursor().copy("COPY bench_embed (id, body) FROM STDIN") as cp:
@@ -49,11 +49,13 @@ with pg() as c:
     t0 = time.perf_counter()
     c.execute("UPDATE bench_embed SET e = genome.embed(body)")
     results["postgres genome.embed, UPDATE row by row"] = N / (time.perf_counter() - t0)
-    c.execute("UPDATE bench_embed SET e = NULL")
-    t0 = time.perf_counter()
-    c.execute("""WITH b AS (SELECT array_agg(id ORDER BY id) ids, genome.embed_batch(array_agg(body ORDER BY id)) v FROM bench_embed)
-                 UPDATE bench_embed t SET e = u.v FROM b, unnest(b.ids, b.v) u(id, v) WHERE t.id = u.id""")
-    results["postgres genome.embed_batch (batch 32), UPDATE"] = N / (time.perf_counter() - t0)
+    for bs in (8, 32):
+        c.execute("UPDATE bench_embed SET e = NULL")
+        c.execute(f"SET genome.batch_size = {bs}")
+        t0 = time.perf_counter()
+        c.execute("""WITH b AS (SELECT array_agg(id ORDER BY id) ids, genome.embed_batch(array_agg(body ORDER BY id)) v FROM bench_embed)
+                     UPDATE bench_embed t SET e = u.v FROM b, unnest(b.ids, b.v) u(id, v) WHERE t.id = u.id""")
+        results[f"postgres genome.embed_batch (batch {bs}), UPDATE"] = N / (time.perf_counter() - t0)
     rss, hwm = backend_rss(c)
     c.execute("DROP TABLE bench_embed")
 
@@ -63,7 +65,7 @@ with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
 subprocess.run(["cargo", "build", "-q", "--release", "-p", "genome-core", "--example", "embed_bench"], cwd=REPO, check=True)
 exe = REPO / "target" / "release" / "examples" / "embed_bench"
 rust_rss = 0
-for b in (1, 32):
+for b in (1, 8, 32):
     out = json.loads(subprocess.check_output([exe, ORT_LIB, MODEL, tfile, str(b)], text=True))
     results[f"rust genome-core outside postgres, batch {b}"] = out["texts"] / out["seconds"]
     rust_rss = max(rust_rss, out["peak_rss_mib"])
@@ -88,7 +90,7 @@ def py_embed(batch):
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-for b in (1, 32):
+for b in (1, 8, 32):
     py_embed(texts[:b])
     t0 = time.perf_counter()
     for i in range(0, N, b):
@@ -106,9 +108,9 @@ try:
 except ImportError:
     print("sentence-transformers not installed: skipped (the set-up does not install PyTorch)")
 
-base = results["python onnxruntime, batch 32"]
+base = results["python onnxruntime, batch 1"]
 print(f"\n{N} real texts (fortunes sample), all-minilm-l6-v2 fp32, 1 intra-op thread, {os.cpu_count()} cores")
-print(f"{'path':55s} {'texts/s':>9s} {'vs python ort b32':>18s}")
+print(f"{'path':55s} {'texts/s':>9s} {'vs python ort b1':>18s}")
 for k, v in results.items():
     print(f"{k:55s} {v:9.1f} {v / base:17.2f}x")
 print(f"\npostgres backend RSS after the run: {rss} MiB (peak {hwm} MiB); rust process peak RSS: {rust_rss} MiB")

