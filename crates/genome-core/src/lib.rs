@@ -4,6 +4,7 @@
 //! arguments and GUCs, fetches model rows with SPI and maps [`Error`] to PostgreSQL ERRORs.
 //! Everything here is tested with plain `cargo test`.
 
+pub mod cluster;
 pub mod embed;
 pub mod error;
 

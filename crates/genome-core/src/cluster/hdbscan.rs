@@ -1,0 +1,386 @@
+//! Exact HDBSCAN with scikit-learn's semantics (`sklearn.cluster.HDBSCAN`, metric euclidean,
+//! cluster_selection_method "eom", cluster_selection_epsilon 0, alpha 1):
+//! core distances (the k-th nearest neighbour with the point itself counted, k = min_samples),
+//! mutual reachability, minimum spanning tree (Prim), single-linkage tree, condensed tree with
+//! min_cluster_size, excess-of-mass selection, labels (-1 = noise) and membership probabilities.
+//!
+//! O(n^2 d) time and O(n) memory: distances are recomputed rather than stored, so 20k x 384 fits.
+//! The heavy loops run on rayon; `cancel` is polled between stages and inside the long loops.
+
+use rayon::prelude::*;
+
+use super::{euclidean, Points};
+
+#[derive(Debug, Clone, Copy)]
+pub struct HdbscanParams {
+    pub min_cluster_size: usize,
+    /// Defaults to min_cluster_size, as in scikit-learn.
+    pub min_samples: Option<usize>,
+    pub allow_single_cluster: bool,
+}
+
+impl Default for HdbscanParams {
+    fn default() -> Self {
+        Self { min_cluster_size: 5, min_samples: None, allow_single_cluster: false }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Hdbscan {
+    /// Cluster per point, 0..k-1, or -1 for noise.
+    pub labels: Vec<i32>,
+    pub probabilities: Vec<f64>,
+    pub n_clusters: usize,
+}
+
+/// A minimum spanning tree edge.
+#[derive(Debug, Clone, Copy)]
+pub struct Edge {
+    pub a: usize,
+    pub b: usize,
+    pub w: f64,
+}
+
+/// Error raised when `cancel` returns true.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancelled;
+
+/// Core distance of every point: distance to its k-th nearest neighbour, itself included.
+pub fn core_distances(p: &Points, k: usize, cancel: &(dyn Fn() -> bool + Sync)) -> Result<Vec<f64>, Cancelled> {
+    let k = k.clamp(1, p.n.max(1));
+    let out: Vec<Option<f64>> = (0..p.n)
+        .into_par_iter()
+        .map(|i| {
+            if i % 256 == 0 && cancel() {
+                return None;
+            }
+            let mut d: Vec<f64> = (0..p.n).map(|j| euclidean(p.row(i), p.row(j))).collect();
+            let (_, kth, _) = d.select_nth_unstable_by(k - 1, |a, b| a.total_cmp(b));
+            Some(*kth)
+        })
+        .collect();
+    out.into_iter().collect::<Option<Vec<_>>>().ok_or(Cancelled)
+}
+
+/// Prim's algorithm on the mutual reachability graph, computed on the fly.
+pub fn mst_prim(p: &Points, core: &[f64], cancel: &(dyn Fn() -> bool + Sync)) -> Result<Vec<Edge>, Cancelled> {
+    let n = p.n;
+    let mut in_tree = vec![false; n];
+    let mut best = vec![f64::INFINITY; n];
+    let mut from = vec![0usize; n];
+    let mut edges = Vec::with_capacity(n.saturating_sub(1));
+    let mut cur = 0usize;
+    in_tree[0] = true;
+    for step in 1..n {
+        if step % 64 == 0 && cancel() {
+            return Err(Cancelled);
+        }
+        let cp = p.row(cur);
+        let cc = core[cur];
+        // update candidate distances from the newly added point, in parallel
+        best.par_iter_mut()
+            .zip(from.par_iter_mut())
+            .enumerate()
+            .filter(|(j, _)| !in_tree[*j])
+            .for_each(|(j, (b, f))| {
+                let mr = euclidean(cp, p.row(j)).max(cc).max(core[j]);
+                if mr < *b {
+                    *b = mr;
+                    *f = cur;
+                }
+            });
+        let mut next = usize::MAX;
+        let mut nv = f64::INFINITY;
+        for j in 0..n {
+            if !in_tree[j] && (next == usize::MAX || best[j] < nv) {
+                nv = best[j];
+                next = j;
+            }
+        }
+        in_tree[next] = true;
+        edges.push(Edge { a: from[next], b: next, w: nv });
+        cur = next;
+    }
+    Ok(edges)
+}
+
+/// One merge of the single-linkage tree: nodes < n are points, node n+i is merge i.
+#[derive(Debug, Clone, Copy)]
+pub struct Merge {
+    pub left: usize,
+    pub right: usize,
+    pub dist: f64,
+    pub size: usize,
+}
+
+pub fn single_linkage(n: usize, mut edges: Vec<Edge>) -> Vec<Merge> {
+    edges.sort_by(|x, y| x.w.total_cmp(&y.w)); // stable: equal weights keep MST order
+    let mut parent: Vec<usize> = (0..2 * n).collect();
+    let mut size = vec![1usize; 2 * n];
+    fn find(parent: &mut [usize], mut x: usize) -> usize {
+        while parent[x] != x {
+            parent[x] = parent[parent[x]];
+            x = parent[x];
+        }
+        x
+    }
+    let mut merges = Vec::with_capacity(edges.len());
+    for (i, e) in edges.iter().enumerate() {
+        let ra = find(&mut parent, e.a);
+        let rb = find(&mut parent, e.b);
+        let node = n + i;
+        size[node] = size[ra] + size[rb];
+        parent[ra] = node;
+        parent[rb] = node;
+        merges.push(Merge { left: ra, right: rb, dist: e.w, size: size[node] });
+    }
+    merges
+}
+
+/// A row of the condensed tree: `child` (a point < n, or a cluster >= n) leaves `parent` at `lambda`.
+#[derive(Debug, Clone, Copy)]
+pub struct CondensedRow {
+    pub parent: usize,
+    pub child: usize,
+    pub lambda: f64,
+    pub size: usize,
+}
+
+fn lambda_of(dist: f64) -> f64 {
+    if dist > 0.0 { 1.0 / dist } else { f64::INFINITY }
+}
+
+pub fn condense_tree(n: usize, merges: &[Merge], min_cluster_size: usize) -> Vec<CondensedRow> {
+    if merges.is_empty() {
+        return Vec::new();
+    }
+    let root = n + merges.len() - 1;
+    let node_size = |x: usize| if x < n { 1 } else { merges[x - n].size };
+    // leaves (points) under a node
+    let leaves = |x: usize| {
+        let mut out = Vec::new();
+        let mut stack = vec![x];
+        while let Some(v) = stack.pop() {
+            if v < n {
+                out.push(v);
+            } else {
+                stack.push(merges[v - n].left);
+                stack.push(merges[v - n].right);
+            }
+        }
+        out
+    };
+    let mut relabel = vec![0usize; root + 1];
+    relabel[root] = n;
+    let mut next_label = n + 1;
+    let mut rows = Vec::new();
+    // breadth-first from the root, over internal nodes whose subtree is still a cluster
+    let mut queue = std::collections::VecDeque::from([root]);
+    while let Some(node) = queue.pop_front() {
+        let m = merges[node - n];
+        let lambda = lambda_of(m.dist);
+        let (l, r) = (m.left, m.right);
+        let (lc, rc) = (node_size(l), node_size(r));
+        let parent = relabel[node];
+        let big_l = lc >= min_cluster_size;
+        let big_r = rc >= min_cluster_size;
+        if big_l && big_r {
+            for (c, cs) in [(l, lc), (r, rc)] {
+                relabel[c] = next_label;
+                next_label += 1;
+                rows.push(CondensedRow { parent, child: relabel[c], lambda, size: cs });
+                if c >= n {
+                    queue.push_back(c);
+                }
+            }
+        } else {
+            for (c, big) in [(l, big_l), (r, big_r)] {
+                if big {
+                    // the cluster carries on under the same label
+                    relabel[c] = parent;
+                    if c >= n {
+                        queue.push_back(c);
+                    }
+                } else {
+                    for p in leaves(c) {
+                        rows.push(CondensedRow { parent, child: p, lambda, size: 1 });
+                    }
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// Excess-of-mass selection; returns the selected cluster ids (>= n), ascending.
+pub fn select_eom(n: usize, tree: &[CondensedRow], allow_single_cluster: bool) -> Vec<usize> {
+    if tree.is_empty() {
+        return Vec::new();
+    }
+    let max_id = tree.iter().map(|r| r.child.max(r.parent)).max().unwrap();
+    let mut birth = vec![0f64; max_id + 1];
+    for r in tree.iter().filter(|r| r.child >= n) {
+        birth[r.child] = r.lambda;
+    }
+    let root = n;
+    birth[root] = 0.0;
+    let mut stability = vec![0f64; max_id + 1];
+    for r in tree {
+        stability[r.parent] += (r.lambda - birth[r.parent]) * r.size as f64;
+    }
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); max_id + 1];
+    for r in tree.iter().filter(|r| r.child >= n) {
+        children[r.parent].push(r.child);
+    }
+    // cluster ids are handed out consecutively from the root (n) up
+    let mut nodes: Vec<usize> = (n..=max_id).collect();
+    nodes.sort_unstable_by(|a, b| b.cmp(a)); // children (larger ids) before parents
+    if !allow_single_cluster {
+        nodes.retain(|c| *c != root);
+    }
+    let mut is_cluster = vec![false; max_id + 1];
+    for c in &nodes {
+        is_cluster[*c] = true;
+    }
+    for &node in &nodes {
+        let sub: f64 = children[node].iter().map(|c| stability[*c]).sum();
+        if sub > stability[node] {
+            is_cluster[node] = false;
+            stability[node] = sub;
+        } else {
+            let mut stack = children[node].clone();
+            while let Some(c) = stack.pop() {
+                is_cluster[c] = false;
+                stack.extend(children[c].iter().copied());
+            }
+        }
+    }
+    (n..=max_id).filter(|c| is_cluster[*c]).collect()
+}
+
+/// Labels and probabilities from the condensed tree and the selected clusters.
+pub fn label(n: usize, tree: &[CondensedRow], selected: &[usize]) -> (Vec<i32>, Vec<f64>) {
+    let max_id = tree.iter().map(|r| r.child.max(r.parent)).max().unwrap_or(n);
+    let mut cluster_parent = vec![usize::MAX; max_id + 1];
+    let mut point_row: Vec<Option<CondensedRow>> = vec![None; n];
+    for r in tree {
+        if r.child >= n {
+            cluster_parent[r.child] = r.parent;
+        } else {
+            point_row[r.child] = Some(*r);
+        }
+    }
+    let mut label_of = vec![-1i32; max_id + 1];
+    for (i, c) in selected.iter().enumerate() {
+        label_of[*c] = i as i32;
+    }
+    // deepest lambda reached inside each selected cluster (its own rows only, as scikit-learn)
+    let mut max_lambda = vec![0f64; max_id + 1];
+    for r in tree {
+        if r.lambda > max_lambda[r.parent] {
+            max_lambda[r.parent] = r.lambda;
+        }
+    }
+    let mut labels = vec![-1i32; n];
+    let mut probs = vec![0f64; n];
+    for p in 0..n {
+        let Some(row) = point_row[p] else { continue };
+        let mut c = row.parent;
+        loop {
+            if label_of[c] >= 0 {
+                labels[p] = label_of[c];
+                let ml = max_lambda[c];
+                probs[p] = if ml == 0.0 || row.lambda.is_infinite() { 1.0 } else { row.lambda.min(ml) / ml };
+                break;
+            }
+            if cluster_parent[c] == usize::MAX {
+                break;
+            }
+            c = cluster_parent[c];
+        }
+    }
+    (labels, probs)
+}
+
+/// The whole exact pipeline.
+pub fn hdbscan(p: &Points, params: HdbscanParams, cancel: &(dyn Fn() -> bool + Sync)) -> Result<Hdbscan, Cancelled> {
+    let mcs = params.min_cluster_size.max(2);
+    if p.n < 2 {
+        return Ok(Hdbscan { labels: vec![-1; p.n], probabilities: vec![0.0; p.n], n_clusters: 0 });
+    }
+    let core = core_distances(p, params.min_samples.unwrap_or(mcs), cancel)?;
+    let mst = mst_prim(p, &core, cancel)?;
+    if cancel() {
+        return Err(Cancelled);
+    }
+    let merges = single_linkage(p.n, mst);
+    let tree = condense_tree(p.n, &merges, mcs);
+    let selected = select_eom(p.n, &tree, params.allow_single_cluster);
+    let (labels, probabilities) = label(p.n, &tree, &selected);
+    Ok(Hdbscan { labels, probabilities, n_clusters: selected.len() })
+}
+
+/// Adjusted Rand index of two labelings (noise -1 is treated as one more label, as
+/// sklearn.metrics.adjusted_rand_score does).
+pub fn adjusted_rand_index(a: &[i32], b: &[i32]) -> f64 {
+    use std::collections::HashMap;
+    assert_eq!(a.len(), b.len());
+    let n = a.len() as f64;
+    let mut table: HashMap<(i32, i32), f64> = HashMap::new();
+    let mut ra: HashMap<i32, f64> = HashMap::new();
+    let mut rb: HashMap<i32, f64> = HashMap::new();
+    for (x, y) in a.iter().zip(b) {
+        *table.entry((*x, *y)).or_default() += 1.0;
+        *ra.entry(*x).or_default() += 1.0;
+        *rb.entry(*y).or_default() += 1.0;
+    }
+    let c2 = |v: f64| v * (v - 1.0) / 2.0;
+    let sum_ij: f64 = table.values().map(|v| c2(*v)).sum();
+    let sum_a: f64 = ra.values().map(|v| c2(*v)).sum();
+    let sum_b: f64 = rb.values().map(|v| c2(*v)).sum();
+    let expected = sum_a * sum_b / c2(n);
+    let max = (sum_a + sum_b) / 2.0;
+    if (max - expected).abs() < 1e-12 {
+        return 1.0;
+    }
+    (sum_ij - expected) / (max - expected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn never() -> bool {
+        false
+    }
+
+    #[test]
+    fn two_separated_blobs_and_an_outlier() {
+        let mut rows = Vec::new();
+        for i in 0..10 {
+            rows.push(vec![0.0 + i as f32 * 0.01, 0.0]);
+            rows.push(vec![10.0 + i as f32 * 0.01, 10.0]);
+        }
+        rows.push(vec![100.0, -100.0]);
+        let r = hdbscan(&Points::from_rows(&rows), HdbscanParams { min_cluster_size: 5, ..Default::default() }, &never).unwrap();
+        assert_eq!(r.n_clusters, 2);
+        assert_eq!(r.labels[20], -1);
+        assert_eq!(r.probabilities[20], 0.0);
+        assert!(r.labels[..20].iter().step_by(2).all(|l| *l == r.labels[0]));
+        assert!(r.labels[1..20].iter().step_by(2).all(|l| *l == r.labels[1]));
+        assert_ne!(r.labels[0], r.labels[1]);
+    }
+
+    #[test]
+    fn cancel_stops_the_run() {
+        let rows: Vec<Vec<f32>> = (0..600).map(|i| vec![i as f32, (i % 7) as f32]).collect();
+        let r = hdbscan(&Points::from_rows(&rows), HdbscanParams::default(), &|| true);
+        assert_eq!(r.unwrap_err(), Cancelled);
+    }
+
+    #[test]
+    fn ari_basics() {
+        assert!((adjusted_rand_index(&[0, 0, 1, 1], &[1, 1, 0, 0]) - 1.0).abs() < 1e-12);
+        assert!(adjusted_rand_index(&[0, 0, 1, 1], &[0, 1, 0, 1]) < 0.0);
+    }
+}
