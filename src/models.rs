@@ -240,13 +240,11 @@ fn validate(onnx: &[u8], tokenizer: &str, config: &str, task: &str, check_run: b
     cfg
 }
 
-fn sha256_hex(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
-}
-
-fn insert(name: &str, version: &str, task: &str, cfg: &ModelConfig, onnx: Option<&[u8]>, path: Option<&str>,
-          tokenizer: &str, config: &str, sha: &str) -> i64 {
-    // SPI raises a unique violation as an ERROR of its own; check first for a clearer message.
+/// Refuse a (name, version) that exists before the model is loaded for validation (seconds for
+/// a large model); SPI would raise the unique violation only at INSERT, with a rawer message.
+fn ensure_new(name: &str, version: &str) {
+    check_name("name", name);
+    check_name("version", version);
     let exists = Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT 1 FROM genome.models WHERE name = $1 AND version = $2)",
         &[name.into(), version.into()],
@@ -260,6 +258,14 @@ fn insert(name: &str, version: &str, task: &str, cfg: &ModelConfig, onnx: Option
             Some("register a new version, or DELETE FROM genome.models the old row first".into()),
         )
     }
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+fn insert(name: &str, version: &str, task: &str, cfg: &ModelConfig, onnx: Option<&[u8]>, path: Option<&str>,
+          tokenizer: &str, config: &str, sha: &str) -> i64 {
     Spi::get_one_with_args::<i64>(
         "INSERT INTO genome.models (name, version, task, dimension, onnx, onnx_path, tokenizer, config, sha256) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9) RETURNING id",
@@ -290,8 +296,7 @@ pub fn register_model(
     task: default!(&str, "'text-embedding'"),
     validate_model: default!(bool, true),
 ) -> i64 {
-    check_name("name", name);
-    check_name("version", version);
+    ensure_new(name, version);
     let config = config.0.to_string();
     let cfg = validate(onnx, tokenizer, &config, task, validate_model);
     insert(name, version, task, &cfg, Some(onnx), None, tokenizer, &config, &sha256_hex(onnx))
@@ -323,8 +328,7 @@ pub fn register_model_path(
     if !std::path::Path::new(onnx_path).is_absolute() {
         raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("onnx_path \"{onnx_path}\" must be absolute"), None);
     }
-    check_name("name", name);
-    check_name("version", version);
+    ensure_new(name, version);
     let onnx = std::fs::read(onnx_path).unwrap_or_else(|e| {
         raise(PgSqlErrorCode::ERRCODE_UNDEFINED_FILE, format!("cannot read \"{onnx_path}\": {e}"), None)
     });
