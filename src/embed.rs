@@ -24,7 +24,10 @@ fn resolve_cached(fcinfo: pg_sys::FunctionCallInfo, spec: Option<&str>) -> Model
                 return (*extra).row.clone();
             }
             let row = resolve(spec);
-            let site = CallSite { spec: spec.map(str::to_string), row: row.clone() };
+            let site = CallSite {
+                spec: spec.map(str::to_string),
+                row: row.clone(),
+            };
             // Freed (and dropped) with the function's memory context at the end of the query.
             let ptr = PgMemoryContexts::For((*flinfo).fn_mcxt).leak_and_drop_on_delete(site);
             (*flinfo).fn_extra = ptr as *mut std::ffi::c_void;

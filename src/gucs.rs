@@ -82,7 +82,9 @@ pub fn init() {
 }
 
 pub fn string(s: &GucSetting<Option<CString>>) -> Option<String> {
-    s.get().map(|c| c.to_string_lossy().into_owned()).filter(|s| !s.trim().is_empty())
+    s.get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .filter(|s| !s.trim().is_empty())
 }
 
 /// The runtime library path with `$libdir` expanded.

@@ -14,9 +14,11 @@ pub mod vector;
 /// PostgreSQL's package library directory (`$libdir`).
 pub fn pkglib_dir() -> String {
     unsafe {
-        std::ffi::CStr::from_ptr(std::ptr::addr_of!(pgrx::pg_sys::pkglib_path) as *const std::ffi::c_char)
-            .to_string_lossy()
-            .into_owned()
+        std::ffi::CStr::from_ptr(
+            std::ptr::addr_of!(pgrx::pg_sys::pkglib_path) as *const std::ffi::c_char
+        )
+        .to_string_lossy()
+        .into_owned()
     }
 }
 
@@ -24,8 +26,13 @@ pub fn pkglib_dir() -> String {
 pub fn share_dir() -> String {
     unsafe {
         let mut buf = vec![0 as std::ffi::c_char; pgrx::pg_sys::MAXPGPATH as usize];
-        pgrx::pg_sys::get_share_path(std::ptr::addr_of!(pgrx::pg_sys::my_exec_path) as *const _, buf.as_mut_ptr());
-        std::ffi::CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+        pgrx::pg_sys::get_share_path(
+            std::ptr::addr_of!(pgrx::pg_sys::my_exec_path) as *const _,
+            buf.as_mut_ptr(),
+        );
+        std::ffi::CStr::from_ptr(buf.as_ptr())
+            .to_string_lossy()
+            .into_owned()
     }
 }
 

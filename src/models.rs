@@ -118,7 +118,10 @@ fn current_settings() -> SessionSettings {
         gucs::Provider::Cpu => ExecutionProvider::Cpu,
         gucs::Provider::Cuda => ExecutionProvider::Cuda,
     };
-    SessionSettings { intra_threads: gucs::INTRA_OP_THREADS.get().max(1) as usize, provider }
+    SessionSettings {
+        intra_threads: gucs::INTRA_OP_THREADS.get().max(1) as usize,
+        provider,
+    }
 }
 
 pub fn runtime() -> &'static Runtime {
@@ -130,7 +133,10 @@ pub fn with_embedder<R>(row: &ModelRow, f: impl FnOnce(&mut TextEmbedder) -> R) 
     if row.task != "text-embedding" {
         raise(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-            format!("model \"{}@{}\" is a {} model, not a text-embedding model", row.name, row.version, row.task),
+            format!(
+                "model \"{}@{}\" is a {} model, not a text-embedding model",
+                row.name, row.version, row.task
+            ),
             None,
         );
     }
@@ -175,7 +181,11 @@ fn load_embedder(row: &ModelRow, settings: SessionSettings) -> TextEmbedder {
         )?;
         let mut out = (None, None, None);
         for r in t {
-            out = (r.get::<Vec<u8>>(1)?, r.get::<String>(2)?, r.get::<String>(3)?);
+            out = (
+                r.get::<Vec<u8>>(1)?,
+                r.get::<String>(2)?,
+                r.get::<String>(3)?,
+            );
         }
         Ok::<_, pgrx::spi::SpiError>(out)
     })
@@ -185,25 +195,41 @@ fn load_embedder(row: &ModelRow, settings: SessionSettings) -> TextEmbedder {
         (None, Some(p)) => std::fs::read(&p).unwrap_or_else(|e| {
             raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
-                format!("model \"{}@{}\": cannot read ONNX file \"{p}\": {e}", row.name, row.version),
+                format!(
+                    "model \"{}@{}\": cannot read ONNX file \"{p}\": {e}",
+                    row.name, row.version
+                ),
                 None,
             )
         }),
         (None, None) => raise(
             PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-            format!("model \"{}@{}\" has neither ONNX bytes nor a path", row.name, row.version),
+            format!(
+                "model \"{}@{}\" has neither ONNX bytes nor a path",
+                row.name, row.version
+            ),
             None,
         ),
     };
     let tokenizer = tokenizer.unwrap_or_else(|| {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("text model \"{}@{}\" has no tokenizer", row.name, row.version),
+            format!(
+                "text model \"{}@{}\" has no tokenizer",
+                row.name, row.version
+            ),
             None,
         )
     });
-    let embedder = TextEmbedder::new(runtime(), &onnx, tokenizer.as_bytes(), config, settings).or_report();
-    log!("pg_genome: loaded model {}@{} ({} bytes, provider {})", row.name, row.version, onnx.len(), settings.provider.name());
+    let embedder =
+        TextEmbedder::new(runtime(), &onnx, tokenizer.as_bytes(), config, settings).or_report();
+    log!(
+        "pg_genome: loaded model {}@{} ({} bytes, provider {})",
+        row.name,
+        row.version,
+        onnx.len(),
+        settings.provider.name()
+    );
     embedder
 }
 
@@ -211,7 +237,8 @@ fn load_embedder(row: &ModelRow, settings: SessionSettings) -> TextEmbedder {
 fn check_name(what: &str, s: &str) {
     let ok = !s.is_empty()
         && s.len() <= 100
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     if !ok {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -223,7 +250,13 @@ fn check_name(what: &str, s: &str) {
 
 /// Parse the config, and load + run the model once so that a model that cannot load, or whose
 /// output does not fit its config, is refused at registration rather than at first use.
-fn validate(onnx: &[u8], tokenizer: &str, config: &str, task: &str, check_run: bool) -> ModelConfig {
+fn validate(
+    onnx: &[u8],
+    tokenizer: &str,
+    config: &str,
+    task: &str,
+    check_run: bool,
+) -> ModelConfig {
     if task != "text-embedding" {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -234,7 +267,14 @@ fn validate(onnx: &[u8], tokenizer: &str, config: &str, task: &str, check_run: b
     let cfg = ModelConfig::from_json(config).or_report();
     if check_run {
         // embed() checks the output's shape against the config (pooling, dimension).
-        let mut e = TextEmbedder::new(runtime(), onnx, tokenizer.as_bytes(), cfg.clone(), current_settings()).or_report();
+        let mut e = TextEmbedder::new(
+            runtime(),
+            onnx,
+            tokenizer.as_bytes(),
+            cfg.clone(),
+            current_settings(),
+        )
+        .or_report();
         e.embed(&["pg_genome registration check"]).or_report();
     }
     cfg
@@ -264,8 +304,17 @@ fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
 
-fn insert(name: &str, version: &str, task: &str, cfg: &ModelConfig, onnx: Option<&[u8]>, path: Option<&str>,
-          tokenizer: &str, config: &str, sha: &str) -> i64 {
+fn insert(
+    name: &str,
+    version: &str,
+    task: &str,
+    cfg: &ModelConfig,
+    onnx: Option<&[u8]>,
+    path: Option<&str>,
+    tokenizer: &str,
+    config: &str,
+    sha: &str,
+) -> i64 {
     Spi::get_one_with_args::<i64>(
         "INSERT INTO genome.models (name, version, task, dimension, onnx, onnx_path, tokenizer, config, sha256) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9) RETURNING id",
@@ -299,7 +348,17 @@ pub fn register_model(
     ensure_new(name, version);
     let config = config.0.to_string();
     let cfg = validate(onnx, tokenizer, &config, task, validate_model);
-    insert(name, version, task, &cfg, Some(onnx), None, tokenizer, &config, &sha256_hex(onnx))
+    insert(
+        name,
+        version,
+        task,
+        &cfg,
+        Some(onnx),
+        None,
+        tokenizer,
+        &config,
+        &sha256_hex(onnx),
+    )
 }
 
 /// Register a model whose ONNX file stays on the server (`onnx_path`), read at load time.
@@ -316,7 +375,10 @@ pub fn register_model_path(
 ) -> i64 {
     let allowed = unsafe {
         pg_sys::superuser()
-            || pg_sys::has_privs_of_role(pg_sys::GetUserId(), pg_sys::Oid::from(pg_sys::ROLE_PG_READ_SERVER_FILES))
+            || pg_sys::has_privs_of_role(
+                pg_sys::GetUserId(),
+                pg_sys::Oid::from(pg_sys::ROLE_PG_READ_SERVER_FILES),
+            )
     };
     if !allowed {
         raise(
@@ -326,15 +388,33 @@ pub fn register_model_path(
         );
     }
     if !std::path::Path::new(onnx_path).is_absolute() {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("onnx_path \"{onnx_path}\" must be absolute"), None);
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("onnx_path \"{onnx_path}\" must be absolute"),
+            None,
+        );
     }
     ensure_new(name, version);
     let onnx = std::fs::read(onnx_path).unwrap_or_else(|e| {
-        raise(PgSqlErrorCode::ERRCODE_UNDEFINED_FILE, format!("cannot read \"{onnx_path}\": {e}"), None)
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
+            format!("cannot read \"{onnx_path}\": {e}"),
+            None,
+        )
     });
     let config = config.0.to_string();
     let cfg = validate(&onnx, tokenizer, &config, task, validate_model);
-    insert(name, version, task, &cfg, None, Some(onnx_path), tokenizer, &config, &sha256_hex(&onnx))
+    insert(
+        name,
+        version,
+        task,
+        &cfg,
+        None,
+        Some(onnx_path),
+        tokenizer,
+        &config,
+        &sha256_hex(&onnx),
+    )
 }
 
 /// Drop every cached session of this backend (they reload on next use).
@@ -350,11 +430,26 @@ pub fn clear_model_cache() -> i64 {
 
 /// What this backend has loaded: for tests of the cache and for health checks.
 #[pg_extern(volatile)]
-pub fn loaded_models() -> TableIterator<'static, (name!(model_id, i64), name!(row_version, String), name!(intra_op_threads, i32), name!(execution_provider, String))> {
+pub fn loaded_models() -> TableIterator<
+    'static,
+    (
+        name!(model_id, i64),
+        name!(row_version, String),
+        name!(intra_op_threads, i32),
+        name!(execution_provider, String),
+    ),
+> {
     let rows: Vec<_> = CACHE.with(|c| {
         c.borrow()
             .iter()
-            .map(|(id, l)| (*id, l.row_version.clone(), l.threads as i32, l.provider.name().to_string()))
+            .map(|(id, l)| {
+                (
+                    *id,
+                    l.row_version.clone(),
+                    l.threads as i32,
+                    l.provider.name().to_string(),
+                )
+            })
             .collect()
     });
     TableIterator::new(rows)

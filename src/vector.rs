@@ -17,7 +17,11 @@ pub struct Vector(pub Vec<f32>);
 pgrx::impl_sql_translatable!(Vector, "vector");
 
 impl FromDatum for Vector {
-    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _oid: pg_sys::Oid) -> Option<Self> {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _oid: pg_sys::Oid,
+    ) -> Option<Self> {
         if is_null {
             return None;
         }
@@ -34,7 +38,10 @@ impl FromDatum for Vector {
 impl IntoDatum for Vector {
     fn into_datum(self) -> Option<pg_sys::Datum> {
         let dim = self.0.len();
-        assert!(dim >= 1 && dim <= MAX_DIM, "vector dimension {dim} out of range");
+        assert!(
+            dim >= 1 && dim <= MAX_DIM,
+            "vector dimension {dim} out of range"
+        );
         let size = HEADER + 4 * dim;
         unsafe {
             let ptr = pg_sys::palloc0(size) as *mut u8;
@@ -53,7 +60,10 @@ impl IntoDatum for Vector {
 unsafe impl<'fcx> ArgAbi<'fcx> for Vector {
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
         let index = arg.index();
-        unsafe { arg.unbox_arg_using_from_datum().unwrap_or_else(|| panic!("argument {index} must not be null")) }
+        unsafe {
+            arg.unbox_arg_using_from_datum()
+                .unwrap_or_else(|| panic!("argument {index} must not be null"))
+        }
     }
 }
 

@@ -7,7 +7,9 @@ fn main() {
     let a: Vec<String> = std::env::args().collect();
     let (lib, dir, file, batch) = (&a[1], &a[2], &a[3], a[4].parse::<usize>().unwrap());
     let rt = Runtime::get_or_load(lib).unwrap();
-    let cfg = ModelConfig::from_json(&std::fs::read_to_string(format!("{dir}/genome.json")).unwrap()).unwrap();
+    let cfg =
+        ModelConfig::from_json(&std::fs::read_to_string(format!("{dir}/genome.json")).unwrap())
+            .unwrap();
     let onnx = std::fs::read(format!("{dir}/model.onnx")).unwrap();
     let tok = std::fs::read(format!("{dir}/tokenizer.json")).unwrap();
     let mut e = TextEmbedder::new(rt, &onnx, &tok, cfg, SessionSettings::default()).unwrap();

@@ -7,5 +7,6 @@
 pub mod cluster;
 pub mod embed;
 pub mod error;
+pub mod reduce;
 
 pub use error::{Error, Result};

@@ -3,7 +3,9 @@
 
 mod common;
 use common::*;
-use genome_core::embed::{tokenize::TextTokenizer, ModelConfig, Pooling, SessionSettings, TextEmbedder};
+use genome_core::embed::{
+    tokenize::TextTokenizer, ModelConfig, Pooling, SessionSettings, TextEmbedder,
+};
 use genome_core::Error;
 
 struct Ref {
@@ -19,7 +21,12 @@ fn reference() -> Vec<Ref> {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             Ref {
                 text: v["text"].as_str().unwrap().to_string(),
-                embedding: v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect(),
+                embedding: v["embedding"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect(),
             }
         })
         .collect()
@@ -42,7 +49,11 @@ fn minilm_matches_sentence_transformers_in_batches_and_alone() {
         let c1 = cosine(&batched[i], &r.embedding);
         let c2 = cosine(&alone, &r.embedding);
         worst = worst.min(c1).min(c2);
-        assert!(c1 >= 0.9999 && c2 >= 0.9999, "text {i} {:?}: cosine batched {c1}, alone {c2}", r.text);
+        assert!(
+            c1 >= 0.9999 && c2 >= 0.9999,
+            "text {i} {:?}: cosine batched {c1}, alone {c2}",
+            r.text
+        );
         let norm: f32 = alone.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5);
     }
@@ -54,9 +65,17 @@ fn long_text_is_truncated_at_256_tokens_like_sentence_transformers() {
     let (_, tok, cfg) = files("all-minilm-l6-v2");
     let t = TextTokenizer::from_json(&tok, cfg.max_tokens).unwrap();
     let refs = reference();
-    let long = refs.iter().map(|r| r.text.as_str()).max_by_key(|s| s.len()).unwrap();
+    let long = refs
+        .iter()
+        .map(|r| r.text.as_str())
+        .max_by_key(|s| s.len())
+        .unwrap();
     let enc = t.encode_batch(&[long, "short"]).unwrap();
-    assert_eq!(enc.ids.dim(), (2, 256), "padded to the longest, truncated at 256");
+    assert_eq!(
+        enc.ids.dim(),
+        (2, 256),
+        "padded to the longest, truncated at 256"
+    );
     assert_eq!(enc.ids[[0, 0]], 101); // [CLS]
     assert_eq!(enc.ids[[0, 255]], 102); // [SEP] kept at the end after truncation
     assert_eq!(enc.mask.row(1).iter().sum::<i64>(), 3); // [CLS] short [SEP]
@@ -69,7 +88,9 @@ fn huge_and_empty_inputs_embed_without_error() {
     let huge = "lorem ipsum dolor sit amet ".repeat(4000); // ~108 kB
     let v = e.embed(&[huge.as_str(), ""]).unwrap();
     assert_eq!(v.len(), 2);
-    assert!(v.iter().all(|x| x.len() == 384 && x.iter().all(|f| f.is_finite())));
+    assert!(v
+        .iter()
+        .all(|x| x.len() == 384 && x.iter().all(|f| f.is_finite())));
     // the 100 kB text is truncated: it embeds like its first 254 word pieces
     let head = "lorem ipsum dolor sit amet ".repeat(60);
     let h = e.embed(&[head.as_str()]).unwrap().pop().unwrap();
@@ -79,7 +100,12 @@ fn huge_and_empty_inputs_embed_without_error() {
 #[test]
 fn batch_preserves_order() {
     let mut e = embedder("tiny-bert");
-    let texts = ["alpha", "a much longer sentence about something else entirely", "", "beta gamma"];
+    let texts = [
+        "alpha",
+        "a much longer sentence about something else entirely",
+        "",
+        "beta gamma",
+    ];
     let batch = e.embed(&texts).unwrap();
     for (i, t) in texts.iter().enumerate() {
         let alone = e.embed(&[*t]).unwrap().pop().unwrap();
@@ -91,51 +117,105 @@ fn batch_preserves_order() {
 #[test]
 fn corrupt_onnx_is_a_load_error() {
     let (onnx, tok, cfg) = files("tiny-bert");
-    let err = TextEmbedder::new(runtime(), b"definitely not onnx", &tok, cfg.clone(), SessionSettings::default())
-        .err()
-        .unwrap();
+    let err = TextEmbedder::new(
+        runtime(),
+        b"definitely not onnx",
+        &tok,
+        cfg.clone(),
+        SessionSettings::default(),
+    )
+    .err()
+    .unwrap();
     assert!(matches!(err, Error::ModelLoad(_)), "{err}");
     let truncated = &onnx[..onnx.len() / 2];
-    let err = TextEmbedder::new(runtime(), truncated, &tok, cfg, SessionSettings::default()).err().unwrap();
+    let err = TextEmbedder::new(runtime(), truncated, &tok, cfg, SessionSettings::default())
+        .err()
+        .unwrap();
     assert!(matches!(err, Error::ModelLoad(_)), "{err}");
 }
 
 #[test]
 fn config_that_does_not_fit_the_model_is_rejected() {
     let (onnx, tok, cfg) = files("tiny-bert");
-    let wrong_output = ModelConfig { output_name: "sentence_embedding".into(), ..cfg.clone() };
-    let err = TextEmbedder::new(runtime(), &onnx, &tok, wrong_output, SessionSettings::default()).err().unwrap();
+    let wrong_output = ModelConfig {
+        output_name: "sentence_embedding".into(),
+        ..cfg.clone()
+    };
+    let err = TextEmbedder::new(
+        runtime(),
+        &onnx,
+        &tok,
+        wrong_output,
+        SessionSettings::default(),
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("sentence_embedding"), "{err}");
 
-    let wrong_inputs = ModelConfig { input_names: vec!["input_ids".into(), "attention_mask".into()], ..cfg.clone() };
+    let wrong_inputs = ModelConfig {
+        input_names: vec!["input_ids".into(), "attention_mask".into()],
+        ..cfg.clone()
+    };
     assert!(matches!(
-        TextEmbedder::new(runtime(), &onnx, &tok, wrong_inputs, SessionSettings::default()),
+        TextEmbedder::new(
+            runtime(),
+            &onnx,
+            &tok,
+            wrong_inputs,
+            SessionSettings::default()
+        ),
         Err(Error::ModelMismatch(_))
     ));
 
-    let wrong_dim = ModelConfig { dimension: 384, ..cfg.clone() };
-    let mut e = TextEmbedder::new(runtime(), &onnx, &tok, wrong_dim, SessionSettings::default()).unwrap();
+    let wrong_dim = ModelConfig {
+        dimension: 384,
+        ..cfg.clone()
+    };
+    let mut e = TextEmbedder::new(
+        runtime(),
+        &onnx,
+        &tok,
+        wrong_dim,
+        SessionSettings::default(),
+    )
+    .unwrap();
     let err = e.embed(&["x"]).unwrap_err();
-    assert!(matches!(err, Error::ModelMismatch(_)) && err.to_string().contains("[1, 3, 32]"), "{err}");
+    assert!(
+        matches!(err, Error::ModelMismatch(_)) && err.to_string().contains("[1, 3, 32]"),
+        "{err}"
+    );
 
-    let no_pool = ModelConfig { pooling: Pooling::None, ..cfg };
-    let mut e = TextEmbedder::new(runtime(), &onnx, &tok, no_pool, SessionSettings::default()).unwrap();
+    let no_pool = ModelConfig {
+        pooling: Pooling::None,
+        ..cfg
+    };
+    let mut e =
+        TextEmbedder::new(runtime(), &onnx, &tok, no_pool, SessionSettings::default()).unwrap();
     assert!(matches!(e.embed(&["x"]), Err(Error::ModelMismatch(_))));
 }
 
 #[test]
 fn bad_tokenizer_is_an_error() {
     let (onnx, _, cfg) = files("tiny-bert");
-    let err = TextEmbedder::new(runtime(), &onnx, b"{\"not\": \"a tokenizer\"}", cfg, SessionSettings::default())
-        .err()
-        .unwrap();
+    let err = TextEmbedder::new(
+        runtime(),
+        &onnx,
+        b"{\"not\": \"a tokenizer\"}",
+        cfg,
+        SessionSettings::default(),
+    )
+    .err()
+    .unwrap();
     assert!(matches!(err, Error::Tokenizer(_)), "{err}");
 }
 
 #[test]
 fn cuda_without_the_feature_is_a_clear_error() {
     let (onnx, tok, cfg) = files("tiny-bert");
-    let s = SessionSettings { provider: genome_core::embed::ExecutionProvider::Cuda, ..Default::default() };
+    let s = SessionSettings {
+        provider: genome_core::embed::ExecutionProvider::Cuda,
+        ..Default::default()
+    };
     let r = TextEmbedder::new(runtime(), &onnx, &tok, cfg, s);
     match r {
         Err(Error::Provider { provider, reason }) => {

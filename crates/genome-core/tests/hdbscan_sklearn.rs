@@ -11,7 +11,8 @@ fn dir() -> PathBuf {
 
 fn check(case: &str) {
     let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir().join(format!("{case}.json"))).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir().join(format!("{case}.json"))).unwrap())
+            .unwrap();
     let dim = v["dim"].as_u64().unwrap() as usize;
     let data: Vec<f32> = match v["points_file"].as_str() {
         Some(f) => std::fs::read(dir().join(f))
@@ -19,11 +20,31 @@ fn check(case: &str) {
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect(),
-        None => v["points"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32)).collect(),
+        None => v["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+            })
+            .collect(),
     };
     let points = Points::new(dim, data);
-    let want: Vec<i32> = v["labels"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect();
-    let want_p: Vec<f64> = v["probabilities"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    let want: Vec<i32> = v["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap() as i32)
+        .collect();
+    let want_p: Vec<f64> = v["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
     assert_eq!(points.n, want.len());
     let params = HdbscanParams {
         min_cluster_size: v["min_cluster_size"].as_u64().unwrap() as usize,
@@ -32,8 +53,16 @@ fn check(case: &str) {
     };
     let got = hdbscan(&points, params, &|| false).unwrap();
     let ari = adjusted_rand_index(&got.labels, &want);
-    let k_want = want.iter().filter(|l| **l >= 0).map(|l| *l).collect::<std::collections::BTreeSet<_>>().len();
-    eprintln!("{case}: ARI {ari:.6}, clusters {} (sklearn {k_want})", got.n_clusters);
+    let k_want = want
+        .iter()
+        .filter(|l| **l >= 0)
+        .map(|l| *l)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    eprintln!(
+        "{case}: ARI {ari:.6}, clusters {} (sklearn {k_want})",
+        got.n_clusters
+    );
     assert!(ari >= 0.99, "{case}: ARI {ari}");
     if !v["ties"].as_bool().unwrap() {
         // no ties in the inputs: the same partition, cluster for cluster, noise for noise
@@ -45,26 +74,47 @@ fn check(case: &str) {
         );
         assert!((ari - 1.0).abs() < 1e-12, "{case}: ARI {ari}");
         for (i, (a, b)) in got.probabilities.iter().zip(&want_p).enumerate() {
-            assert!((a - b).abs() < 1e-6, "{case}: probability of point {i}: {a} vs sklearn {b}");
+            assert!(
+                (a - b).abs() < 1e-6,
+                "{case}: probability of point {i}: {a} vs sklearn {b}"
+            );
         }
     }
 }
 
 #[test]
-fn blobs() { check("blobs") }
+fn blobs() {
+    check("blobs")
+}
 #[test]
-fn moons() { check("moons") }
+fn moons() {
+    check("moons")
+}
 #[test]
-fn varying_density() { check("varying_density") }
+fn varying_density() {
+    check("varying_density")
+}
 #[test]
-fn duplicates() { check("duplicates") }
+fn duplicates() {
+    check("duplicates")
+}
 #[test]
-fn grid_ties() { check("grid_ties") }
+fn grid_ties() {
+    check("grid_ties")
+}
 #[test]
-fn blobs_10d() { check("blobs_10d") }
+fn blobs_10d() {
+    check("blobs_10d")
+}
 #[test]
-fn real_minilm_embeddings_384d() { check("minilm_raw") }
+fn real_minilm_embeddings_384d() {
+    check("minilm_raw")
+}
 #[test]
-fn real_minilm_embeddings_pca5() { check("minilm_pca5") }
+fn real_minilm_embeddings_pca5() {
+    check("minilm_pca5")
+}
 #[test]
-fn real_minilm_embeddings_pca5_small_clusters() { check("minilm_pca5_small") }
+fn real_minilm_embeddings_pca5_small_clusters() {
+    check("minilm_pca5_small")
+}

@@ -5,13 +5,21 @@ use genome_core::Error;
 
 #[test]
 fn missing_and_wrong_libraries_are_errors() {
-    let e = Runtime::get_or_load("/nonexistent/libonnxruntime.so").err().unwrap();
-    assert!(matches!(e, Error::RuntimeLoad { .. }) && e.to_string().contains("no such file"), "{e}");
+    let e = Runtime::get_or_load("/nonexistent/libonnxruntime.so")
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, Error::RuntimeLoad { .. }) && e.to_string().contains("no such file"),
+        "{e}"
+    );
     // A real shared library that is not ONNX Runtime.
-    let libc = ["/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("zlib present");
+    let libc = [
+        "/lib/x86_64-linux-gnu/libz.so.1",
+        "/usr/lib/x86_64-linux-gnu/libz.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .expect("zlib present");
     let e = Runtime::get_or_load(libc).err().unwrap();
     assert!(e.to_string().contains("OrtGetApiBase"), "{e}");
     // A file that is not a library at all.

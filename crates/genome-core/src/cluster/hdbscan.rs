@@ -21,7 +21,11 @@ pub struct HdbscanParams {
 
 impl Default for HdbscanParams {
     fn default() -> Self {
-        Self { min_cluster_size: 5, min_samples: None, allow_single_cluster: false }
+        Self {
+            min_cluster_size: 5,
+            min_samples: None,
+            allow_single_cluster: false,
+        }
     }
 }
 
@@ -46,7 +50,11 @@ pub struct Edge {
 pub struct Cancelled;
 
 /// Core distance of every point: distance to its k-th nearest neighbour, itself included.
-pub fn core_distances(p: &Points, k: usize, cancel: &(dyn Fn() -> bool + Sync)) -> Result<Vec<f64>, Cancelled> {
+pub fn core_distances(
+    p: &Points,
+    k: usize,
+    cancel: &(dyn Fn() -> bool + Sync),
+) -> Result<Vec<f64>, Cancelled> {
     let k = k.clamp(1, p.n.max(1));
     let out: Vec<Option<f64>> = (0..p.n)
         .into_par_iter()
@@ -63,7 +71,11 @@ pub fn core_distances(p: &Points, k: usize, cancel: &(dyn Fn() -> bool + Sync)) 
 }
 
 /// Prim's algorithm on the mutual reachability graph, computed on the fly.
-pub fn mst_prim(p: &Points, core: &[f64], cancel: &(dyn Fn() -> bool + Sync)) -> Result<Vec<Edge>, Cancelled> {
+pub fn mst_prim(
+    p: &Points,
+    core: &[f64],
+    cancel: &(dyn Fn() -> bool + Sync),
+) -> Result<Vec<Edge>, Cancelled> {
     let n = p.n;
     let mut in_tree = vec![false; n];
     let mut best = vec![f64::INFINITY; n];
@@ -98,7 +110,11 @@ pub fn mst_prim(p: &Points, core: &[f64], cancel: &(dyn Fn() -> bool + Sync)) ->
             }
         }
         in_tree[next] = true;
-        edges.push(Edge { a: from[next], b: next, w: nv });
+        edges.push(Edge {
+            a: from[next],
+            b: next,
+            w: nv,
+        });
         cur = next;
     }
     Ok(edges)
@@ -132,7 +148,12 @@ pub fn single_linkage(n: usize, mut edges: Vec<Edge>) -> Vec<Merge> {
         size[node] = size[ra] + size[rb];
         parent[ra] = node;
         parent[rb] = node;
-        merges.push(Merge { left: ra, right: rb, dist: e.w, size: size[node] });
+        merges.push(Merge {
+            left: ra,
+            right: rb,
+            dist: e.w,
+            size: size[node],
+        });
     }
     merges
 }
@@ -147,7 +168,11 @@ pub struct CondensedRow {
 }
 
 fn lambda_of(dist: f64) -> f64 {
-    if dist > 0.0 { 1.0 / dist } else { f64::INFINITY }
+    if dist > 0.0 {
+        1.0 / dist
+    } else {
+        f64::INFINITY
+    }
 }
 
 pub fn condense_tree(n: usize, merges: &[Merge], min_cluster_size: usize) -> Vec<CondensedRow> {
@@ -188,7 +213,12 @@ pub fn condense_tree(n: usize, merges: &[Merge], min_cluster_size: usize) -> Vec
             for (c, cs) in [(l, lc), (r, rc)] {
                 relabel[c] = next_label;
                 next_label += 1;
-                rows.push(CondensedRow { parent, child: relabel[c], lambda, size: cs });
+                rows.push(CondensedRow {
+                    parent,
+                    child: relabel[c],
+                    lambda,
+                    size: cs,
+                });
                 if c >= n {
                     queue.push_back(c);
                 }
@@ -203,7 +233,12 @@ pub fn condense_tree(n: usize, merges: &[Merge], min_cluster_size: usize) -> Vec
                     }
                 } else {
                     for p in leaves(c) {
-                        rows.push(CondensedRow { parent, child: p, lambda, size: 1 });
+                        rows.push(CondensedRow {
+                            parent,
+                            child: p,
+                            lambda,
+                            size: 1,
+                        });
                     }
                 }
             }
@@ -260,7 +295,11 @@ pub fn select_eom(n: usize, tree: &[CondensedRow], allow_single_cluster: bool) -
 
 /// Labels and probabilities from the condensed tree and the selected clusters.
 pub fn label(n: usize, tree: &[CondensedRow], selected: &[usize]) -> (Vec<i32>, Vec<f64>) {
-    let max_id = tree.iter().map(|r| r.child.max(r.parent)).max().unwrap_or(n);
+    let max_id = tree
+        .iter()
+        .map(|r| r.child.max(r.parent))
+        .max()
+        .unwrap_or(n);
     let mut cluster_parent = vec![usize::MAX; max_id + 1];
     let mut point_row: Vec<Option<CondensedRow>> = vec![None; n];
     for r in tree {
@@ -290,7 +329,11 @@ pub fn label(n: usize, tree: &[CondensedRow], selected: &[usize]) -> (Vec<i32>, 
             if label_of[c] >= 0 {
                 labels[p] = label_of[c];
                 let ml = max_lambda[c];
-                probs[p] = if ml == 0.0 || row.lambda.is_infinite() { 1.0 } else { row.lambda.min(ml) / ml };
+                probs[p] = if ml == 0.0 || row.lambda.is_infinite() {
+                    1.0
+                } else {
+                    row.lambda.min(ml) / ml
+                };
                 break;
             }
             if cluster_parent[c] == usize::MAX {
@@ -303,10 +346,18 @@ pub fn label(n: usize, tree: &[CondensedRow], selected: &[usize]) -> (Vec<i32>, 
 }
 
 /// The whole exact pipeline.
-pub fn hdbscan(p: &Points, params: HdbscanParams, cancel: &(dyn Fn() -> bool + Sync)) -> Result<Hdbscan, Cancelled> {
+pub fn hdbscan(
+    p: &Points,
+    params: HdbscanParams,
+    cancel: &(dyn Fn() -> bool + Sync),
+) -> Result<Hdbscan, Cancelled> {
     let mcs = params.min_cluster_size.max(2);
     if p.n < 2 {
-        return Ok(Hdbscan { labels: vec![-1; p.n], probabilities: vec![0.0; p.n], n_clusters: 0 });
+        return Ok(Hdbscan {
+            labels: vec![-1; p.n],
+            probabilities: vec![0.0; p.n],
+            n_clusters: 0,
+        });
     }
     let core = core_distances(p, params.min_samples.unwrap_or(mcs), cancel)?;
     let mst = mst_prim(p, &core, cancel)?;
@@ -317,7 +368,11 @@ pub fn hdbscan(p: &Points, params: HdbscanParams, cancel: &(dyn Fn() -> bool + S
     let tree = condense_tree(p.n, &merges, mcs);
     let selected = select_eom(p.n, &tree, params.allow_single_cluster);
     let (labels, probabilities) = label(p.n, &tree, &selected);
-    Ok(Hdbscan { labels, probabilities, n_clusters: selected.len() })
+    Ok(Hdbscan {
+        labels,
+        probabilities,
+        n_clusters: selected.len(),
+    })
 }
 
 /// Adjusted Rand index of two labelings (noise -1 is treated as one more label, as
@@ -362,7 +417,15 @@ mod tests {
             rows.push(vec![10.0 + i as f32 * 0.01, 10.0]);
         }
         rows.push(vec![100.0, -100.0]);
-        let r = hdbscan(&Points::from_rows(&rows), HdbscanParams { min_cluster_size: 5, ..Default::default() }, &never).unwrap();
+        let r = hdbscan(
+            &Points::from_rows(&rows),
+            HdbscanParams {
+                min_cluster_size: 5,
+                ..Default::default()
+            },
+            &never,
+        )
+        .unwrap();
         assert_eq!(r.n_clusters, 2);
         assert_eq!(r.labels[20], -1);
         assert_eq!(r.probabilities[20], 0.0);
@@ -374,7 +437,9 @@ mod tests {
     #[test]
     fn cancel_stops_the_run() {
         let rows: Vec<Vec<f32>> = (0..600).map(|i| vec![i as f32, (i % 7) as f32]).collect();
-        let r = hdbscan(&Points::from_rows(&rows), HdbscanParams::default(), &|| true);
+        let r = hdbscan(&Points::from_rows(&rows), HdbscanParams::default(), &|| {
+            true
+        });
         assert_eq!(r.unwrap_err(), Cancelled);
     }
 

@@ -26,7 +26,11 @@ fn default_output() -> String {
     "last_hidden_state".into()
 }
 fn default_inputs() -> Vec<String> {
-    vec!["input_ids".into(), "attention_mask".into(), "token_type_ids".into()]
+    vec![
+        "input_ids".into(),
+        "attention_mask".into(),
+        "token_type_ids".into(),
+    ]
 }
 
 /// Parsed and validated model config. Unknown keys are rejected so that a typo
@@ -78,7 +82,9 @@ impl ModelConfig {
             )));
         }
         if self.output_name.is_empty() || self.input_names.iter().any(|n| n.is_empty()) {
-            return Err(Error::Config("input and output names must not be empty".into()));
+            return Err(Error::Config(
+                "input and output names must not be empty".into(),
+            ));
         }
         Ok(())
     }
@@ -95,17 +101,26 @@ mod tests {
         assert!(c.normalize);
         assert_eq!(c.max_tokens, 256);
         assert_eq!(c.output_name, "last_hidden_state");
-        assert_eq!(c.input_names, vec!["input_ids", "attention_mask", "token_type_ids"]);
+        assert_eq!(
+            c.input_names,
+            vec!["input_ids", "attention_mask", "token_type_ids"]
+        );
     }
 
     #[test]
     fn rejects_unknown_keys_and_bad_values() {
         let e = ModelConfig::from_json(r#"{"pooling":"mean","dimension":384,"normalise":true}"#);
-        assert!(e.unwrap_err().to_string().contains("unknown field `normalise`"));
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `normalise`"));
         let e = ModelConfig::from_json(r#"{"pooling":"max","dimension":384}"#);
         assert!(e.unwrap_err().to_string().contains("unknown variant `max`"));
         let e = ModelConfig::from_json(r#"{"pooling":"cls","dimension":0}"#);
-        assert!(e.unwrap_err().to_string().contains("dimension must be between"));
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("dimension must be between"));
         let e = ModelConfig::from_json(r#"{"pooling":"cls","dimension":8,"max_tokens":1}"#);
         assert!(e.unwrap_err().to_string().contains("max_tokens"));
         let e = ModelConfig::from_json(r#"{"pooling":"cls","dimension":8,"input_names":["a"]}"#);

@@ -20,7 +20,10 @@ pub struct SessionSettings {
 
 impl Default for SessionSettings {
     fn default() -> Self {
-        Self { intra_threads: 1, provider: ExecutionProvider::Cpu }
+        Self {
+            intra_threads: 1,
+            provider: ExecutionProvider::Cpu,
+        }
     }
 }
 
@@ -55,7 +58,12 @@ impl TextEmbedder {
             .map_err(model_err)?;
         builder = register_provider(builder, settings.provider)?;
         let session = builder.commit_from_memory(onnx).map_err(model_err)?;
-        let me = Self { session, tokenizer, config, settings };
+        let me = Self {
+            session,
+            tokenizer,
+            config,
+            settings,
+        };
         me.check_signature()?;
         Ok(me)
     }
@@ -104,13 +112,25 @@ impl TextEmbedder {
         let names = &self.config.input_names;
         let inf = |e: ort::Error| Error::Inference(e.to_string());
         let mut inputs = vec![
-            (names[0].clone(), TensorRef::from_array_view(enc.ids.view()).map_err(inf)?.into_dyn()),
-            (names[1].clone(), TensorRef::from_array_view(enc.mask.view()).map_err(inf)?.into_dyn()),
+            (
+                names[0].clone(),
+                TensorRef::from_array_view(enc.ids.view())
+                    .map_err(inf)?
+                    .into_dyn(),
+            ),
+            (
+                names[1].clone(),
+                TensorRef::from_array_view(enc.mask.view())
+                    .map_err(inf)?
+                    .into_dyn(),
+            ),
         ];
         if names.len() == 3 {
             inputs.push((
                 names[2].clone(),
-                TensorRef::from_array_view(enc.type_ids.view()).map_err(inf)?.into_dyn(),
+                TensorRef::from_array_view(enc.type_ids.view())
+                    .map_err(inf)?
+                    .into_dyn(),
             ));
         }
         let dim = self.config.dimension;
@@ -122,7 +142,9 @@ impl TextEmbedder {
             .get(output_name.as_str())
             .ok_or_else(|| Error::ModelMismatch(format!("output \"{output_name}\" missing")))?;
         let arr = value.try_extract_array::<f32>().map_err(|e| {
-            Error::ModelMismatch(format!("output \"{output_name}\" is not a float32 tensor: {e}"))
+            Error::ModelMismatch(format!(
+                "output \"{output_name}\" is not a float32 tensor: {e}"
+            ))
         })?;
         let shape = arr.shape().to_vec();
         let bad_shape = |what: &str| {
@@ -155,7 +177,9 @@ impl TextEmbedder {
             }
         };
         if vectors.iter().flatten().any(|x| !x.is_finite()) {
-            return Err(Error::Inference("model produced NaN or infinite values".into()));
+            return Err(Error::Inference(
+                "model produced NaN or infinite values".into(),
+            ));
         }
         if normalize {
             vectors.iter_mut().for_each(|v| l2_normalize(v));

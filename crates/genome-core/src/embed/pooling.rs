@@ -13,7 +13,10 @@ pub fn mean_pool(hidden: ArrayView3<f32>, mask: ArrayView2<i64>) -> Vec<Vec<f32>
         for t in 0..seq {
             if mask[[b, t]] != 0 {
                 count += 1.0;
-                for (a, v) in acc.iter_mut().zip(hidden.slice(ndarray::s![b, t, ..]).iter()) {
+                for (a, v) in acc
+                    .iter_mut()
+                    .zip(hidden.slice(ndarray::s![b, t, ..]).iter())
+                {
                     *a += *v;
                 }
             }

@@ -56,7 +56,10 @@ impl Runtime {
         if let Some(rt) = RUNTIME.get() {
             return check_same(rt, path);
         }
-        let load_err = |reason: String| Error::RuntimeLoad { path: path.to_string(), reason };
+        let load_err = |reason: String| Error::RuntimeLoad {
+            path: path.to_string(),
+            reason,
+        };
         if path.is_empty() {
             return Err(load_err("no path configured".into()));
         }
@@ -70,7 +73,11 @@ impl Runtime {
             .build()
             .map_err(|e| load_err(e.to_string()))?;
         let version = library_version(path).unwrap_or_else(|| "unknown".into());
-        let _ = RUNTIME.set(Runtime { path: path.to_string(), version, env });
+        let _ = RUNTIME.set(Runtime {
+            path: path.to_string(),
+            version,
+            env,
+        });
         Ok(RUNTIME.get().expect("runtime just set"))
     }
 

@@ -22,7 +22,10 @@ impl TextTokenizer {
     pub fn from_json(json: &[u8], max_tokens: usize) -> Result<Self> {
         let mut inner = Tokenizer::from_bytes(json).map_err(|e| Error::Tokenizer(e.to_string()))?;
         // Keep the pad token the file names (BERT: [PAD] = 0), only change the strategy.
-        let mut padding = inner.get_padding().cloned().unwrap_or_else(PaddingParams::default);
+        let mut padding = inner
+            .get_padding()
+            .cloned()
+            .unwrap_or_else(PaddingParams::default);
         padding.strategy = PaddingStrategy::BatchLongest;
         padding.pad_to_multiple_of = None;
         inner.with_padding(Some(padding));
@@ -58,6 +61,10 @@ impl TextTokenizer {
                 type_ids[[b, t]] = *ty as i64;
             }
         }
-        Ok(Encoded { ids, mask, type_ids })
+        Ok(Encoded {
+            ids,
+            mask,
+            type_ids,
+        })
     }
 }

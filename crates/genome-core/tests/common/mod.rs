@@ -14,9 +14,15 @@ pub fn ort_lib() -> String {
 }
 
 pub fn model_dir(name: &str) -> PathBuf {
-    let base = std::env::var("GENOME_MODELS").map(PathBuf::from).unwrap_or_else(|_| repo().join(".genome/models"));
+    let base = std::env::var("GENOME_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join(".genome/models"));
     let d = base.join(name);
-    assert!(d.join("model.onnx").is_file(), "{} missing: run scripts/setup.sh first", d.display());
+    assert!(
+        d.join("model.onnx").is_file(),
+        "{} missing: run scripts/setup.sh first",
+        d.display()
+    );
     d
 }
 
@@ -35,7 +41,8 @@ pub fn files(name: &str) -> (Vec<u8>, Vec<u8>, ModelConfig) {
     let d = model_dir(name);
     let onnx = std::fs::read(d.join("model.onnx")).unwrap();
     let tok = std::fs::read(d.join("tokenizer.json")).unwrap();
-    let cfg = ModelConfig::from_json(&std::fs::read_to_string(d.join("genome.json")).unwrap()).unwrap();
+    let cfg =
+        ModelConfig::from_json(&std::fs::read_to_string(d.join("genome.json")).unwrap()).unwrap();
     (onnx, tok, cfg)
 }
 

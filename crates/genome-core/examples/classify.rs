@@ -1,0 +1,65 @@
+//! Run the clustering pipeline on a raw f32 matrix, for benchmarks against Python peers.
+//!   cargo run --release -p genome-core --example classify -- IN.f32 DIM OUT_PREFIX \
+//!       [reduction=umap|pca|none] [method=auto|exact|approximate] [min_cluster_size=15] [seed=42]
+//! Writes OUT_PREFIX.labels (i32 per row) and, when reduced, OUT_PREFIX.reduced.f32; prints one
+//! JSON line with stage timings.
+
+use std::time::Instant;
+
+use genome_core::cluster::{classify, ClassifyParams, Points};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 4 {
+        eprintln!("usage: classify IN.f32 DIM OUT_PREFIX [key=value ...]");
+        std::process::exit(2);
+    }
+    let bytes = std::fs::read(&args[1]).expect("read input");
+    let dim: usize = args[2].parse().expect("dim");
+    let data: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let p = Points::new(dim, data);
+    let mut params = ClassifyParams::default();
+    for kv in &args[4..] {
+        let (k, v) = kv.split_once('=').expect("key=value");
+        match k {
+            "reduction" => params.reduction = v.parse().unwrap(),
+            "method" => params.method = v.parse().unwrap(),
+            "min_cluster_size" => params.min_cluster_size = v.parse().unwrap(),
+            "min_samples" => params.min_samples = Some(v.parse().unwrap()),
+            "n_components" => params.n_components = v.parse().unwrap(),
+            "seed" => params.seed = v.parse().unwrap(),
+            "init" => {
+                params.init = match v {
+                    "pca" => genome_core::reduce::Init::Pca,
+                    "random" => genome_core::reduce::Init::Random,
+                    _ => genome_core::reduce::Init::Spectral,
+                }
+            }
+            _ => panic!("unknown key {k}"),
+        }
+    }
+    let never = || false;
+    let t = Instant::now();
+    let out = classify(&p, params, &mut |_| {}, &never).expect("not cancelled");
+    let total = t.elapsed().as_secs_f64();
+    let labels: Vec<u8> = out
+        .result
+        .labels
+        .iter()
+        .flat_map(|l| l.to_le_bytes())
+        .collect();
+    std::fs::write(format!("{}.labels", args[3]), labels).unwrap();
+    let clustered = out.result.labels.iter().filter(|l| **l >= 0).count();
+    let stages: Vec<String> = out
+        .timings
+        .iter()
+        .map(|(s, t)| format!("\"{s}\": {t:.3}"))
+        .collect();
+    println!(
+        "{{\"n\": {}, \"clusters\": {}, \"clustered\": {}, \"approximate\": {}, \"seconds\": {:.3}, \"stages\": {{{}}}}}",
+        p.n, out.result.n_clusters, clustered, out.approximate, total, stages.join(", ")
+    );
+}

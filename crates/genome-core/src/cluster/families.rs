@@ -1,0 +1,302 @@
+//! From cluster labels to families: centroids (in the embedding space), exemplars, calibrated
+//! per-family thresholds, stable ids across runs, nearest-centroid assignment and keyword labels.
+
+use std::collections::HashMap;
+
+use super::Points;
+
+/// Unit-length mean of the (L2-normalised) members of each cluster 0..k-1.
+pub fn centroids(emb: &Points, labels: &[i32], k: usize) -> Vec<Vec<f32>> {
+    let mut sums = vec![vec![0f64; emb.d]; k];
+    for (i, &l) in labels.iter().enumerate() {
+        if l >= 0 {
+            let r = emb.row(i);
+            let norm = r
+                .iter()
+                .map(|x| (*x as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                .max(1e-12);
+            sums[l as usize]
+                .iter_mut()
+                .zip(r)
+                .for_each(|(s, x)| *s += *x as f64 / norm);
+        }
+    }
+    sums.into_iter()
+        .map(|s| {
+            let norm = s.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+            s.iter().map(|x| (x / norm) as f32).collect()
+        })
+        .collect()
+}
+
+#[inline]
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (*x as f64, *y as f64);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    if aa == 0.0 || bb == 0.0 {
+        0.0
+    } else {
+        ab / (aa.sqrt() * bb.sqrt())
+    }
+}
+
+/// Per cluster: the members' cosine to the centroid, highest first, with member indices.
+pub fn member_similarities(
+    emb: &Points,
+    labels: &[i32],
+    cents: &[Vec<f32>],
+) -> Vec<Vec<(f64, usize)>> {
+    let mut out = vec![Vec::new(); cents.len()];
+    for (i, &l) in labels.iter().enumerate() {
+        if l >= 0 {
+            out[l as usize].push((cosine(emb.row(i), &cents[l as usize]), i));
+        }
+    }
+    for v in out.iter_mut() {
+        v.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    }
+    out
+}
+
+/// The q-quantile (0..1, linear interpolation) of a family's member similarities: with q = 0.1
+/// a new row joins the family when it is at least as close to the centroid as the 10% least
+/// typical of the family's own members.
+pub fn quantile(sims_desc: &[(f64, usize)], q: f64) -> f64 {
+    if sims_desc.is_empty() {
+        return 1.0;
+    }
+    let mut v: Vec<f64> = sims_desc.iter().map(|s| s.0).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+/// Stable ids: pair new clusters with old families by centroid cosine, greedily from the most
+/// similar pair down, each old family used at most once, and only pairs with cosine >=
+/// `min_cosine`. Returns, per new cluster, the index into `old` it inherits, if any.
+pub fn match_families(old: &[Vec<f32>], new: &[Vec<f32>], min_cosine: f64) -> Vec<Option<usize>> {
+    let mut pairs: Vec<(f64, usize, usize)> = Vec::new();
+    for (j, nc) in new.iter().enumerate() {
+        for (i, oc) in old.iter().enumerate() {
+            let c = cosine(oc, nc);
+            if c >= min_cosine {
+                pairs.push((c, j, i));
+            }
+        }
+    }
+    pairs.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let mut out = vec![None; new.len()];
+    let mut used = vec![false; old.len()];
+    for (_, j, i) in pairs {
+        if out[j].is_none() && !used[i] {
+            out[j] = Some(i);
+            used[i] = true;
+        }
+    }
+    out
+}
+
+/// Centroids as one row-major matrix, for the assignment step (cached per process).
+#[derive(Debug, Clone)]
+pub struct CentroidSet {
+    pub d: usize,
+    pub ids: Vec<i64>,
+    pub matrix: Vec<f32>,
+    /// Calibrated per-family thresholds (used when no explicit threshold is given).
+    pub thresholds: Vec<f32>,
+}
+
+impl CentroidSet {
+    pub fn new(d: usize) -> Self {
+        Self {
+            d,
+            ids: Vec::new(),
+            matrix: Vec::new(),
+            thresholds: Vec::new(),
+        }
+    }
+    pub fn push(&mut self, id: i64, centroid: &[f32], threshold: f32) {
+        assert_eq!(centroid.len(), self.d);
+        let norm = centroid
+            .iter()
+            .map(|x| x * x)
+            .sum::<f32>()
+            .sqrt()
+            .max(1e-12);
+        self.ids.push(id);
+        self.matrix.extend(centroid.iter().map(|x| x / norm));
+        self.thresholds.push(threshold);
+    }
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+    /// Index and cosine of the nearest centroid.
+    pub fn nearest(&self, v: &[f32]) -> Option<(usize, f32)> {
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm == 0.0 || self.is_empty() {
+            return None;
+        }
+        let mut best = (0usize, f32::NEG_INFINITY);
+        for (c, row) in self.matrix.chunks(self.d).enumerate() {
+            let s: f32 = row.iter().zip(v).map(|(a, b)| a * b).sum::<f32>() / norm;
+            if s > best.1 {
+                best = (c, s);
+            }
+        }
+        Some(best)
+    }
+    /// The family id for `v`: the nearest centroid's if its cosine reaches the threshold
+    /// (explicit, else that family's calibrated one), else None (Unclustered).
+    pub fn assign(&self, v: &[f32], threshold: Option<f32>) -> (Option<i64>, f32) {
+        match self.nearest(v) {
+            Some((c, s)) if s >= threshold.unwrap_or(self.thresholds[c]) => (Some(self.ids[c]), s),
+            Some((_, s)) => (None, s),
+            None => (None, 0.0),
+        }
+    }
+}
+
+const STOPWORDS: &[&str] = &[
+    "the", "and", "for", "that", "this", "with", "you", "are", "was", "not", "but", "have", "has",
+    "had", "his", "her", "they", "them", "their", "there", "what", "when", "which", "who", "will",
+    "would", "can", "could", "from", "all", "one", "been", "were", "your", "its", "our", "out",
+    "about", "into", "than", "then", "just", "more", "some", "any", "only", "very", "also", "how",
+    "why", "where", "she", "him", "did", "does", "doing", "don", "isn", "aren", "wasn", "let",
+    "get", "got", "may", "might", "must", "shall", "should", "being", "over", "such", "because",
+    "each", "own", "same", "too", "those", "these", "here", "both", "other", "after", "before",
+    "again", "now", "never", "ever", "much", "many", "most", "every", "well", "like", "yes", "off",
+    "upon", "said", "say", "says", "way", "make", "made", "see",
+];
+
+fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .map(|w| w.trim_matches('\'').to_lowercase())
+        .filter(|w| {
+            w.chars().count() >= 3
+                && !w.chars().all(|c| c.is_numeric())
+                && !STOPWORDS.contains(&w.as_str())
+        })
+}
+
+/// Labels from class-based TF-IDF (as BERTopic's c-TF-IDF): per cluster, the words most
+/// frequent in it relative to their frequency over all clusters; `top` words joined by ", ".
+pub fn keyword_labels(texts: &[&str], labels: &[i32], k: usize, top: usize) -> Vec<String> {
+    let mut tf: Vec<HashMap<String, f64>> = vec![HashMap::new(); k];
+    let mut total: HashMap<String, f64> = HashMap::new();
+    let mut words_in = vec![0f64; k];
+    for (t, &l) in texts.iter().zip(labels) {
+        if l < 0 {
+            continue;
+        }
+        for w in words(t) {
+            *tf[l as usize].entry(w.clone()).or_default() += 1.0;
+            *total.entry(w).or_default() += 1.0;
+            words_in[l as usize] += 1.0;
+        }
+    }
+    let avg = words_in.iter().sum::<f64>() / k.max(1) as f64;
+    tf.iter()
+        .zip(&words_in)
+        .map(|(m, n)| {
+            let mut scored: Vec<(f64, &String)> = m
+                .iter()
+                .map(|(w, c)| (c / n.max(1.0) * (1.0 + avg / total[w]).ln(), w))
+                .collect();
+            scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+            scored
+                .iter()
+                .take(top)
+                .map(|(_, w)| w.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect()
+}
+
+/// Share of clustered points that carry their cluster's most common reference label.
+pub fn purity(labels: &[i32], truth: &[i32]) -> f64 {
+    let mut counts: HashMap<i32, HashMap<i32, usize>> = HashMap::new();
+    let mut clustered = 0usize;
+    for (&l, &t) in labels.iter().zip(truth) {
+        if l >= 0 {
+            *counts.entry(l).or_default().entry(t).or_default() += 1;
+            clustered += 1;
+        }
+    }
+    let majority: usize = counts.values().map(|m| *m.values().max().unwrap()).sum();
+    majority as f64 / clustered.max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn centroids_are_unit_means_and_quantiles_interpolate() {
+        let p = Points::new(2, vec![1.0, 0.0, 0.0, 1.0, 2.0, 0.0, -1.0, 0.0]);
+        let c = centroids(&p, &[0, 0, 1, -1], 2);
+        let s = std::f32::consts::FRAC_1_SQRT_2;
+        assert!((c[0][0] - s).abs() < 1e-6 && (c[0][1] - s).abs() < 1e-6);
+        assert_eq!(c[1], vec![1.0, 0.0]);
+        let sims = vec![(0.9, 0), (0.5, 1), (0.1, 2)];
+        assert!((quantile(&sims, 0.0) - 0.1).abs() < 1e-12);
+        assert!((quantile(&sims, 0.25) - 0.3).abs() < 1e-12);
+        assert!((quantile(&sims, 1.0) - 0.9).abs() < 1e-12);
+    }
+
+    #[test]
+    fn matching_is_greedy_one_to_one_and_thresholded() {
+        let old = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
+        // new 0 is near old 1, new 1 near old 0 but less so, new 2 near old 0 too (loses),
+        // new 3 is far from both
+        let new = vec![
+            vec![0.05, 1.0],
+            vec![1.0, 0.2],
+            vec![1.0, 0.3],
+            vec![-1.0, -1.0],
+        ];
+        let m = match_families(&old, &new, 0.9);
+        assert_eq!(m, vec![Some(1), Some(0), None, None]);
+    }
+
+    #[test]
+    fn assignment_honours_explicit_and_calibrated_thresholds() {
+        let mut cs = CentroidSet::new(2);
+        cs.push(10, &[1.0, 0.0], 0.95);
+        cs.push(20, &[0.0, 2.0], 0.5);
+        let v = [0.8f32, 0.6]; // cos 0.8 to family 10, 0.6 to 20
+        assert_eq!(cs.assign(&v, None).0, None, "0.8 < calibrated 0.95");
+        assert_eq!(cs.assign(&v, Some(0.7)).0, Some(10));
+        assert_eq!(cs.assign(&v, Some(0.85)).0, None);
+        assert_eq!(cs.assign(&[0.1, 0.9], None).0, Some(20));
+        assert_eq!(
+            cs.assign(&[0.0, 0.0], Some(0.0)).0,
+            None,
+            "zero vector goes nowhere"
+        );
+    }
+
+    #[test]
+    fn keyword_labels_pick_distinctive_words() {
+        let texts = [
+            "cats purr and cats sleep",
+            "a cat and cats",
+            "dogs bark loudly",
+            "dogs fetch the ball",
+        ];
+        let l = keyword_labels(&texts, &[0, 0, 1, 1], 2, 1);
+        assert_eq!(l, vec!["cats".to_string(), "dogs".to_string()]);
+        assert!((purity(&[0, 0, 1, 1, -1], &[5, 5, 5, 6, 6]) - 0.75).abs() < 1e-12);
+    }
+}

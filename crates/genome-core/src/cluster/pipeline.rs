@@ -1,0 +1,165 @@
+//! The full-classification pipeline over embeddings: (optional) reduction, then HDBSCAN, with
+//! the path chosen by size. Stages report through `progress` and honour `cancel`.
+
+use std::time::Instant;
+
+use super::approx::{hdbscan_knn, DEFAULT_GRAPH_K};
+use super::hdbscan::{hdbscan, Cancelled, Hdbscan, HdbscanParams};
+use super::Points;
+use crate::reduce::{knn, umap, Init, KnnMethod, Metric, UmapParams};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduction {
+    /// HDBSCAN on the L2-normalised embeddings themselves.
+    None,
+    /// UMAP-style layout (cosine kNN graph, spectral init) to `n_components` dimensions.
+    Umap,
+    /// Projection on the leading principal components.
+    Pca,
+}
+
+impl std::str::FromStr for Reduction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" => Ok(Self::None),
+            "umap" => Ok(Self::Umap),
+            "pca" => Ok(Self::Pca),
+            _ => Err(format!(
+                "unknown reduction \"{s}\" (expected umap, pca or none)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Auto,
+    Exact,
+    Approximate,
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "exact" => Ok(Self::Exact),
+            "approximate" | "approx" => Ok(Self::Approximate),
+            _ => Err(format!(
+                "unknown HDBSCAN method \"{s}\" (expected auto, exact or approximate)"
+            )),
+        }
+    }
+}
+
+/// `Auto` takes the exact path while n^2 d stays under this many operations
+/// (about 20k points at 384-d, 140k at 5-d); the approximate path above.
+pub const EXACT_BUDGET: f64 = 1.0e11;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ClassifyParams {
+    pub min_cluster_size: usize,
+    pub min_samples: Option<usize>,
+    pub reduction: Reduction,
+    pub n_components: usize,
+    pub n_neighbors: usize,
+    pub method: Method,
+    pub seed: u64,
+    /// UMAP initial layout (spectral unless told otherwise).
+    pub init: Init,
+}
+
+impl Default for ClassifyParams {
+    fn default() -> Self {
+        Self {
+            min_cluster_size: 15,
+            min_samples: None,
+            reduction: Reduction::Umap,
+            n_components: 5,
+            n_neighbors: 15,
+            method: Method::Auto,
+            seed: 42,
+            init: Init::Spectral,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Classified {
+    pub result: Hdbscan,
+    /// Whether the approximate HDBSCAN path ran.
+    pub approximate: bool,
+    /// The reduced coordinates HDBSCAN ran on (None without a reduction).
+    pub reduced: Option<Points>,
+    /// Seconds per stage, in order.
+    pub timings: Vec<(&'static str, f64)>,
+}
+
+/// Cluster `emb` (any scale: rows are L2-normalised here).
+pub fn classify(
+    emb: &Points,
+    params: ClassifyParams,
+    progress: &mut dyn FnMut(&str),
+    cancel: &(dyn Fn() -> bool + Sync),
+) -> Result<Classified, Cancelled> {
+    let mut timings = Vec::new();
+    let normed = emb.clone().l2_normalized();
+    let reduced_any = params.reduction != Reduction::None;
+    let space = match params.reduction {
+        Reduction::None => normed,
+        Reduction::Umap | Reduction::Pca => {
+            let t = Instant::now();
+            progress("knn");
+            let g = knn(
+                &normed,
+                params.n_neighbors.max(2),
+                Metric::Cosine,
+                KnnMethod::Auto,
+                cancel,
+            )?;
+            timings.push(("knn", t.elapsed().as_secs_f64()));
+            let t = Instant::now();
+            progress("reduce");
+            let init = params.init;
+            let up = UmapParams {
+                n_components: params.n_components,
+                init,
+                seed: params.seed,
+                ..Default::default()
+            };
+            let out = if params.reduction == Reduction::Pca {
+                umap::pca_project(&normed, params.n_components, params.seed)
+            } else {
+                umap(&normed, &g, up, cancel)?
+            };
+            timings.push(("reduce", t.elapsed().as_secs_f64()));
+            out
+        }
+    };
+    let t = Instant::now();
+    progress("hdbscan");
+    let hp = HdbscanParams {
+        min_cluster_size: params.min_cluster_size,
+        min_samples: params.min_samples,
+        allow_single_cluster: false,
+    };
+    let approximate = match params.method {
+        Method::Exact => false,
+        Method::Approximate => true,
+        Method::Auto => (space.n as f64).powi(2) * space.d as f64 > EXACT_BUDGET,
+    };
+    let result = if approximate {
+        hdbscan_knn(&space, hp, DEFAULT_GRAPH_K, KnnMethod::Auto, cancel)?
+    } else {
+        hdbscan(&space, hp, cancel)?
+    };
+    timings.push(("hdbscan", t.elapsed().as_secs_f64()));
+    let reduced = if reduced_any { Some(space) } else { None };
+    Ok(Classified {
+        result,
+        approximate,
+        reduced,
+        timings,
+    })
+}

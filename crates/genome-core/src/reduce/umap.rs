@@ -1,0 +1,506 @@
+//! A UMAP-style reduction following umap-learn 0.5 (McInnes et al., arXiv:1802.03426):
+//! fuzzy simplicial set from a kNN graph (smooth kNN distances, fuzzy union), spectral
+//! initialisation (or PCA, or random), then stochastic layout optimisation with negative
+//! sampling. Runs serially with a seeded generator, so a given input and seed always gives the
+//! same layout (umap-learn is also serial when given a random_state).
+
+use super::knn::Knn;
+use super::linalg::top_eigenvectors;
+use super::rng::Rng;
+use crate::cluster::hdbscan::Cancelled;
+use crate::cluster::Points;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Init {
+    Spectral,
+    Pca,
+    Random,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct UmapParams {
+    pub n_components: usize,
+    pub min_dist: f64,
+    pub spread: f64,
+    /// None: 500 up to 10,000 points, 200 above (umap-learn's default).
+    pub n_epochs: Option<usize>,
+    pub negative_sample_rate: usize,
+    pub init: Init,
+    pub seed: u64,
+}
+
+impl Default for UmapParams {
+    fn default() -> Self {
+        Self {
+            n_components: 5,
+            min_dist: 0.0,
+            spread: 1.0,
+            n_epochs: None,
+            negative_sample_rate: 5,
+            init: Init::Spectral,
+            seed: 42,
+        }
+    }
+}
+
+/// Fit a, b of 1 / (1 + a d^(2b)) to the target membership curve, as umap-learn's
+/// `find_ab_params` does with scipy's curve_fit (here: Gauss-Newton from a grid start).
+pub fn find_ab_params(spread: f64, min_dist: f64) -> (f64, f64) {
+    let xs: Vec<f64> = (0..300).map(|i| spread * 3.0 * i as f64 / 299.0).collect();
+    let ys: Vec<f64> = xs
+        .iter()
+        .map(|&x| {
+            if x < min_dist {
+                1.0
+            } else {
+                (-(x - min_dist) / spread).exp()
+            }
+        })
+        .collect();
+    let sse = |a: f64, b: f64| -> f64 {
+        xs.iter()
+            .zip(&ys)
+            .map(|(&x, &y)| {
+                let f = 1.0 / (1.0 + a * x.powf(2.0 * b));
+                (f - y) * (f - y)
+            })
+            .sum()
+    };
+    let (mut a, mut b) = (1.0, 1.0);
+    let mut best = f64::INFINITY;
+    for ai in 1..60 {
+        for bi in 1..60 {
+            let (ta, tb) = (ai as f64 * 0.05, bi as f64 * 0.05);
+            let e = sse(ta, tb);
+            if e < best {
+                best = e;
+                a = ta;
+                b = tb;
+            }
+        }
+    }
+    // Gauss-Newton refinement with step halving.
+    for _ in 0..100 {
+        let (mut jtj, mut jtr) = ([[0f64; 2]; 2], [0f64; 2]);
+        for (&x, &y) in xs.iter().zip(&ys) {
+            if x <= 0.0 {
+                continue;
+            }
+            let p = x.powf(2.0 * b);
+            let den = 1.0 + a * p;
+            let f = 1.0 / den;
+            let r = f - y;
+            let da = -p / (den * den);
+            let db = -a * p * 2.0 * x.ln() / (den * den);
+            jtj[0][0] += da * da;
+            jtj[0][1] += da * db;
+            jtj[1][1] += db * db;
+            jtr[0] += da * r;
+            jtr[1] += db * r;
+        }
+        jtj[1][0] = jtj[0][1];
+        let det = jtj[0][0] * jtj[1][1] - jtj[0][1] * jtj[1][0];
+        if det.abs() < 1e-300 {
+            break;
+        }
+        let sa = (jtj[1][1] * jtr[0] - jtj[0][1] * jtr[1]) / det;
+        let sb = (jtj[0][0] * jtr[1] - jtj[1][0] * jtr[0]) / det;
+        let mut t = 1.0;
+        let cur = sse(a, b);
+        while t > 1e-6 && sse(a - t * sa, b - t * sb) >= cur {
+            t *= 0.5;
+        }
+        if t <= 1e-6 {
+            break;
+        }
+        a -= t * sa;
+        b -= t * sb;
+    }
+    (a, b)
+}
+
+/// A symmetric sparse graph in COO form (both directions stored).
+#[derive(Debug, Clone)]
+pub struct Graph {
+    pub n: usize,
+    pub head: Vec<u32>,
+    pub tail: Vec<u32>,
+    pub weight: Vec<f32>,
+}
+
+/// umap-learn's smooth_knn_dist: per point rho (nearest non-zero distance) and sigma such
+/// that sum_j exp(-(d_ij - rho) / sigma) = log2(k).
+pub fn smooth_knn_dist(knn: &Knn) -> (Vec<f64>, Vec<f64>) {
+    const SMOOTH_K_TOLERANCE: f64 = 1e-5;
+    const MIN_K_DIST_SCALE: f64 = 1e-3;
+    let k = knn.k;
+    let target = (k as f64).log2();
+    let mean_all = knn.dists.iter().map(|d| *d as f64).sum::<f64>() / knn.dists.len().max(1) as f64;
+    let mut rhos = vec![0f64; knn.n];
+    let mut sigmas = vec![0f64; knn.n];
+    for i in 0..knn.n {
+        let (_, ds) = knn.row(i);
+        let rho = ds
+            .iter()
+            .map(|d| *d as f64)
+            .find(|d| *d > 0.0)
+            .unwrap_or(0.0);
+        let (mut lo, mut hi, mut mid) = (0.0f64, f64::INFINITY, 1.0f64);
+        for _ in 0..64 {
+            let mut psum = 0.0;
+            for &d in &ds[1..] {
+                let d = d as f64 - rho;
+                psum += if d > 0.0 { (-(d / mid)).exp() } else { 1.0 };
+            }
+            if (psum - target).abs() < SMOOTH_K_TOLERANCE {
+                break;
+            }
+            if psum > target {
+                hi = mid;
+                mid = (lo + hi) / 2.0;
+            } else {
+                lo = mid;
+                mid = if hi.is_infinite() {
+                    mid * 2.0
+                } else {
+                    (lo + hi) / 2.0
+                };
+            }
+        }
+        let mean_i = ds.iter().map(|d| *d as f64).sum::<f64>() / k as f64;
+        let floor = MIN_K_DIST_SCALE * if rho > 0.0 { mean_i } else { mean_all };
+        rhos[i] = rho;
+        sigmas[i] = mid.max(floor);
+    }
+    (rhos, sigmas)
+}
+
+/// The fuzzy simplicial set: memberships exp(-(d - rho) / sigma), then the fuzzy union
+/// w_ij + w_ji - w_ij w_ji.
+pub fn fuzzy_simplicial_set(knn: &Knn) -> Graph {
+    let (rhos, sigmas) = smooth_knn_dist(knn);
+    // (min, max, weight, direction): both directions of a pair meet after sorting.
+    let mut entries: Vec<(u32, u32, f32)> = Vec::with_capacity(knn.n * knn.k);
+    for i in 0..knn.n {
+        let (idx, ds) = knn.row(i);
+        for (&j, &d) in idx.iter().zip(ds) {
+            if j as usize == i {
+                continue;
+            }
+            let d = d as f64;
+            let w = if d - rhos[i] <= 0.0 || sigmas[i] == 0.0 {
+                1.0
+            } else {
+                (-(d - rhos[i]) / sigmas[i]).exp()
+            };
+            entries.push((i as u32, j, w as f32));
+        }
+    }
+    // A kNN list may name the same neighbour twice (HNSW padding); keep one.
+    entries.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    entries.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+    let mut directed: std::collections::HashMap<(u32, u32), f32> =
+        std::collections::HashMap::with_capacity(entries.len());
+    for &(i, j, w) in &entries {
+        directed.insert((i, j), w);
+    }
+    let mut head = Vec::with_capacity(entries.len() * 2);
+    let mut tail = Vec::with_capacity(entries.len() * 2);
+    let mut weight = Vec::with_capacity(entries.len() * 2);
+    let mut pairs: Vec<(u32, u32, f32)> = Vec::with_capacity(entries.len() * 2);
+    for &(i, j, w) in &entries {
+        let back = directed.get(&(j, i)).copied().unwrap_or(0.0);
+        let u = w + back - w * back;
+        pairs.push((i, j, u));
+        if back == 0.0 {
+            // j does not list i: add the reverse direction, which the loop will not visit.
+            pairs.push((j, i, u));
+        }
+    }
+    pairs.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    for (i, j, w) in pairs {
+        if w > 0.0 {
+            head.push(i);
+            tail.push(j);
+            weight.push(w);
+        }
+    }
+    Graph {
+        n: knn.n,
+        head,
+        tail,
+        weight,
+    }
+}
+
+fn spectral_init(g: &Graph, dim: usize, seed: u64) -> Option<Vec<Vec<f64>>> {
+    let n = g.n;
+    if n <= dim + 1 {
+        return None;
+    }
+    let mut deg = vec![0f64; n];
+    for (h, w) in g.head.iter().zip(&g.weight) {
+        deg[*h as usize] += *w as f64;
+    }
+    if deg.iter().any(|d| *d <= 0.0) {
+        return None; // an isolated point: the normalised Laplacian is undefined
+    }
+    let inv_sqrt: Vec<f64> = deg.iter().map(|d| 1.0 / d.sqrt()).collect();
+    let norm = deg.iter().sum::<f64>().sqrt();
+    let trivial: Vec<f64> = deg.iter().map(|d| d.sqrt() / norm).collect();
+    // (I + D^-1/2 W D^-1/2) / 2 has the Laplacian's smallest eigenvectors as its largest ones
+    // and is positive semi-definite, so power iteration applies.
+    let (vecs, _) = top_eigenvectors(n, dim, 150, seed, &[trivial], |x, y| {
+        y.iter_mut().zip(x).for_each(|(y, x)| *y = 0.5 * x);
+        for ((h, t), w) in g.head.iter().zip(&g.tail).zip(&g.weight) {
+            let (h, t) = (*h as usize, *t as usize);
+            y[h] += 0.5 * *w as f64 * inv_sqrt[h] * inv_sqrt[t] * x[t];
+        }
+    });
+    Some(vecs)
+}
+
+fn pca_init(p: &Points, dim: usize, seed: u64) -> Vec<Vec<f64>> {
+    let d = p.d;
+    let mut mean = vec![0f64; d];
+    for i in 0..p.n {
+        for (m, x) in mean.iter_mut().zip(p.row(i)) {
+            *m += *x as f64;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= p.n.max(1) as f64);
+    // The covariance from at most 20k evenly spaced rows: enough for 5-10 components.
+    let step = (p.n / 20_000).max(1);
+    let mut cov = vec![0f64; d * d];
+    let mut rows = 0usize;
+    let mut c = vec![0f64; d];
+    for i in (0..p.n).step_by(step) {
+        for (k, x) in p.row(i).iter().enumerate() {
+            c[k] = *x as f64 - mean[k];
+        }
+        for a in 0..d {
+            let ca = c[a];
+            for b in 0..d {
+                cov[a * d + b] += ca * c[b];
+            }
+        }
+        rows += 1;
+    }
+    cov.iter_mut().for_each(|v| *v /= rows as f64);
+    let (axes, _) = top_eigenvectors(d, dim.min(d), 300, seed, &[], |x, y| {
+        for a in 0..d {
+            y[a] = (0..d).map(|b| cov[a * d + b] * x[b]).sum();
+        }
+    });
+    axes.iter()
+        .map(|ax| {
+            (0..p.n)
+                .map(|i| {
+                    p.row(i)
+                        .iter()
+                        .zip(&mean)
+                        .zip(ax)
+                        .map(|((x, m), a)| (*x as f64 - m) * a)
+                        .sum()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Projection of `p` on its `dim` leading principal components (the `pca` reduction).
+pub fn pca_project(p: &Points, dim: usize, seed: u64) -> Points {
+    let cols = pca_init(p, dim, seed);
+    let mut data = vec![0f32; p.n * cols.len()];
+    for (c, col) in cols.iter().enumerate() {
+        for i in 0..p.n {
+            data[i * cols.len() + c] = col[i] as f32;
+        }
+    }
+    Points {
+        n: p.n,
+        d: cols.len(),
+        data,
+    }
+}
+
+#[inline]
+fn sq_dist(emb: &[f32], i: usize, j: usize, dim: usize) -> f32 {
+    let (a, b) = (&emb[i * dim..(i + 1) * dim], &emb[j * dim..(j + 1) * dim]);
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+/// Reduce `p` (whose kNN graph is `knn`) to `n_components` dimensions.
+pub fn umap(
+    p: &Points,
+    knn: &Knn,
+    params: UmapParams,
+    cancel: &(dyn Fn() -> bool + Sync),
+) -> Result<Points, Cancelled> {
+    let n = p.n;
+    let dim = params.n_components.max(1);
+    let mut rng = Rng::new(params.seed);
+    if n == 0 {
+        return Ok(Points {
+            n: 0,
+            d: dim,
+            data: vec![],
+        });
+    }
+    let graph = fuzzy_simplicial_set(knn);
+    if cancel() {
+        return Err(Cancelled);
+    }
+    // Initial layout, then (as umap-learn) scale to max |x| = 10 and add tiny noise, then
+    // rescale every dimension to [0, 10].
+    let init: Vec<Vec<f64>> = match params.init {
+        Init::Spectral => {
+            spectral_init(&graph, dim, params.seed).unwrap_or_else(|| pca_init(p, dim, params.seed))
+        }
+        Init::Pca => pca_init(p, dim, params.seed),
+        Init::Random => (0..dim)
+            .map(|_| (0..n).map(|_| rng.unit() * 20.0 - 10.0).collect())
+            .collect(),
+    };
+    let maxabs = init
+        .iter()
+        .flatten()
+        .fold(0f64, |m, x| m.max(x.abs()))
+        .max(1e-12);
+    let mut emb = vec![0f32; n * dim];
+    for c in 0..dim.min(init.len()) {
+        for i in 0..n {
+            emb[i * dim + c] = (init[c][i] * 10.0 / maxabs + rng.normal() * 1e-4) as f32;
+        }
+    }
+    for c in 0..dim {
+        let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+        for i in 0..n {
+            lo = lo.min(emb[i * dim + c]);
+            hi = hi.max(emb[i * dim + c]);
+        }
+        let span = (hi - lo).max(1e-12);
+        for i in 0..n {
+            emb[i * dim + c] = 10.0 * (emb[i * dim + c] - lo) / span;
+        }
+    }
+
+    let n_epochs = params
+        .n_epochs
+        .unwrap_or(if n <= 10_000 { 500 } else { 200 });
+    let (a, b) = find_ab_params(params.spread, params.min_dist);
+    let wmax = graph.weight.iter().fold(0f32, |m, w| m.max(*w)) as f64;
+    // Edges too weak to be sampled even once are dropped, as in umap-learn.
+    let mut edges: Vec<(usize, usize, f64)> = Vec::with_capacity(graph.weight.len());
+    for ((h, t), w) in graph.head.iter().zip(&graph.tail).zip(&graph.weight) {
+        if (*w as f64) >= wmax / n_epochs as f64 {
+            let samples = n_epochs as f64 * (*w as f64 / wmax);
+            edges.push((*h as usize, *t as usize, n_epochs as f64 / samples));
+        }
+    }
+    let neg_rate = params.negative_sample_rate as f64;
+    let mut next_sample: Vec<f64> = edges.iter().map(|e| e.2).collect();
+    let mut next_negative: Vec<f64> = edges.iter().map(|e| e.2 / neg_rate).collect();
+    let (a, b) = (a as f32, b as f32);
+    let mut alpha = 1.0f32;
+    for epoch in 0..n_epochs {
+        if epoch % 10 == 0 && cancel() {
+            return Err(Cancelled);
+        }
+        let ef = epoch as f64;
+        for (e, &(j, k, eps)) in edges.iter().enumerate() {
+            if next_sample[e] > ef {
+                continue;
+            }
+            // f32 and one powf per pair, as umap-learn's numba kernel: d^(2b-2) = d^(2b) / d^2
+            let d2 = sq_dist(&emb, j, k, dim);
+            if d2 > 0.0 {
+                let pb = d2.powf(b);
+                let coeff = -2.0 * a * b * (pb / d2) / (a * pb + 1.0);
+                for c in 0..dim {
+                    let g =
+                        (coeff * (emb[j * dim + c] - emb[k * dim + c])).clamp(-4.0, 4.0) * alpha;
+                    emb[j * dim + c] += g;
+                    emb[k * dim + c] -= g;
+                }
+            }
+            next_sample[e] += eps;
+            let eps_neg = eps / neg_rate;
+            let n_neg = ((ef - next_negative[e]) / eps_neg).max(0.0) as usize;
+            for _ in 0..n_neg {
+                let o = rng.below(n);
+                if o == j {
+                    continue;
+                }
+                let d2 = sq_dist(&emb, j, o, dim);
+                if d2 <= 0.0 {
+                    continue;
+                }
+                let coeff = 2.0 * b / ((0.001 + d2) * (a * d2.powf(b) + 1.0));
+                for c in 0..dim {
+                    let g =
+                        (coeff * (emb[j * dim + c] - emb[o * dim + c])).clamp(-4.0, 4.0) * alpha;
+                    emb[j * dim + c] += g;
+                }
+            }
+            next_negative[e] += n_neg as f64 * eps_neg;
+        }
+        alpha = 1.0 - (epoch + 1) as f32 / n_epochs as f32;
+    }
+    Ok(Points {
+        n,
+        d: dim,
+        data: emb,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reduce::knn::{knn, KnnMethod, Metric};
+
+    #[test]
+    fn ab_params_match_umap_learn() {
+        // umap-learn 0.5.12: find_ab_params(1.0, 0.1) = (1.5769, 0.8951); (1.0, 0.0) = (1.9328, 0.7905)
+        let (a, b) = find_ab_params(1.0, 0.1);
+        assert!(
+            (a - 1.577).abs() < 0.01 && (b - 0.895).abs() < 0.01,
+            "{a} {b}"
+        );
+        let (a, b) = find_ab_params(1.0, 0.0);
+        assert!(
+            (a - 1.9328).abs() < 0.002 && (b - 0.7905).abs() < 0.002,
+            "{a} {b}"
+        );
+    }
+
+    #[test]
+    fn separates_clusters_and_is_deterministic() {
+        let mut r = Rng::new(5);
+        let centers: Vec<Vec<f32>> = (0..4)
+            .map(|_| (0..20).map(|_| 3.0 * r.normal() as f32).collect())
+            .collect();
+        let mut data = Vec::new();
+        for i in 0..400 {
+            for x in &centers[i % 4] {
+                data.push(x + r.normal() as f32 * 0.5);
+            }
+        }
+        let p = Points::new(20, data);
+        let never = || false;
+        let g = knn(&p, 15, Metric::Euclidean, KnnMethod::Exact, &never).unwrap();
+        let params = UmapParams {
+            n_components: 2,
+            ..Default::default()
+        };
+        let e1 = umap(&p, &g, params, &never).unwrap();
+        let e2 = umap(&p, &g, params, &never).unwrap();
+        assert_eq!(e1.data, e2.data, "same seed, same layout");
+        // every point's nearest neighbour in the layout belongs to its own blob
+        let never = || false;
+        let g2 = knn(&e1, 2, Metric::Euclidean, KnnMethod::Exact, &never).unwrap();
+        for i in 0..e1.n {
+            assert_eq!(g2.row(i).0[1] as usize % 4, i % 4);
+        }
+    }
+}
