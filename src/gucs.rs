@@ -22,6 +22,12 @@ pub static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(8);
 pub static EXECUTION_PROVIDER: GucSetting<Provider> = GucSetting::<Provider>::new(Provider::Cpu);
 pub static MODEL_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(2);
+/// 0 = one per CPU core.
+pub static CLUSTER_THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
+/// Cosine at or above which a new cluster keeps an old family's id.
+pub static FAMILY_MATCH_THRESHOLD: GucSetting<f64> = GucSetting::<f64>::new(0.9);
+/// Quantile of members' similarity to their centroid used as a family's assignment threshold.
+pub static THRESHOLD_QUANTILE: GucSetting<f64> = GucSetting::<f64>::new(0.1);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -76,6 +82,36 @@ pub fn init() {
         &MODEL_CACHE_SIZE,
         1,
         64,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"genome.cluster_threads",
+        c"Threads for kNN, reduction and HDBSCAN in full classification (0 = one per core).",
+        c"",
+        &CLUSTER_THREADS,
+        0,
+        256,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_float_guc(
+        c"genome.family_match_threshold",
+        c"Centroid cosine at or above which a new cluster keeps an existing family's id.",
+        c"Pairs are matched greedily from the most similar down, each family at most once.",
+        &FAMILY_MATCH_THRESHOLD,
+        0.0,
+        1.0,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_float_guc(
+        c"genome.threshold_quantile",
+        c"Quantile of a family's member similarities stored as its assignment threshold.",
+        c"assign_family with threshold NULL assigns a row to its nearest family when the cosine reaches it.",
+        &THRESHOLD_QUANTILE,
+        0.0,
+        1.0,
         GucContext::Userset,
         GucFlags::default(),
     );

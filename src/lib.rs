@@ -5,10 +5,13 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+pub mod collections;
 pub mod embed;
 pub mod errors;
+pub mod families;
 pub mod gucs;
 pub mod models;
+pub mod progress;
 pub mod vector;
 
 /// PostgreSQL's package library directory (`$libdir`).
@@ -41,6 +44,7 @@ pub extern "C-unwind" fn _PG_init() {
     // Only GUCs here: ONNX Runtime is loaded lazily in the backend that needs it, never in the
     // postmaster (its threads would not survive fork()).
     gucs::init();
+    progress::init();
 }
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);

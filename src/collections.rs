@@ -1,0 +1,87 @@
+//! Collections as the Rust side sees them. Registration itself is SQL (sql/finalize.sql):
+//! `register_collection`, `unregister_collection`, `pending_count`, the drop event trigger.
+
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+use crate::errors::raise;
+
+#[derive(Debug, Clone)]
+pub struct Collection {
+    pub name: String,
+    /// The table, already quoted (regclass output).
+    pub rel: String,
+    pub id_col: String,
+    pub text_col: String,
+    pub emb_col: String,
+    pub fam_col: String,
+    pub created_col: Option<String>,
+    pub model: String,
+    pub dimension: usize,
+    pub generation: i64,
+    /// SQL type of the id column, for casting text ids back (`u.id::bigint`).
+    pub id_type: String,
+    pub unclustered_id: i64,
+}
+
+/// Quote an identifier as format('%I') does when it must (always quoting is equally valid).
+pub fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+pub fn load(name: &str) -> Collection {
+    // collection_relation raises the clear errors: not registered, or its table is gone.
+    let row = Spi::connect(|client| {
+        let t = client.select(
+            "SELECT genome.collection_relation(c.name)::text, c.id_column::text, c.text_column::text,
+                    c.embedding_column::text, c.family_column::text, c.created_at_column::text, c.model,
+                    c.dimension, c.generation,
+                    (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                      WHERE a.attrelid = c.relid AND a.attname = c.id_column AND NOT a.attisdropped),
+                    (SELECT f.id FROM genome.families f WHERE f.collection = c.name AND f.is_unclustered)
+               FROM genome.collections c WHERE c.name = $1",
+            None,
+            &[name.into()],
+        )?;
+        let mut out = None;
+        for r in t {
+            out = Some(Collection {
+                name: name.to_string(),
+                rel: r.get::<String>(1)?.unwrap_or_default(),
+                id_col: r.get::<String>(2)?.unwrap_or_default(),
+                text_col: r.get::<String>(3)?.unwrap_or_default(),
+                emb_col: r.get::<String>(4)?.unwrap_or_default(),
+                fam_col: r.get::<String>(5)?.unwrap_or_default(),
+                created_col: r.get::<String>(6)?,
+                model: r.get::<String>(7)?.unwrap_or_default(),
+                dimension: r.get::<i32>(8)?.unwrap_or_default() as usize,
+                generation: r.get::<i64>(9)?.unwrap_or_default(),
+                id_type: r.get::<String>(10)?.unwrap_or_default(),
+                unclustered_id: r.get::<i64>(11)?.unwrap_or_default(),
+            });
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    })
+    .unwrap_or_else(|e| error!("pg_genome: reading genome.collections failed: {e}"));
+    let c = row.unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("collection \"{name}\" is not registered"),
+            Some("see genome.collections; register with genome.register_collection(...)".into()),
+        )
+    });
+    if c.id_type.is_empty() {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+            format!("column \"{}\" of collection \"{name}\" no longer exists", c.id_col),
+            Some("unregister and register the collection again".into()),
+        );
+    }
+    c
+}
+
+/// Two-int advisory lock key of a collection: (hashtext('pg_genome'), hashtext(name)).
+pub fn lock_key(name: &str) -> (i32, i32) {
+    let k = Spi::get_one_with_args::<i32>("SELECT hashtext($1)", &[name.into()]).ok().flatten().unwrap_or(0);
+    (0x6765_6e6f, k) // "geno"
+}
