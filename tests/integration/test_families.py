@@ -1,0 +1,300 @@
+"""Collections, full classification, incremental assignment, locks, progress, pg_cron and the
+upgrade path, against the real cluster with the default model and real sample texts."""
+import collections
+import threading
+import time
+
+import psycopg
+import pytest
+
+from conftest import REPO, connect
+
+PER_CATEGORY = 60
+
+
+def sample_rows():
+    rows, seen = [], collections.Counter()
+    for line in (REPO / ".genome" / "data" / "fortunes.tsv").read_text().splitlines():
+        i, cat, body = line.split("\t", 2)
+        if seen[cat] < PER_CATEGORY:
+            seen[cat] += 1
+            rows.append((int(i), cat, body.replace("\\n", "\n").replace("\\t", " ")))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def docs(database):
+    """public.docs: 1,200 real texts in 20 categories, embedded once for the module."""
+    with connect() as c:
+        c.execute("DROP TABLE IF EXISTS docs CASCADE")
+        c.execute("CREATE TABLE docs (id bigint PRIMARY KEY, category text, body text, created_at timestamptz DEFAULT now())")
+        with c.cursor().copy("COPY docs (id, category, body) FROM STDIN") as cp:
+            for r in sample_rows():
+                cp.write_row(r)
+        c.execute("SELECT genome.register_collection('docs', 'docs', 'id', 'body', created_at_column => 'created_at')")
+        c.execute("SELECT * FROM genome.full_classify('docs', min_cluster_size => 10)")
+    return "docs"
+
+
+def snapshot(c, table="docs"):
+    fams = c.execute("SELECT id, label, size, centroid::text, retired_at FROM genome.families WHERE collection = %s ORDER BY id",
+                     (table,)).fetchall()
+    rows = c.execute(f"SELECT id, family_id FROM {table} ORDER BY id").fetchall()
+    return fams, rows
+
+
+def purity(c):
+    return c.execute("""
+        WITH t AS (SELECT family_id, category, count(*) n FROM docs d JOIN genome.families f ON f.id = d.family_id
+                    WHERE NOT f.is_unclustered GROUP BY 1, 2),
+             m AS (SELECT family_id, max(n) mx, sum(n) s FROM t GROUP BY 1)
+        SELECT sum(mx)::float / sum(s), sum(s) FROM m""").fetchone()
+
+
+def test_register_adds_columns_and_rejects_bad_input(conn):
+    conn.execute("DROP TABLE IF EXISTS reg_t")
+    conn.execute('CREATE TABLE reg_t (key int PRIMARY KEY, "Odd ""col""" text, n int, e2 vector(3), fam text)')
+    r = conn.execute("""SELECT name, model, dimension FROM genome.register_collection('reg', 'reg_t', 'key', 'Odd "col"',
+                        embedding_column => 'My Emb', family_column => 'fam id')""").fetchone()
+    assert r == ("reg", "all-minilm-l6-v2@1", 384)
+    types = dict(conn.execute("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'reg_t'::regclass AND attnum > 0").fetchall())
+    assert types["My Emb"].endswith("vector(384)") and types["fam id"] == "bigint"
+    assert conn.execute("SELECT count(*) FROM genome.families WHERE collection = 'reg' AND is_unclustered").fetchone()[0] == 1
+    bad = [
+        ("SELECT genome.register_collection('reg', 'reg_t', 'key', 'Odd \"col\"', 'My Emb', 'fam id')", "already registered"),
+        ("SELECT genome.register_collection('x1', 'no_such_table', 'key', 'n')", 'relation "no_such_table" does not exist'),
+        ("SELECT genome.register_collection('x2', 'reg_t', 'key', 'nope')", 'column "nope" does not exist'),
+        ("SELECT genome.register_collection('x3', 'reg_t', 'key', 'n')", "must be of type text"),
+        ("SELECT genome.register_collection('x4', 'reg_t', 'key', 'Odd \"col\"', embedding_column => 'e2')", "needs vector(384)"),
+        ("SELECT genome.register_collection('x5', 'reg_t', 'key', 'Odd \"col\"', family_column => 'fam')", "family ids need bigint"),
+        ("SELECT genome.register_collection('bad name; drop', 'reg_t', 'key', 'Odd \"col\"')", "invalid collection name"),
+        ("SELECT genome.register_collection('x6', 'reg_t', 'key', 'Odd \"col\"', model => 'nope')", 'model "nope" is not registered'),
+        ("SELECT * FROM genome.full_classify('missing')", 'collection "missing" is not registered'),
+        ("SELECT * FROM genome.full_classify('reg', min_cluster_size => 1)", "min_cluster_size must be at least 2"),
+        ("SELECT * FROM genome.full_classify('reg', reduction => 'tsne')", 'unknown reduction "tsne"'),
+        ("SELECT * FROM genome.assign_family('reg', threshold => 2)", "threshold must be a cosine"),
+    ]
+    for sql, msg in bad:
+        with pytest.raises(psycopg.Error, match=msg.replace("(", r"\(").replace(")", r"\)")):
+            conn.execute(sql)
+    assert conn.execute("SELECT count(*) FROM genome.collections WHERE name LIKE 'x%'").fetchone()[0] == 0
+    # dropping the table drops the registration; the name is free again
+    conn.execute("DROP TABLE reg_t")
+    assert conn.execute("SELECT count(*) FROM genome.collections WHERE name = 'reg'").fetchone()[0] == 0
+    conn.execute("CREATE TABLE reg_t2 (id bigint PRIMARY KEY, body text)")
+    conn.execute("SELECT genome.register_collection('reg', 'reg_t2', 'id', 'body')")
+    assert conn.execute("SELECT genome.unregister_collection('reg')").fetchone()[0] is True
+    assert conn.execute("SELECT count(*) FROM genome.families WHERE collection = 'reg'").fetchone()[0] == 0
+
+
+def test_full_classify_finds_meaningful_families(conn, docs):
+    n_rows = conn.execute("SELECT count(*) FROM docs").fetchone()[0]
+    assert conn.execute("SELECT count(*) FROM docs WHERE family_id IS NULL OR embedding IS NULL").fetchone()[0] == 0
+    live = conn.execute("SELECT count(*), sum(size) FROM genome.families WHERE collection = 'docs' AND retired_at IS NULL").fetchone()
+    assert live[0] >= 8 and live[1] == n_rows, live
+    # sizes agree with the rows
+    assert conn.execute("""SELECT count(*) FROM genome.families f WHERE collection = 'docs'
+                           AND size <> (SELECT count(*) FROM docs d WHERE d.family_id = f.id)""").fetchone()[0] == 0
+    pur, clustered = purity(conn)
+    # 20 categories: a random grouping would give purity ~0.1; the Python pipeline ~0.6-0.7
+    assert pur > 0.5 and clustered > 0.4 * n_rows, (pur, clustered)
+    run = conn.execute("SELECT status, n_rows, n_embedded, n_clusters, n_noise, timings ? 'hdbscan' FROM genome.runs WHERE collection = 'docs' ORDER BY id LIMIT 1").fetchone()
+    assert run[0] == "succeeded" and run[1] == n_rows and run[2] == n_rows and run[5]
+    fam = conn.execute("""SELECT label, threshold, cardinality(exemplar_ids), vector_dims(centroid) FROM genome.families
+                          WHERE collection = 'docs' AND NOT is_unclustered ORDER BY size DESC LIMIT 1""").fetchone()
+    assert fam[0] and 0 < fam[1] < 1 and fam[2] == 5 and fam[3] == 384
+    # exemplars are members of their own family
+    assert conn.execute("""SELECT bool_and(d.family_id = f.id) FROM genome.families f, unnest(f.exemplar_ids) e
+                           JOIN docs d ON d.id = e::bigint WHERE f.collection = 'docs'""").fetchone()[0]
+
+
+def test_family_ids_are_stable_and_vanished_families_retire(conn, docs):
+    before = dict(conn.execute("SELECT id, family_id FROM docs").fetchall())
+    r = conn.execute("SELECT n_kept, n_new, n_retired FROM genome.hdbscan_recluster('docs', min_cluster_size => 10)").fetchone()
+    assert r[1] == 0 and r[2] == 0, r
+    after = dict(conn.execute("SELECT id, family_id FROM docs").fetchall())
+    assert after == before
+    # far fewer, larger clusters: most families vanish and are retired, not deleted
+    r = conn.execute("SELECT n_clusters, n_kept, n_new, n_retired FROM genome.hdbscan_recluster('docs', min_cluster_size => 150)").fetchone()
+    assert r[3] > 0, r
+    assert conn.execute("""SELECT count(*) FROM docs d JOIN genome.families f ON f.id = d.family_id
+                           WHERE f.retired_at IS NOT NULL""").fetchone()[0] == 0
+    assert conn.execute("SELECT bool_and(size = 0) FROM genome.families WHERE collection = 'docs' AND retired_at IS NOT NULL").fetchone()[0]
+    # back to the fine clustering: keeps whatever still matches, the rest comes back as new families
+    conn.execute("SELECT * FROM genome.hdbscan_recluster('docs', min_cluster_size => 10)")
+
+
+def test_failure_and_cancel_leave_previous_families_untouched(conn, docs):
+    before = snapshot(conn)
+    conn.execute("SET statement_timeout = '300ms'")
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        conn.execute("SELECT * FROM genome.hdbscan_recluster('docs', min_cluster_size => 10, seed => 7)")
+    conn.execute("RESET statement_timeout")
+    assert snapshot(conn) == before
+    # an ERROR mid-run (a row with a foreign dimension) rolls back too, with a clear message
+    conn.execute("BEGIN")
+    conn.execute("ALTER TABLE docs ALTER COLUMN embedding TYPE vector")
+    conn.execute("UPDATE docs SET embedding = '[1,2,3]' WHERE id = (SELECT min(id) FROM docs)")
+    with pytest.raises(psycopg.Error, match="has a 3-d embedding"):
+        conn.execute("SELECT * FROM genome.hdbscan_recluster('docs')")
+    conn.execute("ROLLBACK")
+    assert snapshot(conn) == before
+
+
+def test_runs_are_locked_against_each_other(database, docs):
+    with connect() as a, connect() as b:
+        a.execute("BEGIN")
+        a.execute("SELECT * FROM genome.hdbscan_recluster('docs', min_cluster_size => 10)")
+        with pytest.raises(psycopg.errors.LockNotAvailable, match="another full classification"):
+            b.execute("SELECT * FROM genome.full_classify('docs')")
+        assert b.execute("SELECT * FROM genome.assign_family('docs', min_pending => 0)").fetchone() == (0, 0, 0)
+        a.execute("COMMIT")
+
+
+def test_progress_is_visible_from_another_session(database, docs):
+    seen = set()
+    done = threading.Event()
+
+    def work():
+        with connect() as w:
+            w.execute("SELECT * FROM genome.hdbscan_recluster('docs', min_cluster_size => 10)")
+        done.set()
+
+    t = threading.Thread(target=work)
+    with connect() as watcher:
+        t.start()
+        while not done.is_set():
+            for row in watcher.execute("SELECT job, collection, stage, total FROM genome.progress").fetchall():
+                seen.add(row[:3])
+            time.sleep(0.02)
+    t.join()
+    assert ("hdbscan_recluster", "docs", "reduce") in seen, seen
+    with connect() as c:
+        assert c.execute("SELECT count(*) FROM genome.progress").fetchone()[0] == 0
+
+
+def add_paraphrases(c, n, offset):
+    """New rows: existing texts with a sentence appended, so the right family is known."""
+    c.execute(f"""INSERT INTO docs (id, category, body, created_at)
+                  SELECT id + {offset}, category, body || ' That is what they say.', now() + (id || ' us')::interval
+                    FROM docs WHERE id < 1000000 ORDER BY id LIMIT {n}""")
+
+
+def test_assign_family_batches_oldest_first_and_honours_thresholds(conn, docs):
+    add_paraphrases(conn, 120, 1_000_000)
+    assert conn.execute("SELECT genome.pending_count('docs')").fetchone()[0] == 120
+    assert conn.execute("SELECT * FROM genome.assign_family('docs', min_pending => 500)").fetchone() == (0, 0, 0)
+    r = conn.execute("SELECT * FROM genome.assign_family('docs', batch_size => 40, min_pending => 1, threshold => 1.0)").fetchone()
+    assert r[0] == 40 and r[2] >= 39, r  # nothing is that close: Unclustered (barring an exact duplicate)
+    oldest = conn.execute("SELECT max(id) FROM docs WHERE id >= 1000000 AND family_id IS NOT NULL").fetchone()[0]
+    assert oldest == conn.execute("SELECT id FROM docs WHERE id >= 1000000 ORDER BY created_at LIMIT 1 OFFSET 39").fetchone()[0]
+    r = conn.execute("SELECT * FROM genome.assign_family('docs', batch_size => 40, min_pending => 1, threshold => -1)").fetchone()
+    assert r == (40, 40, 0)
+    r = conn.execute("SELECT * FROM genome.assign_family('docs', batch_size => 40, min_pending => 1)").fetchone()
+    assert r[0] == 40
+    # calibrated thresholds: rows whose original is in a family mostly join that same family
+    same, total = conn.execute("""SELECT count(*) FILTER (WHERE n.family_id = o.family_id), count(*)
+                                    FROM docs n JOIN docs o ON o.id = n.id - 1000000
+                                    JOIN genome.families f ON f.id = o.family_id AND NOT f.is_unclustered
+                                   WHERE n.id >= 1000080""").fetchone()
+    assert total > 0 and same / total > 0.6, (same, total)
+    assert conn.execute("SELECT genome.pending_count('docs')").fetchone()[0] == 0
+    assert conn.execute("""SELECT count(*) FROM genome.families f WHERE collection = 'docs'
+                           AND size <> (SELECT count(*) FROM docs d WHERE d.family_id = f.id)""").fetchone()[0] == 0
+
+
+def test_concurrent_assign_family_loses_and_doubles_nothing(database, docs):
+    with connect() as c:
+        add_paraphrases(c, 300, 2_000_000)
+    results = []
+
+    def worker():
+        with connect() as w:
+            for _ in range(10):
+                r = w.execute("SELECT * FROM genome.assign_family('docs', batch_size => 25, min_pending => 1)").fetchone()
+                results.append(r[0])
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    # rows keep arriving while they work
+    with connect() as c:
+        add_paraphrases(c, 50, 3_000_000)
+    for t in threads:
+        t.join()
+    with connect() as c:
+        left = c.execute("SELECT genome.pending_count('docs')").fetchone()[0]
+        assert sum(results) + left == 350, (sum(results), left)
+        assert c.execute("""SELECT count(*) FROM genome.families f WHERE collection = 'docs'
+                            AND size <> (SELECT count(*) FROM docs d WHERE d.family_id = f.id)""").fetchone()[0] == 0
+        c.execute("SELECT * FROM genome.assign_family('docs', batch_size => 1000, min_pending => 1)")
+        assert c.execute("SELECT genome.pending_count('docs')").fetchone()[0] == 0
+
+
+def test_centroids_are_cached_and_invalidated_by_a_full_run(conn, docs):
+    add_paraphrases(conn, 5, 4_000_000)
+    conn.execute("SELECT * FROM genome.assign_family('docs', min_pending => 1)")
+    g1 = conn.execute("SELECT generation FROM genome.cached_centroids() WHERE collection = 'docs'").fetchone()[0]
+    conn.execute("SELECT * FROM genome.hdbscan_recluster('docs', min_cluster_size => 10)")
+    assert conn.execute("SELECT count(*) FROM genome.cached_centroids() WHERE collection = 'docs'").fetchone()[0] == 0
+    add_paraphrases(conn, 5, 5_000_000)
+    conn.execute("SELECT * FROM genome.assign_family('docs', min_pending => 1)")
+    g2 = conn.execute("SELECT generation FROM genome.cached_centroids() WHERE collection = 'docs'").fetchone()[0]
+    assert g2 == g1 + 1
+
+
+def test_pg_cron_job_runs_and_assigns_rows():
+    """pg_cron lives in the database named by cron.database_name (genome): test there, in a
+    schema of its own, with a one-minute schedule."""
+    with connect("genome") as c:
+        c.execute("DROP SCHEMA IF EXISTS it_cron CASCADE")
+        c.execute("CREATE SCHEMA it_cron")
+        c.execute("CREATE TABLE it_cron.docs (id bigint PRIMARY KEY, category text, body text)")
+        rows = sample_rows()[:400]
+        with c.cursor().copy("COPY it_cron.docs FROM STDIN") as cp:
+            for r in rows:
+                cp.write_row(r)
+        c.execute("SELECT genome.unregister_collection('it_cron')")
+        c.execute("SELECT genome.register_collection('it_cron', 'it_cron.docs', 'id', 'body')")
+        c.execute("SELECT * FROM genome.full_classify('it_cron', min_cluster_size => 8)")
+        jobs = c.execute("SELECT * FROM genome.schedule('it_cron', full_cron => '0 3 * * 0', incremental_cron => '* * * * *', min_pending => 1)").fetchall()
+        assert [j[0] for j in jobs] == ["genome_full:it_cron", "genome_assign:it_cron"]
+        # calling again updates instead of duplicating
+        c.execute("SELECT * FROM genome.schedule('it_cron', full_cron => '0 4 * * 0', incremental_cron => '* * * * *', min_pending => 1)")
+        assert c.execute("SELECT count(*), min(schedule) FROM cron.job WHERE jobname LIKE 'genome_%:it_cron'").fetchone() == (2, "* * * * *")
+        c.execute("INSERT INTO it_cron.docs SELECT id + 1000000, category, body || ' So they say.' FROM it_cron.docs LIMIT 30")
+        deadline = time.time() + 150
+        while time.time() < deadline and c.execute("SELECT genome.pending_count('it_cron')").fetchone()[0] > 0:
+            time.sleep(3)
+        pending = c.execute("SELECT genome.pending_count('it_cron')").fetchone()[0]
+        status = c.execute("""SELECT d.status, d.return_message FROM cron.job_run_details d JOIN cron.job j USING (jobid)
+                              WHERE j.jobname = 'genome_assign:it_cron' ORDER BY d.runid DESC LIMIT 1""").fetchone()
+        assert pending == 0, status
+        assert status[0] == "succeeded", status
+        assert c.execute("SELECT genome.unschedule('it_cron')").fetchone()[0] == 2
+        assert c.execute("SELECT count(*) FROM cron.job WHERE jobname LIKE 'genome_%:it_cron'").fetchone()[0] == 0
+        c.execute("SELECT genome.unregister_collection('it_cron')")
+        c.execute("DROP SCHEMA it_cron CASCADE")
+
+
+def test_upgrade_from_0_1_0_matches_a_fresh_install(database):
+    q = """SELECT pg_describe_object(classid, objid, 0) FROM pg_depend
+            WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
+              AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_genome') ORDER BY 1"""
+    fq = """SELECT p.proname || '(' || pg_get_function_arguments(p.oid) || ') ' || pg_get_function_result(p.oid)
+              FROM pg_proc p WHERE p.pronamespace = 'genome'::regnamespace ORDER BY 1"""
+    with connect() as fresh:
+        want, want_f = fresh.execute(q).fetchall(), fresh.execute(fq).fetchall()
+    with connect("postgres") as c:
+        c.execute("DROP DATABASE IF EXISTS genome_upgrade WITH (FORCE)")
+        c.execute("CREATE DATABASE genome_upgrade")
+    try:
+        with connect("genome_upgrade") as u:
+            u.execute("CREATE EXTENSION vector")
+            u.execute("CREATE EXTENSION pg_genome VERSION '0.1.0'")
+            u.execute("ALTER EXTENSION pg_genome UPDATE TO '0.2.0'")
+            assert u.execute(q).fetchall() == want
+            assert u.execute(fq).fetchall() == want_f
+    finally:
+        with connect("postgres") as c:
+            c.execute("DROP DATABASE genome_upgrade WITH (FORCE)")
