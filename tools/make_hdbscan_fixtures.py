@@ -19,10 +19,11 @@ out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
 
 
-def write(name, X, mcs, ms=None, ties=False, binary=False):
+def write(name, X, mcs, ms=None, ties=False, binary=False, max_size=None):
     X = np.asarray(X, dtype=np.float32)
-    h = HDBSCAN(min_cluster_size=mcs, min_samples=ms, metric="euclidean", algorithm="brute", copy=True).fit(X.astype(np.float64))
-    rec = {"case": name, "sklearn": sklearn.__version__, "min_cluster_size": mcs, "min_samples": ms,
+    h = HDBSCAN(min_cluster_size=mcs, min_samples=ms, metric="euclidean", algorithm="brute", copy=True,
+                max_cluster_size=max_size).fit(X.astype(np.float64))
+    rec = {"case": name, "sklearn": sklearn.__version__, "min_cluster_size": mcs, "min_samples": ms, "max_cluster_size": max_size,
            "dim": int(X.shape[1]), "n": int(X.shape[0]), "ties": ties,
            "labels": h.labels_.tolist(), "probabilities": [round(float(p), 12) for p in h.probabilities_]}
     if binary:
@@ -38,6 +39,9 @@ def write(name, X, mcs, ms=None, ties=False, binary=False):
 
 X, _ = make_blobs(n_samples=400, centers=5, cluster_std=0.8, random_state=0)
 write("blobs", X, 10)
+# a big cluster that holds two dense cores: with max_cluster_size it must split
+X, _ = make_blobs(n_samples=[300, 300, 100], centers=[[0, 0], [2.5, 0], [20, 20]], cluster_std=[0.6, 0.6, 0.5], random_state=3)
+write("blobs_max_size", X, 10, max_size=400)
 X, _ = make_moons(n_samples=400, noise=0.07, random_state=1)
 write("moons", X, 12, ms=5)
 X, _ = make_blobs(n_samples=[200, 150, 150], centers=[[0, 0], [6, 6], [14, 0]], cluster_std=[0.3, 1.0, 2.5], random_state=2)

@@ -152,6 +152,7 @@ fn approximate_path_agrees_with_exact() {
         min_cluster_size: 15,
         min_samples: None,
         allow_single_cluster: false,
+        max_cluster_size: None,
     };
     let exact = hdbscan(&red, hp, &never).unwrap();
     for method in [KnnMethod::Exact, KnnMethod::Hnsw] {
@@ -168,6 +169,7 @@ fn approximate_path_agrees_with_exact() {
         min_cluster_size: 5,
         min_samples: None,
         allow_single_cluster: false,
+        max_cluster_size: None,
     };
     let exact = hdbscan(&raw, hp, &never).unwrap();
     let approx = hdbscan_knn(&raw, hp, 24, KnnMethod::Hnsw, &never).unwrap();
@@ -177,4 +179,23 @@ fn approximate_path_agrees_with_exact() {
         approx.n_clusters, exact.n_clusters
     );
     assert!(ari >= 0.9, "ARI {ari}");
+}
+
+#[test]
+fn beats_the_python_pipeline_where_it_collapses() {
+    // 90% of the sample (ids not divisible by 10, as the main job's weekly run sees it):
+    // umap-learn 0.5.12 + sklearn HDBSCAN(min_cluster_size=15) give 2 clusters holding every
+    // row (purity 0.067, measured with tools/make_pipeline_fixture.py's settings) because of one
+    // far-off island; the cap on family size (max_cluster_fraction 0.5) avoids that.
+    let f = load();
+    let keep: Vec<usize> = (0..f.points.n).filter(|i| (i + 1) % 10 != 0).collect();
+    let sub = Points::new(f.points.d, keep.iter().flat_map(|i| f.points.row(*i).to_vec()).collect());
+    let truth: Vec<i32> = keep.iter().map(|i| f.truth[*i]).collect();
+    let never = || false;
+    let py = &f.reference["subset90_umap_hdbscan"];
+    let out = classify(&sub, ClassifyParams::default(), &mut |_| {}, &never).unwrap();
+    let (share, pur) = (clustered(&out.result.labels), purity(&out.result.labels, &truth));
+    eprintln!("rust: {} clusters, clustered {share:.3}, purity {pur:.3}; python: {py}", out.result.n_clusters);
+    assert!(py["clusters"].as_u64().unwrap() <= 3 && py["purity"].as_f64().unwrap() < 0.2, "the reference collapsed");
+    assert!(out.result.n_clusters >= 15 && pur > 0.6 && share > 0.4, "{} clusters, purity {pur}, share {share}", out.result.n_clusters);
 }

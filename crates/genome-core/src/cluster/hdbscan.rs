@@ -17,6 +17,9 @@ pub struct HdbscanParams {
     /// Defaults to min_cluster_size, as in scikit-learn.
     pub min_samples: Option<usize>,
     pub allow_single_cluster: bool,
+    /// Clusters with more points are never selected (their children are), as scikit-learn's
+    /// `max_cluster_size`; None = no limit.
+    pub max_cluster_size: Option<usize>,
 }
 
 impl Default for HdbscanParams {
@@ -25,6 +28,7 @@ impl Default for HdbscanParams {
             min_cluster_size: 5,
             min_samples: None,
             allow_single_cluster: false,
+            max_cluster_size: None,
         }
     }
 }
@@ -248,7 +252,7 @@ pub fn condense_tree(n: usize, merges: &[Merge], min_cluster_size: usize) -> Vec
 }
 
 /// Excess-of-mass selection; returns the selected cluster ids (>= n), ascending.
-pub fn select_eom(n: usize, tree: &[CondensedRow], allow_single_cluster: bool) -> Vec<usize> {
+pub fn select_eom(n: usize, tree: &[CondensedRow], allow_single_cluster: bool, max_cluster_size: Option<usize>) -> Vec<usize> {
     if tree.is_empty() {
         return Vec::new();
     }
@@ -264,9 +268,12 @@ pub fn select_eom(n: usize, tree: &[CondensedRow], allow_single_cluster: bool) -
         stability[r.parent] += (r.lambda - birth[r.parent]) * r.size as f64;
     }
     let mut children: Vec<Vec<usize>> = vec![Vec::new(); max_id + 1];
+    let mut size = vec![n; max_id + 1];
     for r in tree.iter().filter(|r| r.child >= n) {
         children[r.parent].push(r.child);
+        size[r.child] = r.size;
     }
+    let too_big = |c: usize| max_cluster_size.is_some_and(|m| size[c] > m);
     // cluster ids are handed out consecutively from the root (n) up
     let mut nodes: Vec<usize> = (n..=max_id).collect();
     nodes.sort_unstable_by(|a, b| b.cmp(a)); // children (larger ids) before parents
@@ -279,7 +286,7 @@ pub fn select_eom(n: usize, tree: &[CondensedRow], allow_single_cluster: bool) -
     }
     for &node in &nodes {
         let sub: f64 = children[node].iter().map(|c| stability[*c]).sum();
-        if sub > stability[node] {
+        if sub > stability[node] || too_big(node) {
             is_cluster[node] = false;
             stability[node] = sub;
         } else {
@@ -366,7 +373,7 @@ pub fn hdbscan(
     }
     let merges = single_linkage(p.n, mst);
     let tree = condense_tree(p.n, &merges, mcs);
-    let selected = select_eom(p.n, &tree, params.allow_single_cluster);
+    let selected = select_eom(p.n, &tree, params.allow_single_cluster, params.max_cluster_size);
     let (labels, probabilities) = label(p.n, &tree, &selected);
     Ok(Hdbscan {
         labels,

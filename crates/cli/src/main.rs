@@ -1,0 +1,278 @@
+//! `genome`: pg_genome's jobs from a shell. Connects with a URL (--url / DATABASE_URL) or the
+//! usual libpq variables (PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD).
+//!
+//!   genome full-classify --collection NAME [--min-cluster-size 15]
+//!   genome classify-worker [--collection NAME] --interval 10 --batch-size 500
+//!   genome status
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use postgres::{Client, NoTls};
+
+#[derive(Parser)]
+#[command(name = "genome", version, about = "Run and watch pg_genome jobs")]
+struct Cli {
+    /// postgres://user@host:port/db; default: the libpq environment variables
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    url: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Embed what is missing, cluster, update families and re-assign every row (one transaction).
+    FullClassify {
+        #[arg(long)]
+        collection: String,
+        #[arg(long, default_value_t = 15)]
+        min_cluster_size: i32,
+        #[arg(long, default_value = "umap")]
+        reduction: String,
+        /// Skip the embedding step (genome.hdbscan_recluster).
+        #[arg(long)]
+        no_embed: bool,
+    },
+    /// Loop: assign pending rows to families, then sleep. Stops cleanly on Ctrl-C.
+    ClassifyWorker {
+        /// Collections to serve (default: all).
+        #[arg(long)]
+        collection: Vec<String>,
+        /// Minutes between passes.
+        #[arg(long, default_value_t = 10.0)]
+        interval: f64,
+        #[arg(long, default_value_t = 500)]
+        batch_size: i32,
+        #[arg(long, default_value_t = 500)]
+        min_pending: i32,
+        /// Explicit cosine threshold (default: each family's calibrated one).
+        #[arg(long)]
+        threshold: Option<f32>,
+        /// Stop after this many passes (default: run until Ctrl-C).
+        #[arg(long)]
+        passes: Option<u64>,
+    },
+    /// Collections, pending counts, families, last runs, scheduled jobs.
+    Status,
+}
+
+fn connect(url: &Option<String>) -> Client {
+    let res = match url {
+        Some(u) => Client::connect(u, NoTls),
+        None => {
+            let mut cfg = postgres::Config::new();
+            let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+            cfg.host(&env("PGHOST").unwrap_or_else(|| "localhost".into()));
+            cfg.port(env("PGPORT").and_then(|p| p.parse().ok()).unwrap_or(5432));
+            let user = env("PGUSER").or_else(|| env("USER")).unwrap_or_else(|| "postgres".into());
+            cfg.user(&user);
+            cfg.dbname(&env("PGDATABASE").unwrap_or(user));
+            if let Some(p) = env("PGPASSWORD") {
+                cfg.password(p);
+            }
+            cfg.application_name("genome-cli");
+            cfg.connect(NoTls)
+        }
+    };
+    res.unwrap_or_else(|e| {
+        eprintln!("genome: cannot connect: {e}");
+        std::process::exit(2)
+    })
+}
+
+fn fail(e: postgres::Error) -> ! {
+    match e.as_db_error() {
+        Some(db) => {
+            eprintln!("genome: ERROR: {}", db.message());
+            if let Some(h) = db.hint() {
+                eprintln!("genome: HINT: {h}");
+            }
+        }
+        None => eprintln!("genome: {e}"),
+    }
+    std::process::exit(1)
+}
+
+fn full_classify(url: &Option<String>, collection: &str, mcs: i32, reduction: &str, no_embed: bool) {
+    let mut client = connect(url);
+    let token = client.cancel_token();
+    // Ctrl-C cancels the statement on the server (the run rolls back) and then we exit.
+    let cancelled = Arc::new(AtomicBool::new(false));
+    {
+        let cancelled = cancelled.clone();
+        ctrlc::set_handler(move || {
+            cancelled.store(true, Ordering::SeqCst);
+            let _ = token.cancel_query(NoTls);
+        })
+        .expect("Ctrl-C handler");
+    }
+    let func = if no_embed { "hdbscan_recluster" } else { "full_classify" };
+    let (coll, red) = (collection.to_string(), reduction.to_string());
+    let run = std::thread::spawn(move || {
+        client.query_one(
+            &format!("SELECT run_id, n_rows, n_embedded, n_clusters, n_noise, n_kept, n_new, n_retired, seconds \
+                      FROM genome.{func}($1, min_cluster_size => $2, reduction => $3)"),
+            &[&coll, &mcs, &red],
+        )
+    });
+    // Watch genome.progress from a second connection.
+    let mut watcher = connect(url);
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template("{spinner} {elapsed:>4} {msg:<28} [{bar:30}] {pos}/{len}").unwrap().progress_chars("=> "));
+    while !run.is_finished() {
+        if let Ok(rows) = watcher.query(
+            "SELECT stage, done, total FROM genome.progress WHERE collection = $1 AND job = $2",
+            &[&collection, &func],
+        ) {
+            if let Some(r) = rows.first() {
+                let (stage, done, total): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
+                bar.set_message(stage);
+                bar.set_length(total.max(0) as u64);
+                bar.set_position(done.max(0) as u64);
+            }
+        }
+        bar.tick();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bar.finish_and_clear();
+    match run.join().expect("worker thread") {
+        Ok(r) => {
+            let (id, rows, emb, k, noise, kept, new, ret, secs): (i64, i64, i64, i32, i64, i32, i32, i32, f64) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7), r.get(8));
+            println!("run {id}: {rows} rows ({emb} embedded), {k} families ({kept} kept, {new} new, {ret} retired), {noise} unclustered, {secs:.1} s");
+        }
+        Err(e) if cancelled.load(Ordering::SeqCst) => {
+            eprintln!("genome: cancelled; nothing was changed ({e})");
+            std::process::exit(130)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn worker(url: &Option<String>, only: &[String], interval: f64, batch: i32, min_pending: i32, threshold: Option<f32>, passes: Option<u64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            eprintln!("genome: stopping after the current pass");
+            stop.store(true, Ordering::SeqCst);
+        })
+        .expect("Ctrl-C handler");
+    }
+    let mut client = connect(url);
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let names: Vec<String> = if only.is_empty() {
+            client.query("SELECT name FROM genome.collections ORDER BY name", &[]).unwrap_or_else(|e| fail(e)).iter().map(|r| r.get(0)).collect()
+        } else {
+            only.to_vec()
+        };
+        for name in &names {
+            // One call per batch, until less than min_pending is left (or nothing moved).
+            loop {
+                match client.query_one(
+                    "SELECT processed, assigned, unclustered FROM genome.assign_family($1, $2, $3, $4)",
+                    &[name, &batch, &min_pending, &threshold],
+                ) {
+                    Ok(r) => {
+                        let (p, a, u): (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
+                        if p == 0 {
+                            break;
+                        }
+                        println!("{name}: {p} rows, {a} assigned, {u} unclustered");
+                    }
+                    Err(e) => {
+                        eprintln!("genome: {name}: {}", e.as_db_error().map(|d| d.message().to_string()).unwrap_or(e.to_string()));
+                        break;
+                    }
+                }
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+            }
+        }
+        n += 1;
+        if passes.is_some_and(|p| n >= p) {
+            break;
+        }
+        let until = Instant::now() + Duration::from_secs_f64(interval * 60.0);
+        while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn status(url: &Option<String>) {
+    let mut c = connect(url);
+    println!("collections:");
+    for r in c
+        .query(
+            "SELECT c.name, c.relid::regclass::text, c.model, genome.pending_count(c.name),
+                    (SELECT count(*) FROM genome.families f WHERE f.collection = c.name AND retired_at IS NULL AND NOT is_unclustered),
+                    (SELECT size FROM genome.families f WHERE f.collection = c.name AND is_unclustered)
+               FROM genome.collections c ORDER BY 1",
+            &[],
+        )
+        .unwrap_or_else(|e| fail(e))
+    {
+        let (n, t, m, p, f, u): (String, String, String, i64, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        println!("  {n:<20} table {t}, model {m}, {p} pending, {f} families, {u} unclustered");
+    }
+    println!("largest families:");
+    for r in c
+        .query(
+            "SELECT collection, id, size, label FROM genome.families WHERE retired_at IS NULL AND NOT is_unclustered
+              ORDER BY size DESC LIMIT 10",
+            &[],
+        )
+        .unwrap_or_else(|e| fail(e))
+    {
+        let (col, id, size, label): (String, i64, i64, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
+        println!("  {col:<20} #{id:<6} {size:>7}  {label}");
+    }
+    println!("last runs:");
+    for r in c
+        .query(
+            "SELECT collection, kind, status, to_char(finished_at, 'YYYY-MM-DD HH24:MI:SS'), coalesce(n_rows, 0), coalesce(n_clusters, 0),
+                    coalesce(extract(epoch FROM finished_at - started_at)::float8, 0), coalesce(error, '')
+               FROM genome.runs ORDER BY id DESC LIMIT 5",
+            &[],
+        )
+        .unwrap_or_else(|e| fail(e))
+    {
+        let (col, kind, st, at, rows, k, secs, err): (String, String, String, String, i64, i32, f64, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7));
+        println!("  {at} {col:<20} {kind:<18} {st:<9} {rows} rows, {k} families, {secs:.1} s {err}");
+    }
+    println!("running now:");
+    for r in c.query("SELECT job, collection, stage, done, total FROM genome.progress", &[]).unwrap_or_else(|e| fail(e)) {
+        let (j, col, st, d, t): (String, String, String, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        println!("  {j} {col}: {st} {d}/{t}");
+    }
+    let has_cron: bool = c.query_one("SELECT to_regnamespace('cron') IS NOT NULL", &[]).map(|r| r.get(0)).unwrap_or(false);
+    println!("scheduled jobs:");
+    if has_cron {
+        for r in c.query("SELECT jobname, schedule, active FROM cron.job WHERE jobname LIKE 'genome_%' ORDER BY 1", &[]).unwrap_or_else(|e| fail(e)) {
+            let (n, s, a): (String, String, bool) = (r.get(0), r.get(1), r.get(2));
+            println!("  {n:<32} {s:<16} {}", if a { "active" } else { "inactive" });
+        }
+    } else {
+        println!("  (pg_cron is not installed in this database)");
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match &cli.cmd {
+        Cmd::FullClassify { collection, min_cluster_size, reduction, no_embed } => full_classify(&cli.url, collection, *min_cluster_size, reduction, *no_embed),
+        Cmd::ClassifyWorker { collection, interval, batch_size, min_pending, threshold, passes } => {
+            worker(&cli.url, collection, *interval, *batch_size, *min_pending, *threshold, *passes)
+        }
+        Cmd::Status => status(&cli.url),
+    }
+}
