@@ -5,8 +5,8 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$REPO"
 
-say "1/3 core: cargo test -p genome-core"
-cargo test -p genome-core 2>&1
+say "1/3 core: cargo test -p genome-core (release: the pipeline tests run UMAP on 3k real embeddings)"
+cargo test --release -p genome-core 2>&1
 
 say "2/3 PostgreSQL edges: cargo pgrx test (throwaway cluster, as the postgres user)"
 # cargo pgrx test copies the .so over the installed one in place: a running cluster that preloads
@@ -18,5 +18,6 @@ cargo pgrx test pg15 --runas postgres --pgdata "$STATE/pgrx-test/pgdata" 2>&1
 
 say "3/3 integration: pytest against the project's cluster (release build)"
 cargo pgrx install --release --pg-config "$PG_CONFIG" 2>&1 | grep -E "Installing|Finished" || true
+cargo build --release -p genome-cli 2>&1 | grep -E "error|Finished" || true
 "$REPO/scripts/cluster.sh" start
 "$VENV/bin/pytest" -q -p no:cacheprovider "$REPO/tests/integration" 2>&1

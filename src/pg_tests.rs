@@ -177,3 +177,49 @@ fn embed_is_not_immutable() {
     );
     assert_eq!(vol.as_deref(), Some("s"));
 }
+
+fn three_topics() {
+    register("all-minilm-l6-v2");
+    Spi::run(
+        "CREATE TABLE docs (id bigint PRIMARY KEY, topic int, body text);
+         INSERT INTO docs SELECT i, i % 3, (ARRAY['my cat %s sleeps on the warm sofa all day',
+                                                  'the stock market index fell %s points today',
+                                                  'our football team won the match %s to nil'])[1 + i % 3]
+                                   FROM generate_series(1, 90) i;
+         UPDATE docs SET body = format(body, id);
+         SELECT genome.register_collection('docs', 'docs', 'id', 'body');",
+    )
+    .unwrap();
+}
+
+#[pg_test]
+fn full_classify_groups_topics_and_assign_family_follows_centroids() {
+    three_topics();
+    assert_eq!(one::<i64>("SELECT genome.pending_count('docs')"), Some(90));
+    // before any full run there are no families: assignment waits instead of dumping rows
+    assert_eq!(one::<i64>("SELECT processed FROM genome.assign_family('docs', min_pending => 0)"), Some(0));
+    let k = one::<i32>("SELECT n_clusters FROM genome.full_classify('docs', min_cluster_size => 10)").unwrap();
+    assert_eq!(k, 3);
+    // each topic is exactly one family, and the three differ
+    assert_eq!(one::<i64>("SELECT count(DISTINCT family_id) FROM docs"), Some(3));
+    assert_eq!(one::<i64>("SELECT count(*) FROM (SELECT topic FROM docs GROUP BY topic HAVING count(DISTINCT family_id) > 1) x"), Some(0));
+    Spi::run("INSERT INTO docs VALUES (1000, 0, 'my cat 1000 sleeps on the warm sofa all day'), (1001, 2, 'our football team won the match 1001 to nil')").unwrap();
+    assert_eq!(one::<i64>("SELECT assigned FROM genome.assign_family('docs', min_pending => 1)"), Some(2));
+    assert_eq!(one::<bool>("SELECT (SELECT family_id FROM docs WHERE id = 1000) = (SELECT family_id FROM docs WHERE id = 3)"), Some(true));
+    assert_eq!(one::<bool>("SELECT (SELECT family_id FROM docs WHERE id = 1001) = (SELECT family_id FROM docs WHERE id = 5)"), Some(true));
+    assert_eq!(one::<i64>("SELECT sum(size) FROM genome.families WHERE collection = 'docs'"), Some(92));
+}
+
+#[pg_test]
+fn progress_slots_are_empty_when_nothing_runs_and_drop_removes_registration() {
+    three_topics();
+    assert_eq!(one::<i64>("SELECT count(*) FROM genome.progress_slots()"), Some(0));
+    Spi::run("DROP TABLE docs").unwrap();
+    assert_eq!(one::<i64>("SELECT count(*) FROM genome.collections"), Some(0));
+    assert_eq!(one::<i64>("SELECT count(*) FROM genome.families"), Some(0));
+}
+
+#[pg_test(error = "pg_genome: collection \"nope\" is not registered")]
+fn unknown_collection_is_an_error() {
+    Spi::run("SELECT * FROM genome.assign_family('nope')").unwrap();
+}

@@ -31,6 +31,7 @@ fn main() {
             "min_samples" => params.min_samples = Some(v.parse().unwrap()),
             "n_components" => params.n_components = v.parse().unwrap(),
             "seed" => params.seed = v.parse().unwrap(),
+            "compare" => {}
             "init" => {
                 params.init = match v {
                     "pca" => genome_core::reduce::Init::Pca,
@@ -45,6 +46,20 @@ fn main() {
     let t = Instant::now();
     let out = classify(&p, params, &mut |_| {}, &never).expect("not cancelled");
     let total = t.elapsed().as_secs_f64();
+    // compare=1: the approximate HDBSCAN path on the same reduced coordinates, ARI vs exact
+    let mut extra = String::new();
+    if args[4..].iter().any(|a| a == "compare=1") {
+        let space = out.reduced.clone().unwrap_or_else(|| p.clone().l2_normalized());
+        let hp = genome_core::cluster::HdbscanParams { min_cluster_size: params.min_cluster_size, min_samples: params.min_samples, ..Default::default() };
+        let t = Instant::now();
+        let exact = genome_core::cluster::hdbscan(&space, hp, &never).unwrap();
+        let te = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let approx = genome_core::cluster::approx::hdbscan_knn(&space, hp, genome_core::cluster::approx::DEFAULT_GRAPH_K, genome_core::reduce::KnnMethod::Auto, &never).unwrap();
+        let ta = t.elapsed().as_secs_f64();
+        let ari = genome_core::cluster::hdbscan::adjusted_rand_index(&exact.labels, &approx.labels);
+        extra = format!(", \"exact_seconds\": {te:.3}, \"approx_seconds\": {ta:.3}, \"ari_approx_vs_exact\": {ari:.4}");
+    }
     let labels: Vec<u8> = out
         .result
         .labels
@@ -59,7 +74,8 @@ fn main() {
         .map(|(s, t)| format!("\"{s}\": {t:.3}"))
         .collect();
     println!(
-        "{{\"n\": {}, \"clusters\": {}, \"clustered\": {}, \"approximate\": {}, \"seconds\": {:.3}, \"stages\": {{{}}}}}",
-        p.n, out.result.n_clusters, clustered, out.approximate, total, stages.join(", ")
+        "{{\"n\": {}, \"clusters\": {}, \"clustered\": {}, \"approximate\": {}, \"seconds\": {:.3}, \"stages\": {{{}}}{}}}",
+        p.n, out.result.n_clusters, clustered, out.approximate, total, stages.join(", "),
+        extra
     );
 }
