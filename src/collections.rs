@@ -80,8 +80,12 @@ pub fn load(name: &str) -> Collection {
     c
 }
 
-/// Two-int advisory lock key of a collection: (hashtext('pg_genome'), hashtext(name)).
-pub fn lock_key(name: &str) -> (i32, i32) {
-    let k = Spi::get_one_with_args::<i32>("SELECT hashtext($1)", &[name.into()]).ok().flatten().unwrap_or(0);
-    (0x6765_6e6f, k) // "geno"
+/// Try the collection's transaction-level advisory lock, key (0x67656e6f "geno", hashtext(name)):
+/// exclusive for full runs, shared for assign_family. One query: the key is hashed in SQL.
+pub fn try_lock(name: &str, shared: bool) -> bool {
+    let f = if shared { "pg_try_advisory_xact_lock_shared" } else { "pg_try_advisory_xact_lock" };
+    Spi::get_one_with_args::<bool>(&format!("SELECT {f}({}, hashtext($1))", 0x6765_6e6f), &[name.into()])
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }

@@ -16,7 +16,7 @@ use genome_core::cluster::{classify, ClassifyParams, Method, Points, Reduction};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
-use crate::collections::{ident, load, lock_key, Collection};
+use crate::collections::{ident, load, try_lock, Collection};
 use crate::errors::{raise, OrReport};
 use crate::gucs;
 use crate::models::{resolve, with_embedder};
@@ -225,9 +225,7 @@ fn run(
     check_arg((0.0..=1.0).contains(&q), "threshold_quantile must be between 0 and 1");
 
     let c = load(collection);
-    let (k1, k2) = lock_key(&c.name);
-    let got = Spi::get_one_with_args::<bool>("SELECT pg_try_advisory_xact_lock($1, $2)", &[k1.into(), k2.into()]).ok().flatten().unwrap_or(false);
-    if !got {
+    if !try_lock(&c.name, false) {
         raise(
             PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
             format!("another full classification or assignment is running on collection \"{}\"", c.name),
@@ -566,9 +564,7 @@ pub fn assign_family(
     check_arg(threshold.is_none_or(|t| (-1.0..=1.0).contains(&t)), "threshold must be a cosine between -1 and 1");
     let c = load(collection);
     let nothing = || TableIterator::once((0i64, 0i64, 0i64));
-    let (k1, k2) = lock_key(&c.name);
-    let got = Spi::get_one_with_args::<bool>("SELECT pg_try_advisory_xact_lock_shared($1, $2)", &[k1.into(), k2.into()]).ok().flatten().unwrap_or(false);
-    if !got {
+    if !try_lock(&c.name, true) {
         notice!("pg_genome: assign_family \"{}\": a full classification is running; skipped", c.name);
         return nothing();
     }
