@@ -208,7 +208,7 @@ fn full_classify_groups_topics_and_assign_family_follows_centroids() {
     assert_eq!(one::<i64>("SELECT assigned FROM genome.assign_family('docs', min_pending => 1, threshold => 0.5)"), Some(2));
     assert_eq!(one::<bool>("SELECT (SELECT family_id FROM docs WHERE id = 1000) = (SELECT family_id FROM docs WHERE id = 3)"), Some(true));
     assert_eq!(one::<bool>("SELECT (SELECT family_id FROM docs WHERE id = 1001) = (SELECT family_id FROM docs WHERE id = 5)"), Some(true));
-    assert_eq!(one::<i64>("SELECT sum(size) FROM genome.families WHERE collection = 'docs'"), Some(92));
+    assert_eq!(one::<i64>("SELECT sum(size)::bigint FROM genome.families WHERE collection = 'docs'"), Some(92));
 }
 
 #[pg_test]
