@@ -4,7 +4,12 @@
 //! mutual reachability, minimum spanning tree (Prim), single-linkage tree, condensed tree with
 //! min_cluster_size, excess-of-mass selection, labels (-1 = noise) and membership probabilities.
 //!
-//! O(n^2 d) time and O(n) memory: distances are recomputed rather than stored, so 20k x 384 fits.
+//! Two ways to the same tree, chosen by size:
+//! - dense (n^2 x 4 bytes <= DENSE_MAX_BYTES, i.e. up to ~23k points): the whole distance matrix
+//!   is computed once by blocked f64 GEMM (|a|^2 + |b|^2 - 2ab, tiny distances recomputed directly
+//!   to avoid cancellation) and stored as f32; core distances and Prim then only read it. GEMM does
+//!   the O(n^2 d) part at near-peak FLOP rate, which the pairwise loops cannot.
+//! - streaming (larger n): distances are recomputed rather than stored, O(n) memory.
 //! The heavy loops run on rayon; `cancel` is polled between stages and inside the long loops.
 
 use rayon::prelude::*;
@@ -52,6 +57,114 @@ pub struct Edge {
 /// Error raised when `cancel` returns true.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cancelled;
+
+/// Largest distance matrix the exact path keeps in memory (2 GiB: 23,170 points).
+pub const DENSE_MAX_BYTES: usize = 2 << 30;
+
+/// True when the dense path is used for n points.
+pub fn uses_dense(n: usize) -> bool {
+    n.saturating_mul(n).saturating_mul(4) <= DENSE_MAX_BYTES
+}
+
+/// Full n x n Euclidean distance matrix (row-major, f32), by row blocks of f64 GEMM on rayon.
+pub fn distance_matrix(p: &Points, cancel: &(dyn Fn() -> bool + Sync)) -> Result<Vec<f32>, Cancelled> {
+    let (n, d) = (p.n, p.d);
+    let x: Vec<f64> = p.data.iter().map(|&v| v as f64).collect();
+    let norms: Vec<f64> = x.chunks(d).map(|r| r.iter().map(|v| v * v).sum()).collect();
+    let mut m = vec![0f32; n * n];
+    const B: usize = 128;
+    m.par_chunks_mut(B * n).enumerate().try_for_each(|(bi, block)| {
+        if cancel() {
+            return Err(Cancelled);
+        }
+        let r0 = bi * B;
+        let rows = block.len() / n;
+        let mut g = vec![0f64; rows * n];
+        // SAFETY: A is rows x d (row stride d), B = X^T is d x n (x read with row stride 1,
+        // column stride d), C is rows x n; all slices are large enough for these shapes.
+        unsafe {
+            matrixmultiply::dgemm(
+                rows, d, n, 1.0,
+                x[r0 * d..].as_ptr(), d as isize, 1,
+                x.as_ptr(), 1, d as isize,
+                0.0, g.as_mut_ptr(), n as isize, 1,
+            );
+        }
+        for i in 0..rows {
+            let a = r0 + i;
+            for j in 0..n {
+                let mut s = norms[a] + norms[j] - 2.0 * g[i * n + j];
+                // cancellation: when the squared distance is tiny next to the norms, the GEMM
+                // form has no correct digits left; recompute those few pairs directly.
+                if s < 1e-6 * (norms[a] + norms[j]) {
+                    s = x[a * d..(a + 1) * d]
+                        .iter()
+                        .zip(&x[j * d..(j + 1) * d])
+                        .map(|(u, v)| (u - v) * (u - v))
+                        .sum();
+                }
+                block[i * n + j] = s.max(0.0).sqrt() as f32;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(m)
+}
+
+/// Core distances from a dense distance matrix.
+pub fn core_distances_dense(m: &[f32], n: usize, k: usize) -> Vec<f64> {
+    let k = k.clamp(1, n.max(1));
+    m.par_chunks(n)
+        .map(|row| {
+            let mut r = row.to_vec();
+            let (_, kth, _) = r.select_nth_unstable_by(k - 1, |a, b| a.total_cmp(b));
+            *kth as f64
+        })
+        .collect()
+}
+
+/// Prim's algorithm on the mutual reachability graph read from a dense distance matrix. Same
+/// tie rule as `mst_prim` (the lowest index among equal candidates).
+pub fn mst_prim_dense(
+    m: &[f32],
+    n: usize,
+    core: &[f64],
+    cancel: &(dyn Fn() -> bool + Sync),
+) -> Result<Vec<Edge>, Cancelled> {
+    let mut in_tree = vec![false; n];
+    let mut best = vec![f64::INFINITY; n];
+    let mut from = vec![0usize; n];
+    let mut edges = Vec::with_capacity(n.saturating_sub(1));
+    let mut cur = 0usize;
+    in_tree[0] = true;
+    for step in 1..n {
+        if step % 256 == 0 && cancel() {
+            return Err(Cancelled);
+        }
+        let row = &m[cur * n..(cur + 1) * n];
+        let cc = core[cur];
+        let mut next = usize::MAX;
+        let mut nv = f64::INFINITY;
+        for j in 0..n {
+            if in_tree[j] {
+                continue;
+            }
+            let mr = (row[j] as f64).max(cc).max(core[j]);
+            if mr < best[j] {
+                best[j] = mr;
+                from[j] = cur;
+            }
+            if next == usize::MAX || best[j] < nv {
+                nv = best[j];
+                next = j;
+            }
+        }
+        in_tree[next] = true;
+        edges.push(Edge { a: from[next], b: next, w: nv });
+        cur = next;
+    }
+    Ok(edges)
+}
 
 /// Core distance of every point: distance to its k-th nearest neighbour, itself included.
 pub fn core_distances(
@@ -366,8 +479,15 @@ pub fn hdbscan(
             n_clusters: 0,
         });
     }
-    let core = core_distances(p, params.min_samples.unwrap_or(mcs), cancel)?;
-    let mst = mst_prim(p, &core, cancel)?;
+    let k = params.min_samples.unwrap_or(mcs);
+    let mst = if uses_dense(p.n) {
+        let m = distance_matrix(p, cancel)?;
+        let core = core_distances_dense(&m, p.n, k);
+        mst_prim_dense(&m, p.n, &core, cancel)?
+    } else {
+        let core = core_distances(p, k, cancel)?;
+        mst_prim(p, &core, cancel)?
+    };
     if cancel() {
         return Err(Cancelled);
     }
@@ -439,6 +559,52 @@ mod tests {
         assert!(r.labels[..20].iter().step_by(2).all(|l| *l == r.labels[0]));
         assert!(r.labels[1..20].iter().step_by(2).all(|l| *l == r.labels[1]));
         assert_ne!(r.labels[0], r.labels[1]);
+    }
+
+    #[test]
+    fn dense_and_streaming_paths_build_the_same_tree() {
+        // 700 points in 48-d around 5 centres, with exact duplicates (distance 0 must stay 0
+        // despite the GEMM form's cancellation).
+        let mut rng = crate::reduce::rng::Rng::new(7);
+        let d = 48;
+        let centres: Vec<Vec<f32>> = (0..5).map(|_| (0..d).map(|_| rng.normal() as f32 * 3.0).collect()).collect();
+        let mut rows: Vec<Vec<f32>> = (0..690)
+            .map(|i| centres[i % 5].iter().map(|c| c + rng.normal() as f32 * (0.3 + (i % 3) as f32 * 0.2)).collect())
+            .collect();
+        for i in 0..10 {
+            rows.push(rows[i * 7].clone());
+        }
+        let p = Points::from_rows(&rows);
+        let core_s = core_distances(&p, 10, &never).unwrap();
+        let m = distance_matrix(&p, &never).unwrap();
+        assert_eq!(m[7 * p.n + 690 + 1], 0.0);
+        for i in 0..p.n {
+            for j in (0..p.n).step_by(37) {
+                let direct = euclidean(p.row(i), p.row(j));
+                assert!((m[i * p.n + j] as f64 - direct).abs() <= 1e-5 * direct.max(1e-3), "{i} {j}");
+            }
+        }
+        let core_d = core_distances_dense(&m, p.n, 10);
+        for (a, b) in core_s.iter().zip(&core_d) {
+            assert!((a - b).abs() <= 1e-5 * a, "{a} {b}");
+        }
+        let ws: f64 = mst_prim(&p, &core_s, &never).unwrap().iter().map(|e| e.w).sum();
+        let wd: f64 = mst_prim_dense(&m, p.n, &core_d, &never).unwrap().iter().map(|e| e.w).sum();
+        assert!((ws - wd).abs() <= 1e-5 * ws, "{ws} {wd}");
+        // and whole runs agree (the dense path is what hdbscan() takes at this size)
+        assert!(uses_dense(p.n));
+        let params = HdbscanParams { min_cluster_size: 20, ..Default::default() };
+        let dense = hdbscan(&p, params, &never).unwrap();
+        let k = 20;
+        let streamed = {
+            let core = core_distances(&p, k, &never).unwrap();
+            let merges = single_linkage(p.n, mst_prim(&p, &core, &never).unwrap());
+            let tree = condense_tree(p.n, &merges, 20);
+            let sel = select_eom(p.n, &tree, false, None);
+            label(p.n, &tree, &sel).0
+        };
+        assert_eq!(dense.n_clusters, 5);
+        assert!(adjusted_rand_index(&dense.labels, &streamed) > 0.999);
     }
 
     #[test]
