@@ -38,6 +38,17 @@ CONF
   fi
   install -d -o postgres -g postgres -m 755 "$PGSOCK_DIR"
   touch "$PGLOG" && chown postgres "$PGLOG"
+  # pg_genome's own settings live in an include file rewritten at every start, so that a
+  # cluster made by an older checkout picks up new ones.
+  grep -q "^include_if_exists = 'genome.conf'" "$PGDATA_DIR/postgresql.conf" \
+    || echo "include_if_exists = 'genome.conf'" >> "$PGDATA_DIR/postgresql.conf"
+  cat > "$PGDATA_DIR/genome.conf" <<CONF
+# written by scripts/cluster.sh at every start
+# background embedding workers: the main job's database and the integration tests' one
+genome.worker_databases = 'genome,genome_it'
+genome.embed_workers = 1
+CONF
+  chown postgres "$PGDATA_DIR/genome.conf"
 }
 
 running() { as_pg "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1; }

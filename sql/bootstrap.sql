@@ -86,3 +86,33 @@ CREATE UNIQUE INDEX families_one_unclustered ON families (collection) WHERE is_u
 CREATE INDEX families_live_idx ON families (collection) WHERE retired_at IS NULL;
 COMMENT ON TABLE families IS 'pg_genome families: clusters found by full classification; ids are stable across runs';
 SELECT pg_catalog.pg_extension_config_dump('families', '');
+
+-- ---------------------------------------------------------------------------------------------
+-- 0.3.0: background embedding queue, re-embedding, search index.
+ALTER TABLE collections ADD COLUMN auto_embed boolean NOT NULL DEFAULT false;
+ALTER TABLE collections ADD COLUMN reembed_model text;      -- name@version being filled in, NULL when none
+ALTER TABLE collections ADD COLUMN reembed_column name;     -- the shadow column it is written to
+
+-- One row per (collection, target, row) waiting to be embedded. 'embedding' fills the collection's
+-- embedding column; 'reembed' fills the shadow column of a re-embedding in progress. The worker
+-- claims rows (status 'processing', its pid) in one short transaction and completes them in the
+-- next; a dead worker's rows are put back to 'pending' by the next worker loop.
+CREATE TABLE embed_queue_items (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    collection      text NOT NULL REFERENCES collections(name) ON DELETE CASCADE ON UPDATE CASCADE,
+    target          text NOT NULL DEFAULT 'embedding' CHECK (target IN ('embedding', 'reembed')),
+    row_id          text NOT NULL,
+    status          text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'processing', 'completed', 'failed')),
+    attempts        integer NOT NULL DEFAULT 0,
+    last_error      text,
+    enqueued_at     timestamptz NOT NULL DEFAULT now(),
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    started_at      timestamptz,
+    worker_pid      integer,
+    completed_at    timestamptz,
+    UNIQUE (collection, target, row_id)
+);
+CREATE INDEX embed_queue_items_due ON embed_queue_items (next_attempt_at, id) WHERE status = 'pending';
+CREATE INDEX embed_queue_items_processing ON embed_queue_items (worker_pid) WHERE status = 'processing';
+CREATE INDEX embed_queue_items_completed ON embed_queue_items (completed_at) WHERE status = 'completed';
+COMMENT ON TABLE embed_queue_items IS 'pg_genome background embedding queue: one row per row to embed, with status, attempts and last error';

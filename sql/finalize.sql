@@ -115,6 +115,8 @@ BEGIN
             m.name || '@' || m.version, m.dimension)
     RETURNING * INTO result;
     INSERT INTO @extschema@.families (collection, label, is_unclustered) VALUES (name, 'Unclustered', true);
+    -- genome.search goes through a pgvector HNSW index (since 0.3.0)
+    PERFORM @extschema@.create_search_index(name);
     RETURN result;
 END $$;
 COMMENT ON FUNCTION register_collection IS 'register an app table as a pg_genome collection (adds embedding and family columns if missing)';
@@ -232,3 +234,552 @@ CREATE VIEW progress AS
     SELECT p.* FROM @extschema@.progress_slots() p
       JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid AND a.state = 'active';
 COMMENT ON VIEW progress IS 'full classifications and assignments running now: stage, rows done of total';
+
+-- ---------------------------------------------------------------------------------------------
+-- 0.3.0: background embedding queue, re-embedding, semantic search, health and metrics.
+
+-- The schema pgvector lives in. Functions here run with search_path = pg_catalog, pg_temp; those
+-- that need pgvector's operators add this schema for their own duration (set_config(..., true)
+-- inside a function with a SET search_path clause is undone when the function returns).
+CREATE FUNCTION _vector_schema() RETURNS name
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'
+$$;
+
+CREATE FUNCTION _use_vector_schema() RETURNS void
+LANGUAGE sql VOLATILE SECURITY INVOKER AS $$
+    SELECT set_config('search_path', format('pg_catalog, %I, pg_temp', @extschema@._vector_schema()), true)
+$$;
+
+-- The pgvector HNSW index (cosine) on a collection's embedding column, used by genome.search.
+CREATE FUNCTION create_search_index(collection text) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE c @extschema@.collections; rel regclass := @extschema@.collection_relation(collection);
+        idx text := left('genome_hnsw_' || collection, 63);
+BEGIN
+    SELECT * INTO c FROM @extschema@.collections x WHERE x.name = collection;
+    IF NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_am am ON am.oid = ic.relam
+                    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                   WHERE i.indrelid = rel AND am.amname = 'hnsw' AND a.attname = c.embedding_column) THEN
+        EXECUTE format('CREATE INDEX %I ON %s USING hnsw (%I %I.vector_cosine_ops)', idx, rel, c.embedding_column,
+                       @extschema@._vector_schema());
+    END IF;
+    RETURN idx;
+END $$;
+COMMENT ON FUNCTION create_search_index IS 'create the pgvector HNSW (cosine) index genome.search uses, unless the embedding column has one';
+
+-- Queue rows of a collection (ids as text) for the targets its state asks for.
+CREATE FUNCTION _enqueue(coll text, ids text[], targets text[] DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE c @extschema@.collections; n bigint;
+BEGIN
+    SELECT * INTO c FROM @extschema@.collections x WHERE x.name = coll;
+    INSERT INTO @extschema@.embed_queue_items AS q (collection, target, row_id)
+    SELECT coll, t, i FROM unnest(ids) i,
+           unnest(coalesce(targets, CASE WHEN c.auto_embed THEN ARRAY['embedding'] ELSE '{}' END
+                                    || CASE WHEN c.reembed_model IS NOT NULL THEN ARRAY['reembed'] ELSE '{}' END)) t
+     WHERE i IS NOT NULL
+    ON CONFLICT ON CONSTRAINT embed_queue_items_collection_target_row_id_key DO UPDATE
+       SET status = 'pending', attempts = 0, last_error = NULL, enqueued_at = now(), next_attempt_at = now(),
+           started_at = NULL, worker_pid = NULL, completed_at = NULL;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM @extschema@.wake_embed_workers();
+    END IF;
+    RETURN n;
+END $$;
+
+-- Trigger functions on the app's table. SECURITY DEFINER: whoever writes to the app's table
+-- needs no rights on pg_genome's queue; they only enqueue the written rows' ids / clear the
+-- columns pg_genome fills.
+CREATE FUNCTION auto_embed_enqueue() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE c @extschema@.collections; ids text[];
+BEGIN
+    SELECT * INTO c FROM @extschema@.collections x WHERE x.name = TG_ARGV[0];
+    IF NOT FOUND OR NOT (c.auto_embed OR c.reembed_model IS NOT NULL) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_LEVEL = 'STATEMENT' THEN
+        -- rows inserted with an embedding keep it (unless a re-embedding needs them all)
+        EXECUTE format('SELECT array_agg(%I::text) FROM new_rows WHERE %s', c.id_column,
+                       CASE WHEN c.reembed_model IS NULL THEN format('%I IS NULL', c.embedding_column) ELSE 'true' END) INTO ids;
+    ELSE
+        ids := ARRAY[to_jsonb(NEW) ->> c.id_column];
+    END IF;
+    IF ids IS NOT NULL THEN
+        PERFORM @extschema@._enqueue(c.name, ids);
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION auto_embed_clear() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE c @extschema@.collections;
+BEGIN
+    SELECT * INTO c FROM @extschema@.collections x WHERE x.name = TG_ARGV[0];
+    IF FOUND THEN
+        -- the text changed: its old embedding(s) no longer describe it
+        NEW := jsonb_populate_record(NEW, jsonb_build_object(c.embedding_column, NULL)
+               || CASE WHEN c.reembed_column IS NULL THEN '{}'::jsonb ELSE jsonb_build_object(c.reembed_column, NULL) END);
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE FUNCTION _set_triggers(collection text, present boolean) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE c @extschema@.collections; rel regclass := @extschema@.collection_relation(collection);
+        ins text := left('genome_embed_ins_' || collection, 63);
+        upd text := left('genome_embed_upd_' || collection, 63);
+        clr text := left('genome_embed_clr_' || collection, 63);
+BEGIN
+    SELECT * INTO c FROM @extschema@.collections x WHERE x.name = collection;
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', ins, rel);
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', upd, rel);
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', clr, rel);
+    IF present THEN
+        -- inserts: one statement-level trigger over the transition table (a bulk insert is one
+        -- queue insert, not one per row); text updates: per row, only when the text changed.
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION %I.auto_embed_enqueue(%L)', ins, rel, '@extschema@', collection);
+        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE OF %I ON %s FOR EACH ROW WHEN (OLD.%I IS DISTINCT FROM NEW.%I) '
+                       'EXECUTE FUNCTION %I.auto_embed_enqueue(%L)', upd, c.text_column, rel, c.text_column, c.text_column,
+                       '@extschema@', collection);
+        EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OF %I ON %s FOR EACH ROW WHEN (OLD.%I IS DISTINCT FROM NEW.%I) '
+                       'EXECUTE FUNCTION %I.auto_embed_clear(%L)', clr, c.text_column, rel, c.text_column, c.text_column,
+                       '@extschema@', collection);
+    END IF;
+END $$;
+
+CREATE FUNCTION enable_auto_embed(collection text, backfill boolean DEFAULT true) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE c @extschema@.collections; rel regclass := @extschema@.collection_relation(collection); ids text[];
+BEGIN
+    UPDATE @extschema@.collections x SET auto_embed = true WHERE x.name = collection RETURNING * INTO c;
+    PERFORM @extschema@._set_triggers(collection, true);
+    IF backfill THEN
+        EXECUTE format('SELECT array_agg(%I::text) FROM %s WHERE %I IS NULL', c.id_column, rel, c.embedding_column) INTO ids;
+        RETURN coalesce(@extschema@._enqueue(collection, ids, ARRAY['embedding']), 0);
+    END IF;
+    RETURN 0;
+END $$;
+COMMENT ON FUNCTION enable_auto_embed IS 'embed inserted rows and rows whose text changed in the background (queues rows without embedding when backfill); returns rows queued';
+
+CREATE FUNCTION disable_auto_embed(collection text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE c @extschema@.collections; n bigint;
+BEGIN
+    PERFORM @extschema@.collection_relation(collection);
+    UPDATE @extschema@.collections x SET auto_embed = false WHERE x.name = collection RETURNING * INTO c;
+    IF c.reembed_model IS NULL THEN
+        PERFORM @extschema@._set_triggers(collection, false);
+    END IF;
+    DELETE FROM @extschema@.embed_queue_items q
+     WHERE q.collection = disable_auto_embed.collection AND q.target = 'embedding' AND q.status IN ('pending', 'failed');
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION disable_auto_embed IS 'stop background embedding of a collection; returns queued rows dropped (rows being embedded finish)';
+
+-- Put back rows claimed by workers that are gone (killed, crashed): nothing is lost. The attempt
+-- still counts, so a row that kills its worker every time ends up failed, not in a loop.
+CREATE FUNCTION _embed_recover() RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE n bigint; maxa int := coalesce(nullif(current_setting('genome.embed_max_attempts', true), ''), '5')::int;
+BEGIN
+    UPDATE @extschema@.embed_queue_items q
+       SET status = CASE WHEN q.attempts >= maxa THEN 'failed' ELSE 'pending' END,
+           last_error = 'worker ' || q.worker_pid || ' ended while embedding this row', worker_pid = NULL,
+           next_attempt_at = now()
+     WHERE q.status = 'processing'
+       AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = q.worker_pid AND a.backend_start <= q.started_at);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    -- completed rows are kept an hour for genome.embed_queue's throughput figures
+    DELETE FROM @extschema@.embed_queue_items q WHERE q.status = 'completed' AND q.completed_at < now() - interval '1 hour';
+    RETURN n;
+END $$;
+
+-- Claim up to batch_size due rows of one (collection, target): status 'processing', this pid.
+CREATE FUNCTION _embed_claim(batch_size integer) RETURNS bigint[]
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE head record; ids bigint[];
+BEGIN
+    SELECT q.collection, q.target INTO head FROM @extschema@.embed_queue_items q
+     WHERE q.status = 'pending' AND q.next_attempt_at <= now()
+     ORDER BY q.next_attempt_at, q.id LIMIT 1 FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN '{}';
+    END IF;
+    WITH c AS (SELECT q.id FROM @extschema@.embed_queue_items q
+                WHERE q.status = 'pending' AND q.next_attempt_at <= now()
+                  AND q.collection = head.collection AND q.target = head.target
+                ORDER BY q.next_attempt_at, q.id LIMIT batch_size FOR UPDATE SKIP LOCKED),
+         u AS (UPDATE @extschema@.embed_queue_items q
+                  SET status = 'processing', attempts = q.attempts + 1, started_at = now(), worker_pid = pg_backend_pid()
+                 FROM c WHERE q.id = c.id
+               RETURNING q.id)
+    SELECT array_agg(u.id ORDER BY u.id) INTO ids FROM u;
+    RETURN coalesce(ids, '{}');
+END $$;
+
+-- A failed attempt: back to pending after an exponential backoff, or failed for good.
+CREATE FUNCTION _embed_failed(ids bigint[], error text) RETURNS void
+LANGUAGE sql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE @extschema@.embed_queue_items q
+       SET status = CASE WHEN q.attempts >= coalesce(nullif(current_setting('genome.embed_max_attempts', true), ''), '5')::int
+                         THEN 'failed' ELSE 'pending' END,
+           last_error = error, worker_pid = NULL,
+           -- the setting reads back with its unit ('1s', '100ms'): an interval
+           next_attempt_at = now() + coalesce(nullif(current_setting('genome.embed_retry_delay', true), ''), '1s')::interval
+                                     * 2 ^ greatest(q.attempts - 1, 0)
+     WHERE q.id = ANY (ids) AND q.status = 'processing' AND q.worker_pid = pg_backend_pid()
+$$;
+
+-- Embed and store the claimed rows. Returns what happened, for the worker's log line and metrics.
+-- A model error fails the batch's attempt; a write error (a constraint or trigger of the app's
+-- table) is narrowed down to the rows that cause it, each retried on its own.
+CREATE FUNCTION _embed_process(ids bigint[]) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    g record; c @extschema@.collections; rel regclass; col name; model text; idtype text; vtype text;
+    qids bigint[]; rids text[]; texts text[]; vecs text[]; ok bigint[]; done bigint[];
+    i int; t0 timestamptz; embed_ms float8; failed int; upd text; out jsonb := '[]';
+BEGIN
+    FOR g IN SELECT q.collection, q.target FROM @extschema@.embed_queue_items q
+              WHERE q.id = ANY (ids) AND q.status = 'processing' AND q.worker_pid = pg_backend_pid()
+              GROUP BY 1, 2 LOOP
+        SELECT * INTO c FROM @extschema@.collections x WHERE x.name = g.collection;
+        rel := c.relid::regclass;
+        IF g.target = 'embedding' THEN col := c.embedding_column; model := c.model;
+        ELSE col := c.reembed_column; model := c.reembed_model; END IF;
+        SELECT array_agg(q.id ORDER BY q.id), array_agg(q.row_id ORDER BY q.id) INTO qids, rids
+          FROM @extschema@.embed_queue_items q
+         WHERE q.id = ANY (ids) AND q.collection = g.collection AND q.target = g.target
+           AND q.status = 'processing' AND q.worker_pid = pg_backend_pid();
+        IF col IS NULL OR rel IS NULL THEN
+            -- the re-embedding was finished or abandoned meanwhile: nothing to write
+            UPDATE @extschema@.embed_queue_items q SET status = 'completed', completed_at = now() WHERE q.id = ANY (qids);
+            CONTINUE;
+        END IF;
+        SELECT format_type(a.atttypid, a.atttypmod) INTO idtype FROM pg_attribute a
+         WHERE a.attrelid = rel AND a.attname = c.id_column;
+        SELECT format_type(a.atttypid, a.atttypmod) INTO vtype FROM pg_attribute a
+         WHERE a.attrelid = rel AND a.attname = col;
+        -- current texts (a row deleted meanwhile gives NULL: nothing to embed, nothing to write)
+        EXECUTE format('SELECT array_agg(t.%I ORDER BY u.o) FROM unnest($1::text[]) WITH ORDINALITY u(rid, o) '
+                       'LEFT JOIN %s t ON t.%I = u.rid::%s', c.text_column, rel, c.id_column, idtype)
+           INTO texts USING rids;
+        t0 := clock_timestamp();
+        BEGIN
+            vecs := @extschema@.embed_batch(texts, model)::text[];
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM @extschema@._embed_failed(qids, SQLERRM);
+            out := out || jsonb_build_object('collection', c.name, 'target', g.target, 'model', model, 'rows', cardinality(qids),
+                                             'completed', 0, 'failed', cardinality(qids), 'error', SQLERRM);
+            CONTINUE;
+        END;
+        embed_ms := extract(epoch FROM clock_timestamp() - t0) * 1000;
+        -- only if the text is still the one embedded: a concurrent edit re-queued the row
+        upd := format('UPDATE %s t SET %I = u.v::%s FROM unnest($1::text[], $2::text[], $3::text[]) u(rid, v, txt) '
+                      'WHERE t.%I = u.rid::%s AND t.%I IS NOT DISTINCT FROM u.txt AND u.v IS NOT NULL',
+                      rel, col, vtype, c.id_column, idtype, c.text_column);
+        done := qids; failed := 0;
+        BEGIN
+            EXECUTE upd USING rids, vecs, texts;
+        EXCEPTION WHEN OTHERS THEN
+            done := '{}';
+            FOR i IN 1 .. cardinality(qids) LOOP
+                BEGIN
+                    EXECUTE upd USING ARRAY[rids[i]], ARRAY[vecs[i]], ARRAY[texts[i]];
+                    done := done || qids[i];
+                EXCEPTION WHEN OTHERS THEN
+                    PERFORM @extschema@._embed_failed(ARRAY[qids[i]], SQLERRM);
+                    failed := failed + 1;
+                END;
+            END LOOP;
+        END;
+        UPDATE @extschema@.embed_queue_items q SET status = 'completed', completed_at = now(), last_error = NULL, worker_pid = NULL
+         WHERE q.id = ANY (done) AND q.status = 'processing' AND q.worker_pid = pg_backend_pid();
+        out := out || jsonb_build_object('collection', c.name, 'target', g.target, 'model', model, 'rows', cardinality(qids),
+                                         'completed', cardinality(done), 'failed', failed, 'embed_ms', round(embed_ms::numeric, 1));
+        IF g.target = 'reembed' AND NOT EXISTS (SELECT 1 FROM @extschema@.embed_queue_items q
+                                                 WHERE q.collection = c.name AND q.target = 'reembed'
+                                                   AND q.status IN ('pending', 'processing')) THEN
+            PERFORM @extschema@._reembed_finish(c.name);
+        END IF;
+    END LOOP;
+    RETURN out;
+END $$;
+
+-- One claim-and-embed step in the caller's transaction: what the worker does, for use without
+-- shared_preload_libraries (e.g. from pg_cron) or in tests. Returns rows completed.
+CREATE FUNCTION process_embed_queue(batch_size integer DEFAULT 32) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE r jsonb; n bigint := 0; e jsonb;
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'pg_genome: batch_size must be at least 1' USING ERRCODE = '22023';
+    END IF;
+    PERFORM @extschema@._embed_recover();
+    r := @extschema@._embed_process(@extschema@._embed_claim(batch_size));
+    FOR e IN SELECT * FROM jsonb_array_elements(r) LOOP
+        n := n + (e->>'completed')::bigint;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION process_embed_queue IS 'embed one batch of queued rows in this transaction (the background worker does this by itself)';
+
+CREATE VIEW embed_queue AS
+SELECT c.name AS collection, c.auto_embed, c.model, c.reembed_model,
+       count(q.id) FILTER (WHERE q.status = 'pending')    AS pending,
+       count(q.id) FILTER (WHERE q.status = 'processing') AS processing,
+       count(q.id) FILTER (WHERE q.status = 'completed')  AS completed,
+       count(q.id) FILTER (WHERE q.status = 'failed')     AS failed,
+       now() - min(q.enqueued_at) FILTER (WHERE q.status IN ('pending', 'processing')) AS oldest_pending_age,
+       round(count(q.id) FILTER (WHERE q.status = 'completed' AND q.completed_at > now() - interval '1 minute') / 60.0, 2)
+           AS rows_per_s_last_minute
+  FROM @extschema@.collections c LEFT JOIN @extschema@.embed_queue_items q ON q.collection = c.name
+ GROUP BY c.name, c.auto_embed, c.model, c.reembed_model;
+COMMENT ON VIEW embed_queue IS 'background embedding per collection: rows by status, oldest waiting, throughput over the last minute';
+
+-- Re-embed a whole collection with another model in the background. The new vectors go to a
+-- shadow column; search and assignment keep using the old column and model until every row is
+-- done, then one transaction swaps the columns (search index built before), moves the
+-- collection to the new model and recomputes family centroids and thresholds in the new space.
+-- So no query ever sees mixed dimensions.
+CREATE FUNCTION reembed(collection text, model text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE c @extschema@.collections; rel regclass := @extschema@.collection_relation(collection); m record;
+        shadow name; ids text[];
+BEGIN
+    SELECT * INTO c FROM @extschema@.collections x WHERE x.name = collection FOR UPDATE;
+    IF c.reembed_model IS NOT NULL THEN
+        RAISE EXCEPTION 'pg_genome: collection "%" is already being re-embedded with %', collection, c.reembed_model
+              USING ERRCODE = '55006', HINT = 'see genome.embed_queue';
+    END IF;
+    m := @extschema@.resolve_model(model);
+    IF m.name || '@' || m.version = c.model THEN
+        RAISE EXCEPTION 'pg_genome: collection "%" already uses %', collection, c.model USING ERRCODE = '22023';
+    END IF;
+    shadow := left(c.embedding_column || '_genome_next', 63);
+    EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', rel, shadow);
+    EXECUTE format('ALTER TABLE %s ADD COLUMN %I %I.vector(%s)', rel, shadow, @extschema@._vector_schema(), m.dimension);
+    UPDATE @extschema@.collections x SET reembed_model = m.name || '@' || m.version, reembed_column = shadow
+     WHERE x.name = collection;
+    PERFORM @extschema@._set_triggers(collection, true);
+    EXECUTE format('SELECT array_agg(%I::text) FROM %s', c.id_column, rel) INTO ids;
+    DELETE FROM @extschema@.embed_queue_items q WHERE q.collection = reembed.collection AND q.target = 'reembed';
+    IF ids IS NULL THEN
+        PERFORM @extschema@._reembed_finish(collection);
+        RETURN 0;
+    END IF;
+    RETURN @extschema@._enqueue(collection, ids, ARRAY['reembed']);
+END $$;
+COMMENT ON FUNCTION reembed IS 're-embed a collection with another model in the background; switches over atomically when every row is done';
+
+CREATE FUNCTION _reembed_finish(collection text) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE c @extschema@.collections; rel regclass; m record; q float8; nsp name;
+        idx text := left('genome_hnsw_' || collection, 63);
+        tmp text := left('genome_hnsw_next_' || collection, 63);
+BEGIN
+    PERFORM @extschema@._use_vector_schema();
+    -- no full classification or assignment of this collection meanwhile (their lock), and no
+    -- search between reading the collection's model and querying its column (the swap lock)
+    PERFORM pg_advisory_xact_lock(1734700655, hashtext(collection));
+    PERFORM pg_advisory_xact_lock(1734700656, hashtext(collection));
+    SELECT * INTO c FROM @extschema@.collections x WHERE x.name = collection FOR UPDATE;
+    rel := c.relid::regclass;
+    SELECT n.nspname INTO nsp FROM pg_class k JOIN pg_namespace n ON n.oid = k.relnamespace WHERE k.oid = rel;
+    m := @extschema@.resolve_model(c.reembed_model);
+    -- the new column's index first (readers go on meanwhile); the old one goes with its column
+    EXECUTE format('DROP INDEX IF EXISTS %I.%I', nsp, tmp);
+    EXECUTE format('CREATE INDEX %I ON %s USING hnsw (%I %I.vector_cosine_ops)', tmp, rel, c.reembed_column,
+                   @extschema@._vector_schema());
+    EXECUTE format('ALTER TABLE %s DROP COLUMN %I', rel, c.embedding_column);
+    EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', rel, c.reembed_column, c.embedding_column);
+    EXECUTE format('ALTER INDEX %I.%I RENAME TO %I', nsp, tmp, idx);
+    UPDATE @extschema@.collections x
+       SET model = c.reembed_model, dimension = m.dimension, reembed_model = NULL, reembed_column = NULL,
+           generation = x.generation + 1
+     WHERE x.name = collection;
+    -- families keep their members and ids; centroids and thresholds move to the new space
+    q := coalesce(nullif(current_setting('genome.threshold_quantile', true), ''), '0.1')::float8;
+    EXECUTE format('UPDATE @extschema@.families f SET centroid = s.centroid, threshold = s.threshold, updated_at = now()
+                      FROM (SELECT m.fid, m.centroid,
+                                   percentile_cont($2) WITHIN GROUP (ORDER BY 1 - (t.%1$I <=> m.centroid))::real AS threshold
+                              FROM (SELECT %2$I AS fid, l2_normalize(avg(%1$I)) AS centroid FROM %3$s
+                                     WHERE %1$I IS NOT NULL AND %2$I IS NOT NULL GROUP BY 1) m
+                              JOIN %3$s t ON t.%2$I = m.fid AND t.%1$I IS NOT NULL
+                             GROUP BY m.fid, m.centroid) s
+                     WHERE f.collection = $1 AND f.id = s.fid AND NOT f.is_unclustered',
+                   c.embedding_column, c.family_column, rel) USING collection, q;
+    -- families without embedded members cannot be placed in the new space
+    UPDATE @extschema@.families f SET retired_at = now(), updated_at = now()
+     WHERE f.collection = c.name AND NOT f.is_unclustered AND f.retired_at IS NULL AND f.updated_at < now();
+    IF NOT c.auto_embed THEN
+        PERFORM @extschema@._set_triggers(collection, false);
+    END IF;
+    RAISE LOG 'pg_genome: collection "%" now uses % (re-embedding finished)', collection, c.reembed_model;
+END $$;
+
+-- Semantic search. The query goes through the pgvector HNSW index of the embedding column
+-- (cosine); with a filter, pgvector 0.8's iterative index scan keeps fetching candidates until
+-- top_k rows pass the filter, and when it stops short (hnsw.max_scan_tuples) an exact scan of the
+-- filtered rows makes sure nothing that matches is lost.
+CREATE FUNCTION _search(collection text, query_vector text, top_k integer, score_threshold real, filter jsonb)
+RETURNS TABLE (id text, score real, "row" jsonb)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER
+SET search_path = pg_catalog, pg_temp SET hnsw.ef_search = 40 SET hnsw.iterative_scan = 'relaxed_order' AS $$
+DECLARE c @extschema@.collections; rel regclass := @extschema@.collection_relation(collection);
+        conds text := ''; k text; v jsonb; ty text; base text; n int := 0;
+        ids text[] := '{}'; dists float8[] := '{}'; payloads jsonb[] := '{}'; r record;
+BEGIN
+    IF top_k IS NULL OR top_k < 1 OR top_k > 1000 THEN
+        RAISE EXCEPTION 'pg_genome: top_k must be between 1 and 1000' USING ERRCODE = '22023';
+    END IF;
+    IF query_vector IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT * INTO c FROM @extschema@.collections x WHERE x.name = collection;
+    PERFORM @extschema@._use_vector_schema();
+    -- pgvector returns at most ef_search rows per scan
+    PERFORM set_config('hnsw.ef_search', greatest(40, top_k)::text, true);
+    IF filter IS NOT NULL THEN
+        IF jsonb_typeof(filter) <> 'object' THEN
+            RAISE EXCEPTION 'pg_genome: filter must be a JSON object of column: value pairs' USING ERRCODE = '22023';
+        END IF;
+        FOR k, v IN SELECT * FROM jsonb_each(filter) LOOP
+            SELECT format_type(a.atttypid, a.atttypmod) INTO ty FROM pg_attribute a
+             WHERE a.attrelid = rel AND a.attname = k AND a.attnum > 0 AND NOT a.attisdropped;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'pg_genome: filter column "%" does not exist in %', k, rel USING ERRCODE = '42703';
+            END IF;
+            conds := conds || CASE jsonb_typeof(v)
+                WHEN 'null' THEN format(' AND t.%I IS NULL', k)
+                WHEN 'array' THEN format(' AND t.%I = ANY (ARRAY(SELECT jsonb_array_elements_text($3 -> %L))::%s[])', k, k, ty)
+                ELSE format(' AND t.%I = ($3 ->> %L)::%s', k, k, ty) END;
+        END LOOP;
+    END IF;
+    base := format('SELECT t.%I::text AS id, (t.%I <=> $1::vector) AS dist, to_jsonb(t) - %L AS payload FROM %s t '
+                   'WHERE t.%I IS NOT NULL%s ORDER BY ', c.id_column, c.embedding_column, c.embedding_column, rel,
+                   c.embedding_column, conds);
+    FOR r IN EXECUTE 'WITH hits AS MATERIALIZED (' || base || format('t.%I <=> $1::vector LIMIT $2) SELECT * FROM hits ORDER BY dist, id', c.embedding_column)
+             USING query_vector, top_k, filter LOOP
+        n := n + 1; ids := ids || r.id; dists := dists || r.dist; payloads := payloads || r.payload;
+    END LOOP;
+    IF filter IS NOT NULL AND n < top_k THEN
+        -- "+ 0" keeps the planner off the index: an exact scan over the rows that pass the filter
+        ids := '{}'; dists := '{}'; payloads := '{}';
+        FOR r IN EXECUTE base || format('(t.%I <=> $1::vector) + 0, 1 LIMIT $2', c.embedding_column) USING query_vector, top_k, filter LOOP
+            ids := ids || r.id; dists := dists || r.dist; payloads := payloads || r.payload;
+        END LOOP;
+    END IF;
+    RETURN QUERY SELECT u.id, (1 - u.dist)::real, u.payload FROM unnest(ids, dists, payloads) u(id, dist, payload)
+                  WHERE 1 - u.dist >= coalesce(score_threshold, -1) ORDER BY u.dist, u.id;
+END $$;
+
+CREATE FUNCTION search(collection text, query text, top_k integer DEFAULT 10, score_threshold real DEFAULT 0.5,
+                       filter jsonb DEFAULT NULL)
+RETURNS TABLE (id text, score real, "row" jsonb)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE m text;
+BEGIN
+    PERFORM @extschema@.collection_relation(collection);
+    -- a re-embedding's switch-over cannot happen between reading the model and the query
+    PERFORM pg_advisory_xact_lock_shared(1734700656, hashtext(collection));
+    SELECT x.model INTO m FROM @extschema@.collections x WHERE x.name = collection;
+    RETURN QUERY SELECT * FROM @extschema@._search(collection, @extschema@.embed(query, m)::text, top_k, score_threshold, filter);
+END $$;
+COMMENT ON FUNCTION search(text, text, integer, real, jsonb) IS 'semantic search: rows of a collection most similar to a text (cosine), best first, with optional equality filters';
+
+CREATE FUNCTION search(collection text, query_vector vector, top_k integer DEFAULT 10, score_threshold real DEFAULT 0.5,
+                       filter jsonb DEFAULT NULL)
+RETURNS TABLE (id text, score real, "row" jsonb)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE d int;
+BEGIN
+    PERFORM @extschema@.collection_relation(collection);
+    PERFORM pg_advisory_xact_lock_shared(1734700656, hashtext(collection));
+    SELECT x.dimension INTO d FROM @extschema@.collections x WHERE x.name = collection;
+    PERFORM @extschema@._use_vector_schema();
+    IF query_vector IS NOT NULL AND vector_dims(query_vector) <> d THEN
+        RAISE EXCEPTION 'pg_genome: query vector has % dimensions, collection "%" has %',
+              vector_dims(query_vector), collection, d USING ERRCODE = '22000';
+    END IF;
+    RETURN QUERY SELECT * FROM @extschema@._search(collection, query_vector::text, top_k, score_threshold, filter);
+END $$;
+COMMENT ON FUNCTION search(text, vector, integer, real, jsonb) IS 'semantic search with a precomputed query vector';
+
+-- Health: one jsonb for a dashboard or a probe.
+CREATE FUNCTION health() RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE h jsonb; cron jsonb := NULL;
+BEGIN
+    IF to_regclass('cron.job') IS NOT NULL THEN
+        EXECUTE $q$SELECT coalesce(jsonb_agg(jsonb_build_object('jobname', j.jobname, 'schedule', j.schedule, 'active', j.active,
+                       'last_status', d.status, 'last_start', d.start_time, 'last_end', d.end_time, 'last_message', d.return_message)
+                       ORDER BY j.jobname), '[]')
+                   FROM cron.job j
+                   LEFT JOIN LATERAL (SELECT * FROM cron.job_run_details r WHERE r.jobid = j.jobid ORDER BY r.runid DESC LIMIT 1) d ON true
+                  WHERE j.jobname LIKE 'genome\_%'$q$ INTO cron;
+    END IF;
+    SELECT jsonb_build_object(
+        'extension_version', (SELECT extversion FROM pg_extension WHERE extname = 'pg_genome'),
+        'pgvector_version', (SELECT extversion FROM pg_extension WHERE extname = 'vector'),
+        'database', current_database(),
+        'default_model', nullif(current_setting('genome.default_model', true), ''),
+        'models', (SELECT coalesce(jsonb_agg(jsonb_build_object('name', m.name, 'version', m.version, 'dimension', m.dimension,
+                                   'task', m.task) ORDER BY m.name, m.created_at), '[]') FROM @extschema@.models m),
+        'runtime', @extschema@._runtime_info(),
+        'workers', (SELECT coalesce(jsonb_agg(jsonb_build_object('pid', a.pid, 'database', a.datname, 'state', a.state,
+                                    'backend_start', a.backend_start) ORDER BY a.pid), '[]')
+                      FROM pg_stat_activity a WHERE a.backend_type = 'pg_genome embed worker'),
+        'cron_jobs', cron,
+        'queue', (SELECT coalesce(jsonb_agg(to_jsonb(q) ORDER BY q.collection), '[]') FROM @extschema@.embed_queue q),
+        'pending_assignment', (SELECT coalesce(jsonb_object_agg(c.name, @extschema@.pending_count(c.name)), '{}')
+                                 FROM @extschema@.collections c WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid)))
+      INTO h;
+    RETURN h;
+END $$;
+COMMENT ON FUNCTION health IS 'versions, ONNX Runtime, workers, pg_cron jobs, queue depth and pending assignments as jsonb';
+
+-- Prometheus text exposition: counters from shared memory (Rust) plus gauges read here.
+CREATE FUNCTION metrics() RETURNS text
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+-- label values are collection names, which register_collection limits to [A-Za-z0-9_.-]
+DECLARE out text := @extschema@._metrics_counters(); r record;
+BEGIN
+    out := out || E'# HELP genome_queue_rows Rows in the background embedding queue by status.\n# TYPE genome_queue_rows gauge\n';
+    FOR r IN SELECT q.collection, s.status, s.n FROM @extschema@.embed_queue q,
+             LATERAL (VALUES ('pending', q.pending), ('processing', q.processing), ('completed', q.completed), ('failed', q.failed)) s(status, n)
+             ORDER BY 1, 2 LOOP
+        out := out || format(E'genome_queue_rows{collection="%s",status="%s"} %s\n', r.collection, r.status, r.n);
+    END LOOP;
+    out := out || E'# HELP genome_queue_oldest_pending_seconds Age of the oldest row waiting to be embedded.\n# TYPE genome_queue_oldest_pending_seconds gauge\n';
+    FOR r IN SELECT q.collection, coalesce(extract(epoch FROM q.oldest_pending_age), 0) AS s FROM @extschema@.embed_queue q ORDER BY 1 LOOP
+        out := out || format(E'genome_queue_oldest_pending_seconds{collection="%s"} %s\n', r.collection, round(r.s::numeric, 3));
+    END LOOP;
+    out := out || E'# HELP genome_families Live families per collection (Unclustered not counted).\n# TYPE genome_families gauge\n';
+    FOR r IN SELECT c.name, count(f.id) FILTER (WHERE NOT f.is_unclustered AND f.retired_at IS NULL) AS n
+               FROM @extschema@.collections c LEFT JOIN @extschema@.families f ON f.collection = c.name GROUP BY 1 ORDER BY 1 LOOP
+        out := out || format(E'genome_families{collection="%s"} %s\n', r.name, r.n);
+    END LOOP;
+    out := out || E'# HELP genome_last_run_seconds Duration of the last successful full run.\n# TYPE genome_last_run_seconds gauge\n';
+    FOR r IN SELECT DISTINCT ON (x.collection) x.collection, x.kind, extract(epoch FROM x.finished_at - x.started_at) AS s, x.n_clusters, x.n_noise
+               FROM @extschema@.runs x WHERE x.status = 'succeeded' ORDER BY x.collection, x.id DESC LOOP
+        out := out || format(E'genome_last_run_seconds{collection="%s",kind="%s"} %s\n', r.collection, r.kind, round(r.s::numeric, 3));
+    END LOOP;
+    out := out || E'# HELP genome_last_run_clusters Clusters found by the last successful full run.\n# TYPE genome_last_run_clusters gauge\n';
+    FOR r IN SELECT DISTINCT ON (x.collection) x.collection, x.n_clusters FROM @extschema@.runs x
+              WHERE x.status = 'succeeded' ORDER BY x.collection, x.id DESC LOOP
+        out := out || format(E'genome_last_run_clusters{collection="%s"} %s\n', r.collection, coalesce(r.n_clusters, 0));
+    END LOOP;
+    out := out || E'# HELP genome_workers_alive Background embedding workers running in this cluster.\n# TYPE genome_workers_alive gauge\n'
+               || format(E'genome_workers_alive %s\n', (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_genome embed worker'));
+    RETURN out;
+END $$;
+COMMENT ON FUNCTION metrics IS 'Prometheus text exposition of pg_genome counters and gauges';
+
+-- Search indexes for collections registered before 0.3.0 (none on a fresh install).
+SELECT @extschema@.create_search_index(c.name) FROM @extschema@.collections c WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid);

@@ -3,9 +3,8 @@
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgMemoryContexts};
 
-use crate::errors::OrReport;
 use crate::gucs;
-use crate::models::{resolve, with_embedder, ModelRow};
+use crate::models::{embed_texts, resolve, ModelRow};
 use crate::vector::Vector;
 
 /// The model a call site resolved, kept in `fn_extra` for the rest of the statement so that
@@ -48,7 +47,7 @@ pub fn embed(
 ) -> Option<Vector> {
     let text = input?;
     let row = resolve_cached(fcinfo, model);
-    let mut out = with_embedder(&row, |e| e.embed(&[text])).or_report();
+    let mut out = embed_texts(&row, &[text]);
     Some(Vector(out.pop().expect("one vector per text")))
 }
 
@@ -74,7 +73,7 @@ pub fn embed_batch(
     for chunk in order.chunks(batch) {
         pg_sys::check_for_interrupts!();
         let slice: Vec<&str> = chunk.iter().map(|i| texts[*i].unwrap()).collect();
-        let vecs = with_embedder(&row, |e| e.embed(&slice)).or_report();
+        let vecs = embed_texts(&row, &slice);
         for (i, v) in chunk.iter().zip(vecs) {
             result[*i] = Some(Vector(v));
         }

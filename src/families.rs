@@ -17,9 +17,9 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
 use crate::collections::{ident, load, try_lock, Collection};
-use crate::errors::{raise, OrReport};
+use crate::errors::raise;
 use crate::gucs;
-use crate::models::{resolve, with_embedder};
+use crate::models::{embed_texts, resolve};
 use crate::progress::Progress;
 use crate::vector::Vector;
 
@@ -70,7 +70,7 @@ fn embed_and_store(c: &Collection, ids: &[String], texts: &[String], prog: &mut 
         for sub in chunk.chunks(batch) {
             pg_sys::check_for_interrupts!();
             let slice: Vec<&str> = sub.iter().map(String::as_str).collect();
-            vecs.extend(with_embedder(&row, |e| e.embed(&slice)).or_report());
+            vecs.extend(embed_texts(&row, &slice));
         }
         let lo = k * 256;
         let idchunk: Vec<String> = ids[lo..lo + chunk.len()].to_vec();

@@ -28,6 +28,13 @@ pub static CLUSTER_THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 pub static FAMILY_MATCH_THRESHOLD: GucSetting<f64> = GucSetting::<f64>::new(0.9);
 /// Quantile of members' similarity to their centroid used as a family's assignment threshold.
 pub static THRESHOLD_QUANTILE: GucSetting<f64> = GucSetting::<f64>::new(0.1);
+/// Background embedding workers per database in genome.worker_databases (needs preloading).
+pub static EMBED_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
+pub static WORKER_DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static EMBED_WORKER_NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(2000);
+pub static EMBED_QUEUE_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(32);
+pub static EMBED_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
+pub static EMBED_RETRY_DELAY: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -115,6 +122,82 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    // Postmaster: the workers are registered once, when the library is preloaded.
+    GucRegistry::define_int_guc(
+        c"genome.embed_workers",
+        c"Background embedding workers per database listed in genome.worker_databases.",
+        c"Needs shared_preload_libraries = 'pg_genome'; 0 = none. At most 64 in all.",
+        &EMBED_WORKERS,
+        0,
+        64,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"genome.worker_databases",
+        c"Comma-separated databases the background embedding workers serve.",
+        c"A worker waits idle in a database where pg_genome is not installed.",
+        &WORKER_DATABASES,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"genome.embed_worker_naptime",
+        c"How long an idle embedding worker sleeps before looking at the queue again.",
+        c"New rows wake the workers at once (latch); this paces retries and the recovery of rows left by dead workers.",
+        &EMBED_WORKER_NAPTIME,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"genome.embed_queue_batch_size",
+        c"Queued rows a worker claims and embeds per transaction.",
+        c"",
+        &EMBED_QUEUE_BATCH_SIZE,
+        1,
+        10_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"genome.embed_max_attempts",
+        c"Attempts at embedding a queued row before it is left failed.",
+        c"",
+        &EMBED_MAX_ATTEMPTS,
+        1,
+        1000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"genome.embed_retry_delay",
+        c"Delay before the first retry of a failed row; doubled after each further failure.",
+        c"",
+        &EMBED_RETRY_DELAY,
+        0,
+        86_400_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+}
+
+/// Databases the embedding workers serve.
+pub fn worker_databases() -> Vec<String> {
+    string(&WORKER_DATABASES)
+        .unwrap_or_default()
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+pub fn provider_name() -> &'static str {
+    match EXECUTION_PROVIDER.get() {
+        Provider::Cpu => "cpu",
+        Provider::Cuda => "cuda",
+    }
 }
 
 pub fn string(s: &GucSetting<Option<CString>>) -> Option<String> {

@@ -10,8 +10,10 @@ pub mod embed;
 pub mod errors;
 pub mod families;
 pub mod gucs;
+pub mod metrics;
 pub mod models;
 pub mod progress;
+pub mod queue;
 pub mod vector;
 
 /// PostgreSQL's package library directory (`$libdir`).
@@ -45,6 +47,8 @@ pub extern "C-unwind" fn _PG_init() {
     // postmaster (its threads would not survive fork()).
     gucs::init();
     progress::init();
+    metrics::init();
+    queue::init();
 }
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
@@ -64,6 +68,7 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec!["shared_preload_libraries = 'pg_genome'"]
+        // no embedding workers in the throwaway cluster: the #[pg_test]s call the queue directly
+        vec!["shared_preload_libraries = 'pg_genome'", "genome.embed_workers = 0"]
     }
 }

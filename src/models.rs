@@ -128,6 +128,15 @@ pub fn runtime() -> &'static Runtime {
     Runtime::get_or_load(&gucs::onnxruntime_library()).or_report()
 }
 
+/// Embed texts with `row`'s model (ERROR on failure), counted in genome.metrics(): texts, model
+/// calls, errors and the latency histogram.
+pub fn embed_texts(row: &ModelRow, texts: &[&str]) -> Vec<Vec<f32>> {
+    let t = std::time::Instant::now();
+    let out = with_embedder(row, |e| e.embed(texts));
+    crate::metrics::record_embed(texts.len(), t.elapsed(), out.is_ok());
+    out.or_report()
+}
+
 /// Run `f` with the loaded embedder for `row`, loading it on first use or after a change.
 pub fn with_embedder<R>(row: &ModelRow, f: impl FnOnce(&mut TextEmbedder) -> R) -> R {
     if row.task != "text-embedding" {

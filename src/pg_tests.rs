@@ -224,3 +224,50 @@ fn progress_slots_are_empty_when_nothing_runs_and_drop_removes_registration() {
 fn unknown_collection_is_an_error() {
     Spi::run("SELECT * FROM genome.assign_family('nope')").unwrap();
 }
+
+#[pg_test]
+fn auto_embed_queues_inserts_and_text_changes_and_the_queue_step_embeds_them() {
+    register("tiny-bert");
+    Spi::run(
+        "CREATE TABLE q (id int PRIMARY KEY, body text);
+         SELECT genome.register_collection('q', 'q', 'id', 'body', model => 'tiny-bert');
+         SELECT genome.enable_auto_embed('q');
+         INSERT INTO q SELECT i, 'row ' || i FROM generate_series(1, 10) i;",
+    )
+    .unwrap();
+    assert_eq!(one::<i64>("SELECT pending FROM genome.embed_queue WHERE collection = 'q'"), Some(10));
+    // no worker in this cluster: one queue step in this transaction does what a worker does
+    assert_eq!(one::<i64>("SELECT genome.process_embed_queue(100)"), Some(10));
+    assert_eq!(one::<i64>("SELECT count(*) FROM q WHERE embedding IS NOT NULL"), Some(10));
+    assert_eq!(one::<bool>("SELECT (embedding <=> genome.embed('row 3', 'tiny-bert')) < 1e-6 FROM q WHERE id = 3"), Some(true));
+    Spi::run("UPDATE q SET body = 'changed' WHERE id = 3").unwrap();
+    assert_eq!(one::<bool>("SELECT embedding IS NULL FROM q WHERE id = 3"), Some(true));
+    assert_eq!(one::<i64>("SELECT pending FROM genome.embed_queue WHERE collection = 'q'"), Some(1));
+    assert_eq!(one::<i64>("SELECT genome.process_embed_queue()"), Some(1));
+    assert_eq!(one::<bool>("SELECT (embedding <=> genome.embed('changed', 'tiny-bert')) < 1e-6 FROM q WHERE id = 3"), Some(true));
+    // the search finds it, through the index the registration created
+    assert_eq!(one::<String>("SELECT id FROM genome.search('q', 'changed', top_k => 1)"), Some("3".into()));
+    assert_eq!(one::<i64>("SELECT count(*) FROM pg_indexes WHERE tablename = 'q' AND indexname = 'genome_hnsw_q'"), Some(1));
+    assert_eq!(one::<i64>("SELECT genome.disable_auto_embed('q')"), Some(0));
+    Spi::run("INSERT INTO q VALUES (11, 'not queued')").unwrap();
+    assert_eq!(one::<i64>("SELECT pending FROM genome.embed_queue WHERE collection = 'q'"), Some(0));
+}
+
+#[pg_test]
+fn health_and_metrics_report_without_workers() {
+    register("tiny-bert");
+    let h = one::<pgrx::JsonB>("SELECT genome.health()").unwrap().0;
+    assert_eq!(h["extension_version"], "0.3.0");
+    assert_eq!(h["runtime"]["onnxruntime_loaded"], true);
+    assert_eq!(h["workers"].as_array().map(|a| a.len()), Some(0));
+    Spi::run("SELECT genome.embed('x', 'tiny-bert')").unwrap();
+    let m = one::<String>("SELECT genome.metrics()").unwrap();
+    assert!(m.contains("# TYPE genome_embed_latency_seconds histogram"), "{m}");
+    assert!(m.contains("genome_workers_alive 0"), "{m}");
+}
+
+#[pg_test(error = "pg_genome: top_k must be between 1 and 1000")]
+fn search_rejects_a_bad_top_k() {
+    three_topics();
+    Spi::run("SELECT * FROM genome.search('docs', 'cat', top_k => 0)").unwrap();
+}

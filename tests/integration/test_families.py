@@ -7,7 +7,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import REPO, connect
+from conftest import MODELS, REPO, connect
 
 PER_CATEGORY = 60
 
@@ -277,11 +277,12 @@ def test_pg_cron_job_runs_and_assigns_rows():
         c.execute("DROP SCHEMA it_cron CASCADE")
 
 
-def test_upgrade_from_0_1_0_matches_a_fresh_install(database):
+def test_upgrade_from_0_1_0_through_0_3_0_matches_a_fresh_install(database):
     q = """SELECT pg_describe_object(classid, objid, 0) FROM pg_depend
             WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
               AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_genome') ORDER BY 1"""
     fq = """SELECT p.proname || '(' || pg_get_function_arguments(p.oid) || ') ' || pg_get_function_result(p.oid)
+                   || ' ' || md5(p.prosrc) || ' ' || coalesce(array_to_string(p.proconfig, ','), '')
               FROM pg_proc p WHERE p.pronamespace = 'genome'::regnamespace ORDER BY 1"""
     with connect() as fresh:
         want, want_f = fresh.execute(q).fetchall(), fresh.execute(fq).fetchall()
@@ -293,8 +294,14 @@ def test_upgrade_from_0_1_0_matches_a_fresh_install(database):
             u.execute("CREATE EXTENSION vector")
             u.execute("CREATE EXTENSION pg_genome VERSION '0.1.0'")
             u.execute("ALTER EXTENSION pg_genome UPDATE TO '0.2.0'")
+            # a collection registered under 0.2.0 gets its search index from the 0.3.0 upgrade
+            u.execute("SELECT genome.register_model_dir('tiny-bert', '1', %s)", (f"{MODELS}/tiny-bert",))
+            u.execute("CREATE TABLE public.old_docs (id int PRIMARY KEY, body text)")
+            u.execute("SELECT genome.register_collection('old_docs', 'public.old_docs', 'id', 'body', model => 'tiny-bert')")
+            u.execute("ALTER EXTENSION pg_genome UPDATE TO '0.3.0'")
             assert u.execute(q).fetchall() == want
             assert u.execute(fq).fetchall() == want_f
+            assert u.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'old_docs' AND indexdef LIKE '%USING hnsw%'").fetchone()[0] == 1
     finally:
         with connect("postgres") as c:
             c.execute("DROP DATABASE genome_upgrade WITH (FORCE)")

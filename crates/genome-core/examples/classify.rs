@@ -31,6 +31,7 @@ fn main() {
             "min_samples" => params.min_samples = Some(v.parse().unwrap()),
             "n_components" => params.n_components = v.parse().unwrap(),
             "seed" => params.seed = v.parse().unwrap(),
+            "max_cluster_fraction" => params.max_cluster_fraction = v.parse().unwrap(),
             "compare" => {}
             "init" => {
                 params.init = match v {

@@ -1,0 +1,147 @@
+//! Counters behind `genome.metrics()`: texts embedded, model calls, errors, a latency histogram
+//! and the background workers' batches. In shared memory when the library is preloaded (one set
+//! for the whole cluster, what a Prometheus scrape wants); otherwise per backend, and
+//! `genome.health()` says so.
+
+use pgrx::lwlock::PgLwLock;
+use pgrx::prelude::*;
+use pgrx::shmem::*;
+use pgrx::{pg_shmem_init, pg_sys};
+use std::cell::RefCell;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency histogram's buckets; one model call is one observation.
+pub const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+#[derive(Copy, Clone, Default)]
+pub struct Counters {
+    pub texts_embedded: u64,
+    pub embed_calls: u64,
+    pub embed_errors: u64,
+    pub latency_buckets: [u64; 12],
+    pub latency_sum_us: u64,
+    pub worker_batches: u64,
+    pub worker_rows_completed: u64,
+    pub worker_rows_failed: u64,
+}
+unsafe impl PGRXSharedMemory for Counters {}
+
+static SHARED: PgLwLock<Counters> = unsafe { PgLwLock::new(c"pg_genome_metrics") };
+static READY: AtomicBool = AtomicBool::new(false);
+thread_local! {
+    static LOCAL: RefCell<Counters> = RefCell::new(Counters::default());
+}
+
+/// From _PG_init: shared memory can only be requested while preloading.
+pub fn init() {
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        pg_shmem_init!(SHARED);
+        READY.store(true, Ordering::Relaxed);
+    }
+}
+
+pub fn shared() -> bool {
+    READY.load(Ordering::Relaxed)
+}
+
+fn update(f: impl FnOnce(&mut Counters)) {
+    if shared() {
+        f(&mut SHARED.exclusive());
+    } else {
+        LOCAL.with(|c| f(&mut c.borrow_mut()));
+    }
+}
+
+fn snapshot() -> Counters {
+    if shared() {
+        *SHARED.share()
+    } else {
+        LOCAL.with(|c| *c.borrow())
+    }
+}
+
+/// One model call over `n` texts.
+pub fn record_embed(n: usize, elapsed: Duration, ok: bool) {
+    update(|c| {
+        c.embed_calls += 1;
+        if ok {
+            c.texts_embedded += n as u64;
+        } else {
+            c.embed_errors += 1;
+        }
+        let s = elapsed.as_secs_f64();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if s <= *le {
+                c.latency_buckets[i] += 1;
+            }
+        }
+        c.latency_sum_us += elapsed.as_micros() as u64;
+    });
+}
+
+/// One background worker batch.
+pub fn record_worker_batch(completed: u64, failed: u64) {
+    update(|c| {
+        c.worker_batches += 1;
+        c.worker_rows_completed += completed;
+        c.worker_rows_failed += failed;
+    });
+}
+
+/// The counters as Prometheus text exposition (genome.metrics() appends the gauges it reads
+/// from tables).
+pub fn exposition(c: &Counters, shared: bool) -> String {
+    let mut o = String::new();
+    let mut counter = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    };
+    counter("genome_texts_embedded_total", "Texts embedded (SQL functions, jobs and workers).", c.texts_embedded);
+    counter("genome_embed_calls_total", "Model calls (one call embeds a batch of texts).", c.embed_calls);
+    counter("genome_embed_errors_total", "Model calls that failed.", c.embed_errors);
+    counter("genome_worker_batches_total", "Batches processed by the background embedding workers.", c.worker_batches);
+    let _ = writeln!(
+        o,
+        "# HELP genome_worker_rows_total Queued rows the background workers finished, by result.\n\
+         # TYPE genome_worker_rows_total counter\n\
+         genome_worker_rows_total{{result=\"completed\"}} {}\ngenome_worker_rows_total{{result=\"failed\"}} {}",
+        c.worker_rows_completed, c.worker_rows_failed
+    );
+    let _ = writeln!(
+        o,
+        "# HELP genome_embed_latency_seconds Latency of one model call.\n# TYPE genome_embed_latency_seconds histogram"
+    );
+    for (i, le) in BUCKETS.iter().enumerate() {
+        let _ = writeln!(o, "genome_embed_latency_seconds_bucket{{le=\"{le}\"}} {}", c.latency_buckets[i]);
+    }
+    let _ = writeln!(o, "genome_embed_latency_seconds_bucket{{le=\"+Inf\"}} {}", c.embed_calls);
+    let _ = writeln!(o, "genome_embed_latency_seconds_sum {}", c.latency_sum_us as f64 / 1e6);
+    let _ = writeln!(o, "genome_embed_latency_seconds_count {}", c.embed_calls);
+    let _ = writeln!(
+        o,
+        "# HELP genome_counters_shared 1 when the counters above are cluster-wide (shared memory), 0 when they are this backend's.\n\
+         # TYPE genome_counters_shared gauge\ngenome_counters_shared {}",
+        shared as i32
+    );
+    o
+}
+
+#[pg_extern(volatile, parallel_safe, name = "_metrics_counters")]
+fn metrics_counters() -> String {
+    exposition(&snapshot(), shared())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let mut c = super::Counters::default();
+        c.embed_calls = 2;
+        c.latency_buckets = [0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2];
+        let t = super::exposition(&c, true);
+        assert!(t.contains("genome_embed_latency_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(t.contains("genome_embed_latency_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(t.contains("genome_counters_shared 1\n"));
+    }
+}
