@@ -90,4 +90,31 @@ SELECT 'calibrated' AS threshold, processed, assigned, unclustered,
            AND d.family_id <> (SELECT id FROM genome.families WHERE collection = 'fortunes' AND is_unclustered)) AS "right family"
   FROM calibrated;
 SELECT genome.pending_count('fortunes') AS still_pending;
+
+\echo
+\echo Background embedding: new rows are embedded by the worker, nobody calls anything
+SELECT genome.enable_auto_embed('fortunes') AS rows_queued_now;
+INSERT INTO public.fortune_feed (id, category, body) VALUES
+  (100001, 'demo', 'A cat sat on my keyboard and wrote better code than I do.'),
+  (100002, 'demo', 'The stock market fell sharply after the announcement.'),
+  (100003, 'demo', 'Love is patient, love is kind, and sometimes it forgets to call.');
+SELECT pg_sleep(0.5);
+DO $$
+BEGIN
+  FOR i IN 1 .. 120 LOOP
+    EXIT WHEN (SELECT count(*) FROM public.fortune_feed WHERE id > 100000 AND embedding IS NULL) = 0;
+    PERFORM pg_sleep(0.5);
+  END LOOP;
+END $$;
+SELECT collection, pending, processing, completed, failed, rows_per_s_last_minute FROM genome.embed_queue WHERE collection = 'fortunes';
+\echo
+\echo Semantic search over the collection (pgvector HNSW index): query = a feline programmer
+SELECT id, round(score::numeric, 3) AS score, row->>'category' AS category, left(row->>'body', 90) AS body
+  FROM genome.search('fortunes', 'a feline programmer', top_k => 5, score_threshold => 0.3);
+\echo with a filter: only the category love
+SELECT id, round(score::numeric, 3) AS score, left(row->>'body', 90) AS body
+  FROM genome.search('fortunes', 'money cannot buy happiness', top_k => 3, score_threshold => 0, filter => '{"category": "love"}');
+SELECT jsonb_build_object('extension', h->'extension_version', 'onnxruntime', h->'runtime'->'onnxruntime_version',
+                          'workers', jsonb_array_length(h->'workers')) AS health
+  FROM genome.health() h;
 SQL

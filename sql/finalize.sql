@@ -127,6 +127,11 @@ BEGIN
     IF to_regnamespace('cron') IS NOT NULL THEN
         PERFORM @extschema@.unschedule(name);
     END IF;
+    -- the background-embedding triggers go too (since 0.3.0)
+    IF EXISTS (SELECT 1 FROM @extschema@.collections c JOIN pg_class k ON k.oid = c.relid
+                WHERE c.name = unregister_collection.name) THEN
+        PERFORM @extschema@._set_triggers(name, false);
+    END IF;
     DELETE FROM @extschema@.collections c WHERE c.name = unregister_collection.name;
     RETURN FOUND;
 END $$;

@@ -130,6 +130,21 @@ BEGIN
     RETURN result;
 END $$;
 
+CREATE OR REPLACE FUNCTION unregister_collection(name text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF to_regnamespace('cron') IS NOT NULL THEN
+        PERFORM @extschema@.unschedule(name);
+    END IF;
+    -- the background-embedding triggers go too (since 0.3.0)
+    IF EXISTS (SELECT 1 FROM @extschema@.collections c JOIN pg_class k ON k.oid = c.relid
+                WHERE c.name = unregister_collection.name) THEN
+        PERFORM @extschema@._set_triggers(name, false);
+    END IF;
+    DELETE FROM @extschema@.collections c WHERE c.name = unregister_collection.name;
+    RETURN FOUND;
+END $$;
+
 -- ---------------------------------------------------------------------------------------------
 -- 0.3.0: background embedding queue, re-embedding, semantic search, health and metrics.
 

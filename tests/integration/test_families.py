@@ -133,6 +133,7 @@ def test_failure_and_cancel_leave_previous_families_untouched(conn, docs):
     assert snapshot(conn) == before
     # an ERROR mid-run (a row with a foreign dimension) rolls back too, with a clear message
     conn.execute("BEGIN")
+    conn.execute("DROP INDEX genome_hnsw_docs")  # an HNSW index needs one dimension
     conn.execute("ALTER TABLE docs ALTER COLUMN embedding TYPE vector")
     conn.execute("UPDATE docs SET embedding = '[1,2,3]' WHERE id = (SELECT min(id) FROM docs)")
     with pytest.raises(psycopg.Error, match="has a 3-d embedding"):

@@ -93,6 +93,23 @@ def test_inserted_rows_are_embedded_in_the_background(feed):
         assert c.execute("SELECT count(*) FROM genome.embed_queue_items WHERE collection = 'feed' AND row_id = '5000'").fetchone()[0] == 0
 
 
+def test_new_rows_wake_an_idle_worker_at_once(feed):
+    with connect() as c:
+        # an idle worker now sleeps a minute between looks at the queue ...
+        c.execute("ALTER SYSTEM SET genome.embed_worker_naptime = '60s'")
+        c.execute("SELECT pg_reload_conf()")
+        time.sleep(1.5)
+        try:
+            t = time.time()
+            c.execute("INSERT INTO feed VALUES (7, 'x', 'A quick wake-up call.')")
+            # ... yet the commit's latch wakes it: embedded in well under the nap
+            wait_for(c, "SELECT embedding IS NOT NULL FROM feed WHERE id = 7", True, timeout=20)
+            assert time.time() - t < 20
+        finally:
+            c.execute("ALTER SYSTEM SET genome.embed_worker_naptime = '200ms'")
+            c.execute("SELECT pg_reload_conf()")
+
+
 def test_changed_text_replaces_the_embedding(feed):
     with connect() as c:
         c.execute("INSERT INTO feed VALUES (1, 'x', 'The cat sleeps on the warm windowsill.')")
@@ -313,3 +330,15 @@ def test_health_and_metrics(searchable):
         assert rows[("notes", "completed")] >= 400
         assert [s.value for s in fams["genome_workers_alive"].samples][0] >= 1
         assert [s.value for s in fams["genome_counters_shared"].samples][0] == 1
+
+
+def test_unregister_and_disable_remove_the_triggers(feed):
+    with connect() as c:
+        q = "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'feed'::regclass AND tgname LIKE 'genome_embed_%'"
+        assert c.execute(q).fetchone()[0] == 3
+        c.execute("SELECT genome.disable_auto_embed('feed')")
+        assert c.execute(q).fetchone()[0] == 0
+        c.execute("SELECT genome.enable_auto_embed('feed')")
+        assert c.execute("SELECT genome.unregister_collection('feed')").fetchone()[0]
+        assert c.execute(q).fetchone()[0] == 0
+        c.execute("INSERT INTO feed VALUES (1, 'x', 'still writable')")
