@@ -332,7 +332,9 @@ BEGIN
 END $$;
 
 CREATE FUNCTION _set_triggers(collection text, present boolean) RETURNS void
-LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning  -- no "trigger does not exist, skipping" notices
+AS $$
 DECLARE c @extschema@.collections; rel regclass := @extschema@.collection_relation(collection);
         ins text := left('genome_embed_ins_' || collection, 63);
         upd text := left('genome_embed_upd_' || collection, 63);
