@@ -51,7 +51,7 @@ def main():
 
     def load(batch_no, with_embedding):
         sl = [(batch_no * BATCH + i) % len(texts) for i in range(BATCH)]
-        c.execute("TRUNCATE public.bench_assign")
+        c.execute("TRUNCATE public.bench_assign RESTART IDENTITY")
         with c.cursor() as cur:
             if with_embedding:
                 cur.executemany("INSERT INTO public.bench_assign (body, embedding) VALUES (%s, %s::vector)", [(texts[i], vec(X[i])) for i in sl])
