@@ -45,7 +45,9 @@ fn main() {
     }
     let never = || false;
     let t = Instant::now();
-    let out = classify(&p, params, &mut |_| {}, &never).expect("not cancelled");
+    // stage starts on stderr as they happen: a run stopped by a time limit still shows how far it got
+    let out = classify(&p, params, &mut |s| eprintln!("[{:8.1} s] {s}", t.elapsed().as_secs_f64()), &never)
+        .expect("not cancelled");
     let total = t.elapsed().as_secs_f64();
     // compare=1: the approximate HDBSCAN path on the same reduced coordinates, ARI vs exact
     let mut extra = String::new();

@@ -5,7 +5,7 @@
 //! min_cluster_size, excess-of-mass selection, labels (-1 = noise) and membership probabilities.
 //!
 //! Two ways to the same tree, chosen by size:
-//! - dense (n^2 x 4 bytes <= DENSE_MAX_BYTES, i.e. up to ~23k points): the whole distance matrix
+//! - dense (d >= 32 and n^2 x 4 bytes <= DENSE_MAX_BYTES, i.e. up to ~23k points): the whole distance matrix
 //!   is computed once by blocked f64 GEMM (|a|^2 + |b|^2 - 2ab, tiny distances recomputed directly
 //!   to avoid cancellation) and stored as f32; core distances and Prim then only read it. GEMM does
 //!   the O(n^2 d) part at near-peak FLOP rate, which the pairwise loops cannot.
@@ -61,9 +61,13 @@ pub struct Cancelled;
 /// Largest distance matrix the exact path keeps in memory (2 GiB: 23,170 points).
 pub const DENSE_MAX_BYTES: usize = 2 << 30;
 
-/// True when the dense path is used for n points.
-pub fn uses_dense(n: usize) -> bool {
-    n.saturating_mul(n).saturating_mul(4) <= DENSE_MAX_BYTES
+/// Below this dimension distances are cheap to recompute and the matrix's memory is not worth it
+/// (the reduced 5-d coordinates of full_classify stay on the streaming path).
+pub const DENSE_MIN_DIM: usize = 32;
+
+/// True when the dense path is used for n points of dimension d.
+pub fn uses_dense(n: usize, d: usize) -> bool {
+    d >= DENSE_MIN_DIM && n.saturating_mul(n).saturating_mul(4) <= DENSE_MAX_BYTES
 }
 
 /// Full n x n Euclidean distance matrix (row-major, f32), by row blocks of f64 GEMM on rayon.
@@ -480,7 +484,7 @@ pub fn hdbscan(
         });
     }
     let k = params.min_samples.unwrap_or(mcs);
-    let mst = if uses_dense(p.n) {
+    let mst = if uses_dense(p.n, p.d) {
         let m = distance_matrix(p, cancel)?;
         let core = core_distances_dense(&m, p.n, k);
         mst_prim_dense(&m, p.n, &core, cancel)?
@@ -592,7 +596,7 @@ mod tests {
         let wd: f64 = mst_prim_dense(&m, p.n, &core_d, &never).unwrap().iter().map(|e| e.w).sum();
         assert!((ws - wd).abs() <= 1e-5 * ws, "{ws} {wd}");
         // and whole runs agree (the dense path is what hdbscan() takes at this size)
-        assert!(uses_dense(p.n));
+        assert!(uses_dense(p.n, p.d) && !uses_dense(p.n, 5));
         let params = HdbscanParams { min_cluster_size: 20, ..Default::default() };
         let dense = hdbscan(&p, params, &never).unwrap();
         let k = 20;
