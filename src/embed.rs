@@ -3,8 +3,7 @@
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgMemoryContexts};
 
-use crate::gucs;
-use crate::models::{embed_texts, resolve, ModelRow};
+use crate::models::{embed_by_length, embed_texts, resolve, ModelRow};
 use crate::vector::Vector;
 
 /// The model a call site resolved, kept in `fn_extra` for the rest of the statement so that
@@ -62,21 +61,15 @@ pub fn embed_batch(
 ) -> Option<Vec<Option<Vector>>> {
     let inputs = inputs?;
     let texts: Vec<Option<&str>> = inputs.iter().collect();
-    let mut order: Vec<usize> = (0..texts.len()).filter(|i| texts[*i].is_some()).collect();
+    let present: Vec<usize> = (0..texts.len()).filter(|i| texts[*i].is_some()).collect();
     let mut result: Vec<Option<Vector>> = vec![None; texts.len()];
-    if order.is_empty() {
+    if present.is_empty() {
         return Some(result);
     }
     let row = resolve_cached(fcinfo, model);
-    order.sort_by_key(|i| std::cmp::Reverse(texts[*i].map_or(0, str::len)));
-    let batch = gucs::BATCH_SIZE.get().max(1) as usize;
-    for chunk in order.chunks(batch) {
-        pg_sys::check_for_interrupts!();
-        let slice: Vec<&str> = chunk.iter().map(|i| texts[*i].unwrap()).collect();
-        let vecs = embed_texts(&row, &slice);
-        for (i, v) in chunk.iter().zip(vecs) {
-            result[*i] = Some(Vector(v));
-        }
+    let slice: Vec<&str> = present.iter().map(|i| texts[*i].unwrap()).collect();
+    for (i, v) in present.iter().zip(embed_by_length(&row, &slice)) {
+        result[*i] = Some(Vector(v));
     }
     Some(result)
 }

@@ -137,6 +137,23 @@ pub fn embed_texts(row: &ModelRow, texts: &[&str]) -> Vec<Vec<f32>> {
     out.or_report()
 }
 
+/// Embed texts in model batches of `genome.batch_size`, longest first (texts of similar length
+/// together waste less padding), honouring a cancel between batches; vectors in input order.
+pub fn embed_by_length(row: &ModelRow, texts: &[&str]) -> Vec<Vec<f32>> {
+    let batch = gucs::BATCH_SIZE.get().max(1) as usize;
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    order.sort_by_key(|i| std::cmp::Reverse(texts[*i].len()));
+    let mut out = vec![Vec::new(); texts.len()];
+    for sub in order.chunks(batch) {
+        pg_sys::check_for_interrupts!();
+        let slice: Vec<&str> = sub.iter().map(|i| texts[*i]).collect();
+        for (i, v) in sub.iter().zip(embed_texts(row, &slice)) {
+            out[*i] = v;
+        }
+    }
+    out
+}
+
 /// Run `f` with the loaded embedder for `row`, loading it on first use or after a change.
 pub fn with_embedder<R>(row: &ModelRow, f: impl FnOnce(&mut TextEmbedder) -> R) -> R {
     if row.task != "text-embedding" {
