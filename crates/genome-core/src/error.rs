@@ -17,6 +17,12 @@ pub enum Error {
     Provider { provider: String, reason: String },
     #[error("inference failed: {0}")]
     Inference(String),
+    /// Bytes that are not a readable JPEG, PNG or WebP image.
+    #[error("invalid image: {0}")]
+    Image(String),
+    /// An image over the configured size limits (checked before its pixels are allocated).
+    #[error("image too large: {0}")]
+    ImageLimit(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

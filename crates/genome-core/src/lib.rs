@@ -7,6 +7,8 @@
 pub mod cluster;
 pub mod embed;
 pub mod error;
+pub mod image;
+pub mod pets;
 pub mod reduce;
 
 pub use error::{Error, Result};

@@ -38,6 +38,20 @@ fn model_err(e: impl std::fmt::Display) -> Error {
     Error::ModelLoad(e.to_string())
 }
 
+/// An ONNX Runtime session with the given settings (text and image models alike).
+pub fn build_session(runtime: &Runtime, onnx: &[u8], settings: SessionSettings) -> Result<Session> {
+    let mut builder = Session::builder(&runtime.env)
+        .map_err(model_err)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(model_err)?
+        .with_intra_threads(settings.intra_threads.max(1))
+        .map_err(model_err)?
+        .with_inter_threads(1)
+        .map_err(model_err)?;
+    builder = register_provider(builder, settings.provider)?;
+    builder.commit_from_memory(onnx).map_err(model_err)
+}
+
 impl TextEmbedder {
     pub fn new(
         runtime: &Runtime,
@@ -48,16 +62,7 @@ impl TextEmbedder {
     ) -> Result<Self> {
         config.validate()?;
         let tokenizer = TextTokenizer::from_json(tokenizer_json, config.max_tokens)?;
-        let mut builder = Session::builder(&runtime.env)
-            .map_err(model_err)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(model_err)?
-            .with_intra_threads(settings.intra_threads.max(1))
-            .map_err(model_err)?
-            .with_inter_threads(1)
-            .map_err(model_err)?;
-        builder = register_provider(builder, settings.provider)?;
-        let session = builder.commit_from_memory(onnx).map_err(model_err)?;
+        let session = build_session(runtime, onnx, settings)?;
         let me = Self {
             session,
             tokenizer,

@@ -1,0 +1,347 @@
+//! Per-pet photo clusters, updated incrementally, and hero scores.
+//!
+//! One pet's update reads only that pet's photos (a few hundred vectors), so 10k pets never need a
+//! global recompute:
+//! 1. Existing clusters keep their ids; their centroids are the unit mean of their members.
+//! 2. Each unassigned photo (in the caller's order: oldest first) joins the nearest cluster when
+//!    its cosine to the centroid reaches the pet's threshold; the centroid moves with it.
+//! 3. When at least `min_pending` photos are still unassigned, HDBSCAN runs on them alone and each
+//!    cluster it finds becomes a new cluster; its noise stays unassigned for a later update.
+//! 4. The pet's threshold is the `threshold_quantile` of its clustered photos' cosines to their
+//!    centroids (how spread its looks are), never below `min_similarity`. It is recomputed only
+//!    when new clusters form, so a pet's assignments do not drift photo by photo.
+
+use crate::cluster::families::cosine;
+use crate::cluster::hdbscan::{hdbscan, Cancelled, HdbscanParams};
+use crate::cluster::Points;
+
+#[derive(Debug, Clone, Copy)]
+pub struct PetParams {
+    pub min_cluster_size: usize,
+    pub min_pending: usize,
+    pub min_similarity: f64,
+    pub threshold_quantile: f64,
+}
+
+impl Default for PetParams {
+    fn default() -> Self {
+        Self {
+            min_cluster_size: 4,
+            min_pending: 8,
+            min_similarity: 0.5,
+            threshold_quantile: 0.05,
+        }
+    }
+}
+
+/// A cluster a photo ends up in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Existing(i64),
+    /// Index into [`PetUpdate::new_clusters`].
+    New(usize),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    pub photo: usize,
+    pub target: Target,
+    /// Cosine to the cluster's centroid when it was assigned.
+    pub similarity: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PetUpdate {
+    pub assignments: Vec<Assignment>,
+    /// Sizes of the clusters HDBSCAN formed this time.
+    pub new_clusters: Vec<usize>,
+    pub threshold: Option<f64>,
+}
+
+fn unit_mean<'a>(rows: impl Iterator<Item = &'a [f32]>, d: usize) -> Vec<f32> {
+    let mut s = vec![0f64; d];
+    for r in rows {
+        s.iter_mut().zip(r).for_each(|(a, b)| *a += *b as f64);
+    }
+    let n = s.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+    s.iter().map(|x| (x / n) as f32).collect()
+}
+
+fn quantile(mut v: Vec<f64>, q: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    Some(v[lo] + (v[hi] - v[lo]) * (pos - lo as f64))
+}
+
+/// `vectors` are the pet's photos (unit length), `clusters[i]` the photo's current cluster.
+/// `threshold` is the pet's stored threshold (None before its first clusters).
+pub fn update_pet(
+    vectors: &[Vec<f32>],
+    clusters: &[Option<i64>],
+    threshold: Option<f64>,
+    p: &PetParams,
+    cancel: &(dyn Fn() -> bool + Sync),
+) -> Result<PetUpdate, Cancelled> {
+    assert_eq!(vectors.len(), clusters.len());
+    let d = vectors.first().map_or(1, |v| v.len());
+    // 1. centroids of the existing clusters, as running sums so joins move them.
+    let mut ids: Vec<i64> = clusters.iter().flatten().copied().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut sums: Vec<Vec<f64>> = vec![vec![0f64; d]; ids.len()];
+    for (v, c) in vectors.iter().zip(clusters) {
+        if let Some(c) = c {
+            let k = ids.binary_search(c).expect("id collected above");
+            sums[k].iter_mut().zip(v).for_each(|(a, b)| *a += *b as f64);
+        }
+    }
+    let unit = |s: &[f64]| -> Vec<f32> {
+        let n = s.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+        s.iter().map(|x| (x / n) as f32).collect()
+    };
+    let mut cents: Vec<Vec<f32>> = sums.iter().map(|s| unit(s)).collect();
+    let mut threshold = threshold;
+    let mut out = PetUpdate {
+        assignments: Vec::new(),
+        new_clusters: Vec::new(),
+        threshold,
+    };
+    // 2. join the nearest cluster.
+    let mut pending = Vec::new();
+    for (i, v) in vectors.iter().enumerate() {
+        if clusters[i].is_some() {
+            continue;
+        }
+        let best = cents
+            .iter()
+            .enumerate()
+            .map(|(k, c)| (k, cosine(v, c)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        match (best, threshold) {
+            (Some((k, s)), Some(t)) if s >= t => {
+                sums[k].iter_mut().zip(v).for_each(|(a, b)| *a += *b as f64);
+                cents[k] = unit(&sums[k]);
+                out.assignments.push(Assignment {
+                    photo: i,
+                    target: Target::Existing(ids[k]),
+                    similarity: s,
+                });
+            }
+            _ => pending.push(i),
+        }
+    }
+    // 3. new clusters from what is left.
+    if pending.len() >= p.min_pending.max(2) {
+        let pts = Points::from_rows(&pending.iter().map(|&i| vectors[i].clone()).collect::<Vec<_>>());
+        let params = HdbscanParams {
+            min_cluster_size: p.min_cluster_size.max(2),
+            min_samples: None,
+            // A pet with one look (all its first photos alike) gets one cluster, not noise.
+            allow_single_cluster: true,
+            max_cluster_size: None,
+        };
+        let h = hdbscan(&pts, params, cancel)?;
+        // A cluster found among the leftovers whose centroid is as close to an existing
+        // cluster's as its members must be is the same look (photos that fell just under the
+        // threshold one by one): merge it instead of splitting the look in two.
+        let mut new_cents = Vec::new();
+        let mut target_of = Vec::new();
+        for k in 0..h.n_clusters {
+            let members: Vec<usize> = (0..pending.len()).filter(|&j| h.labels[j] == k as i32).collect();
+            let c = unit_mean(members.iter().map(|&j| pts.row(j)), d);
+            let best = cents
+                .iter()
+                .enumerate()
+                .map(|(e, ce)| (e, cosine(&c, ce)))
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            match (best, threshold) {
+                (Some((e, sim)), Some(t)) if sim >= t => target_of.push(Target::Existing(ids[e])),
+                _ => {
+                    target_of.push(Target::New(out.new_clusters.len()));
+                    out.new_clusters.push(members.len());
+                    new_cents.push(c);
+                }
+            }
+        }
+        for (j, &i) in pending.iter().enumerate() {
+            let l = h.labels[j];
+            if l >= 0 {
+                let target = target_of[l as usize];
+                let similarity = match target {
+                    Target::New(k) => cosine(&vectors[i], &new_cents[k]),
+                    Target::Existing(id) => cosine(&vectors[i], &cents[ids.binary_search(&id).unwrap()]),
+                };
+                out.assignments.push(Assignment { photo: i, target, similarity });
+            }
+        }
+        // 4. the pet's threshold from all its clustered photos' spread.
+        if !out.new_clusters.is_empty() || threshold.is_none() {
+            let mut sims = Vec::new();
+            for (v, c) in vectors.iter().zip(clusters) {
+                if let Some(c) = c {
+                    sims.push(cosine(v, &cents[ids.binary_search(c).unwrap()]));
+                }
+            }
+            for a in &out.assignments {
+                if let Target::New(k) = a.target {
+                    sims.push(cosine(&vectors[a.photo], &new_cents[k]));
+                }
+            }
+            threshold = quantile(sims, p.threshold_quantile).map(|q| q.max(p.min_similarity));
+        }
+    }
+    out.threshold = threshold;
+    Ok(out)
+}
+
+/// Weights of the hero score; they are normalised by their sum over the parts present
+/// (pose counts only when the media has a pose column).
+#[derive(Debug, Clone, Copy)]
+pub struct HeroWeights {
+    pub quality: f64,
+    pub centrality: f64,
+    pub recency: f64,
+    pub pose: f64,
+}
+
+/// One photo's hero score:
+///   (wq * quality + wc * centrality + wr * recency [+ wp * pose]) / (wq + wc + wr [+ wp])
+/// quality is image_quality's score (0..1); centrality the cosine to the cluster's centroid,
+/// clamped to 0..1; recency 0.5^(age / half_life) with age measured from the pet's newest
+/// photo (so the newest photo has recency 1 and scores do not change while nothing is added);
+/// pose the app's pose score clamped to 0..1, or absent.
+pub fn hero_score(
+    w: &HeroWeights,
+    quality: f64,
+    centrality: f64,
+    age_days: f64,
+    half_life_days: f64,
+    pose: Option<f64>,
+) -> f64 {
+    let recency = recency(age_days, half_life_days);
+    let mut num = w.quality * quality.clamp(0.0, 1.0)
+        + w.centrality * centrality.clamp(0.0, 1.0)
+        + w.recency * recency;
+    let mut den = w.quality + w.centrality + w.recency;
+    if let Some(p) = pose {
+        num += w.pose * p.clamp(0.0, 1.0);
+        den += w.pose;
+    }
+    if den > 0.0 {
+        num / den
+    } else {
+        0.0
+    }
+}
+
+pub fn recency(age_days: f64, half_life_days: f64) -> f64 {
+    if half_life_days <= 0.0 {
+        return 1.0;
+    }
+    0.5f64.powf(age_days.max(0.0) / half_life_days)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(center: &[f32], n: usize, spread: f32, seed: u64) -> Vec<Vec<f32>> {
+        let mut s = seed;
+        let mut rnd = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        };
+        (0..n)
+            .map(|_| {
+                let mut v: Vec<f32> = center.iter().map(|c| c + spread * rnd()).collect();
+                crate::embed::pooling::l2_normalize(&mut v);
+                v
+            })
+            .collect()
+    }
+
+    fn axis(d: usize, k: usize) -> Vec<f32> {
+        let mut v = vec![0f32; d];
+        v[k] = 1.0;
+        v
+    }
+
+    const NEVER: &(dyn Fn() -> bool + Sync) = &|| false;
+
+    #[test]
+    fn first_update_forms_clusters_and_later_photos_join() {
+        let d = 16;
+        let mut vecs = blob(&axis(d, 0), 12, 0.3, 1);
+        vecs.extend(blob(&axis(d, 5), 10, 0.3, 2));
+        let clusters = vec![None; vecs.len()];
+        let p = PetParams::default();
+        let u = update_pet(&vecs, &clusters, None, &p, NEVER).unwrap();
+        assert_eq!(u.new_clusters.len(), 2, "{u:?}");
+        assert_eq!(u.assignments.len(), 22);
+        let t = u.threshold.unwrap();
+        assert!(t >= p.min_similarity && t < 1.0);
+        // The two looks are not mixed.
+        let of = |i: usize| u.assignments.iter().find(|a| a.photo == i).unwrap().target;
+        assert!((1..12).all(|i| of(i) == of(0)));
+        assert!((13..22).all(|i| of(i) == of(12)));
+        assert_ne!(of(0), of(12));
+
+        // Store them as clusters 7 (first look) and 9, then add one photo of each look and one
+        // far from both.
+        let ids: Vec<Option<i64>> = (0..22).map(|i| Some(if of(i) == of(0) { 7 } else { 9 })).collect();
+        let mut vecs2 = vecs.clone();
+        vecs2.extend(blob(&axis(d, 5), 1, 0.1, 3));
+        vecs2.extend(blob(&axis(d, 0), 1, 0.1, 4));
+        vecs2.push(axis(d, 11));
+        let mut c2 = ids.clone();
+        c2.extend([None, None, None]);
+        let u2 = update_pet(&vecs2, &c2, Some(t), &p, NEVER).unwrap();
+        assert_eq!(u2.new_clusters.len(), 0);
+        assert_eq!(u2.threshold, Some(t), "threshold only changes when clusters form");
+        let t2: Vec<_> = u2.assignments.iter().map(|a| (a.photo, a.target)).collect();
+        assert_eq!(t2, vec![(22, Target::Existing(9)), (23, Target::Existing(7))]);
+    }
+
+    #[test]
+    fn leftovers_of_an_existing_look_merge_into_it() {
+        let d = 16;
+        let old = blob(&axis(d, 0), 12, 0.2, 5);
+        let mut vecs = old.clone();
+        // 9 photos of the same look, pending under a threshold above each of them (none joins
+        // one by one); HDBSCAN groups them and the group's centroid is the existing look's.
+        vecs.extend(blob(&axis(d, 0), 9, 0.2, 6));
+        // and 9 of another look, which must become a new cluster.
+        vecs.extend(blob(&axis(d, 7), 9, 0.2, 7));
+        let mut clusters: Vec<Option<i64>> = vec![Some(3); 12];
+        clusters.extend(vec![None; 18]);
+        let u = update_pet(&vecs, &clusters, Some(0.99), &PetParams::default(), NEVER).unwrap();
+        assert_eq!(u.new_clusters, vec![9], "{u:?}");
+        for a in &u.assignments {
+            let want = if a.photo < 21 { Target::Existing(3) } else { Target::New(0) };
+            assert_eq!(a.target, want, "{a:?}");
+        }
+        assert_eq!(u.assignments.len(), 18);
+    }
+
+    #[test]
+    fn too_few_pending_photos_wait() {
+        let d = 8;
+        let vecs = blob(&axis(d, 0), 5, 0.2, 9);
+        let u = update_pet(&vecs, &vec![None; 5], None, &PetParams::default(), NEVER).unwrap();
+        assert!(u.assignments.is_empty() && u.new_clusters.is_empty() && u.threshold.is_none());
+    }
+
+    #[test]
+    fn hero_score_is_the_documented_weighted_mean() {
+        let w = HeroWeights { quality: 0.4, centrality: 0.3, recency: 0.2, pose: 0.1 };
+        let s = hero_score(&w, 0.8, 0.9, 30.0, 30.0, None);
+        assert!((s - (0.4 * 0.8 + 0.3 * 0.9 + 0.2 * 0.5) / 0.9).abs() < 1e-12);
+        let s = hero_score(&w, 0.8, 0.9, 0.0, 30.0, Some(2.0));
+        assert!((s - (0.32 + 0.27 + 0.2 + 0.1)).abs() < 1e-12);
+        assert_eq!(recency(60.0, 30.0), 0.25);
+    }
+}
