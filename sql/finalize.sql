@@ -6,14 +6,15 @@ CREATE FUNCTION register_model_dir(name text, version text, dir text,
 RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cfg jsonb := pg_read_file(dir || '/genome.json')::jsonb;
-    tok text := pg_read_file(dir || '/tokenizer.json');
+    -- image models have no tokenizer
+    tok text := CASE WHEN task = 'text-embedding' THEN pg_read_file(dir || '/tokenizer.json') END;
 BEGIN
     IF copy THEN
         RETURN @extschema@.register_model(name, version, pg_read_binary_file(dir || '/model.onnx'), tok, cfg, task);
     END IF;
     RETURN @extschema@.register_model_path(name, version, dir || '/model.onnx', tok, cfg, task);
 END $$;
-COMMENT ON FUNCTION register_model_dir IS 'register a model from a server directory holding model.onnx, tokenizer.json and genome.json';
+COMMENT ON FUNCTION register_model_dir IS 'register a model from a server directory holding model.onnx, genome.json and (text models) tokenizer.json';
 
 -- ---------------------------------------------------------------------------------------------
 -- 0.2.0: collections, families, schedules.
@@ -143,6 +144,10 @@ CREATE FUNCTION on_sql_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     DELETE FROM @extschema@.collections
+     WHERE relid IN (SELECT objid FROM pg_event_trigger_dropped_objects()
+                      WHERE classid = 'pg_class'::regclass AND objsubid = 0);
+    -- pet photo tables too (their photos and clusters go with them)
+    DELETE FROM @extschema@.pet_media
      WHERE relid IN (SELECT objid FROM pg_event_trigger_dropped_objects()
                       WHERE classid = 'pg_class'::regclass AND objsubid = 0);
 END $$;
@@ -790,3 +795,392 @@ COMMENT ON FUNCTION metrics IS 'Prometheus text exposition of pg_genome counters
 
 -- Search indexes for collections registered before 0.3.0 (none on a fresh install).
 SELECT @extschema@.create_search_index(c.name) FROM @extschema@.collections c WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid);
+
+-- ---------------------------------------------------------------------------------------------
+-- 0.4.0: image embeddings, pet photo media, per-pet incremental clusters, heroes.
+
+-- Image models are registered without a tokenizer (register_model takes NULL for it since 0.4.0).
+ALTER FUNCTION register_model(text, text, bytea, text, jsonb, text, boolean) CALLED ON NULL INPUT;
+ALTER FUNCTION register_model_path(text, text, text, text, jsonb, text, boolean) CALLED ON NULL INPUT;
+
+-- The media a call names; NULL names the only one registered.
+CREATE FUNCTION _pet_media(media text) RETURNS @extschema@.pet_media
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE m @extschema@.pet_media; names text;
+BEGIN
+    IF media IS NULL THEN
+        SELECT string_agg(name, ', ' ORDER BY name) INTO names FROM @extschema@.pet_media;
+        IF names IS NULL THEN
+            RAISE EXCEPTION 'pg_genome: no pet media is registered' USING ERRCODE = '42704',
+                  HINT = 'register the photo table with genome.register_pet_media(...)';
+        ELSIF position(',' IN names) > 0 THEN
+            RAISE EXCEPTION 'pg_genome: several pet media are registered (%); name one', names USING ERRCODE = '22023';
+        END IF;
+        media := names;
+    END IF;
+    SELECT * INTO m FROM @extschema@.pet_media x WHERE x.name = media;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pg_genome: pet media "%" is not registered', media USING ERRCODE = '42704',
+              HINT = 'see genome.pet_media';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = m.relid) THEN
+        RAISE EXCEPTION 'pg_genome: the table of pet media "%" no longer exists', media USING ERRCODE = '42P01';
+    END IF;
+    RETURN m;
+END $$;
+
+-- Statement-level triggers on the app's photo table mark the pets whose photos were written.
+-- SECURITY DEFINER: whoever writes photos needs no rights on pg_genome's tables.
+CREATE FUNCTION _pet_mark_dirty() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE m @extschema@.pet_media; src text;
+BEGIN
+    SELECT * INTO m FROM @extschema@.pet_media x WHERE x.name = TG_ARGV[0];
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    src := CASE TG_OP WHEN 'INSERT' THEN format('SELECT %I::text FROM new_rows', m.pet_column)
+                      WHEN 'DELETE' THEN format('SELECT %I::text FROM old_rows', m.pet_column)
+                      ELSE format('SELECT %1$I::text FROM new_rows UNION SELECT %1$I::text FROM old_rows', m.pet_column) END;
+    EXECUTE format('INSERT INTO @extschema@.pet_dirty AS d (media, pet_id) SELECT DISTINCT $1, p FROM (%s) q(p) WHERE p IS NOT NULL
+                    ON CONFLICT (media, pet_id) DO UPDATE SET marked_at = now(), attempts = 0, last_error = NULL', src)
+      USING m.name;
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION _pet_triggers(m @extschema@.pet_media, install boolean) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE rel regclass := m.relid::regclass; base text := left('genome_pets_' || m.name, 58);
+BEGIN
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', base || '_ins', rel);
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', base || '_upd', rel);
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', base || '_del', rel);
+    IF install THEN
+        -- one trigger per event: transition tables allow only one event per trigger
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows
+                        FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._pet_mark_dirty(%L)', base || '_ins', rel, m.name);
+        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+                        FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._pet_mark_dirty(%L)', base || '_upd', rel, m.name);
+        EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows
+                        FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._pet_mark_dirty(%L)', base || '_del', rel, m.name);
+    END IF;
+END $$;
+
+-- Register an app's photo table. Columns are checked against the catalog and always quoted.
+-- Every pet already in the table is marked for the background update.
+CREATE FUNCTION register_pet_media(source regclass, pet_column name, image_id_column name, image_column name,
+                                   taken_at_column name, pose_column name DEFAULT NULL,
+                                   name text DEFAULT NULL, model text DEFAULT NULL)
+RETURNS @extschema@.pet_media
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    mname text := coalesce(name, (SELECT c.relname FROM pg_class c WHERE c.oid = source));
+    mm record;
+    result @extschema@.pet_media;
+    col name;
+    ty oid;
+    kind "char";
+BEGIN
+    IF source IS NULL OR pet_column IS NULL OR image_id_column IS NULL OR image_column IS NULL OR taken_at_column IS NULL THEN
+        RAISE EXCEPTION 'pg_genome: source, pet_column, image_id_column, image_column and taken_at_column are required'
+              USING ERRCODE = '22004';
+    END IF;
+    SELECT c.relkind INTO kind FROM pg_class c WHERE c.oid = source;
+    IF kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'pg_genome: "%" is not a table', source USING ERRCODE = '42809';
+    END IF;
+    FOREACH col IN ARRAY ARRAY[pet_column, image_id_column, image_column, taken_at_column, pose_column] LOOP
+        CONTINUE WHEN col IS NULL;
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = source AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped) THEN
+            RAISE EXCEPTION 'pg_genome: column "%" does not exist in "%"', col, source USING ERRCODE = '42703';
+        END IF;
+    END LOOP;
+    SELECT a.atttypid INTO ty FROM pg_attribute a WHERE a.attrelid = source AND a.attname = image_column;
+    IF ty <> 'bytea'::regtype THEN
+        RAISE EXCEPTION 'pg_genome: image column "%" is %, not bytea', image_column, format_type(ty, NULL) USING ERRCODE = '42804';
+    END IF;
+    SELECT a.atttypid INTO ty FROM pg_attribute a WHERE a.attrelid = source AND a.attname = taken_at_column;
+    IF ty NOT IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype) THEN
+        RAISE EXCEPTION 'pg_genome: taken_at column "%" is %, not a timestamp or date', taken_at_column, format_type(ty, NULL)
+              USING ERRCODE = '42804';
+    END IF;
+    IF pose_column IS NOT NULL THEN
+        SELECT a.atttypid INTO ty FROM pg_attribute a WHERE a.attrelid = source AND a.attname = pose_column;
+        IF ty NOT IN ('real'::regtype, 'double precision'::regtype, 'numeric'::regtype, 'smallint'::regtype, 'integer'::regtype) THEN
+            RAISE EXCEPTION 'pg_genome: pose column "%" is %, not a number (a pose score 0..1)', pose_column, format_type(ty, NULL)
+                  USING ERRCODE = '42804';
+        END IF;
+    END IF;
+    SELECT * INTO mm FROM @extschema@.resolve_model(coalesce(model, nullif(current_setting('genome.default_image_model', true), ''),
+                                                              'efficientnet-lite0'));
+    IF (SELECT x.task FROM @extschema@.models x WHERE x.name = mm.name AND x.version = mm.version) <> 'image-embedding' THEN
+        RAISE EXCEPTION 'pg_genome: model "%@%" is not an image-embedding model', mm.name, mm.version USING ERRCODE = '42809';
+    END IF;
+    IF EXISTS (SELECT 1 FROM @extschema@.pet_media x WHERE x.name = mname AND x.relid <> source) THEN
+        RAISE EXCEPTION 'pg_genome: pet media "%" is registered for another table', mname USING ERRCODE = '42710',
+              HINT = 'pass another name, or genome.unregister_pet_media(...) first';
+    END IF;
+    INSERT INTO @extschema@.pet_media AS x (name, relid, pet_column, image_id_column, image_column, taken_at_column, pose_column, model, dimension)
+    VALUES (mname, source, pet_column, image_id_column, image_column, taken_at_column, pose_column, mm.name || '@' || mm.version, mm.dimension)
+    ON CONFLICT ON CONSTRAINT pet_media_pkey DO UPDATE SET pet_column = EXCLUDED.pet_column, image_id_column = EXCLUDED.image_id_column,
+        image_column = EXCLUDED.image_column, taken_at_column = EXCLUDED.taken_at_column, pose_column = EXCLUDED.pose_column
+    RETURNING * INTO result;
+    IF result.model <> mm.name || '@' || mm.version THEN
+        RAISE EXCEPTION 'pg_genome: pet media "%" is embedded with %; it cannot switch models in place', mname, result.model
+              USING ERRCODE = '55000', HINT = 'unregister it and register it again to re-embed every photo';
+    END IF;
+    PERFORM @extschema@._pet_triggers(result, true);
+    EXECUTE format('INSERT INTO @extschema@.pet_dirty (media, pet_id) SELECT DISTINCT $1, %I::text FROM %s WHERE %I IS NOT NULL
+                    ON CONFLICT (media, pet_id) DO NOTHING', pet_column, source, pet_column) USING mname;
+    RETURN result;
+END $$;
+COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
+
+CREATE FUNCTION unregister_pet_media(media text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE m @extschema@.pet_media;
+BEGIN
+    SELECT * INTO m FROM @extschema@.pet_media x WHERE x.name = media;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_class WHERE oid = m.relid) THEN
+        PERFORM @extschema@._pet_triggers(m, false);
+    END IF;
+    PERFORM @extschema@.unschedule_pet_clustering(media);
+    DELETE FROM @extschema@.pet_media x WHERE x.name = media;   -- photos, clusters, state cascade
+    RETURN true;
+END $$;
+
+-- Update one pet's clusters: forget photos gone from the app's table, embed and score new ones,
+-- then join them to clusters or form new ones (genome._pet_plan, HDBSCAN on that pet's photos
+-- only). Reads and writes only this pet's rows, under a per-pet lock, in the caller's
+-- transaction. pet_id: any type (cast to the pet column's type, so the app's index is used).
+CREATE FUNCTION cluster_pet(pet_id anyelement, media text DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m @extschema@.pet_media := @extschema@._pet_media(media);
+    pid text := pet_id::text;
+    rel regclass;
+    pet_type text;
+    t0 timestamptz := clock_timestamp();
+    r record;
+    added int := 0; failed int := 0; removed int := 0;
+    ids text[]; embs real[]; cls bigint[];
+    thr double precision;
+    plan jsonb;
+    new_ids bigint[] := '{}';
+    k int;
+    nid bigint;
+    res jsonb;
+BEGIN
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'pg_genome: pet_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    rel := m.relid::regclass;
+    SELECT format_type(a.atttypid, a.atttypmod) INTO pet_type FROM pg_attribute a WHERE a.attrelid = m.relid AND a.attname = m.pet_column;
+    PERFORM pg_advisory_xact_lock(1734700657, hashtext(m.name || '/' || pid));
+    -- consumed first: a write committed while this runs marks the pet again (see pet_dirty)
+    DELETE FROM @extschema@.pet_dirty d WHERE d.media = m.name AND d.pet_id = pid;
+    EXECUTE format('DELETE FROM @extschema@.pet_photos p WHERE p.media = $1 AND p.pet_id = $2
+                      AND NOT EXISTS (SELECT 1 FROM %s s WHERE s.%I::text = p.image_id AND s.%I = $2::%s)',
+                   rel, m.image_id_column, m.pet_column, pet_type) USING m.name, pid;
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    FOR r IN EXECUTE format('SELECT s.%I::text AS image_id, s.%I AS img, s.%I::timestamptz AS taken_at, %s AS pose
+                               FROM %s s WHERE s.%I = $1::%s
+                                AND NOT EXISTS (SELECT 1 FROM @extschema@.pet_photos p WHERE p.media = $2 AND p.image_id = s.%I::text)
+                              ORDER BY s.%I, s.%I::text',
+                            m.image_id_column, m.image_column, m.taken_at_column,
+                            CASE WHEN m.pose_column IS NULL THEN 'NULL::real' ELSE format('s.%I::real', m.pose_column) END,
+                            rel, m.pet_column, pet_type, m.image_id_column, m.taken_at_column, m.image_id_column)
+             USING pid, m.name LOOP
+        BEGIN
+            INSERT INTO @extschema@.pet_photos (media, image_id, pet_id, embedding, quality, taken_at, pose)
+            VALUES (m.name, r.image_id, pid, @extschema@.embed_image(r.img, m.model),
+                    (@extschema@.image_quality(r.img) ->> 'score')::real, r.taken_at, r.pose);
+            added := added + 1;
+        EXCEPTION WHEN OTHERS THEN
+            -- a corrupt or oversized photo is recorded and skipped; the pet's other photos go on
+            -- (cancellation is not caught by OTHERS)
+            INSERT INTO @extschema@.pet_photos (media, image_id, pet_id, taken_at, pose, error)
+            VALUES (m.name, r.image_id, pid, r.taken_at, r.pose, SQLERRM);
+            failed := failed + 1;
+        END;
+    END LOOP;
+    SELECT s.threshold INTO thr FROM @extschema@.pet_state s WHERE s.media = m.name AND s.pet_id = pid;
+    SELECT array_agg(p.image_id ORDER BY p.taken_at NULLS LAST, p.image_id),
+           array_agg(p.embedding::real[] ORDER BY p.taken_at NULLS LAST, p.image_id),
+           array_agg(p.cluster_id ORDER BY p.taken_at NULLS LAST, p.image_id)
+      INTO ids, embs, cls
+      FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid AND p.embedding IS NOT NULL;
+    IF ids IS NOT NULL THEN
+        plan := @extschema@._pet_plan(embs, cls, thr);
+        FOR k IN 1 .. jsonb_array_length(plan -> 'new_clusters') LOOP
+            INSERT INTO @extschema@.pet_photo_clusters (media, pet_id) VALUES (m.name, pid) RETURNING id INTO nid;
+            new_ids := new_ids || nid;
+        END LOOP;
+        UPDATE @extschema@.pet_photos p
+           SET cluster_id = coalesce((a ->> 1)::bigint, new_ids[(a ->> 2)::int]), similarity = (a ->> 3)::real
+          FROM jsonb_array_elements(plan -> 'assign') a
+         WHERE p.media = m.name AND p.image_id = ids[(a ->> 0)::int];
+        thr := (plan ->> 'threshold')::double precision;
+    END IF;
+    PERFORM @extschema@._use_vector_schema();
+    UPDATE @extschema@.pet_photo_clusters c
+       SET centroid = s.centroid, size = s.n, first_taken_at = s.f, last_taken_at = s.l, updated_at = now()
+      FROM (SELECT p.cluster_id, avg(p.embedding) AS centroid, count(*)::int AS n, min(p.taken_at) AS f, max(p.taken_at) AS l
+              FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid AND p.cluster_id IS NOT NULL
+             GROUP BY p.cluster_id) s
+     WHERE c.id = s.cluster_id AND c.media = m.name AND c.pet_id = pid
+       AND (c.size IS DISTINCT FROM s.n OR c.centroid IS NULL OR c.last_taken_at IS DISTINCT FROM s.l OR c.first_taken_at IS DISTINCT FROM s.f);
+    DELETE FROM @extschema@.pet_photo_clusters c WHERE c.media = m.name AND c.pet_id = pid
+       AND NOT EXISTS (SELECT 1 FROM @extschema@.pet_photos p WHERE p.cluster_id = c.id);
+    INSERT INTO @extschema@.pet_state AS s (media, pet_id, threshold) VALUES (m.name, pid, thr)
+    ON CONFLICT ON CONSTRAINT pet_state_pkey DO UPDATE SET threshold = EXCLUDED.threshold, updated_at = now();
+    SELECT jsonb_build_object(
+             'media', m.name, 'pet_id', pid, 'added', added, 'failed', failed, 'removed', removed,
+             'joined', (SELECT count(*) FROM jsonb_array_elements(plan -> 'assign') a WHERE a ->> 1 IS NOT NULL),
+             'new_clusters', coalesce(jsonb_array_length(plan -> 'new_clusters'), 0),
+             'clusters', (SELECT count(*) FROM @extschema@.pet_photo_clusters c WHERE c.media = m.name AND c.pet_id = pid),
+             'photos', count(*), 'clustered', count(p.cluster_id),
+             'unassigned', count(*) FILTER (WHERE p.cluster_id IS NULL AND p.embedding IS NOT NULL),
+             'threshold', thr, 'ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000))
+      INTO res
+      FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid;
+    RETURN res;
+END $$;
+COMMENT ON FUNCTION cluster_pet IS 'update one pet''s photo clusters incrementally: new photos join the nearest cluster or, once enough gather, form new ones';
+
+-- The background path: pets marked by the triggers, oldest first, each in a subtransaction (one
+-- pet's failure is recorded on its mark and the others go on). Pets locked by another run are
+-- skipped. pg_cron runs it (genome.schedule_pet_clustering).
+CREATE FUNCTION cluster_dirty_pets(media text DEFAULT NULL, max_pets integer DEFAULT 100) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE d record; done int := 0; errors int := 0; skipped int := 0; err text; t0 timestamptz := clock_timestamp();
+BEGIN
+    FOR d IN SELECT x.media, x.pet_id FROM @extschema@.pet_dirty x
+              WHERE (cluster_dirty_pets.media IS NULL OR x.media = cluster_dirty_pets.media)
+              ORDER BY x.marked_at, x.media, x.pet_id LIMIT max_pets LOOP
+        IF NOT pg_try_advisory_xact_lock(1734700657, hashtext(d.media || '/' || d.pet_id)) THEN
+            skipped := skipped + 1;
+            CONTINUE;
+        END IF;
+        BEGIN
+            PERFORM @extschema@.cluster_pet(d.pet_id, d.media);
+            done := done + 1;
+        EXCEPTION WHEN OTHERS THEN
+            err := SQLERRM;
+            UPDATE @extschema@.pet_dirty x SET attempts = x.attempts + 1, last_error = err
+             WHERE x.media = d.media AND x.pet_id = d.pet_id;
+            RAISE WARNING 'pg_genome: updating pet % of "%" failed: %', d.pet_id, d.media, err;
+            errors := errors + 1;
+        END;
+    END LOOP;
+    RETURN jsonb_build_object('pets', done, 'errors', errors, 'skipped_locked', skipped,
+                              'still_dirty', (SELECT count(*) FROM @extschema@.pet_dirty),
+                              'ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000));
+END $$;
+COMMENT ON FUNCTION cluster_dirty_pets IS 'update the clusters of pets with new or removed photos (the pg_cron job''s body)';
+
+CREATE FUNCTION schedule_pet_clustering(media text DEFAULT NULL, cron text DEFAULT '* * * * *', max_pets integer DEFAULT 200)
+RETURNS TABLE (job_name text, jobid bigint, schedule text)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE m @extschema@.pet_media := @extschema@._pet_media(media);
+BEGIN
+    IF to_regnamespace('cron') IS NULL THEN
+        RAISE EXCEPTION 'pg_genome: pg_cron is not installed in this database' USING ERRCODE = '0A000',
+              HINT = 'add pg_cron to shared_preload_libraries, set cron.database_name, then CREATE EXTENSION pg_cron';
+    END IF;
+    job_name := 'genome_pets:' || m.name; schedule := cron;
+    EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, current_database())' INTO jobid
+      USING job_name, cron, format('SELECT genome.cluster_dirty_pets(%L, %s)', m.name, max_pets);
+    RETURN NEXT;
+END $$;
+COMMENT ON FUNCTION schedule_pet_clustering IS 'create or update the pg_cron job that keeps pets with new photos up to date';
+
+CREATE FUNCTION unschedule_pet_clustering(media text) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE n integer := 0; j bigint;
+BEGIN
+    IF to_regnamespace('cron') IS NULL THEN
+        RETURN 0;
+    END IF;
+    FOR j IN EXECUTE 'SELECT jobid FROM cron.job WHERE jobname = $1' USING 'genome_pets:' || media LOOP
+        EXECUTE 'SELECT cron.unschedule($1)' USING j;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+
+-- Per cluster, the top n photos by hero score (genome.hero_score_of; formula in the README):
+-- quality, centrality (cosine to the centroid), recency (half-life decay from the pet's newest
+-- photo) and pose when the media has a pose column. Photos below genome.hero_min_quality are
+-- never heroes. NULL weights take the genome.hero_weight_* settings.
+CREATE FUNCTION select_heroes(pet_id anyelement, n integer DEFAULT 3, media text DEFAULT NULL,
+                              w_quality double precision DEFAULT NULL, w_centrality double precision DEFAULT NULL,
+                              w_recency double precision DEFAULT NULL, w_pose double precision DEFAULT NULL)
+RETURNS TABLE (cluster_id bigint, rank integer, image_id text, score double precision, quality real,
+               centrality double precision, recency_days double precision, pose real, taken_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE m @extschema@.pet_media := @extschema@._pet_media(media); pid text := pet_id::text;
+        newest timestamptz; min_q real := coalesce(nullif(current_setting('genome.hero_min_quality', true), '')::real, 0.3);
+BEGIN
+    IF n IS NULL OR n < 1 THEN
+        RAISE EXCEPTION 'pg_genome: n must be at least 1, got %', n USING ERRCODE = '22023';
+    END IF;
+    PERFORM @extschema@._use_vector_schema();
+    SELECT max(p.taken_at) INTO newest FROM @extschema@.pet_photos p
+     WHERE p.media = m.name AND p.pet_id = pid AND p.embedding IS NOT NULL;
+    RETURN QUERY
+    SELECT s.cluster_id, s.rank::integer, s.image_id, s.score, s.quality, s.centrality, s.age, s.pose, s.taken_at
+      FROM (SELECT x.*, row_number() OVER (PARTITION BY x.cluster_id ORDER BY x.score DESC, x.image_id) AS rank
+              FROM (SELECT p.cluster_id, p.image_id, p.quality, p.pose, p.taken_at, y.centrality, y.age,
+                           @extschema@.hero_score_of(p.quality, y.centrality, y.age,
+                                                     CASE WHEN m.pose_column IS NOT NULL THEN p.pose END,
+                                                     w_quality, w_centrality, w_recency, w_pose) AS score
+                      FROM @extschema@.pet_photos p
+                      JOIN @extschema@.pet_photo_clusters c ON c.id = p.cluster_id
+                     CROSS JOIN LATERAL (SELECT 1 - (p.embedding <=> c.centroid) AS centrality,
+                                                coalesce(extract(epoch FROM newest - p.taken_at) / 86400, 'Infinity')::double precision AS age) y
+                     WHERE p.media = m.name AND p.pet_id = pid AND p.quality >= min_q) x) s
+     WHERE s.rank <= n
+     ORDER BY s.cluster_id, s.rank;
+END $$;
+COMMENT ON FUNCTION select_heroes IS 'top n photos per cluster of a pet by hero score (quality, centrality, recency, pose)';
+
+-- The payload an internal API serves for one pet.
+CREATE FUNCTION pet_clusters(pet_id anyelement, media text DEFAULT NULL, n integer DEFAULT 3) RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE m @extschema@.pet_media := @extschema@._pet_media(media); pid text := pet_id::text; res jsonb;
+BEGIN
+    PERFORM @extschema@._use_vector_schema();
+    WITH heroes AS (SELECT * FROM @extschema@.select_heroes(pid, n, m.name)),
+         photos AS (SELECT * FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid),
+         counts AS (SELECT count(*) AS total, count(embedding) AS embedded, count(error) AS failed,
+                           count(cluster_id) AS clustered,
+                           count(*) FILTER (WHERE cluster_id IN (SELECT h.cluster_id FROM heroes h)) AS in_hero_clusters
+                      FROM photos),
+         cl AS (SELECT c.*, (SELECT avg(1 - (p.embedding <=> c.centroid)) FROM photos p WHERE p.cluster_id = c.id) AS cohesion
+                  FROM @extschema@.pet_photo_clusters c WHERE c.media = m.name AND c.pet_id = pid)
+    SELECT jsonb_build_object(
+        'pet_id', pid, 'media', m.name, 'model', m.model,
+        'photos', k.total, 'embedded', k.embedded, 'failed', k.failed, 'clustered', k.clustered,
+        'unassigned', k.embedded - k.clustered,
+        'coverage', jsonb_build_object(
+            'clustered_share', CASE WHEN k.embedded > 0 THEN round(k.clustered::numeric / k.embedded, 4) END,
+            'hero_cluster_share', CASE WHEN k.embedded > 0 THEN round(k.in_hero_clusters::numeric / k.embedded, 4) END),
+        'threshold', (SELECT s.threshold FROM @extschema@.pet_state s WHERE s.media = m.name AND s.pet_id = pid),
+        'updated_at', (SELECT s.updated_at FROM @extschema@.pet_state s WHERE s.media = m.name AND s.pet_id = pid),
+        'clusters', coalesce((SELECT jsonb_agg(jsonb_build_object(
+                'id', c.id, 'size', c.size, 'first_taken_at', c.first_taken_at, 'last_taken_at', c.last_taken_at,
+                'centroid', jsonb_build_object('dimension', m.dimension, 'norm', round((SELECT sqrt(sum(x * x)) FROM unnest(c.centroid::real[]) x)::numeric, 4),
+                                               'cohesion', round(c.cohesion::numeric, 4)),
+                'heroes', coalesce((SELECT jsonb_agg(jsonb_build_object('image_id', h.image_id, 'rank', h.rank,
+                                        'score', round(h.score::numeric, 4), 'quality', round(h.quality::numeric, 4),
+                                        'centrality', round(h.centrality::numeric, 4), 'taken_at', h.taken_at) ORDER BY h.rank)
+                                      FROM heroes h WHERE h.cluster_id = c.id), '[]'))
+              ORDER BY c.size DESC, c.id) FROM cl c), '[]'))
+      INTO res FROM counts k;
+    RETURN res;
+END $$;
+COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';

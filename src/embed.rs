@@ -13,7 +13,7 @@ struct CallSite {
     row: ModelRow,
 }
 
-fn resolve_cached(fcinfo: pg_sys::FunctionCallInfo, spec: Option<&str>) -> ModelRow {
+pub(crate) fn resolve_cached(fcinfo: pg_sys::FunctionCallInfo, spec: Option<&str>) -> ModelRow {
     unsafe {
         let flinfo = (*fcinfo).flinfo;
         if !flinfo.is_null() {

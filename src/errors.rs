@@ -28,6 +28,14 @@ pub fn report(e: Error) -> ! {
             Some("SET genome.execution_provider = 'cpu' to run on the CPU"),
         ),
         Error::Inference(_) => (PgSqlErrorCode::ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, None),
+        Error::Image(_) => (
+            PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION,
+            Some("pass the bytes of a complete JPEG, PNG or WebP file"),
+        ),
+        Error::ImageLimit(_) => (
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            Some("downscale the image, or have a superuser raise genome.max_image_pixels / genome.max_image_bytes"),
+        ),
     };
     let mut r = ErrorReport::new(code, format!("pg_genome: {e}"), "pg_genome");
     if let Some(h) = hint {

@@ -12,6 +12,14 @@ pub enum Provider {
     Cuda,
 }
 
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Selection {
+    #[name = c"leaf"]
+    Leaf,
+    #[name = c"eom"]
+    Eom,
+}
+
 pub static DEFAULT_MODEL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"all-minilm-l6-v2"));
 pub static ONNXRUNTIME_LIBRARY: GucSetting<Option<CString>> =
@@ -35,6 +43,23 @@ pub static EMBED_WORKER_NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(2000);
 pub static EMBED_QUEUE_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(32);
 pub static EMBED_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static EMBED_RETRY_DELAY: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static DEFAULT_IMAGE_MODEL: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"efficientnet-lite0"));
+/// 50 MP: a 48 MP phone photo fits; decoding takes ~3 bytes a pixel (150 MB) at most.
+pub static MAX_IMAGE_PIXELS: GucSetting<i32> = GucSetting::<i32>::new(50_000_000);
+pub static MAX_IMAGE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 << 20);
+pub static PET_MIN_CLUSTER_SIZE: GucSetting<i32> = GucSetting::<i32>::new(3);
+pub static PET_MIN_PENDING: GucSetting<i32> = GucSetting::<i32>::new(8);
+pub static PET_MIN_SIMILARITY: GucSetting<f64> = GucSetting::<f64>::new(0.5);
+pub static PET_THRESHOLD_QUANTILE: GucSetting<f64> = GucSetting::<f64>::new(0.05);
+pub static PET_JOIN_MARGIN: GucSetting<f64> = GucSetting::<f64>::new(0.0);
+pub static PET_CLUSTER_SELECTION: GucSetting<Selection> = GucSetting::<Selection>::new(Selection::Leaf);
+pub static HERO_WEIGHT_QUALITY: GucSetting<f64> = GucSetting::<f64>::new(0.4);
+pub static HERO_WEIGHT_CENTRALITY: GucSetting<f64> = GucSetting::<f64>::new(0.3);
+pub static HERO_WEIGHT_RECENCY: GucSetting<f64> = GucSetting::<f64>::new(0.2);
+pub static HERO_WEIGHT_POSE: GucSetting<f64> = GucSetting::<f64>::new(0.1);
+pub static HERO_HALF_LIFE_DAYS: GucSetting<f64> = GucSetting::<f64>::new(90.0);
+pub static HERO_MIN_QUALITY: GucSetting<f64> = GucSetting::<f64>::new(0.3);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -180,6 +205,153 @@ pub fn init() {
         86_400_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_string_guc(
+        c"genome.default_image_model",
+        c"Image model used when embed_image's model argument is NULL.",
+        c"A registered image-embedding model name, optionally name@version.",
+        &DEFAULT_IMAGE_MODEL,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    // SUSET: these bound a backend's memory; a user must not lift them.
+    GucRegistry::define_int_guc(
+        c"genome.max_image_pixels",
+        c"Largest image (width x height) that is decoded; larger ones are an ERROR before decoding.",
+        c"",
+        &MAX_IMAGE_PIXELS,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"genome.max_image_bytes",
+        c"Largest encoded image accepted.",
+        c"",
+        &MAX_IMAGE_BYTES,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
+        c"genome.pet_min_cluster_size",
+        c"Fewest photos that form a new per-pet cluster (HDBSCAN min_cluster_size).",
+        c"",
+        &PET_MIN_CLUSTER_SIZE,
+        2,
+        10_000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"genome.pet_min_pending",
+        c"Unassigned photos a pet needs before new clusters are looked for among them.",
+        c"",
+        &PET_MIN_PENDING,
+        2,
+        100_000,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_float_guc(
+        c"genome.pet_min_similarity",
+        c"Lowest per-pet join threshold (cosine to a cluster centroid).",
+        c"",
+        &PET_MIN_SIMILARITY,
+        -1.0,
+        1.0,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_float_guc(
+        c"genome.pet_join_margin",
+        c"A photo joins its nearest cluster only when it beats the second nearest by this cosine margin.",
+        c"",
+        &PET_JOIN_MARGIN,
+        0.0,
+        2.0,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"genome.pet_cluster_selection",
+        c"How HDBSCAN picks a pet's new clusters: leaf (finest, purer looks) or eom (excess of mass).",
+        c"",
+        &PET_CLUSTER_SELECTION,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_float_guc(
+        c"genome.pet_threshold_quantile",
+        c"Quantile of a pet's clustered photos' similarity to their centroids used as its join threshold.",
+        c"",
+        &PET_THRESHOLD_QUANTILE,
+        0.0,
+        1.0,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_float_guc(
+        c"genome.hero_weight_quality",
+        c"Weight of image_quality's score in a hero's score.",
+        c"Weights are divided by their sum over the parts present.",
+        &HERO_WEIGHT_QUALITY,
+        0.0,
+        1000.0,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_float_guc(
+        c"genome.hero_weight_centrality",
+        c"Weight of the cosine to the cluster centroid in a hero's score.",
+        c"Weights are divided by their sum over the parts present.",
+        &HERO_WEIGHT_CENTRALITY,
+        0.0,
+        1000.0,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_float_guc(
+        c"genome.hero_weight_recency",
+        c"Weight of recency (half-life decay) in a hero's score.",
+        c"Weights are divided by their sum over the parts present.",
+        &HERO_WEIGHT_RECENCY,
+        0.0,
+        1000.0,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_float_guc(
+        c"genome.hero_weight_pose",
+        c"Weight of the app's pose score in a hero's score (when the media has a pose column).",
+        c"Weights are divided by their sum over the parts present.",
+        &HERO_WEIGHT_POSE,
+        0.0,
+        1000.0,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_float_guc(
+        c"genome.hero_half_life_days",
+        c"Age (days before the pet's newest photo) at which a photo's recency is 0.5.",
+        c"",
+        &HERO_HALF_LIFE_DAYS,
+        0.0,
+        1e6,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_float_guc(
+        c"genome.hero_min_quality",
+        c"Photos whose image_quality score is below this are never heroes.",
+        c"",
+        &HERO_MIN_QUALITY,
+        0.0,
+        1.0,
+        GucContext::Userset,
+        GucFlags::default(),
     );
 }
 

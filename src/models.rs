@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::num::NonZeroUsize;
 
 use genome_core::embed::{ExecutionProvider, ModelConfig, Runtime, SessionSettings, TextEmbedder};
+use genome_core::image::{ImageConfig, ImageEmbedder};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use sha2::{Digest, Sha256};
@@ -29,11 +30,17 @@ pub struct ModelRow {
     pub row_version: String,
 }
 
+/// A loaded model of either task.
+pub enum Embedder {
+    Text(TextEmbedder),
+    Image(ImageEmbedder),
+}
+
 struct Loaded {
     row_version: String,
     threads: usize,
     provider: ExecutionProvider,
-    embedder: TextEmbedder,
+    embedder: Embedder,
 }
 
 thread_local! {
@@ -154,18 +161,38 @@ pub fn embed_by_length(row: &ModelRow, texts: &[&str]) -> Vec<Vec<f32>> {
     out
 }
 
-/// Run `f` with the loaded embedder for `row`, loading it on first use or after a change.
-pub fn with_embedder<R>(row: &ModelRow, f: impl FnOnce(&mut TextEmbedder) -> R) -> R {
-    if row.task != "text-embedding" {
+fn require_task(row: &ModelRow, task: &str) {
+    if row.task != task {
         raise(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
             format!(
-                "model \"{}@{}\" is a {} model, not a text-embedding model",
+                "model \"{}@{}\" is a {} model, not a {task} model",
                 row.name, row.version, row.task
             ),
             None,
         );
     }
+}
+
+/// Run `f` with the loaded text embedder for `row`, loading it on first use or after a change.
+pub fn with_embedder<R>(row: &ModelRow, f: impl FnOnce(&mut TextEmbedder) -> R) -> R {
+    require_task(row, "text-embedding");
+    with_loaded(row, |e| match e {
+        Embedder::Text(t) => f(t),
+        Embedder::Image(_) => unreachable!("task checked"),
+    })
+}
+
+/// Run `f` with the loaded image embedder for `row`.
+pub fn with_image_embedder<R>(row: &ModelRow, f: impl FnOnce(&mut ImageEmbedder) -> R) -> R {
+    require_task(row, "image-embedding");
+    with_loaded(row, |e| match e {
+        Embedder::Image(i) => f(i),
+        Embedder::Text(_) => unreachable!("task checked"),
+    })
+}
+
+fn with_loaded<R>(row: &ModelRow, f: impl FnOnce(&mut Embedder) -> R) -> R {
     let settings = current_settings();
     let fresh = CACHE.with(|c| {
         let mut c = c.borrow_mut();
@@ -197,8 +224,7 @@ pub fn with_embedder<R>(row: &ModelRow, f: impl FnOnce(&mut TextEmbedder) -> R) 
     })
 }
 
-fn load_embedder(row: &ModelRow, settings: SessionSettings) -> TextEmbedder {
-    let config = ModelConfig::from_json(&row.config).or_report();
+fn load_embedder(row: &ModelRow, settings: SessionSettings) -> Embedder {
     let (onnx, path, tokenizer) = Spi::connect(|client| {
         let t = client.select(
             "SELECT onnx, onnx_path, tokenizer FROM genome.models WHERE id = $1",
@@ -237,18 +263,25 @@ fn load_embedder(row: &ModelRow, settings: SessionSettings) -> TextEmbedder {
             None,
         ),
     };
-    let tokenizer = tokenizer.unwrap_or_else(|| {
-        raise(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!(
-                "text model \"{}@{}\" has no tokenizer",
-                row.name, row.version
-            ),
-            None,
+    let embedder = if row.task == "image-embedding" {
+        let config = ImageConfig::from_json(&row.config).or_report();
+        Embedder::Image(ImageEmbedder::new(runtime(), &onnx, config, settings).or_report())
+    } else {
+        let config = ModelConfig::from_json(&row.config).or_report();
+        let tokenizer = tokenizer.unwrap_or_else(|| {
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!(
+                    "text model \"{}@{}\" has no tokenizer",
+                    row.name, row.version
+                ),
+                None,
+            )
+        });
+        Embedder::Text(
+            TextEmbedder::new(runtime(), &onnx, tokenizer.as_bytes(), config, settings).or_report(),
         )
-    });
-    let embedder =
-        TextEmbedder::new(runtime(), &onnx, tokenizer.as_bytes(), config, settings).or_report();
+    };
     log!(
         "pg_genome: loaded model {}@{} ({} bytes, provider {})",
         row.name,
@@ -276,34 +309,53 @@ fn check_name(what: &str, s: &str) {
 
 /// Parse the config, and load + run the model once so that a model that cannot load, or whose
 /// output does not fit its config, is refused at registration rather than at first use.
+/// Returns the embedding dimension.
 fn validate(
     onnx: &[u8],
-    tokenizer: &str,
+    tokenizer: Option<&str>,
     config: &str,
     task: &str,
     check_run: bool,
-) -> ModelConfig {
-    if task != "text-embedding" {
-        raise(
+) -> usize {
+    match task {
+        "text-embedding" => {
+            let tokenizer = tokenizer.unwrap_or_else(|| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                    "a text-embedding model needs a tokenizer (tokenizer.json)".into(),
+                    None,
+                )
+            });
+            let cfg = ModelConfig::from_json(config).or_report();
+            if check_run {
+                // embed() checks the output's shape against the config (pooling, dimension).
+                let mut e = TextEmbedder::new(
+                    runtime(),
+                    onnx,
+                    tokenizer.as_bytes(),
+                    cfg.clone(),
+                    current_settings(),
+                )
+                .or_report();
+                e.embed(&["pg_genome registration check"]).or_report();
+            }
+            cfg.dimension
+        }
+        "image-embedding" => {
+            let cfg = ImageConfig::from_json(config).or_report();
+            if check_run {
+                let mut e = ImageEmbedder::new(runtime(), onnx, cfg.clone(), current_settings())
+                    .or_report();
+                e.self_check().or_report();
+            }
+            cfg.dimension
+        }
+        other => raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("unknown task \"{task}\" (supported: text-embedding)"),
+            format!("unknown task \"{other}\" (supported: text-embedding, image-embedding)"),
             None,
-        );
+        ),
     }
-    let cfg = ModelConfig::from_json(config).or_report();
-    if check_run {
-        // embed() checks the output's shape against the config (pooling, dimension).
-        let mut e = TextEmbedder::new(
-            runtime(),
-            onnx,
-            tokenizer.as_bytes(),
-            cfg.clone(),
-            current_settings(),
-        )
-        .or_report();
-        e.embed(&["pg_genome registration check"]).or_report();
-    }
-    cfg
 }
 
 /// Refuse a (name, version) that exists before the model is loaded for validation (seconds for
@@ -334,10 +386,10 @@ fn insert(
     name: &str,
     version: &str,
     task: &str,
-    cfg: &ModelConfig,
+    dimension: usize,
     onnx: Option<&[u8]>,
     path: Option<&str>,
-    tokenizer: &str,
+    tokenizer: Option<&str>,
     config: &str,
     sha: &str,
 ) -> i64 {
@@ -348,7 +400,7 @@ fn insert(
             name.into(),
             version.into(),
             task.into(),
-            (cfg.dimension as i32).into(),
+            (dimension as i32).into(),
             onnx.map(|b| b.to_vec()).into(),
             path.into(),
             tokenizer.into(),
@@ -366,19 +418,19 @@ pub fn register_model(
     name: &str,
     version: &str,
     onnx: &[u8],
-    tokenizer: &str,
+    tokenizer: Option<&str>,
     config: pgrx::JsonB,
     task: default!(&str, "'text-embedding'"),
     validate_model: default!(bool, true),
 ) -> i64 {
     ensure_new(name, version);
     let config = config.0.to_string();
-    let cfg = validate(onnx, tokenizer, &config, task, validate_model);
+    let dim = validate(onnx, tokenizer, &config, task, validate_model);
     insert(
         name,
         version,
         task,
-        &cfg,
+        dim,
         Some(onnx),
         None,
         tokenizer,
@@ -394,7 +446,7 @@ pub fn register_model_path(
     name: &str,
     version: &str,
     onnx_path: &str,
-    tokenizer: &str,
+    tokenizer: Option<&str>,
     config: pgrx::JsonB,
     task: default!(&str, "'text-embedding'"),
     validate_model: default!(bool, true),
@@ -429,12 +481,12 @@ pub fn register_model_path(
         )
     });
     let config = config.0.to_string();
-    let cfg = validate(&onnx, tokenizer, &config, task, validate_model);
+    let dim = validate(&onnx, tokenizer, &config, task, validate_model);
     insert(
         name,
         version,
         task,
-        &cfg,
+        dim,
         None,
         Some(onnx_path),
         tokenizer,

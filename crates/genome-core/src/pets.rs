@@ -21,6 +21,11 @@ pub struct PetParams {
     pub min_pending: usize,
     pub min_similarity: f64,
     pub threshold_quantile: f64,
+    /// Leaf selection (finest clusters: purer looks) instead of excess of mass.
+    pub leaf: bool,
+    /// A photo joins only when its nearest centroid beats the second nearest by this much
+    /// (cosine); ambiguous photos wait for HDBSCAN instead of joining the wrong look.
+    pub join_margin: f64,
 }
 
 impl Default for PetParams {
@@ -30,6 +35,8 @@ impl Default for PetParams {
             min_pending: 8,
             min_similarity: 0.5,
             threshold_quantile: 0.05,
+            leaf: true,
+            join_margin: 0.0,
         }
     }
 }
@@ -116,13 +123,12 @@ pub fn update_pet(
         if clusters[i].is_some() {
             continue;
         }
-        let best = cents
-            .iter()
-            .enumerate()
-            .map(|(k, c)| (k, cosine(v, c)))
-            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let mut sims: Vec<(usize, f64)> = cents.iter().enumerate().map(|(k, c)| (k, cosine(v, c))).collect();
+        sims.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let best = sims.first().copied();
+        let second = sims.get(1).map_or(f64::NEG_INFINITY, |x| x.1);
         match (best, threshold) {
-            (Some((k, s)), Some(t)) if s >= t => {
+            (Some((k, s)), Some(t)) if s >= t && s - second >= p.join_margin => {
                 sums[k].iter_mut().zip(v).for_each(|(a, b)| *a += *b as f64);
                 cents[k] = unit(&sums[k]);
                 out.assignments.push(Assignment {
@@ -143,29 +149,20 @@ pub fn update_pet(
             // A pet with one look (all its first photos alike) gets one cluster, not noise.
             allow_single_cluster: true,
             max_cluster_size: None,
+            leaf: p.leaf,
         };
         let h = hdbscan(&pts, params, cancel)?;
-        // A cluster found among the leftovers whose centroid is as close to an existing
-        // cluster's as its members must be is the same look (photos that fell just under the
-        // threshold one by one): merge it instead of splitting the look in two.
+        // Every cluster found among the leftovers is new. (Merging one into an existing
+        // cluster whose centroid is close was tried: centroids of different looks are closer to
+        // each other than photos are to their own centroid, so it mixed looks; a look split in
+        // two costs less than two looks mixed.)
         let mut new_cents = Vec::new();
         let mut target_of = Vec::new();
         for k in 0..h.n_clusters {
             let members: Vec<usize> = (0..pending.len()).filter(|&j| h.labels[j] == k as i32).collect();
-            let c = unit_mean(members.iter().map(|&j| pts.row(j)), d);
-            let best = cents
-                .iter()
-                .enumerate()
-                .map(|(e, ce)| (e, cosine(&c, ce)))
-                .max_by(|a, b| a.1.total_cmp(&b.1));
-            match (best, threshold) {
-                (Some((e, sim)), Some(t)) if sim >= t => target_of.push(Target::Existing(ids[e])),
-                _ => {
-                    target_of.push(Target::New(out.new_clusters.len()));
-                    out.new_clusters.push(members.len());
-                    new_cents.push(c);
-                }
-            }
+            target_of.push(Target::New(out.new_clusters.len()));
+            out.new_clusters.push(members.len());
+            new_cents.push(unit_mean(members.iter().map(|&j| pts.row(j)), d));
         }
         for (j, &i) in pending.iter().enumerate() {
             let l = h.labels[j];
@@ -307,24 +304,18 @@ mod tests {
     }
 
     #[test]
-    fn leftovers_of_an_existing_look_merge_into_it() {
+    fn leftovers_form_new_clusters_and_old_ids_stay() {
         let d = 16;
-        let old = blob(&axis(d, 0), 12, 0.2, 5);
-        let mut vecs = old.clone();
-        // 9 photos of the same look, pending under a threshold above each of them (none joins
-        // one by one); HDBSCAN groups them and the group's centroid is the existing look's.
-        vecs.extend(blob(&axis(d, 0), 9, 0.2, 6));
-        // and 9 of another look, which must become a new cluster.
+        let mut vecs = blob(&axis(d, 0), 12, 0.2, 5);
+        // 9 photos of a new look arrive; the old look's cluster 3 keeps its id and members.
         vecs.extend(blob(&axis(d, 7), 9, 0.2, 7));
         let mut clusters: Vec<Option<i64>> = vec![Some(3); 12];
-        clusters.extend(vec![None; 18]);
-        let u = update_pet(&vecs, &clusters, Some(0.99), &PetParams::default(), NEVER).unwrap();
+        clusters.extend(vec![None; 9]);
+        let u = update_pet(&vecs, &clusters, Some(0.9), &PetParams::default(), NEVER).unwrap();
         assert_eq!(u.new_clusters, vec![9], "{u:?}");
-        for a in &u.assignments {
-            let want = if a.photo < 21 { Target::Existing(3) } else { Target::New(0) };
-            assert_eq!(a.target, want, "{a:?}");
-        }
-        assert_eq!(u.assignments.len(), 18);
+        assert!(u.assignments.iter().all(|a| a.photo >= 12 && a.target == Target::New(0)));
+        assert_eq!(u.assignments.len(), 9);
+        assert!(u.threshold.is_some());
     }
 
     #[test]

@@ -50,6 +50,7 @@ fn check(case: &str) {
         min_cluster_size: v["min_cluster_size"].as_u64().unwrap() as usize,
         min_samples: v["min_samples"].as_u64().map(|x| x as usize),
         allow_single_cluster: false,
+        leaf: false,
         max_cluster_size: v["max_cluster_size"].as_u64().map(|x| x as usize),
     };
     let got = hdbscan(&points, params, &|| false).unwrap();

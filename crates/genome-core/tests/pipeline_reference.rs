@@ -152,6 +152,7 @@ fn approximate_path_agrees_with_exact() {
         min_cluster_size: 15,
         min_samples: None,
         allow_single_cluster: false,
+        leaf: false,
         max_cluster_size: None,
     };
     let exact = hdbscan(&red, hp, &never).unwrap();
@@ -169,6 +170,7 @@ fn approximate_path_agrees_with_exact() {
         min_cluster_size: 5,
         min_samples: None,
         allow_single_cluster: false,
+        leaf: false,
         max_cluster_size: None,
     };
     let exact = hdbscan(&raw, hp, &never).unwrap();

@@ -77,7 +77,11 @@ pub fn hdbscan_knn(
     }
     let merges = single_linkage(n, tree);
     let ctree = condense_tree(n, &merges, mcs);
-    let selected = select_eom(n, &ctree, params.allow_single_cluster, params.max_cluster_size);
+    let selected = if params.leaf {
+        super::hdbscan::select_leaf(n, &ctree)
+    } else {
+        select_eom(n, &ctree, params.allow_single_cluster, params.max_cluster_size)
+    };
     let (labels, probabilities) = label(n, &ctree, &selected);
     Ok(Hdbscan {
         labels,

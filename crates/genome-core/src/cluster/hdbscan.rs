@@ -25,6 +25,9 @@ pub struct HdbscanParams {
     /// Clusters with more points are never selected (their children are), as scikit-learn's
     /// `max_cluster_size`; None = no limit.
     pub max_cluster_size: Option<usize>,
+    /// Select the leaves of the condensed tree (finest clusters) instead of excess of mass,
+    /// as scikit-learn's cluster_selection_method="leaf".
+    pub leaf: bool,
 }
 
 impl Default for HdbscanParams {
@@ -34,6 +37,7 @@ impl Default for HdbscanParams {
             min_samples: None,
             allow_single_cluster: false,
             max_cluster_size: None,
+            leaf: false,
         }
     }
 }
@@ -417,6 +421,23 @@ pub fn select_eom(n: usize, tree: &[CondensedRow], allow_single_cluster: bool, m
     (n..=max_id).filter(|c| is_cluster[*c]).collect()
 }
 
+/// Leaf selection: the clusters of the condensed tree that do not split into clusters further;
+/// the root alone when the tree never splits (scikit-learn's "leaf" method does the same).
+pub fn select_leaf(n: usize, tree: &[CondensedRow]) -> Vec<usize> {
+    if tree.is_empty() {
+        return Vec::new();
+    }
+    let max_id = tree.iter().map(|r| r.child.max(r.parent)).max().unwrap();
+    let mut has_child = vec![false; max_id + 1];
+    let mut is_node = vec![false; max_id + 1];
+    is_node[n] = true;
+    for r in tree.iter().filter(|r| r.child >= n) {
+        has_child[r.parent] = true;
+        is_node[r.child] = true;
+    }
+    (n..=max_id).filter(|c| is_node[*c] && !has_child[*c]).collect()
+}
+
 /// Labels and probabilities from the condensed tree and the selected clusters.
 pub fn label(n: usize, tree: &[CondensedRow], selected: &[usize]) -> (Vec<i32>, Vec<f64>) {
     let max_id = tree
@@ -497,7 +518,11 @@ pub fn hdbscan(
     }
     let merges = single_linkage(p.n, mst);
     let tree = condense_tree(p.n, &merges, mcs);
-    let selected = select_eom(p.n, &tree, params.allow_single_cluster, params.max_cluster_size);
+    let selected = if params.leaf {
+        select_leaf(p.n, &tree)
+    } else {
+        select_eom(p.n, &tree, params.allow_single_cluster, params.max_cluster_size)
+    };
     let (labels, probabilities) = label(p.n, &tree, &selected);
     Ok(Hdbscan {
         labels,
@@ -624,5 +649,29 @@ mod tests {
     fn ari_basics() {
         assert!((adjusted_rand_index(&[0, 0, 1, 1], &[1, 1, 0, 0]) - 1.0).abs() < 1e-12);
         assert!(adjusted_rand_index(&[0, 0, 1, 1], &[0, 1, 0, 1]) < 0.0);
+    }
+
+    #[test]
+    fn leaf_selection_takes_the_finest_clusters() {
+        // two blobs close together and one far away: the leaves are the three blobs; a single
+        // blob is one cluster (the root), as scikit-learn's leaf method gives.
+        let mut rows = Vec::new();
+        for (cx, seed) in [(0.0f32, 1u32), (4.0, 2), (100.0, 3)] {
+            for i in 0..20u32 {
+                let a = ((i * 37 + seed * 11) % 20) as f32 / 20.0;
+                let b = ((i * 53 + seed * 7) % 20) as f32 / 20.0;
+                rows.push(vec![cx + a, b]);
+            }
+        }
+        let never = || false;
+        let leaf = HdbscanParams { min_cluster_size: 5, leaf: true, ..Default::default() };
+        let r = hdbscan(&Points::from_rows(&rows), leaf, &never).unwrap();
+        assert_eq!(r.n_clusters, 3, "{:?}", r.labels);
+        for b in 0..3 {
+            let l = r.labels[b * 20];
+            assert!(l >= 0 && r.labels[b * 20..(b + 1) * 20].iter().filter(|x| **x == l).count() >= 18);
+        }
+        let one = hdbscan(&Points::from_rows(&rows[..20].to_vec()), leaf, &never).unwrap();
+        assert_eq!(one.n_clusters, 1);
     }
 }

@@ -158,6 +158,7 @@ pub fn classify(
         min_samples: params.min_samples,
         max_cluster_size,
         allow_single_cluster: false,
+        leaf: false,
     };
     let choose = |n: usize, d: usize| match params.method {
         Method::Exact => false,

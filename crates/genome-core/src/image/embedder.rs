@@ -81,6 +81,15 @@ impl ImageEmbedder {
         self.settings
     }
 
+    /// Run the model once on a grey image: registration refuses a model whose output does not
+    /// fit its config before anyone uses it.
+    pub fn self_check(&mut self) -> Result<()> {
+        let c = self.config.crop;
+        let grey = RgbImage::from_pixel(c, c, image::Rgb([128, 128, 128]));
+        let t = preprocess(&grey, &self.config);
+        self.embed(&[t]).map(|_| ())
+    }
+
     /// Embed preprocessed images (from [`preprocess`]); one vector each, in order.
     pub fn embed(&mut self, images: &[Array3<f32>]) -> Result<Vec<Vec<f32>>> {
         if images.is_empty() {
