@@ -362,6 +362,12 @@ BEGIN
                             CASE WHEN m.pose_column IS NULL THEN 'NULL::real' ELSE format('s.%I::real', m.pose_column) END,
                             rel, m.pet_column, pet_type, m.image_id_column, m.taken_at_column, m.image_id_column)
              USING pid, m.name LOOP
+        IF r.img IS NULL THEN
+            INSERT INTO @extschema@.pet_photos (media, image_id, pet_id, taken_at, pose, error)
+            VALUES (m.name, r.image_id, pid, r.taken_at, r.pose, 'the image is NULL');
+            failed := failed + 1;
+            CONTINUE;
+        END IF;
         BEGIN
             INSERT INTO @extschema@.pet_photos (media, image_id, pet_id, embedding, quality, taken_at, pose)
             VALUES (m.name, r.image_id, pid, @extschema@.embed_image(r.img, m.model),

@@ -30,6 +30,8 @@ def database():
         c.execute("CREATE EXTENSION pg_genome CASCADE")
         c.execute("SELECT genome.register_model_dir('all-minilm-l6-v2', '1', %s)", (f"{MODELS}/all-minilm-l6-v2",))
         c.execute("SELECT genome.register_model_dir('tiny-bert', '1', %s)", (f"{MODELS}/tiny-bert",))
+        c.execute("SELECT genome.register_model_dir('efficientnet-lite0', '1', %s, task => 'image-embedding')",
+                  (f"{MODELS}/efficientnet-lite0",))
     yield DB
 
 
