@@ -271,3 +271,75 @@ fn search_rejects_a_bad_top_k() {
     three_topics();
     Spi::run("SELECT * FROM genome.search('docs', 'cat', top_k => 0)").unwrap();
 }
+
+fn register_image_model() {
+    Spi::run(&format!(
+        "SELECT genome.register_model_dir('efficientnet-lite0', '1', '{}', task => 'image-embedding')",
+        model_dir("efficientnet-lite0")
+    ))
+    .unwrap();
+}
+
+/// A 2x2 PNG made by hand (signature, IHDR, one zlib IDAT, IEND) so the test needs no encoder.
+fn tiny_png_hex() -> String {
+    // produced by Pillow: Image.new("RGB", (2, 2), (200, 30, 60)).save(b, "PNG")
+    "89504e470d0a1a0a0000000d4948445200000002000000020802000000fdd49a730000001649444154789c633c2167c3c0c0c0c4c0c0c0c0c000000e4e0126476849220000000049454e44ae426082"
+        .to_string()
+}
+
+#[pg_test]
+fn embed_image_gives_a_unit_vector_and_quality_is_jsonb() {
+    register_image_model();
+    let png = tiny_png_hex();
+    assert_eq!(
+        one::<i32>(&format!("SELECT vector_dims(genome.embed_image('\\x{png}'::bytea))")),
+        Some(1280)
+    );
+    let norm = one::<f64>(&format!("SELECT vector_norm(genome.embed_image('\\x{png}'::bytea))")).unwrap();
+    assert!((norm - 1.0).abs() < 1e-5);
+    let q = one::<pgrx::JsonB>(&format!("SELECT genome.image_quality('\\x{png}'::bytea)")).unwrap().0;
+    assert_eq!(q["resolution"]["width"], 2);
+    // a flat colour: no edges, no contrast
+    assert_eq!(q["sharpness"]["laplacian_variance"].as_f64(), Some(0.0));
+    assert_eq!(q["contrast"]["rms"].as_f64(), Some(0.0));
+    let batch = one::<i64>(&format!(
+        "SELECT count(v) FROM unnest(genome.embed_images(ARRAY['\\x{png}'::bytea, NULL])) v"
+    ));
+    assert_eq!(batch, Some(1));
+}
+
+#[pg_test(error = "pg_genome: invalid image: not a JPEG, PNG or WebP image (unrecognised header)")]
+fn embed_image_rejects_non_images() {
+    register_image_model();
+    Spi::run("SELECT genome.embed_image('\\x00010203040506070809'::bytea)").unwrap();
+}
+
+#[pg_test(error = "pg_genome: image 2: invalid image: empty input (0 bytes)")]
+fn embed_images_names_the_bad_element() {
+    register_image_model();
+    Spi::run(&format!(
+        "SELECT genome.embed_images(ARRAY['\\x{}'::bytea, ''::bytea])",
+        tiny_png_hex()
+    ))
+    .unwrap();
+}
+
+#[pg_test]
+fn hero_score_and_pet_plan_edges() {
+    // (0.4 * 0.8 + 0.3 * 0.9 + 0.2 * 0.5) / 0.9 with the default weights and 90-day half-life
+    let s = one::<f64>("SELECT genome.hero_score_of(0.8, 0.9, 90)").unwrap();
+    assert!((s - (0.4 * 0.8 + 0.3 * 0.9 + 0.2 * 0.5) / 0.9).abs() < 1e-12, "{s}");
+    let p = one::<pgrx::JsonB>(
+        "SELECT genome._pet_plan(ARRAY[[1,0],[0.9,0.1],[0,1]]::real[], ARRAY[NULL,NULL,NULL]::bigint[], NULL)",
+    )
+    .unwrap()
+    .0;
+    // fewer photos than genome.pet_min_pending: nothing happens yet
+    assert_eq!(p["assign"].as_array().map(|a| a.len()), Some(0));
+    assert!(p["threshold"].is_null());
+}
+
+#[pg_test(error = "pg_genome: 3 embedding values do not split into 2 photos")]
+fn pet_plan_rejects_mismatched_arrays() {
+    Spi::run("SELECT genome._pet_plan(ARRAY[1,2,3]::real[], ARRAY[NULL,NULL]::bigint[], NULL)").unwrap();
+}

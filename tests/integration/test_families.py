@@ -278,15 +278,18 @@ def test_pg_cron_job_runs_and_assigns_rows():
         c.execute("DROP SCHEMA it_cron CASCADE")
 
 
-def test_upgrade_from_0_1_0_through_0_3_0_matches_a_fresh_install(database):
+def test_upgrade_from_0_1_0_through_0_4_0_matches_a_fresh_install(database):
     q = """SELECT pg_describe_object(classid, objid, 0) FROM pg_depend
             WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
               AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_genome') ORDER BY 1"""
     fq = """SELECT p.proname || '(' || pg_get_function_arguments(p.oid) || ') ' || pg_get_function_result(p.oid)
                    || ' ' || md5(p.prosrc) || ' ' || coalesce(array_to_string(p.proconfig, ','), '')
+                   || ' ' || p.proisstrict::text || ' ' || p.provolatile::text || ' ' || p.prosecdef::text
               FROM pg_proc p WHERE p.pronamespace = 'genome'::regnamespace ORDER BY 1"""
+    cq = """SELECT c.conrelid::regclass::text || ' ' || pg_get_constraintdef(c.oid) FROM pg_constraint c
+              JOIN pg_class r ON r.oid = c.conrelid WHERE r.relnamespace = 'genome'::regnamespace ORDER BY 1"""
     with connect() as fresh:
-        want, want_f = fresh.execute(q).fetchall(), fresh.execute(fq).fetchall()
+        want, want_f, want_c = fresh.execute(q).fetchall(), fresh.execute(fq).fetchall(), fresh.execute(cq).fetchall()
     with connect("postgres") as c:
         c.execute("DROP DATABASE IF EXISTS genome_upgrade WITH (FORCE)")
         c.execute("CREATE DATABASE genome_upgrade")
@@ -300,9 +303,14 @@ def test_upgrade_from_0_1_0_through_0_3_0_matches_a_fresh_install(database):
             u.execute("CREATE TABLE public.old_docs (id int PRIMARY KEY, body text)")
             u.execute("SELECT genome.register_collection('old_docs', 'public.old_docs', 'id', 'body', model => 'tiny-bert')")
             u.execute("ALTER EXTENSION pg_genome UPDATE TO '0.3.0'")
+            assert u.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'old_docs' AND indexdef LIKE '%USING hnsw%'").fetchone()[0] == 1
+            u.execute("ALTER EXTENSION pg_genome UPDATE TO '0.4.0'")
             assert u.execute(q).fetchall() == want
             assert u.execute(fq).fetchall() == want_f
-            assert u.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'old_docs' AND indexdef LIKE '%USING hnsw%'").fetchone()[0] == 1
+            assert u.execute(cq).fetchall() == want_c
+            # image models (no tokenizer) register after the upgrade
+            u.execute("SELECT genome.register_model_dir('efficientnet-lite0', '1', %s, task => 'image-embedding')",
+                      (f"{MODELS}/efficientnet-lite0",))
     finally:
         with connect("postgres") as c:
             c.execute("DROP DATABASE genome_upgrade WITH (FORCE)")
