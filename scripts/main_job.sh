@@ -118,3 +118,39 @@ SELECT jsonb_build_object('extension', h->'extension_version', 'onnxruntime', h-
                           'workers', jsonb_array_length(h->'workers')) AS health
   FROM genome.health() h;
 SQL
+
+say "part 4: pet photos: image embeddings, per-pet clusters, heroes"
+[ -s "$STATE/data/pet_photos.tsv" ] || "$VENV/bin/python" "$REPO/tools/pet_sample.py" "$STATE/data/pet_photos.tsv"
+psql -qv ON_ERROR_STOP=1 <<SQL
+SET client_min_messages = warning;
+SELECT genome.unregister_pet_media('pet_photos') IS NOT NULL AS reset;
+DROP TABLE IF EXISTS public.pet_photos;
+CREATE TABLE public.pet_photos (pet text NOT NULL, photo_id bigint PRIMARY KEY, taken_at timestamptz NOT NULL,
+                                look text NOT NULL, image bytea NOT NULL);
+CREATE INDEX ON public.pet_photos (pet);
+\copy public.pet_photos FROM '$STATE/data/pet_photos.tsv' WITH (FORMAT text)
+\echo Photos of 4 pets (Fashion-MNIST product photos standing in for pets: each pet has a few looks)
+SELECT pet, count(*) AS photos, string_agg(DISTINCT look, ', ') AS looks FROM public.pet_photos GROUP BY pet ORDER BY pet;
+SELECT name, model, dimension FROM genome.register_pet_media('public.pet_photos', 'pet', 'photo_id', 'image', 'taken_at');
+\echo One photo: its embedding size and quality
+SELECT vector_dims(genome.embed_image(image)) AS dims, genome.image_quality(image) - 'exposure' - 'contrast' AS quality
+  FROM public.pet_photos ORDER BY photo_id LIMIT 1;
+\echo Update each pet (embeds its photos, forms its clusters)
+\timing on
+SELECT pet, r->>'added' AS added, r->>'clusters' AS clusters, r->>'clustered' AS clustered, r->>'unassigned' AS unassigned
+  FROM (SELECT pet, genome.cluster_pet(pet) AS r FROM (SELECT DISTINCT pet FROM public.pet_photos) p ORDER BY pet) x;
+\timing off
+\echo Clusters of each pet: size and the looks inside (a pure cluster has one look)
+SELECT p.pet_id AS pet, c.id AS cluster, c.size, string_agg(DISTINCT s.look, ', ') AS looks
+  FROM genome.pet_photo_clusters c JOIN genome.pet_photos p ON p.cluster_id = c.id
+  JOIN public.pet_photos s ON s.photo_id::text = p.image_id
+ WHERE c.media = 'pet_photos' GROUP BY 1, 2, 3 ORDER BY 1, 3 DESC;
+\echo A new photo of biscuit arrives (trousers): it joins the trousers cluster
+INSERT INTO public.pet_photos SELECT 'biscuit', 100000, now(), look, image FROM public.pet_photos WHERE pet = 'max' AND look = 'Trouser' LIMIT 1;
+SELECT r->>'added' AS added, r->>'joined' AS joined, r->>'new_clusters' AS new_clusters, r->>'ms' AS ms FROM genome.cluster_pet('biscuit') r;
+\echo Heroes of luna (top 2 per cluster)
+SELECT h.cluster_id, h.rank, h.image_id, round(h.score::numeric, 3) AS score, round(h.quality::numeric, 3) AS quality, s.look
+  FROM genome.select_heroes('luna', 2) h JOIN public.pet_photos s ON s.photo_id::text = h.image_id;
+\echo The API payload for luna (trimmed)
+SELECT jsonb_pretty(p - 'clusters' || jsonb_build_object('first_cluster', p->'clusters'->0)) FROM genome.pet_clusters('luna') p;
+SQL

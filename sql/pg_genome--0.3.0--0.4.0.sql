@@ -113,7 +113,7 @@ STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'embed_images_wrapper';
 
--- src/pets.rs:87
+-- src/pets.rs:88
 -- pg_genome::pets::hero_score_of
 CREATE  FUNCTION "hero_score_of"(
 	"quality" double precision, /* f64 */

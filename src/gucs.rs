@@ -52,6 +52,7 @@ pub static PET_MIN_CLUSTER_SIZE: GucSetting<i32> = GucSetting::<i32>::new(3);
 pub static PET_MIN_PENDING: GucSetting<i32> = GucSetting::<i32>::new(8);
 pub static PET_MIN_SIMILARITY: GucSetting<f64> = GucSetting::<f64>::new(0.5);
 pub static PET_THRESHOLD_QUANTILE: GucSetting<f64> = GucSetting::<f64>::new(0.05);
+pub static PET_CENTER: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static PET_JOIN_MARGIN: GucSetting<f64> = GucSetting::<f64>::new(0.0);
 pub static PET_CLUSTER_SELECTION: GucSetting<Selection> = GucSetting::<Selection>::new(Selection::Leaf);
 pub static HERO_WEIGHT_QUALITY: GucSetting<f64> = GucSetting::<f64>::new(0.4);
@@ -59,7 +60,7 @@ pub static HERO_WEIGHT_CENTRALITY: GucSetting<f64> = GucSetting::<f64>::new(0.3)
 pub static HERO_WEIGHT_RECENCY: GucSetting<f64> = GucSetting::<f64>::new(0.2);
 pub static HERO_WEIGHT_POSE: GucSetting<f64> = GucSetting::<f64>::new(0.1);
 pub static HERO_HALF_LIFE_DAYS: GucSetting<f64> = GucSetting::<f64>::new(90.0);
-pub static HERO_MIN_QUALITY: GucSetting<f64> = GucSetting::<f64>::new(0.3);
+pub static HERO_MIN_QUALITY: GucSetting<f64> = GucSetting::<f64>::new(0.4);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -262,6 +263,14 @@ pub fn init() {
         &PET_MIN_SIMILARITY,
         -1.0,
         1.0,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"genome.pet_center",
+        c"Compare a pet's photos after subtracting their mean (spreads its looks apart).",
+        c"",
+        &PET_CENTER,
         GucContext::Userset,
         GucFlags::default(),
     );

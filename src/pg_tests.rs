@@ -257,7 +257,7 @@ fn auto_embed_queues_inserts_and_text_changes_and_the_queue_step_embeds_them() {
 fn health_and_metrics_report_without_workers() {
     register("tiny-bert");
     let h = one::<pgrx::JsonB>("SELECT genome.health()").unwrap().0;
-    assert_eq!(h["extension_version"], "0.3.0");
+    assert_eq!(h["extension_version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(h["runtime"]["onnxruntime_loaded"], true);
     assert_eq!(h["workers"].as_array().map(|a| a.len()), Some(0));
     Spi::run("SELECT genome.embed('x', 'tiny-bert')").unwrap();

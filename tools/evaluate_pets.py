@@ -79,6 +79,7 @@ def main():
     ap.add_argument("--dsn", default=f"host=127.0.0.1 port={os.environ.get('GENOME_PORT', '55432')} dbname=genome user=postgres")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--waves", default="0.5,0.8", help="cut points of the arrival waves (in time order)")
     a = ap.parse_args()
     rows = build(a.pets, a.seed)
     truth = {r[1]: (r[5], r[6]) for r in rows}
@@ -96,7 +97,8 @@ def main():
     by_pet = {}
     for r in rows:
         by_pet.setdefault(r[0], []).append(r)
-    waves = [(0.0, 0.5), (0.5, 0.8), (0.8, 1.0)]
+    cuts = [0.0] + [float(x) for x in a.waves.split(",") if x] + [1.0]
+    waves = list(zip(cuts[:-1], cuts[1:]))
     for lo, hi in waves:
         for pet, prs in by_pet.items():
             n = len(prs)
@@ -133,7 +135,7 @@ def main():
             from sklearn.cluster import HDBSCAN
             f = np.array([g[2] for g in got], np.float64)
             f /= np.linalg.norm(f, axis=1, keepdims=True)
-            pl = HDBSCAN(min_cluster_size=4, cluster_selection_method="leaf", copy=True).fit_predict(f)
+            pl = HDBSCAN(min_cluster_size=3, cluster_selection_method="leaf", copy=True).fit_predict(f)
             plab = {}
             for (iid, _, _), l in zip(got, pl):
                 if l >= 0:

@@ -153,7 +153,7 @@ def test_select_heroes_follows_the_documented_score(conn, media):
     newest = conn.execute("SELECT max(taken_at) FROM genome.pet_photos WHERE media = 'it_pets' AND pet_id = '1' AND embedding IS NOT NULL").fetchone()[0]
     want = {}
     for iid, cid, q, pose, t, e, cen in rows:
-        if q < 0.3:
+        if q < 0.4:
             continue
         e, cen = np.array(e, np.float64), np.array(cen, np.float64)
         cos = e @ cen / np.linalg.norm(e) / np.linalg.norm(cen)

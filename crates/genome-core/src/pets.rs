@@ -26,6 +26,9 @@ pub struct PetParams {
     /// A photo joins only when its nearest centroid beats the second nearest by this much
     /// (cosine); ambiguous photos wait for HDBSCAN instead of joining the wrong look.
     pub join_margin: f64,
+    /// Subtract the mean of the pet's photos before comparing them (features of one pet share a
+    /// large common part; removing it spreads the looks apart).
+    pub center: bool,
 }
 
 impl Default for PetParams {
@@ -37,6 +40,7 @@ impl Default for PetParams {
             threshold_quantile: 0.05,
             leaf: true,
             join_margin: 0.0,
+            center: false,
         }
     }
 }
@@ -95,6 +99,24 @@ pub fn update_pet(
 ) -> Result<PetUpdate, Cancelled> {
     assert_eq!(vectors.len(), clusters.len());
     let d = vectors.first().map_or(1, |v| v.len());
+    let centered;
+    let vectors = if p.center && vectors.len() > 1 {
+        let mut mean = vec![0f64; d];
+        for v in vectors {
+            mean.iter_mut().zip(v).for_each(|(a, b)| *a += *b as f64 / vectors.len() as f64);
+        }
+        centered = vectors
+            .iter()
+            .map(|v| {
+                let mut c: Vec<f32> = v.iter().zip(&mean).map(|(a, m)| (*a as f64 - m) as f32).collect();
+                crate::embed::pooling::l2_normalize(&mut c);
+                c
+            })
+            .collect::<Vec<_>>();
+        &centered[..]
+    } else {
+        vectors
+    };
     // 1. centroids of the existing clusters, as running sums so joins move them.
     let mut ids: Vec<i64> = clusters.iter().flatten().copied().collect();
     ids.sort_unstable();
