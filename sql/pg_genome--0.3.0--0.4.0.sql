@@ -497,7 +497,7 @@ RETURNS TABLE (cluster_id bigint, rank integer, image_id text, score double prec
                centrality double precision, recency_days double precision, pose real, taken_at timestamptz)
 LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE m @extschema@.pet_media := @extschema@._pet_media(media); pid text := pet_id::text;
-        newest timestamptz; min_q real := coalesce(nullif(current_setting('genome.hero_min_quality', true), '')::real, 0.3);
+        newest timestamptz; min_q real := coalesce(nullif(current_setting('genome.hero_min_quality', true), '')::real, 0.4);
 BEGIN
     IF n IS NULL OR n < 1 THEN
         RAISE EXCEPTION 'pg_genome: n must be at least 1, got %', n USING ERRCODE = '22023';
