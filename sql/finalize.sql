@@ -750,7 +750,15 @@ BEGIN
         'cron_jobs', cron,
         'queue', (SELECT coalesce(jsonb_agg(to_jsonb(q) ORDER BY q.collection), '[]') FROM @extschema@.embed_queue q),
         'pending_assignment', (SELECT coalesce(jsonb_object_agg(c.name, @extschema@.pending_count(c.name)), '{}')
-                                 FROM @extschema@.collections c WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid)))
+                                 FROM @extschema@.collections c WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid)),
+        -- pet photo media (since 0.4.0): photos seen, failed, clusters, pets waiting for the background update
+        'pet_media', (SELECT coalesce(jsonb_agg(jsonb_build_object('media', pm.name, 'model', pm.model,
+                          'photos', (SELECT count(*) FROM @extschema@.pet_photos p WHERE p.media = pm.name),
+                          'failed', (SELECT count(*) FROM @extschema@.pet_photos p WHERE p.media = pm.name AND p.error IS NOT NULL),
+                          'clusters', (SELECT count(*) FROM @extschema@.pet_photo_clusters c WHERE c.media = pm.name),
+                          'pets_waiting', (SELECT count(*) FROM @extschema@.pet_dirty d WHERE d.media = pm.name),
+                          'oldest_waiting', (SELECT min(d.marked_at) FROM @extschema@.pet_dirty d WHERE d.media = pm.name))
+                          ORDER BY pm.name), '[]') FROM @extschema@.pet_media pm))
       INTO h;
     RETURN h;
 END $$;

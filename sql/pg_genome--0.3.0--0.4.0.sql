@@ -164,6 +164,45 @@ BEGIN
                       WHERE classid = 'pg_class'::regclass AND objsubid = 0);
 END $$;
 
+CREATE OR REPLACE FUNCTION health() RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE h jsonb; cron jsonb := NULL;
+BEGIN
+    IF to_regclass('cron.job') IS NOT NULL THEN
+        EXECUTE $q$SELECT coalesce(jsonb_agg(jsonb_build_object('jobname', j.jobname, 'schedule', j.schedule, 'active', j.active,
+                       'last_status', d.status, 'last_start', d.start_time, 'last_end', d.end_time, 'last_message', d.return_message)
+                       ORDER BY j.jobname), '[]')
+                   FROM cron.job j
+                   LEFT JOIN LATERAL (SELECT * FROM cron.job_run_details r WHERE r.jobid = j.jobid ORDER BY r.runid DESC LIMIT 1) d ON true
+                  WHERE j.jobname LIKE 'genome\_%'$q$ INTO cron;
+    END IF;
+    SELECT jsonb_build_object(
+        'extension_version', (SELECT extversion FROM pg_extension WHERE extname = 'pg_genome'),
+        'pgvector_version', (SELECT extversion FROM pg_extension WHERE extname = 'vector'),
+        'database', current_database(),
+        'default_model', nullif(current_setting('genome.default_model', true), ''),
+        'models', (SELECT coalesce(jsonb_agg(jsonb_build_object('name', m.name, 'version', m.version, 'dimension', m.dimension,
+                                   'task', m.task) ORDER BY m.name, m.created_at), '[]') FROM @extschema@.models m),
+        'runtime', @extschema@._runtime_info(),
+        'workers', (SELECT coalesce(jsonb_agg(jsonb_build_object('pid', a.pid, 'database', a.datname, 'state', a.state,
+                                    'backend_start', a.backend_start) ORDER BY a.pid), '[]')
+                      FROM pg_stat_activity a WHERE a.backend_type = 'pg_genome embed worker'),
+        'cron_jobs', cron,
+        'queue', (SELECT coalesce(jsonb_agg(to_jsonb(q) ORDER BY q.collection), '[]') FROM @extschema@.embed_queue q),
+        'pending_assignment', (SELECT coalesce(jsonb_object_agg(c.name, @extschema@.pending_count(c.name)), '{}')
+                                 FROM @extschema@.collections c WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid)),
+        -- pet photo media (since 0.4.0): photos seen, failed, clusters, pets waiting for the background update
+        'pet_media', (SELECT coalesce(jsonb_agg(jsonb_build_object('media', pm.name, 'model', pm.model,
+                          'photos', (SELECT count(*) FROM @extschema@.pet_photos p WHERE p.media = pm.name),
+                          'failed', (SELECT count(*) FROM @extschema@.pet_photos p WHERE p.media = pm.name AND p.error IS NOT NULL),
+                          'clusters', (SELECT count(*) FROM @extschema@.pet_photo_clusters c WHERE c.media = pm.name),
+                          'pets_waiting', (SELECT count(*) FROM @extschema@.pet_dirty d WHERE d.media = pm.name),
+                          'oldest_waiting', (SELECT min(d.marked_at) FROM @extschema@.pet_dirty d WHERE d.media = pm.name))
+                          ORDER BY pm.name), '[]') FROM @extschema@.pet_media pm))
+      INTO h;
+    RETURN h;
+END $$;
+
 -- ---------------------------------------------------------------------------------------------
 -- 0.4.0: image embeddings, pet photo media, per-pet incremental clusters, heroes.
 

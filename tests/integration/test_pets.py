@@ -235,6 +235,16 @@ def test_concurrent_updates_of_one_pet_serialise(conn, media, fm):
         assert rb["added"] == 0
 
 
+def test_health_reports_pet_media(conn, media):
+    h = conn.execute("SELECT genome.health()").fetchone()[0]
+    m = [x for x in h["pet_media"] if x["media"] == "it_pets"][0]
+    assert m["model"] == "efficientnet-lite0@1"
+    assert m["photos"] == conn.execute("SELECT count(*) FROM genome.pet_photos WHERE media = 'it_pets'").fetchone()[0]
+    assert m["failed"] == conn.execute("SELECT count(*) FROM genome.pet_photos WHERE media = 'it_pets' AND error IS NOT NULL").fetchone()[0]
+    assert m["clusters"] == conn.execute("SELECT count(*) FROM genome.pet_photo_clusters WHERE media = 'it_pets'").fetchone()[0]
+    assert m["pets_waiting"] == conn.execute("SELECT count(*) FROM genome.pet_dirty WHERE media = 'it_pets'").fetchone()[0]
+
+
 def test_dropping_the_table_unregisters(conn, media):
     conn.execute("CREATE TABLE it_pets.tmp (pet int, id int, img bytea, at timestamptz)")
     conn.execute("SELECT genome.register_pet_media('it_pets.tmp', 'pet', 'id', 'img', 'at', name => 'it_tmp')")
