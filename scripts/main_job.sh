@@ -138,7 +138,7 @@ SELECT vector_dims(genome.embed_image(image)) AS dims, genome.image_quality(imag
 \echo Update each pet (embeds its photos, forms its clusters)
 \timing on
 SELECT pet, r->>'added' AS added, r->>'clusters' AS clusters, r->>'clustered' AS clustered, r->>'unassigned' AS unassigned
-  FROM (SELECT pet, genome.cluster_pet(pet) AS r FROM (SELECT DISTINCT pet FROM public.pet_photos) p ORDER BY pet) x;
+  FROM (SELECT pet, genome.cluster_pet(pet, 'pet_photos') AS r FROM (SELECT DISTINCT pet FROM public.pet_photos) p ORDER BY pet) x;
 \timing off
 \echo Clusters of each pet: size and the looks inside (a pure cluster has one look)
 SELECT p.pet_id AS pet, c.id AS cluster, c.size, string_agg(DISTINCT s.look, ', ') AS looks
@@ -147,10 +147,10 @@ SELECT p.pet_id AS pet, c.id AS cluster, c.size, string_agg(DISTINCT s.look, ', 
  WHERE c.media = 'pet_photos' GROUP BY 1, 2, 3 ORDER BY 1, 3 DESC;
 \echo A new photo of biscuit arrives (trousers): it joins the trousers cluster
 INSERT INTO public.pet_photos SELECT 'biscuit', 100000, now(), look, image FROM public.pet_photos WHERE pet = 'max' AND look = 'Trouser' LIMIT 1;
-SELECT r->>'added' AS added, r->>'joined' AS joined, r->>'new_clusters' AS new_clusters, r->>'ms' AS ms FROM genome.cluster_pet('biscuit') r;
+SELECT r->>'added' AS added, r->>'joined' AS joined, r->>'new_clusters' AS new_clusters, r->>'ms' AS ms FROM genome.cluster_pet('biscuit', 'pet_photos') r;
 \echo Heroes of luna (top 2 per cluster)
 SELECT h.cluster_id, h.rank, h.image_id, round(h.score::numeric, 3) AS score, round(h.quality::numeric, 3) AS quality, s.look
-  FROM genome.select_heroes('luna', 2) h JOIN public.pet_photos s ON s.photo_id::text = h.image_id;
+  FROM genome.select_heroes('luna', 2, 'pet_photos') h JOIN public.pet_photos s ON s.photo_id::text = h.image_id ORDER BY h.cluster_id, h.rank;
 \echo The API payload for luna (trimmed)
-SELECT jsonb_pretty(p - 'clusters' || jsonb_build_object('first_cluster', p->'clusters'->0)) FROM genome.pet_clusters('luna') p;
+SELECT jsonb_pretty(p - 'clusters' || jsonb_build_object('first_cluster', p->'clusters'->0)) FROM genome.pet_clusters('luna', 'pet_photos') p;
 SQL

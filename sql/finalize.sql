@@ -963,8 +963,8 @@ END $$;
 -- Update one pet's clusters: forget photos gone from the app's table, embed and score new ones,
 -- then join them to clusters or form new ones (genome._pet_plan, HDBSCAN on that pet's photos
 -- only). Reads and writes only this pet's rows, under a per-pet lock, in the caller's
--- transaction. pet_id: any type (cast to the pet column's type, so the app's index is used).
-CREATE FUNCTION cluster_pet(pet_id anyelement, media text DEFAULT NULL) RETURNS jsonb
+-- transaction. pet_id: any type, a quoted literal is text (cast to the pet column's type, so the app's index is used).
+CREATE FUNCTION cluster_pet(pet_id anycompatible, media text DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     m @extschema@.pet_media := @extschema@._pet_media(media);
@@ -1130,7 +1130,7 @@ END $$;
 -- quality, centrality (cosine to the centroid), recency (half-life decay from the pet's newest
 -- photo) and pose when the media has a pose column. Photos below genome.hero_min_quality are
 -- never heroes. NULL weights take the genome.hero_weight_* settings.
-CREATE FUNCTION select_heroes(pet_id anyelement, n integer DEFAULT 3, media text DEFAULT NULL,
+CREATE FUNCTION select_heroes(pet_id anycompatible, n integer DEFAULT 3, media text DEFAULT NULL,
                               w_quality double precision DEFAULT NULL, w_centrality double precision DEFAULT NULL,
                               w_recency double precision DEFAULT NULL, w_pose double precision DEFAULT NULL)
 RETURNS TABLE (cluster_id bigint, rank integer, image_id text, score double precision, quality real,
@@ -1163,7 +1163,7 @@ END $$;
 COMMENT ON FUNCTION select_heroes IS 'top n photos per cluster of a pet by hero score (quality, centrality, recency, pose)';
 
 -- The payload an internal API serves for one pet.
-CREATE FUNCTION pet_clusters(pet_id anyelement, media text DEFAULT NULL, n integer DEFAULT 3) RETURNS jsonb
+CREATE FUNCTION pet_clusters(pet_id anycompatible, media text DEFAULT NULL, n integer DEFAULT 3) RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE m @extschema@.pet_media := @extschema@._pet_media(media); pid text := pet_id::text; res jsonb;
 BEGIN

@@ -79,6 +79,7 @@ def main():
     ap.add_argument("--dsn", default=f"host=127.0.0.1 port={os.environ.get('GENOME_PORT', '55432')} dbname=genome user=postgres")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the eval_pets schema and media for inspection")
     ap.add_argument("--waves", default="0.5,0.8", help="cut points of the arrival waves (in time order)")
     a = ap.parse_args()
     rows = build(a.pets, a.seed)
@@ -142,6 +143,9 @@ def main():
                     plab.setdefault(l, []).append(truth[iid][0])
             o, t = purity_of(plab)
             peer_ok, peer_tot, peer_cl = peer_ok + o, peer_tot + t, peer_cl + len(plab)
+    if not a.keep:
+        c.execute("SELECT genome.unregister_pet_media('eval_pets')")
+        c.execute("DROP SCHEMA eval_pets CASCADE")
     upd = np.array([u[0] for u in t_update])
     out = {
         "pets": len(by_pet), "photos": len(rows), "looks": looks,

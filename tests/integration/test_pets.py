@@ -176,6 +176,8 @@ def test_select_heroes_follows_the_documented_score(conn, media):
 
 def test_pet_clusters_payload(conn, media):
     p = conn.execute("SELECT genome.pet_clusters(1)").fetchone()[0]
+    # a quoted literal is text, cast to the pet column's type (bigint here)
+    assert conn.execute("SELECT genome.pet_clusters('1')").fetchone()[0] == p
     assert p["pet_id"] == "1" and p["media"] == "it_pets" and p["model"] == "efficientnet-lite0@1"
     sizes = [c["size"] for c in p["clusters"]]
     assert sizes == sorted(sizes, reverse=True) and sum(sizes) == p["clustered"]
