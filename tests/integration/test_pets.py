@@ -175,6 +175,7 @@ def test_select_heroes_follows_the_documented_score(conn, media):
 
 
 def test_pet_clusters_payload(conn, media):
+    conn.execute("SELECT genome.cluster_pet(1)")
     p = conn.execute("SELECT genome.pet_clusters(1)").fetchone()[0]
     # a quoted literal is text, cast to the pet column's type (bigint here)
     assert conn.execute("SELECT genome.pet_clusters('1')").fetchone()[0] == p
