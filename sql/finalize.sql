@@ -226,17 +226,8 @@ COMMENT ON FUNCTION schedule IS 'create or update the pg_cron jobs of a collecti
 
 CREATE FUNCTION unschedule(collection text) RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE n integer := 0; j bigint;
 BEGIN
-    IF to_regnamespace('cron') IS NULL THEN
-        RETURN 0;
-    END IF;
-    FOR j IN EXECUTE 'SELECT jobid FROM cron.job WHERE jobname = ANY($1)'
-             USING ARRAY['genome_full:' || collection, 'genome_assign:' || collection] LOOP
-        EXECUTE 'SELECT cron.unschedule($1)' USING j;
-        n := n + 1;
-    END LOOP;
-    RETURN n;
+    RETURN @extschema@._cron_unschedule(ARRAY['genome_full:' || collection, 'genome_assign:' || collection]);
 END $$;
 COMMENT ON FUNCTION unschedule IS 'remove the pg_cron jobs of a collection; returns how many were removed';
 
@@ -1112,18 +1103,25 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION schedule_pet_clustering IS 'create or update the pg_cron job that keeps pets with new photos up to date';
 
-CREATE FUNCTION unschedule_pet_clustering(media text) RETURNS integer
+-- Remove pg_cron jobs by name; 0 when pg_cron is not installed. (unschedule uses it since 0.4.0.)
+CREATE FUNCTION _cron_unschedule(names text[]) RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE n integer := 0; j bigint;
 BEGIN
     IF to_regnamespace('cron') IS NULL THEN
         RETURN 0;
     END IF;
-    FOR j IN EXECUTE 'SELECT jobid FROM cron.job WHERE jobname = $1' USING 'genome_pets:' || media LOOP
+    FOR j IN EXECUTE 'SELECT jobid FROM cron.job WHERE jobname = ANY($1)' USING names LOOP
         EXECUTE 'SELECT cron.unschedule($1)' USING j;
         n := n + 1;
     END LOOP;
     RETURN n;
+END $$;
+
+CREATE FUNCTION unschedule_pet_clustering(media text) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN @extschema@._cron_unschedule(ARRAY['genome_pets:' || media]);
 END $$;
 
 -- Per cluster, the top n photos by hero score (genome.hero_score_of; formula in the README):

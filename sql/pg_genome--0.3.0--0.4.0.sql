@@ -164,6 +164,12 @@ BEGIN
                       WHERE classid = 'pg_class'::regclass AND objsubid = 0);
 END $$;
 
+CREATE OR REPLACE FUNCTION unschedule(collection text) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN @extschema@._cron_unschedule(ARRAY['genome_full:' || collection, 'genome_assign:' || collection]);
+END $$;
+
 CREATE OR REPLACE FUNCTION health() RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE h jsonb; cron jsonb := NULL;
@@ -511,18 +517,25 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION schedule_pet_clustering IS 'create or update the pg_cron job that keeps pets with new photos up to date';
 
-CREATE FUNCTION unschedule_pet_clustering(media text) RETURNS integer
+-- Remove pg_cron jobs by name; 0 when pg_cron is not installed. (unschedule uses it since 0.4.0.)
+CREATE FUNCTION _cron_unschedule(names text[]) RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE n integer := 0; j bigint;
 BEGIN
     IF to_regnamespace('cron') IS NULL THEN
         RETURN 0;
     END IF;
-    FOR j IN EXECUTE 'SELECT jobid FROM cron.job WHERE jobname = $1' USING 'genome_pets:' || media LOOP
+    FOR j IN EXECUTE 'SELECT jobid FROM cron.job WHERE jobname = ANY($1)' USING names LOOP
         EXECUTE 'SELECT cron.unschedule($1)' USING j;
         n := n + 1;
     END LOOP;
     RETURN n;
+END $$;
+
+CREATE FUNCTION unschedule_pet_clustering(media text) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN @extschema@._cron_unschedule(ARRAY['genome_pets:' || media]);
 END $$;
 
 -- Per cluster, the top n photos by hero score (genome.hero_score_of; formula in the README):
