@@ -431,7 +431,10 @@ BEGIN
            array_agg(p.embedding::real[] ORDER BY p.taken_at NULLS LAST, p.image_id),
            array_agg(p.cluster_id ORDER BY p.taken_at NULLS LAST, p.image_id)
       INTO ids, embs, cls
-      FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid AND p.embedding IS NOT NULL;
+      FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid AND p.embedding IS NOT NULL
+       -- photos too poor to place (blurred, dark: their features follow the defect, not the look)
+       -- neither form nor join clusters; they stay unassigned
+       AND coalesce(p.quality, 0) >= coalesce(nullif(current_setting('genome.pet_min_quality', true), '')::real, 0.4);
     IF ids IS NOT NULL THEN
         plan := @extschema@._pet_plan(embs, cls, thr);
         FOR k IN 1 .. jsonb_array_length(plan -> 'new_clusters') LOOP

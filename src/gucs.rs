@@ -52,6 +52,7 @@ pub static PET_MIN_CLUSTER_SIZE: GucSetting<i32> = GucSetting::<i32>::new(3);
 pub static PET_MIN_PENDING: GucSetting<i32> = GucSetting::<i32>::new(8);
 pub static PET_MIN_SIMILARITY: GucSetting<f64> = GucSetting::<f64>::new(0.5);
 pub static PET_THRESHOLD_QUANTILE: GucSetting<f64> = GucSetting::<f64>::new(0.05);
+pub static PET_MIN_QUALITY: GucSetting<f64> = GucSetting::<f64>::new(0.4);
 pub static PET_CENTER: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static PET_JOIN_MARGIN: GucSetting<f64> = GucSetting::<f64>::new(0.0);
 pub static PET_CLUSTER_SELECTION: GucSetting<Selection> = GucSetting::<Selection>::new(Selection::Leaf);
@@ -262,6 +263,16 @@ pub fn init() {
         c"",
         &PET_MIN_SIMILARITY,
         -1.0,
+        1.0,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_float_guc(
+        c"genome.pet_min_quality",
+        c"Photos whose image_quality score is below this neither form nor join clusters (they stay unassigned).",
+        c"",
+        &PET_MIN_QUALITY,
+        0.0,
         1.0,
         GucContext::Userset,
         GucFlags::default(),

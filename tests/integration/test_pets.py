@@ -138,6 +138,18 @@ def test_bad_photos_are_recorded_and_skipped(conn, media, fm):
         conn.execute("SELECT genome.cluster_pet(1, 'nope')")
 
 
+def test_poor_photos_stay_unassigned(conn, media, fm):
+    """A blurred, dark photo (quality under genome.pet_min_quality) neither forms nor joins a cluster."""
+    from PIL import Image, ImageEnhance, ImageFilter
+    x, y = fm
+    im = Image.fromarray(x[np.where(y == 1)[0][900]]).filter(ImageFilter.GaussianBlur(1.6))
+    poor = imageset.encode(ImageEnhance.Brightness(im).enhance(0.35), "PNG")
+    conn.execute("INSERT INTO it_pets.photos VALUES (3, 9700, %s, now(), 0.5, 1)", (poor,))
+    conn.execute("SELECT genome.cluster_pet(3)")
+    q, cid = conn.execute("SELECT quality, cluster_id FROM genome.pet_photos WHERE media = 'it_pets' AND image_id = '9700'").fetchone()
+    assert q < 0.4 and cid is None, (q, cid)
+
+
 def hero_score(q, cent, age, pose, w=(0.4, 0.3, 0.2, 0.1), half_life=90.0):
     rec = 0.5 ** (age / half_life)
     num = w[0] * min(max(q, 0), 1) + w[1] * min(max(cent, 0), 1) + w[2] * rec + w[3] * min(max(pose, 0), 1)
