@@ -5,6 +5,11 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 pub fn report(e: Error) -> ! {
+    report_in(e, None)
+}
+
+/// As [`report`], with the failing item named before the message ("image 3: invalid image: ...").
+pub fn report_in(e: Error, context: Option<String>) -> ! {
     let (code, hint) = match &e {
         Error::RuntimeLoad { .. } => (
             PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
@@ -37,7 +42,11 @@ pub fn report(e: Error) -> ! {
             Some("downscale the image, or have a superuser raise genome.max_image_pixels / genome.max_image_bytes"),
         ),
     };
-    let mut r = ErrorReport::new(code, format!("pg_genome: {e}"), "pg_genome");
+    let msg = match context {
+        Some(c) => format!("pg_genome: {c}: {e}"),
+        None => format!("pg_genome: {e}"),
+    };
+    let mut r = ErrorReport::new(code, msg, "pg_genome");
     if let Some(h) = hint {
         r = r.set_hint(h);
     }

@@ -8,7 +8,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 
 use crate::embed::resolve_cached;
-use crate::errors::{raise, report, OrReport};
+use crate::errors::{raise, report_in, OrReport};
 use crate::gucs;
 use crate::models::{with_image_embedder, ModelRow};
 use crate::vector::Vector;
@@ -34,19 +34,9 @@ fn image_model(fcinfo: pg_sys::FunctionCallInfo, model: Option<&str>) -> ModelRo
     resolve_cached(fcinfo, Some(&spec))
 }
 
-/// Report an image error naming the image (its position in a batch, 1-based as SQL arrays).
+/// Report an error naming the image (its position in a batch, 1-based as SQL arrays).
 fn image_error(e: Error, which: Option<usize>) -> ! {
-    match (e, which) {
-        (e @ (Error::Image(_) | Error::ImageLimit(_)), Some(i)) => {
-            let code = if matches!(e, Error::ImageLimit(_)) {
-                PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED
-            } else {
-                PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION
-            };
-            raise(code, format!("image {i}: {e}"), None)
-        }
-        (e, _) => report(e),
-    }
+    report_in(e, which.map(|i| format!("image {i}")))
 }
 
 fn config_of(row: &ModelRow) -> ImageConfig {

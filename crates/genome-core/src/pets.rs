@@ -69,13 +69,18 @@ pub struct PetUpdate {
     pub threshold: Option<f64>,
 }
 
+/// Unit-length copy of a sum of vectors (a centroid).
+fn unit(s: &[f64]) -> Vec<f32> {
+    let n = s.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
+    s.iter().map(|x| (x / n) as f32).collect()
+}
+
 fn unit_mean<'a>(rows: impl Iterator<Item = &'a [f32]>, d: usize) -> Vec<f32> {
     let mut s = vec![0f64; d];
     for r in rows {
         s.iter_mut().zip(r).for_each(|(a, b)| *a += *b as f64);
     }
-    let n = s.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
-    s.iter().map(|x| (x / n) as f32).collect()
+    unit(&s)
 }
 
 fn quantile(mut v: Vec<f64>, q: f64) -> Option<f64> {
@@ -128,10 +133,6 @@ pub fn update_pet(
             sums[k].iter_mut().zip(v).for_each(|(a, b)| *a += *b as f64);
         }
     }
-    let unit = |s: &[f64]| -> Vec<f32> {
-        let n = s.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
-        s.iter().map(|x| (x / n) as f32).collect()
-    };
     let mut cents: Vec<Vec<f32>> = sums.iter().map(|s| unit(s)).collect();
     let mut threshold = threshold;
     let mut out = PetUpdate {
@@ -178,23 +179,21 @@ pub fn update_pet(
         // cluster whose centroid is close was tried: centroids of different looks are closer to
         // each other than photos are to their own centroid, so it mixed looks; a look split in
         // two costs less than two looks mixed.)
-        let mut new_cents = Vec::new();
-        let mut target_of = Vec::new();
-        for k in 0..h.n_clusters {
-            let members: Vec<usize> = (0..pending.len()).filter(|&j| h.labels[j] == k as i32).collect();
-            target_of.push(Target::New(out.new_clusters.len()));
-            out.new_clusters.push(members.len());
-            new_cents.push(unit_mean(members.iter().map(|&j| pts.row(j)), d));
-        }
+        let new_cents: Vec<Vec<f32>> = (0..h.n_clusters)
+            .map(|k| {
+                let members = (0..pending.len()).filter(|&j| h.labels[j] == k as i32);
+                unit_mean(members.map(|j| pts.row(j)), d)
+            })
+            .collect();
+        out.new_clusters = vec![0; h.n_clusters];
         for (j, &i) in pending.iter().enumerate() {
-            let l = h.labels[j];
-            if l >= 0 {
-                let target = target_of[l as usize];
-                let similarity = match target {
-                    Target::New(k) => cosine(&vectors[i], &new_cents[k]),
-                    Target::Existing(id) => cosine(&vectors[i], &cents[ids.binary_search(&id).unwrap()]),
-                };
-                out.assignments.push(Assignment { photo: i, target, similarity });
+            if let Ok(k) = usize::try_from(h.labels[j]) {
+                out.new_clusters[k] += 1;
+                out.assignments.push(Assignment {
+                    photo: i,
+                    target: Target::New(k),
+                    similarity: cosine(&vectors[i], &new_cents[k]),
+                });
             }
         }
         // 4. the pet's threshold from all its clustered photos' spread.
