@@ -52,6 +52,10 @@ pub fn _pet_plan(
         .collect();
     let params = PetParams {
         min_cluster_size: gucs::PET_MIN_CLUSTER_SIZE.get() as usize,
+        min_samples: match gucs::PET_MIN_SAMPLES.get() {
+            0 => None,
+            k => Some(k as usize),
+        },
         min_pending: gucs::PET_MIN_PENDING.get() as usize,
         min_similarity: gucs::PET_MIN_SIMILARITY.get(),
         threshold_quantile: gucs::PET_THRESHOLD_QUANTILE.get(),

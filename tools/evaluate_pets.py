@@ -17,9 +17,13 @@ Metrics (printed, and as JSON with --json):
 - clusters per look: how much looks are split;
 - hero precision: share of genome.select_heroes(pet, 3) picks that are of their cluster's
   majority look and not degraded (goal >= 85%).
-Peer: scikit-learn's HDBSCAN (leaf selection) on each pet's final photos at once, same embeddings.
+Peer: scikit-learn's HDBSCAN (leaf selection, the same min_cluster_size and min_samples as
+genome.pet_*) on each pet's final photos at once, same embeddings.
 
-Usage: evaluate_pets.py [--pets 20] [--seed 0] [--dsn ...] [--json]
+Tuning and evaluation are kept apart: defaults (genome.pet_min_samples) are chosen on pets drawn
+from the train split (--split train, seeds 100-103); the reported figures use the test split.
+
+Usage: evaluate_pets.py [--pets 20] [--seed 0] [--split test|train] [--dsn ...] [--json]
 """
 import argparse, datetime, json, os, sys, time
 
@@ -39,8 +43,8 @@ def degrade(arr):
     return np.asarray(ImageEnhance.Brightness(im).enhance(0.35))
 
 
-def build(n_pets, seed):
-    x, y = imageset.fashion()
+def build(n_pets, seed, split="t10k"):
+    x, y = imageset.fashion(split)
     rng = np.random.default_rng(seed)
     used = set()
     rows = []  # pet, photo_id, png, taken_at (days), pose, look, degraded
@@ -78,11 +82,14 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dsn", default=f"host=127.0.0.1 port={os.environ.get('GENOME_PORT', '55432')} dbname=genome user=postgres")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--split", choices=["test", "train"], default="test",
+                    help="Fashion-MNIST split the pets are drawn from: defaults are tuned on train, reported on test")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the eval_pets schema and media for inspection")
     ap.add_argument("--waves", default="0.5,0.8", help="cut points of the arrival waves (in time order)")
     a = ap.parse_args()
-    rows = build(a.pets, a.seed)
+    split = {"test": "t10k", "train": "train"}[a.split]
+    rows = build(a.pets, a.seed, split)
     truth = {r[1]: (r[5], r[6]) for r in rows}
     c = psycopg.connect(a.dsn, autocommit=True)
     c.execute("SET client_min_messages = warning")
@@ -93,7 +100,9 @@ def main():
                  taken_at timestamptz NOT NULL, pose real, look int NOT NULL, degraded boolean NOT NULL)""")
     c.execute("CREATE INDEX ON eval_pets.photos (pet_id)")
     c.execute("SELECT genome.register_pet_media('eval_pets.photos', 'pet_id', 'photo_id', 'image', 'taken_at', 'pose', name => 'eval_pets')")
-    t_embed = 0.0
+    # The peer runs with the same HDBSCAN settings as cluster_pet.
+    mcs = int(c.execute("SHOW genome.pet_min_cluster_size").fetchone()[0])
+    ms = int(c.execute("SHOW genome.pet_min_samples").fetchone()[0]) or None
     t_update = []
     by_pet = {}
     for r in rows:
@@ -136,7 +145,7 @@ def main():
             from sklearn.cluster import HDBSCAN
             f = np.array([g[2] for g in got], np.float64)
             f /= np.linalg.norm(f, axis=1, keepdims=True)
-            pl = HDBSCAN(min_cluster_size=3, cluster_selection_method="leaf", copy=True).fit_predict(f)
+            pl = HDBSCAN(min_cluster_size=mcs, min_samples=ms, cluster_selection_method="leaf", copy=True).fit_predict(f)
             plab = {}
             for (iid, _, _), l in zip(got, pl):
                 if l >= 0:
@@ -159,7 +168,7 @@ def main():
     if a.json:
         print(json.dumps(out))
     else:
-        print(f"pets {out['pets']}, photos {out['photos']}, looks {out['looks']} (Fashion-MNIST test split, seed {a.seed})")
+        print(f"pets {out['pets']}, photos {out['photos']}, looks {out['looks']} (Fashion-MNIST {a.split} split, seed {a.seed})")
         print(f"purity          {out['purity']:.1%}   (goal >= 90%)")
         print(f"coverage        {out['coverage']:.1%}")
         print(f"clusters / look {out['clusters_per_look']:.2f}")

@@ -265,3 +265,44 @@ def test_dropping_the_table_unregisters(conn, media):
     conn.execute("SELECT genome.register_pet_media('it_pets.tmp', 'pet', 'id', 'img', 'at', name => 'it_tmp')")
     conn.execute("DROP TABLE it_pets.tmp")
     assert conn.execute("SELECT count(*) FROM genome.pet_media WHERE name = 'it_tmp'").fetchone()[0] == 0
+
+
+def test_new_clusters_match_scikit_learn_for_each_min_samples(conn, media, fm):
+    """A pet's first update clusters all its photos with HDBSCAN (leaf selection, min_cluster_size
+    genome.pet_min_cluster_size, min_samples genome.pet_min_samples): the same partition as
+    scikit-learn's on the stored embeddings, for the default 2 and for 0 (= min_cluster_size)."""
+    from sklearn.cluster import HDBSCAN
+    conn.execute("CREATE TABLE it_pets.ms (pet int, id int PRIMARY KEY, img bytea, at timestamptz)")
+    try:
+        conn.execute("SELECT genome.register_pet_media('it_pets.ms', 'pet', 'id', 'img', 'at', name => 'it_ms')")
+        pngs = [p for look in (2, 4, 6) for p in photos_of(fm, look, 12, skip=300)]  # pullover, coat, shirt
+        with conn.cursor().copy("COPY it_pets.ms FROM STDIN") as cp:
+            for pet in (10, 20):
+                for k, png in enumerate(pngs):
+                    cp.write_row((pet, pet * 100 + k, png, T0 + datetime.timedelta(days=k)))
+        got = {}
+        for pet, ms in ((10, 0), (20, 2)):
+            conn.execute("SET genome.pet_min_samples = %s" % ms)
+            conn.execute("SELECT genome.cluster_pet(%s, 'it_ms')", (pet,))
+            rows = conn.execute("""SELECT image_id::int %% 100, cluster_id, embedding::real[] FROM genome.pet_photos
+                                    WHERE media = 'it_ms' AND pet_id = %s AND quality >= 0.4 ORDER BY 1""", (str(pet),)).fetchall()
+            assert len(rows) >= 30
+            ours = {}
+            for k, cid, _ in rows:
+                if cid is not None:
+                    ours.setdefault(cid, set()).add(k)
+            f = np.array([r[2] for r in rows], np.float64)
+            f /= np.linalg.norm(f, axis=1, keepdims=True)
+            lab = HDBSCAN(min_cluster_size=3, min_samples=ms or None, cluster_selection_method="leaf",
+                          allow_single_cluster=True, copy=True).fit_predict(f)
+            ref = {}
+            for (k, _, _), l in zip(rows, lab):
+                if l >= 0:
+                    ref.setdefault(l, set()).add(k)
+            assert sorted(map(sorted, ours.values())) == sorted(map(sorted, ref.values())), (ms, ours, ref)
+            got[ms] = ours
+        assert sorted(map(sorted, got[0].values())) != sorted(map(sorted, got[2].values())), "the setting made no difference here"
+    finally:
+        conn.execute("RESET genome.pet_min_samples")
+        conn.execute("SELECT genome.unregister_pet_media('it_ms')")
+        conn.execute("DROP TABLE it_pets.ms")
