@@ -423,8 +423,8 @@ pub fn select_eom(n: usize, tree: &[CondensedRow], allow_single_cluster: bool, m
 
 /// Leaf selection: the clusters of the condensed tree that do not split into clusters further;
 /// the root alone when the tree never splits. (scikit-learn selects the root there too, but with
-/// allow_single_cluster it then labels noise every point that leaves the root before its deepest
-/// lambda, often all of them; [`label`] keeps them, so a pet with one look gets one cluster.)
+/// allow_single_cluster it labelled all 15 points of a one-blob case noise; [`label`] keeps them
+/// in the root's cluster, so a pet with one look gets one cluster.)
 pub fn select_leaf(n: usize, tree: &[CondensedRow]) -> Vec<usize> {
     if tree.is_empty() {
         return Vec::new();
