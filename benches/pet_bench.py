@@ -117,11 +117,14 @@ def main():
         "SELECT embedding::text FROM genome.pet_photos WHERE media = 'bench_pets' AND pet_id = '1' AND embedding IS NOT NULL").fetchall()])
     from sklearn.cluster import HDBSCAN
     newb = imageset.png_of(x[np.where(y == 7)[0][300]])
+    # The peer runs with cluster_pet's HDBSCAN settings, read from the server.
+    mcs = int(c.execute("SHOW genome.pet_min_cluster_size").fetchone()[0])
+    ms = int(c.execute("SHOW genome.pet_min_samples").fetchone()[0]) or None
 
     def peer():
         v = sess.run(None, {"pixels": prep(newb)[None]})[0][0]
         f = np.vstack([emb[:100], v / np.linalg.norm(v)])
-        HDBSCAN(min_cluster_size=3, cluster_selection_method="leaf", copy=True).fit_predict(f)
+        HDBSCAN(min_cluster_size=mcs, min_samples=ms, cluster_selection_method="leaf", copy=True).fit_predict(f)
 
     p = timed(peer, 10)
     print(f"\n2. cluster_pet, pet with 100 photos ({first['clusters']} clusters after the first update), 1 new photo:")

@@ -59,6 +59,7 @@ pub static PET_THRESHOLD_QUANTILE: GucSetting<f64> = GucSetting::<f64>::new(0.05
 pub static PET_MIN_QUALITY: GucSetting<f64> = GucSetting::<f64>::new(0.4);
 pub static PET_CENTER: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static PET_JOIN_MARGIN: GucSetting<f64> = GucSetting::<f64>::new(0.0);
+pub static PET_TRIM_NEW_CLUSTERS: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static PET_CLUSTER_SELECTION: GucSetting<Selection> = GucSetting::<Selection>::new(Selection::Leaf);
 pub static HERO_WEIGHT_QUALITY: GucSetting<f64> = GucSetting::<f64>::new(0.4);
 pub static HERO_WEIGHT_CENTRALITY: GucSetting<f64> = GucSetting::<f64>::new(0.3);
@@ -296,6 +297,14 @@ pub fn init() {
         c"Compare a pet's photos after subtracting their mean (spreads its looks apart).",
         c"",
         &PET_CENTER,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"genome.pet_trim_new_clusters",
+        c"Members of a pet's new cluster must reach the pet's join threshold; the others stay unassigned.",
+        c"",
+        &PET_TRIM_NEW_CLUSTERS,
         GucContext::Userset,
         GucFlags::default(),
     );

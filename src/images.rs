@@ -39,6 +39,9 @@ fn image_error(e: Error, which: Option<usize>) -> ! {
     report_in(e, which.map(|i| format!("image {i}")))
 }
 
+/// The model's preprocessing settings, cloned out of the session cache. Decoding runs outside the
+/// cache's borrow (a bad image raises an ERROR mid-decode, and a batch decodes between model
+/// calls), so embedding an image probes the cache twice: a hash lookup, not a second load.
 fn config_of(row: &ModelRow) -> ImageConfig {
     with_image_embedder(row, |e| e.config().clone())
 }

@@ -62,6 +62,7 @@ pub fn _pet_plan(
         leaf: gucs::PET_CLUSTER_SELECTION.get() == gucs::Selection::Leaf,
         join_margin: gucs::PET_JOIN_MARGIN.get(),
         center: gucs::PET_CENTER.get(),
+        trim_new: gucs::PET_TRIM_NEW_CLUSTERS.get(),
     };
     // Per-pet work is small (hundreds of photos); the check is for very large pets.
     let cancel = || unsafe { pg_sys::InterruptPending != 0 };

@@ -20,8 +20,10 @@ Metrics (printed, and as JSON with --json):
 Peer: scikit-learn's HDBSCAN (leaf selection, the same min_cluster_size and min_samples as
 genome.pet_*) on each pet's final photos at once, same embeddings.
 
-Tuning and evaluation are kept apart: defaults (genome.pet_min_samples) are chosen on pets drawn
-from the train split (--split train, seeds 100-103); the reported figures use the test split.
+Tuning and evaluation are kept apart: defaults (genome.pet_min_samples,
+genome.pet_trim_new_clusters) are chosen on pets drawn from the train split (--split train,
+seeds 100-103; tools/replay_pets.py replays variants of the algorithm on them); the reported
+figures use the test split.
 
 Usage: evaluate_pets.py [--pets 20] [--seed 0] [--split test|train] [--dsn ...] [--json]
 """

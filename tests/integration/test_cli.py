@@ -63,3 +63,53 @@ def test_worker_stops_cleanly_on_ctrl_c(cli_docs):
     out, err = p.communicate(timeout=20)
     assert p.returncode == 0, err
     assert "stopping" in err
+
+
+def test_cluster_pets_pet_and_status(database):
+    """cluster-pets runs the background path (genome.cluster_dirty_pets) batch after batch until no
+    pet is marked; pet prints genome.pet_clusters; status lists the media. Real photos
+    (Fashion-MNIST: trousers and sneakers per pet) and the real image model."""
+    import json
+    import numpy as np
+    import imageset
+    x, y = imageset.fashion()
+    with connect() as c:
+        c.execute("SET client_min_messages = warning")
+        c.execute("DROP TABLE IF EXISTS cli_pets")
+        c.execute("CREATE TABLE cli_pets (pet int, id int PRIMARY KEY, img bytea, at timestamptz)")
+        c.execute("SELECT genome.register_pet_media('cli_pets', 'pet', 'id', 'img', 'at', name => 'cli_pets')")
+        with c.cursor().copy("COPY cli_pets FROM STDIN") as cp:
+            for pet in (1, 2, 3):
+                for look in (1, 7):
+                    for k, i in enumerate(np.where(y == look)[0][pet * 20:pet * 20 + 10]):
+                        cp.write_row((pet, pet * 1000 + look * 100 + k, imageset.png_of(x[i]), f"2025-01-{1 + k:02d}"))
+        assert c.execute("SELECT count(*) FROM genome.pet_dirty WHERE media = 'cli_pets'").fetchone()[0] == 3
+    try:
+        r = run("cluster-pets", "--media", "cli_pets", "--max-pets", "2")
+        assert r.returncode == 0, r.stderr
+        # two calls: 2 pets then the last one
+        assert "2 pets updated, 0 failed, 0 locked by another run, 1 still marked" in r.stdout, r.stdout
+        assert "1 pets updated, 0 failed, 0 locked by another run, 0 still marked" in r.stdout, r.stdout
+        with connect() as c:
+            assert c.execute("SELECT count(*) FROM genome.pet_dirty WHERE media = 'cli_pets'").fetchone()[0] == 0
+            per_pet = dict(c.execute("""SELECT pet_id, count(*) FROM genome.pet_photo_clusters WHERE media = 'cli_pets'
+                                        GROUP BY 1""").fetchall())
+        assert set(per_pet) == {"1", "2", "3"} and all(n >= 2 for n in per_pet.values()), per_pet
+        r = run("pet", "2", "--media", "cli_pets", "--heroes", "1")
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert len(doc["clusters"]) == per_pet["2"], doc
+        assert all(len(cl["heroes"]) == 1 for cl in doc["clusters"]), doc
+        r = run("cluster-pets", "--media", "cli_pets", "--pet", "2")
+        assert r.returncode == 0, r.stderr
+        upd = json.loads(r.stdout)
+        assert upd["pet_id"] == "2" and upd["added"] == 0 and upd["clusters"] == per_pet["2"], upd
+        r = run("status")
+        assert r.returncode == 0, r.stderr
+        assert f"cli_pets             table cli_pets, model efficientnet-lite0@1, {sum(per_pet.values())} clusters, 0 pets marked" in r.stdout, r.stdout
+        r = run("pet", "2", "--media", "nope")
+        assert r.returncode == 1 and 'pet media "nope" is not registered' in r.stderr, r.stderr
+    finally:
+        with connect() as c:
+            c.execute("SELECT genome.unregister_pet_media('cli_pets')")
+            c.execute("DROP TABLE cli_pets")

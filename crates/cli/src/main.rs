@@ -3,6 +3,8 @@
 //!
 //!   genome full-classify --collection NAME [--min-cluster-size 15]
 //!   genome classify-worker [--collection NAME] --interval 10 --batch-size 500
+//!   genome cluster-pets [--media NAME] [--pet ID] [--max-pets 100]
+//!   genome pet ID [--media NAME] [--heroes 3]
 //!   genome status
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,7 +58,29 @@ enum Cmd {
         #[arg(long)]
         passes: Option<u64>,
     },
-    /// Collections, pending counts, families, last runs, scheduled jobs.
+    /// Update the clusters of pets with new or removed photos (what the pg_cron job runs),
+    /// batch after batch until none is left; or one pet with --pet.
+    ClusterPets {
+        /// Pet media to serve (default: all).
+        #[arg(long)]
+        media: Option<String>,
+        /// Update this pet only (its id as text; it is cast to the pet column's type).
+        #[arg(long)]
+        pet: Option<String>,
+        /// Pets per call (one transaction each).
+        #[arg(long, default_value_t = 100)]
+        max_pets: i32,
+    },
+    /// A pet's clusters, heroes and coverage (genome.pet_clusters), as JSON.
+    Pet {
+        pet: String,
+        #[arg(long)]
+        media: Option<String>,
+        /// Heroes per cluster.
+        #[arg(long, default_value_t = 3)]
+        heroes: i32,
+    },
+    /// Collections, pending counts, families, pet media, last runs, scheduled jobs.
     Status,
 }
 
@@ -207,6 +231,47 @@ fn worker(url: &Option<String>, only: &[String], interval: f64, batch: i32, min_
     }
 }
 
+fn cluster_pets(url: &Option<String>, media: &Option<String>, pet: &Option<String>, max_pets: i32) {
+    let mut c = connect(url);
+    if let Some(pet) = pet {
+        let r = c
+            .query_one("SELECT jsonb_pretty(genome.cluster_pet($1::text, $2))", &[pet, media])
+            .unwrap_or_else(|e| fail(e));
+        println!("{}", r.get::<_, String>(0));
+        return;
+    }
+    // Each call is its own transaction over up to max_pets marked pets; a pet that fails stays
+    // marked with its error, so stop when a call updates nobody.
+    let mut failed = 0;
+    loop {
+        let r = c
+            .query_one(
+                "SELECT (r->>'pets')::int, (r->>'errors')::int, (r->>'skipped_locked')::int, (r->>'still_dirty')::bigint,
+                        (r->>'ms')::float8 FROM genome.cluster_dirty_pets($1, $2) r",
+                &[media, &max_pets],
+            )
+            .unwrap_or_else(|e| fail(e));
+        let (done, errors, locked, left, ms): (i32, i32, i32, i64, f64) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        failed += errors;
+        println!("{done} pets updated, {errors} failed, {locked} locked by another run, {left} still marked ({ms:.0} ms)");
+        if done == 0 || left == 0 {
+            break;
+        }
+    }
+    if failed > 0 {
+        eprintln!("genome: {failed} pet updates failed; their errors are in genome.pet_dirty.last_error");
+        std::process::exit(1);
+    }
+}
+
+fn pet(url: &Option<String>, pet: &str, media: &Option<String>, heroes: i32) {
+    let mut c = connect(url);
+    let r = c
+        .query_one("SELECT jsonb_pretty(genome.pet_clusters($1::text, $2, $3))", &[&pet, media, &heroes])
+        .unwrap_or_else(|e| fail(e));
+    println!("{}", r.get::<_, String>(0));
+}
+
 fn status(url: &Option<String>) {
     let mut c = connect(url);
     println!("collections:");
@@ -234,6 +299,21 @@ fn status(url: &Option<String>) {
     {
         let (col, id, size, label): (String, i64, i64, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
         println!("  {col:<20} #{id:<6} {size:>7}  {label}");
+    }
+    println!("pet media:");
+    for r in c
+        .query(
+            "SELECT m.name, m.relid::regclass::text, m.model,
+                    (SELECT count(*) FROM genome.pet_photo_clusters x WHERE x.media = m.name),
+                    (SELECT count(*) FROM genome.pet_dirty d WHERE d.media = m.name),
+                    (SELECT count(*) FROM genome.pet_dirty d WHERE d.media = m.name AND d.last_error IS NOT NULL)
+               FROM genome.pet_media m ORDER BY 1",
+            &[],
+        )
+        .unwrap_or_else(|e| fail(e))
+    {
+        let (n, t, m, k, d, e): (String, String, String, i64, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+        println!("  {n:<20} table {t}, model {m}, {k} clusters, {d} pets marked ({e} with an error)");
     }
     println!("last runs:");
     for r in c
@@ -273,6 +353,8 @@ fn main() {
         Cmd::ClassifyWorker { collection, interval, batch_size, min_pending, threshold, passes } => {
             worker(&cli.url, collection, *interval, *batch_size, *min_pending, *threshold, *passes)
         }
+        Cmd::ClusterPets { media, pet: p, max_pets } => cluster_pets(&cli.url, media, p, *max_pets),
+        Cmd::Pet { pet: p, media, heroes } => pet(&cli.url, p, media, *heroes),
         Cmd::Status => status(&cli.url),
     }
 }

@@ -69,14 +69,19 @@ pub fn member_similarities(
 /// a new row joins the family when it is at least as close to the centroid as the 10% least
 /// typical of the family's own members.
 pub fn quantile(sims_desc: &[(f64, usize)], q: f64) -> f64 {
-    if sims_desc.is_empty() {
-        return 1.0;
+    quantile_of(sims_desc.iter().map(|s| s.0).collect(), q).unwrap_or(1.0)
+}
+
+/// The `q` quantile of `v` with linear interpolation between order statistics (numpy's default);
+/// None for no values.
+pub fn quantile_of(mut v: Vec<f64>, q: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
     }
-    let mut v: Vec<f64> = sims_desc.iter().map(|s| s.0).collect();
     v.sort_by(|a, b| a.total_cmp(b));
     let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
     let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+    Some(v[lo] + (v[hi] - v[lo]) * (pos - lo as f64))
 }
 
 /// Stable ids: pair new clusters with old families by centroid cosine, greedily from the most
