@@ -24,7 +24,7 @@ COMMENT ON FUNCTION register_model_dir IS 'register a model from a server direct
 CREATE FUNCTION resolve_model(spec text DEFAULT NULL, OUT name text, OUT version text, OUT dimension integer)
 LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    s text := coalesce(spec, nullif(current_setting('genome.default_model', true), ''));
+    s text := coalesce(spec, nullif(current_setting('genome.default_model'), ''));
     n text := btrim(split_part(s, '@', 1));
     v text := nullif(btrim(substr(s, length(split_part(s, '@', 1)) + 2)), '');
 BEGIN
@@ -388,7 +388,7 @@ COMMENT ON FUNCTION disable_auto_embed IS 'stop background embedding of a collec
 -- still counts, so a row that kills its worker every time ends up failed, not in a loop.
 CREATE FUNCTION _embed_recover() RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE n bigint; maxa int := coalesce(nullif(current_setting('genome.embed_max_attempts', true), ''), '5')::int;
+DECLARE n bigint; maxa int := current_setting('genome.embed_max_attempts')::int;
 BEGIN
     UPDATE @extschema@.embed_queue_items q
        SET status = CASE WHEN q.attempts >= maxa THEN 'failed' ELSE 'pending' END,
@@ -429,11 +429,11 @@ END $$;
 CREATE FUNCTION _embed_failed(ids bigint[], error text) RETURNS void
 LANGUAGE sql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
     UPDATE @extschema@.embed_queue_items q
-       SET status = CASE WHEN q.attempts >= coalesce(nullif(current_setting('genome.embed_max_attempts', true), ''), '5')::int
+       SET status = CASE WHEN q.attempts >= current_setting('genome.embed_max_attempts')::int
                          THEN 'failed' ELSE 'pending' END,
            last_error = error, worker_pid = NULL,
            -- the setting reads back with its unit ('1s', '100ms'): an interval
-           next_attempt_at = now() + coalesce(nullif(current_setting('genome.embed_retry_delay', true), ''), '1s')::interval
+           next_attempt_at = now() + current_setting('genome.embed_retry_delay')::interval
                                      * 2 ^ greatest(q.attempts - 1, 0)
      WHERE q.id = ANY (ids) AND q.status = 'processing' AND q.worker_pid = pg_backend_pid()
 $$;
@@ -607,7 +607,7 @@ BEGIN
            generation = x.generation + 1
      WHERE x.name = collection;
     -- families keep their members and ids; centroids and thresholds move to the new space
-    q := coalesce(nullif(current_setting('genome.threshold_quantile', true), ''), '0.1')::float8;
+    q := current_setting('genome.threshold_quantile')::float8;
     EXECUTE format('UPDATE @extschema@.families f SET centroid = s.centroid, threshold = s.threshold, updated_at = now()
                       FROM (SELECT m.fid, m.centroid,
                                    percentile_cont($2) WITHIN GROUP (ORDER BY 1 - (t.%1$I <=> m.centroid))::real AS threshold
@@ -731,7 +731,7 @@ BEGIN
         'extension_version', (SELECT extversion FROM pg_extension WHERE extname = 'pg_genome'),
         'pgvector_version', (SELECT extversion FROM pg_extension WHERE extname = 'vector'),
         'database', current_database(),
-        'default_model', nullif(current_setting('genome.default_model', true), ''),
+        'default_model', nullif(current_setting('genome.default_model'), ''),
         'models', (SELECT coalesce(jsonb_agg(jsonb_build_object('name', m.name, 'version', m.version, 'dimension', m.dimension,
                                    'task', m.task) ORDER BY m.name, m.created_at), '[]') FROM @extschema@.models m),
         'runtime', @extschema@._runtime_info(),
@@ -744,12 +744,16 @@ BEGIN
                                  FROM @extschema@.collections c WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid)),
         -- pet photo media (since 0.4.0): photos seen, failed, clusters, pets waiting for the background update
         'pet_media', (SELECT coalesce(jsonb_agg(jsonb_build_object('media', pm.name, 'model', pm.model,
-                          'photos', (SELECT count(*) FROM @extschema@.pet_photos p WHERE p.media = pm.name),
-                          'failed', (SELECT count(*) FROM @extschema@.pet_photos p WHERE p.media = pm.name AND p.error IS NOT NULL),
+                          'photos', ph.n, 'failed', ph.failed,
                           'clusters', (SELECT count(*) FROM @extschema@.pet_photo_clusters c WHERE c.media = pm.name),
-                          'pets_waiting', (SELECT count(*) FROM @extschema@.pet_dirty d WHERE d.media = pm.name),
-                          'oldest_waiting', (SELECT min(d.marked_at) FROM @extschema@.pet_dirty d WHERE d.media = pm.name))
-                          ORDER BY pm.name), '[]') FROM @extschema@.pet_media pm))
+                          'pets_waiting', dt.n, 'oldest_waiting', dt.oldest)
+                          ORDER BY pm.name), '[]')
+                        FROM @extschema@.pet_media pm
+                        -- one pass over each table per media (0.4.1; 0.4.0 scanned them twice)
+                        CROSS JOIN LATERAL (SELECT count(*) AS n, count(*) FILTER (WHERE p.error IS NOT NULL) AS failed
+                                              FROM @extschema@.pet_photos p WHERE p.media = pm.name) ph
+                        CROSS JOIN LATERAL (SELECT count(*) AS n, min(d.marked_at) AS oldest
+                                              FROM @extschema@.pet_dirty d WHERE d.media = pm.name) dt))
       INTO h;
     RETURN h;
 END $$;
@@ -910,8 +914,12 @@ BEGIN
                   USING ERRCODE = '42804';
         END IF;
     END IF;
-    SELECT * INTO mm FROM @extschema@.resolve_model(coalesce(model, nullif(current_setting('genome.default_image_model', true), ''),
-                                                              'efficientnet-lite0'));
+    -- as genome.embed_image does (0.4.0 fell back to a copy of the setting's default here)
+    model := coalesce(model, nullif(current_setting('genome.default_image_model'), ''));
+    IF model IS NULL THEN
+        RAISE EXCEPTION 'pg_genome: no model given and genome.default_image_model is empty' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO mm FROM @extschema@.resolve_model(model);
     IF (SELECT x.task FROM @extschema@.models x WHERE x.name = mm.name AND x.version = mm.version) <> 'image-embedding' THEN
         RAISE EXCEPTION 'pg_genome: model "%@%" is not an image-embedding model', mm.name, mm.version USING ERRCODE = '42809';
     END IF;
@@ -1020,7 +1028,7 @@ BEGIN
       FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid AND p.embedding IS NOT NULL
        -- photos too poor to place (blurred, dark: their features follow the defect, not the look)
        -- neither form nor join clusters; they stay unassigned
-       AND coalesce(p.quality, 0) >= coalesce(nullif(current_setting('genome.pet_min_quality', true), '')::real, 0.4);
+       AND coalesce(p.quality, 0) >= current_setting('genome.pet_min_quality')::real;
     IF ids IS NOT NULL THEN
         plan := @extschema@._pet_plan(embs, cls, thr);
         FOR k IN 1 .. jsonb_array_length(plan -> 'new_clusters') LOOP
@@ -1138,7 +1146,7 @@ RETURNS TABLE (cluster_id bigint, rank integer, image_id text, score double prec
                centrality double precision, recency_days double precision, pose real, taken_at timestamptz)
 LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE m @extschema@.pet_media := @extschema@._pet_media(media); pid text := pet_id::text;
-        newest timestamptz; min_q real := coalesce(nullif(current_setting('genome.hero_min_quality', true), '')::real, 0.4);
+        newest timestamptz; min_q real := current_setting('genome.hero_min_quality')::real;
 BEGIN
     IF n IS NULL OR n < 1 THEN
         RAISE EXCEPTION 'pg_genome: n must be at least 1, got %', n USING ERRCODE = '22023';

@@ -45,6 +45,18 @@ pub fn share_dir() -> String {
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // The workers, shared memory and postmaster settings exist only when the library is
+    // preloaded; loaded later (CREATE EXTENSION or LOAD without it) PostgreSQL would end the
+    // session with a FATAL "cannot create PGC_POSTMASTER variables after startup". Say what to do
+    // instead, as pg_cron does. With the preload every backend inherits the settings, so the SQL
+    // functions read them with plain current_setting() and keep no copies of their defaults.
+    if unsafe { !pg_sys::process_shared_preload_libraries_in_progress } {
+        errors::raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "pg_genome must be loaded via shared_preload_libraries".into(),
+            Some("add pg_genome to shared_preload_libraries in postgresql.conf and restart PostgreSQL".into()),
+        );
+    }
     // Only GUCs here: ONNX Runtime is loaded lazily in the backend that needs it, never in the
     // postmaster (its threads would not survive fork()).
     gucs::init();

@@ -195,3 +195,41 @@ def test_model_is_loaded_once_per_backend(conn):
     assert conn.execute("SELECT count(*) FROM genome.loaded_models()").fetchone()[0] == 1
     # not a speed target: loading a 90 MB session per call would make every call as slow as the first
     assert later < first / 3, (first, later)
+
+
+def test_without_preload_create_extension_is_a_clear_error():
+    """A throwaway cluster without shared_preload_libraries: CREATE EXTENSION (and LOAD) give an
+    ERROR that says what to do, the session survives, nothing is created. (0.4.0 ended the
+    session with a FATAL "cannot create PGC_POSTMASTER variables after startup".)"""
+    import pathlib
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+    pg_bin = "/usr/lib/postgresql/15/bin"
+    # under /tmp itself: the server runs as postgres, which cannot enter pytest's root-only tmp_path
+    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="genome-nopreload-"))
+    data, sock = tmp_path / "data", tmp_path / "sock"
+    sock.mkdir()
+    for d in (tmp_path, sock):
+        shutil.chown(d, "postgres", "postgres")
+    with socket.socket() as s:  # a free loopback port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(as_pg + [f"{pg_bin}/initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
+                   check=True, capture_output=True)
+    subprocess.run(as_pg + [f"{pg_bin}/pg_ctl", "-D", str(data), "-w", "-l", str(tmp_path / "log"), "-o",
+                            f"-p {port} -k {sock} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True) as c:
+            for stmt in ("CREATE EXTENSION pg_genome CASCADE", "LOAD 'pg_genome'"):
+                with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState,
+                                   match="pg_genome must be loaded via shared_preload_libraries") as e:
+                    c.execute(stmt)
+                assert "shared_preload_libraries in postgresql.conf" in e.value.diag.message_hint
+            assert c.execute("SELECT 1").fetchone()[0] == 1  # the session is still there
+            assert c.execute("SELECT count(*) FROM pg_extension WHERE extname = 'pg_genome'").fetchone()[0] == 0
+    finally:
+        subprocess.run(as_pg + [f"{pg_bin}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(tmp_path, ignore_errors=True)

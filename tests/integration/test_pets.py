@@ -70,6 +70,10 @@ def test_registration_marks_pets_and_checks_columns(conn, media):
             conn.execute("SELECT genome.register_pet_media(%s, %s, %s, %s, %s, name => 'bad')", args)
     with pytest.raises(psycopg.Error, match="is not an image-embedding model"):
         conn.execute("SELECT genome.register_pet_media('it_pets.photos', 'pet', 'photo_id', 'img', 'shot_at', name => 'bad', model => 'tiny-bert')")
+    conn.execute("SET genome.default_image_model = ''")
+    with pytest.raises(psycopg.Error, match="no model given and genome.default_image_model is empty"):
+        conn.execute("SELECT genome.register_pet_media('it_pets.photos', 'pet', 'photo_id', 'img', 'shot_at', name => 'bad')")
+    conn.execute("RESET genome.default_image_model")
     assert conn.execute("SELECT count(*) FROM genome.pet_media WHERE name = 'bad'").fetchone()[0] == 0
 
 

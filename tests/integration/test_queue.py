@@ -307,7 +307,7 @@ def test_reembed_switches_model_without_mixed_dimensions(searchable):
 def test_health_and_metrics(searchable):
     with connect() as c:
         h = c.execute("SELECT genome.health()").fetchone()[0]
-        assert h["extension_version"] == "0.4.0"
+        assert h["extension_version"] == "0.4.1"
         assert h["runtime"]["onnxruntime_loaded"] and h["runtime"]["onnxruntime_version"] == "1.31.1"
         assert h["runtime"]["execution_provider"] == "cpu" and h["runtime"]["preloaded"]
         assert any(w["database"] == "genome_it" for w in h["workers"])
