@@ -304,10 +304,11 @@ fn status(url: &Option<String>) {
     for r in c
         .query(
             "SELECT m.name, m.relid::regclass::text, m.model,
-                    (SELECT count(*) FROM genome.pet_photo_clusters x WHERE x.media = m.name),
-                    (SELECT count(*) FROM genome.pet_dirty d WHERE d.media = m.name),
-                    (SELECT count(*) FROM genome.pet_dirty d WHERE d.media = m.name AND d.last_error IS NOT NULL)
-               FROM genome.pet_media m ORDER BY 1",
+                    (SELECT count(*) FROM genome.pet_photo_clusters x WHERE x.media = m.name), d.marked, d.failing
+               FROM genome.pet_media m
+              CROSS JOIN LATERAL (SELECT count(*) AS marked, count(*) FILTER (WHERE x.last_error IS NOT NULL) AS failing
+                                    FROM genome.pet_dirty x WHERE x.media = m.name) d
+              ORDER BY 1",
             &[],
         )
         .unwrap_or_else(|e| fail(e))

@@ -185,7 +185,7 @@ pub fn update_pet(
         // HDBSCAN puts them with, gained 1.6 to 3 points of purity on the evaluation pets but
         // kept a genuinely new look next to a known one (ankle boots beside sneakers, in
         // test_pets.py) from ever forming its cluster.)
-        let mut labels = h.labels.clone();
+        let mut labels = h.labels;
         let centroids = |labels: &[i32], n: usize| -> Vec<Vec<f32>> {
             (0..n)
                 .map(|k| {
@@ -212,6 +212,7 @@ pub fn update_pet(
         sims.extend(cos_found.iter().flatten());
         let spread = quantile(sims, p.threshold_quantile).map(|q| q.max(p.min_similarity));
         let mut n_clusters = h.n_clusters;
+        let mut new_cents = found;
         if let (true, Some(bar)) = (p.trim_new, spread) {
             // Members below the bar stay unassigned (a joining photo would be refused too), and
             // a group left with fewer than min_cluster_size is not formed. HDBSCAN puts a look's
@@ -245,8 +246,9 @@ pub fn update_pet(
                 }
             }
             n_clusters = next as usize;
+            // Centroids of the members kept (without trimming, the groups' own stand).
+            new_cents = centroids(&labels, n_clusters);
         }
-        let new_cents = centroids(&labels, n_clusters);
         out.new_clusters = vec![0; n_clusters];
         for (j, &i) in pending.iter().enumerate() {
             if let Ok(k) = usize::try_from(labels[j]) {
