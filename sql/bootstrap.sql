@@ -197,3 +197,24 @@ CREATE TABLE pet_dirty (
     PRIMARY KEY (media, pet_id)
 );
 CREATE INDEX pet_dirty_marked ON pet_dirty (marked_at);
+
+-- ---------------------------------------------------------------------------------------------
+-- 0.5.0: a registration names the role that wrote it (set by a trigger, see finalize.sql), and
+-- every use checks that this role may still read (and for collections write) the table.
+ALTER TABLE collections ADD COLUMN registered_by regrole;
+ALTER TABLE pet_media ADD COLUMN registered_by regrole;
+-- Registrations made before 0.5.0: their table's owner.
+UPDATE collections c SET registered_by = k.relowner::regrole FROM pg_catalog.pg_class k WHERE k.oid = c.relid;
+UPDATE pet_media m SET registered_by = k.relowner::regrole FROM pg_catalog.pg_class k WHERE k.oid = m.relid;
+-- Table references that survive pg_dump / pg_restore: regclass is dumped by name (an oid column
+-- was dumped by value and pointed at nothing after a restore).
+ALTER TABLE collections ALTER COLUMN relid TYPE regclass USING relid::regclass;
+ALTER TABLE pet_media ALTER COLUMN relid TYPE regclass USING relid::regclass;
+-- Queued work and the identity sequences are dumped too: a restored queue goes on, and new rows
+-- never collide with restored ids.
+SELECT pg_catalog.pg_extension_config_dump('embed_queue_items', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('models', 'id')::regclass, '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('runs', 'id')::regclass, '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('families', 'id')::regclass, '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('embed_queue_items', 'id')::regclass, '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('pet_photo_clusters', 'id')::regclass, '');

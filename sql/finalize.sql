@@ -51,6 +51,7 @@ LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
 DECLARE
     m record;
     existing @extschema@.collections;
+    stale boolean := false;
     result @extschema@.collections;
     kind "char";
     t text;
@@ -75,8 +76,10 @@ BEGIN
             RAISE EXCEPTION 'pg_genome: collection "%" is already registered (table %)', name, existing.relid::regclass
                   USING ERRCODE = '42710', HINT = 'genome.unregister_collection(name) first';
         END IF;
-        -- The table behind it was dropped: the registration is stale, replace it.
-        DELETE FROM @extschema@.collections c WHERE c.name = register_collection.name;
+        -- The table behind it is gone (dropped with event triggers off, or a registration restored
+        -- from a dump made before 0.5.0, when it was an OID): the registration is stale. Below,
+        -- registered again with the same model it keeps its families and runs (0.5.0).
+        stale := true;
     END IF;
     SELECT relkind INTO kind FROM pg_class WHERE oid = source;
     IF kind NOT IN ('r', 'p') THEN
@@ -110,14 +113,28 @@ BEGIN
     -- pending rows are found by "family IS NULL"; a partial index keeps that cheap
     EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s (%I) WHERE %I IS NULL',
                    left('genome_pending_' || name, 63), source, id_column, family_column);
-    INSERT INTO @extschema@.collections (name, relid, id_column, text_column, embedding_column, family_column,
-                                         created_at_column, model, dimension)
-    VALUES (name, source, id_column, text_column, embedding_column, family_column, created_at_column,
-            m.name || '@' || m.version, m.dimension)
-    RETURNING * INTO result;
-    INSERT INTO @extschema@.families (collection, label, is_unclustered) VALUES (name, 'Unclustered', true);
+    IF stale AND existing.model = m.name || '@' || m.version THEN
+        UPDATE @extschema@.collections c
+           SET relid = source, id_column = register_collection.id_column, text_column = register_collection.text_column,
+               embedding_column = register_collection.embedding_column, family_column = register_collection.family_column,
+               created_at_column = register_collection.created_at_column, auto_embed = false, reembed_model = NULL,
+               reembed_column = NULL, generation = c.generation + 1
+         WHERE c.name = register_collection.name
+        RETURNING * INTO result;
+    ELSE
+        -- another model: the families' centroids are in another space and cannot carry over
+        DELETE FROM @extschema@.collections c WHERE c.name = register_collection.name;
+        INSERT INTO @extschema@.collections (name, relid, id_column, text_column, embedding_column, family_column,
+                                             created_at_column, model, dimension)
+        VALUES (name, source, id_column, text_column, embedding_column, family_column, created_at_column,
+                m.name || '@' || m.version, m.dimension)
+        RETURNING * INTO result;
+        INSERT INTO @extschema@.families (collection, label, is_unclustered) VALUES (name, 'Unclustered', true);
+    END IF;
     -- genome.search goes through a pgvector HNSW index (since 0.3.0)
     PERFORM @extschema@.create_search_index(name);
+    -- TRUNCATE empties the families' exemplars and sizes (0.5.0)
+    PERFORM @extschema@._truncate_trigger(name, true);
     RETURN result;
 END $$;
 COMMENT ON FUNCTION register_collection IS 'register an app table as a pg_genome collection (adds embedding and family columns if missing)';
@@ -128,10 +145,11 @@ BEGIN
     IF to_regnamespace('cron') IS NOT NULL THEN
         PERFORM @extschema@.unschedule(name);
     END IF;
-    -- the background-embedding triggers go too (since 0.3.0)
+    -- the background-embedding triggers go too (since 0.3.0), and the TRUNCATE one (0.5.0)
     IF EXISTS (SELECT 1 FROM @extschema@.collections c JOIN pg_class k ON k.oid = c.relid
                 WHERE c.name = unregister_collection.name) THEN
         PERFORM @extschema@._set_triggers(name, false);
+        PERFORM @extschema@._truncate_trigger(name, false);
     END IF;
     DELETE FROM @extschema@.collections c WHERE c.name = unregister_collection.name;
     RETURN FOUND;
@@ -142,23 +160,37 @@ COMMENT ON FUNCTION unregister_collection IS 'forget a collection and its famili
 -- table may not own the registry; the function only deletes rows naming the dropped relation.
 CREATE FUNCTION on_sql_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE jobs text[];
 BEGIN
-    DELETE FROM @extschema@.collections
-     WHERE relid IN (SELECT objid FROM pg_event_trigger_dropped_objects()
-                      WHERE classid = 'pg_class'::regclass AND objsubid = 0);
+    WITH gone AS (DELETE FROM @extschema@.collections
+                   WHERE relid IN (SELECT objid FROM pg_event_trigger_dropped_objects()
+                                    WHERE classid = 'pg_class'::regclass AND objsubid = 0)
+                  RETURNING name)
+    SELECT array_agg(j) INTO jobs FROM gone, LATERAL unnest(ARRAY['genome_full:' || name, 'genome_assign:' || name]) j;
     -- pet photo tables too (their photos and clusters go with them)
-    DELETE FROM @extschema@.pet_media
-     WHERE relid IN (SELECT objid FROM pg_event_trigger_dropped_objects()
-                      WHERE classid = 'pg_class'::regclass AND objsubid = 0);
+    WITH gone AS (DELETE FROM @extschema@.pet_media
+                   WHERE relid IN (SELECT objid FROM pg_event_trigger_dropped_objects()
+                                    WHERE classid = 'pg_class'::regclass AND objsubid = 0)
+                  RETURNING name)
+    SELECT coalesce(jobs, '{}') || coalesce(array_agg('genome_pets:' || name), '{}') INTO jobs FROM gone;
+    -- and their pg_cron jobs (0.5.0): a job left behind would run under the same name on
+    -- whatever table is registered next under it
+    IF cardinality(jobs) > 0 THEN
+        PERFORM @extschema@._cron_unschedule(jobs);
+    END IF;
 END $$;
 CREATE EVENT TRIGGER genome_collections_drop ON sql_drop
     WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED') EXECUTE FUNCTION on_sql_drop();
 
+-- The collection's table, after the checks every use makes (0.5.0): it still exists, and the
+-- role that registered it (genome.collections.registered_by, set by a trigger to the writing role)
+-- may still read and write it. A row written into genome.collections by other means names a
+-- table its writer cannot write, and is refused here: registrations grant nothing.
 CREATE FUNCTION collection_relation(collection text) RETURNS regclass
 LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE r oid;
+DECLARE r oid; who regrole;
 BEGIN
-    SELECT c.relid INTO r FROM @extschema@.collections c WHERE c.name = collection;
+    SELECT c.relid, c.registered_by INTO r, who FROM @extschema@.collections c WHERE c.name = collection;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pg_genome: collection "%" is not registered', collection USING ERRCODE = '42704',
               HINT = 'see genome.collections; register with genome.register_collection(...)';
@@ -166,6 +198,7 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = r) THEN
         RAISE EXCEPTION 'pg_genome: the table of collection "%" no longer exists', collection USING ERRCODE = '42P01';
     END IF;
+    PERFORM @extschema@._check_registrant('collection', collection, r, who);
     RETURN r::regclass;
 END $$;
 
@@ -175,7 +208,9 @@ DECLARE c @extschema@.collections; n bigint;
 BEGIN
     PERFORM @extschema@.collection_relation(collection);
     SELECT * INTO c FROM @extschema@.collections x WHERE x.name = collection;
-    EXECUTE format('SELECT count(*) FROM %s WHERE %I IS NULL', c.relid::regclass, c.family_column) INTO n;
+    -- as the table's owner when the caller is more privileged (0.5.0), see genome._owner_value
+    n := @extschema@._owner_value(c.relid, format('SELECT to_jsonb(count(*)) FROM %s WHERE %I IS NULL',
+                                                 c.relid::regclass, c.family_column));
     RETURN n;
 END $$;
 COMMENT ON FUNCTION pending_count IS 'rows of the collection without a family yet';
@@ -199,8 +234,9 @@ CREATE FUNCTION schedule(collection text, full_cron text DEFAULT '0 0 * * 0', in
 RETURNS TABLE (job_name text, jobid bigint, schedule text)
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE full_name text := 'genome_full:' || collection; inc_name text := 'genome_assign:' || collection;
+        who text;
 BEGIN
-    PERFORM @extschema@.collection_relation(collection);
+    who := @extschema@._job_user(@extschema@.collection_relation(collection));
     IF to_regnamespace('cron') IS NULL THEN
         RAISE EXCEPTION 'pg_genome: pg_cron is not installed in this database' USING ERRCODE = '0A000',
               HINT = 'add pg_cron to shared_preload_libraries, set cron.database_name, then CREATE EXTENSION pg_cron';
@@ -208,17 +244,17 @@ BEGIN
     -- cron.schedule_in_database upserts by job name (same user): calling again updates.
     IF full_cron IS NOT NULL THEN
         job_name := full_name; schedule := full_cron;
-        EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, current_database())' INTO jobid
+        EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, current_database(), $4)' INTO jobid
           USING full_name, full_cron,
-                format('SELECT genome.run_full_job(%L, %s)', collection, min_cluster_size);
+                format('SELECT genome.run_full_job(%L, %s)', collection, min_cluster_size), who;
         RETURN NEXT;
     END IF;
     IF incremental_cron IS NOT NULL THEN
         job_name := inc_name; schedule := incremental_cron;
-        EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, current_database())' INTO jobid
+        EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, current_database(), $4)' INTO jobid
           USING inc_name, incremental_cron,
                 format('SELECT * FROM genome.assign_family(%L, batch_size => %s, min_pending => %s, threshold => %s)',
-                       collection, batch_size, min_pending, coalesce(threshold::text, 'NULL'));
+                       collection, batch_size, min_pending, coalesce(threshold::text, 'NULL')), who;
         RETURN NEXT;
     END IF;
 END $$;
@@ -290,39 +326,51 @@ BEGIN
     RETURN n;
 END $$;
 
--- Trigger functions on the app's table. SECURITY DEFINER: whoever writes to the app's table
--- needs no rights on pg_genome's queue; they only enqueue the written rows' ids / clear the
--- columns pg_genome fills.
+-- Trigger function on the app's table. SECURITY DEFINER: whoever writes to the app's table
+-- needs no rights on pg_genome's queue; it only enqueues the written rows' ids. Since 0.5.0 it
+-- acts only on the table registered under its argument (attached to another table it does
+-- nothing), and it evaluates none of the writer's code: ids are taken with their type's output
+-- function (format's %s), never through a cast or to_jsonb, which a table owner can define on
+-- its own types.
 CREATE FUNCTION auto_embed_enqueue() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE c @extschema@.collections; ids text[];
+DECLARE c @extschema@.collections; ids text[]; one text;
 BEGIN
     SELECT * INTO c FROM @extschema@.collections x WHERE x.name = TG_ARGV[0];
-    IF NOT FOUND OR NOT (c.auto_embed OR c.reembed_model IS NOT NULL) THEN
+    IF NOT FOUND OR NOT (c.auto_embed OR c.reembed_model IS NOT NULL)
+       OR NOT @extschema@._fires_for(TG_RELID, TG_NAME, c.relid, TG_LEVEL = 'STATEMENT', false) THEN
         RETURN NULL;
     END IF;
-    IF TG_LEVEL = 'STATEMENT' THEN
-        -- rows inserted with an embedding keep it (unless a re-embedding needs them all)
-        EXECUTE format('SELECT array_agg(%I::text) FROM new_rows WHERE %s', c.id_column,
-                       CASE WHEN c.reembed_model IS NULL THEN format('%I IS NULL', c.embedding_column) ELSE 'true' END) INTO ids;
-    ELSE
-        ids := ARRAY[to_jsonb(NEW) ->> c.id_column];
-    END IF;
+    BEGIN
+        IF TG_LEVEL = 'STATEMENT' THEN
+            -- rows inserted with an embedding keep it (unless a re-embedding needs them all)
+            EXECUTE format('SELECT array_agg(format(''%%s'', %I)) FROM new_rows WHERE %s', c.id_column,
+                           CASE WHEN c.reembed_model IS NULL THEN format('%I IS NULL', c.embedding_column) ELSE 'true' END) INTO ids;
+        ELSE
+            EXECUTE format('SELECT format(''%%s'', ($1).%I)', c.id_column) INTO one USING NEW;
+            ids := ARRAY[one];
+        END IF;
+    EXCEPTION WHEN undefined_column THEN
+        -- a registered column was dropped or renamed: the collection is broken (health() and
+        -- the queue say so), the app's writes go on (0.5.0)
+        RAISE WARNING 'pg_genome: collection "%": %; rows are not queued for embedding', c.name, SQLERRM;
+        RETURN NULL;
+    END;
     IF ids IS NOT NULL THEN
         PERFORM @extschema@._enqueue(c.name, ids);
     END IF;
     RETURN NULL;
 END $$;
 
+-- The text changed: its old embedding(s) no longer describe it. SECURITY INVOKER since 0.5.0:
+-- the columns to clear come as trigger arguments (embedding column, then the re-embedding's
+-- shadow column or ''), so it reads nothing of pg_genome's and runs with the writer's rights.
 CREATE FUNCTION auto_embed_clear() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE c @extschema@.collections;
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    SELECT * INTO c FROM @extschema@.collections x WHERE x.name = TG_ARGV[0];
-    IF FOUND THEN
-        -- the text changed: its old embedding(s) no longer describe it
-        NEW := jsonb_populate_record(NEW, jsonb_build_object(c.embedding_column, NULL)
-               || CASE WHEN c.reembed_column IS NULL THEN '{}'::jsonb ELSE jsonb_build_object(c.reembed_column, NULL) END);
+    IF TG_NARGS >= 2 THEN
+        NEW := jsonb_populate_record(NEW, jsonb_build_object(TG_ARGV[1], NULL)
+               || CASE WHEN coalesce(TG_ARGV[2], '') = '' THEN '{}'::jsonb ELSE jsonb_build_object(TG_ARGV[2], NULL) END);
     END IF;
     RETURN NEW;
 END $$;
@@ -331,7 +379,11 @@ CREATE FUNCTION _set_triggers(collection text, present boolean) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
 SET client_min_messages = warning  -- no "trigger does not exist, skipping" notices
 AS $$
-DECLARE c @extschema@.collections; rel regclass := @extschema@.collection_relation(collection);
+-- Installing triggers needs a valid registration; removing them never does (unregistering a
+-- collection whose registering role lost the table must work).
+DECLARE c @extschema@.collections;
+        rel regclass := CASE WHEN present THEN @extschema@.collection_relation(collection)
+                             ELSE (SELECT x.relid FROM @extschema@.collections x WHERE x.name = collection) END;
         ins text := left('genome_embed_ins_' || collection, 63);
         upd text := left('genome_embed_upd_' || collection, 63);
         clr text := left('genome_embed_clr_' || collection, 63);
@@ -349,8 +401,8 @@ BEGIN
                        'EXECUTE FUNCTION %I.auto_embed_enqueue(%L)', upd, c.text_column, rel, c.text_column, c.text_column,
                        '@extschema@', collection);
         EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OF %I ON %s FOR EACH ROW WHEN (OLD.%I IS DISTINCT FROM NEW.%I) '
-                       'EXECUTE FUNCTION %I.auto_embed_clear(%L)', clr, c.text_column, rel, c.text_column, c.text_column,
-                       '@extschema@', collection);
+                       'EXECUTE FUNCTION %I.auto_embed_clear(%L, %L, %L)', clr, c.text_column, rel, c.text_column, c.text_column,
+                       '@extschema@', collection, c.embedding_column, coalesce(c.reembed_column, ''));
     END IF;
 END $$;
 
@@ -361,7 +413,8 @@ BEGIN
     UPDATE @extschema@.collections x SET auto_embed = true WHERE x.name = collection RETURNING * INTO c;
     PERFORM @extschema@._set_triggers(collection, true);
     IF backfill THEN
-        EXECUTE format('SELECT array_agg(%I::text) FROM %s WHERE %I IS NULL', c.id_column, rel, c.embedding_column) INTO ids;
+        SELECT array_agg(x) INTO ids FROM jsonb_array_elements_text(@extschema@._owner_value(rel,
+            format('SELECT coalesce(jsonb_agg(format(''%%s'', %I)), ''[]'') FROM %s WHERE %I IS NULL', c.id_column, rel, c.embedding_column))) x;
         RETURN coalesce(@extschema@._enqueue(collection, ids, ARRAY['embedding']), 0);
     END IF;
     RETURN 0;
@@ -447,31 +500,73 @@ DECLARE
     g record; c @extschema@.collections; rel regclass; col name; model text; idtype text; vtype text;
     qids bigint[]; rids text[]; texts text[]; vecs text[]; ok bigint[]; done bigint[];
     i int; t0 timestamptz; embed_ms float8; failed int; upd text; out jsonb := '[]';
+    rd text; keep_q bigint[]; keep_r text[]; nbad int;
 BEGIN
     FOR g IN SELECT q.collection, q.target FROM @extschema@.embed_queue_items q
               WHERE q.id = ANY (ids) AND q.status = 'processing' AND q.worker_pid = pg_backend_pid()
               GROUP BY 1, 2 LOOP
         SELECT * INTO c FROM @extschema@.collections x WHERE x.name = g.collection;
-        rel := c.relid::regclass;
         IF g.target = 'embedding' THEN col := c.embedding_column; model := c.model;
         ELSE col := c.reembed_column; model := c.reembed_model; END IF;
         SELECT array_agg(q.id ORDER BY q.id), array_agg(q.row_id ORDER BY q.id) INTO qids, rids
           FROM @extschema@.embed_queue_items q
          WHERE q.id = ANY (ids) AND q.collection = g.collection AND q.target = g.target
            AND q.status = 'processing' AND q.worker_pid = pg_backend_pid();
-        IF col IS NULL OR rel IS NULL THEN
+        IF col IS NULL THEN
             -- the re-embedding was finished or abandoned meanwhile: nothing to write
             UPDATE @extschema@.embed_queue_items q SET status = 'completed', completed_at = now() WHERE q.id = ANY (qids);
             CONTINUE;
         END IF;
-        SELECT format_type(a.atttypid, a.atttypmod) INTO idtype FROM pg_attribute a
-         WHERE a.attrelid = rel AND a.attname = c.id_column;
-        SELECT format_type(a.atttypid, a.atttypmod) INTO vtype FROM pg_attribute a
-         WHERE a.attrelid = rel AND a.attname = col;
-        -- current texts (a row deleted meanwhile gives NULL: nothing to embed, nothing to write)
-        EXECUTE format('SELECT array_agg(t.%I ORDER BY u.o) FROM unnest($1::text[]) WITH ORDINALITY u(rid, o) '
-                       'LEFT JOIN %s t ON t.%I = u.rid::%s', c.text_column, rel, c.id_column, idtype)
-           INTO texts USING rids;
+        BEGIN
+            -- The checks of every use (table there, registrant may still write it) and the
+            -- columns. Since 0.5.0 an error here (a column renamed or dropped, a registration
+            -- that grants nothing) fails these rows with its message instead of ending the worker.
+            rel := @extschema@.collection_relation(c.name);
+            SELECT format_type(a.atttypid, a.atttypmod) INTO idtype FROM pg_attribute a
+             WHERE a.attrelid = rel AND a.attname = c.id_column AND a.attnum > 0 AND NOT a.attisdropped;
+            SELECT format_type(a.atttypid, a.atttypmod) INTO vtype FROM pg_attribute a
+             WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+            IF idtype IS NULL OR vtype IS NULL OR NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = rel
+                   AND a.attname = c.text_column AND a.attnum > 0 AND NOT a.attisdropped) THEN
+                RAISE EXCEPTION 'pg_genome: a column of collection "%" (%, % or %) no longer exists in %',
+                      c.name, c.id_column, c.text_column, col, rel USING ERRCODE = '42703';
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM @extschema@._embed_failed(qids, SQLERRM);
+            out := out || jsonb_build_object('collection', c.name, 'target', g.target, 'model', model, 'rows', cardinality(qids),
+                                             'completed', 0, 'failed', cardinality(qids), 'error', SQLERRM);
+            CONTINUE;
+        END;
+        -- the current texts, read as the table's owner (a row deleted meanwhile gives NULL:
+        -- nothing to embed, nothing to write)
+        rd := format('SELECT jsonb_agg(t.%I ORDER BY u.o) FROM unnest($1::text[]) WITH ORDINALITY u(rid, o) '
+                     'LEFT JOIN %s t ON t.%I OPERATOR(pg_catalog.=) u.rid::%s', c.text_column, rel, c.id_column, idtype);
+        nbad := 0;
+        BEGIN
+            SELECT array_agg(x ORDER BY o) INTO texts
+              FROM jsonb_array_elements_text(@extschema@._owner_value(rel, rd, rids)) WITH ORDINALITY e(x, o);
+        EXCEPTION WHEN OTHERS THEN
+            -- narrowed down to the rows that cause it (an id that does not cast to the id
+            -- column's type), each failed with its own message; the others go on (0.5.0)
+            keep_q := '{}'; keep_r := '{}'; texts := '{}';
+            FOR i IN 1 .. cardinality(qids) LOOP
+                BEGIN
+                    texts := texts || (SELECT e.x FROM jsonb_array_elements_text(@extschema@._owner_value(rel, rd, ARRAY[rids[i]])) e(x));
+                    keep_q := keep_q || qids[i];
+                    keep_r := keep_r || rids[i];
+                EXCEPTION WHEN OTHERS THEN
+                    PERFORM @extschema@._embed_failed(ARRAY[qids[i]], SQLERRM);
+                    nbad := nbad + 1;
+                END;
+            END LOOP;
+            qids := keep_q;
+            rids := keep_r;
+            IF cardinality(qids) = 0 THEN
+                out := out || jsonb_build_object('collection', c.name, 'target', g.target, 'model', model, 'rows', nbad,
+                                                 'completed', 0, 'failed', nbad, 'error', 'no row could be read');
+                CONTINUE;
+            END IF;
+        END;
         t0 := clock_timestamp();
         BEGIN
             vecs := @extschema@.embed_batch(texts, model)::text[];
@@ -482,18 +577,20 @@ BEGIN
             CONTINUE;
         END;
         embed_ms := extract(epoch FROM clock_timestamp() - t0) * 1000;
-        -- only if the text is still the one embedded: a concurrent edit re-queued the row
+        -- only if the text is still the one embedded: a concurrent edit re-queued the row.
+        -- Written as the table's owner: its triggers and constraints never run with the worker's
+        -- rights (0.5.0).
         upd := format('UPDATE %s t SET %I = u.v::%s FROM unnest($1::text[], $2::text[], $3::text[]) u(rid, v, txt) '
-                      'WHERE t.%I = u.rid::%s AND t.%I IS NOT DISTINCT FROM u.txt AND u.v IS NOT NULL',
+                      'WHERE t.%I OPERATOR(pg_catalog.=) u.rid::%s AND t.%I IS NOT DISTINCT FROM u.txt AND u.v IS NOT NULL',
                       rel, col, vtype, c.id_column, idtype, c.text_column);
-        done := qids; failed := 0;
+        done := qids; failed := nbad;
         BEGIN
-            EXECUTE upd USING rids, vecs, texts;
+            PERFORM @extschema@._owner_exec(rel, upd, rids, vecs, texts);
         EXCEPTION WHEN OTHERS THEN
             done := '{}';
             FOR i IN 1 .. cardinality(qids) LOOP
                 BEGIN
-                    EXECUTE upd USING ARRAY[rids[i]], ARRAY[vecs[i]], ARRAY[texts[i]];
+                    PERFORM @extschema@._owner_exec(rel, upd, ARRAY[rids[i]], ARRAY[vecs[i]], ARRAY[texts[i]]);
                     done := done || qids[i];
                 EXCEPTION WHEN OTHERS THEN
                     PERFORM @extschema@._embed_failed(ARRAY[qids[i]], SQLERRM);
@@ -503,7 +600,7 @@ BEGIN
         END;
         UPDATE @extschema@.embed_queue_items q SET status = 'completed', completed_at = now(), last_error = NULL, worker_pid = NULL
          WHERE q.id = ANY (done) AND q.status = 'processing' AND q.worker_pid = pg_backend_pid();
-        out := out || jsonb_build_object('collection', c.name, 'target', g.target, 'model', model, 'rows', cardinality(qids),
+        out := out || jsonb_build_object('collection', c.name, 'target', g.target, 'model', model, 'rows', cardinality(qids) + nbad,
                                          'completed', cardinality(done), 'failed', failed, 'embed_ms', round(embed_ms::numeric, 1));
         IF g.target = 'reembed' AND NOT EXISTS (SELECT 1 FROM @extschema@.embed_queue_items q
                                                  WHERE q.collection = c.name AND q.target = 'reembed'
@@ -532,18 +629,7 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION process_embed_queue IS 'embed one batch of queued rows in this transaction (the background worker does this by itself)';
 
-CREATE VIEW embed_queue AS
-SELECT c.name AS collection, c.auto_embed, c.model, c.reembed_model,
-       count(q.id) FILTER (WHERE q.status = 'pending')    AS pending,
-       count(q.id) FILTER (WHERE q.status = 'processing') AS processing,
-       count(q.id) FILTER (WHERE q.status = 'completed')  AS completed,
-       count(q.id) FILTER (WHERE q.status = 'failed')     AS failed,
-       now() - min(q.enqueued_at) FILTER (WHERE q.status IN ('pending', 'processing')) AS oldest_pending_age,
-       round(count(q.id) FILTER (WHERE q.status = 'completed' AND q.completed_at > now() - interval '1 minute') / 60.0, 2)
-           AS rows_per_s_last_minute
-  FROM @extschema@.collections c LEFT JOIN @extschema@.embed_queue_items q ON q.collection = c.name
- GROUP BY c.name, c.auto_embed, c.model, c.reembed_model;
-COMMENT ON VIEW embed_queue IS 'background embedding per collection: rows by status, oldest waiting, throughput over the last minute';
+-- genome.embed_queue, the queue per collection: in the 0.5.0 section below (its current shape).
 
 -- Re-embed a whole collection with another model in the background. The new vectors go to a
 -- shadow column; search and assignment keep using the old column and model until every row is
@@ -570,7 +656,8 @@ BEGIN
     UPDATE @extschema@.collections x SET reembed_model = m.name || '@' || m.version, reembed_column = shadow
      WHERE x.name = collection;
     PERFORM @extschema@._set_triggers(collection, true);
-    EXECUTE format('SELECT array_agg(%I::text) FROM %s', c.id_column, rel) INTO ids;
+    SELECT array_agg(x) INTO ids FROM jsonb_array_elements_text(@extschema@._owner_value(rel,
+        format('SELECT coalesce(jsonb_agg(format(''%%s'', %I)), ''[]'') FROM %s', c.id_column, rel))) x;
     DELETE FROM @extschema@.embed_queue_items q WHERE q.collection = reembed.collection AND q.target = 'reembed';
     IF ids IS NULL THEN
         PERFORM @extschema@._reembed_finish(collection);
@@ -582,11 +669,10 @@ COMMENT ON FUNCTION reembed IS 're-embed a collection with another model in the 
 
 CREATE FUNCTION _reembed_finish(collection text) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE c @extschema@.collections; rel regclass; m record; q float8; nsp name;
+DECLARE c @extschema@.collections; rel regclass; m record; q float8; nsp name; vs name := @extschema@._vector_schema();
         idx text := left('genome_hnsw_' || collection, 63);
         tmp text := left('genome_hnsw_next_' || collection, 63);
 BEGIN
-    PERFORM @extschema@._use_vector_schema();
     -- no full classification or assignment of this collection meanwhile (their lock), and no
     -- search between reading the collection's model and querying its column (the swap lock)
     PERFORM pg_advisory_xact_lock(1734700655, hashtext(collection));
@@ -608,21 +694,23 @@ BEGIN
      WHERE x.name = collection;
     -- families keep their members and ids; centroids and thresholds move to the new space
     q := current_setting('genome.threshold_quantile')::float8;
-    EXECUTE format('UPDATE @extschema@.families f SET centroid = s.centroid, threshold = s.threshold, updated_at = now()
-                      FROM (SELECT m.fid, m.centroid,
-                                   percentile_cont($2) WITHIN GROUP (ORDER BY 1 - (t.%1$I <=> m.centroid))::real AS threshold
-                              FROM (SELECT %2$I AS fid, l2_normalize(avg(%1$I)) AS centroid FROM %3$s
-                                     WHERE %1$I IS NOT NULL AND %2$I IS NOT NULL GROUP BY 1) m
-                              JOIN %3$s t ON t.%2$I = m.fid AND t.%1$I IS NOT NULL
-                             GROUP BY m.fid, m.centroid) s
-                     WHERE f.collection = $1 AND f.id = s.fid AND NOT f.is_unclustered',
-                   c.embedding_column, c.family_column, rel) USING collection, q;
+    -- read as the table's owner (0.5.0), with pgvector's objects named by schema
+    EXECUTE format('UPDATE @extschema@.families f SET centroid = (s ->> ''centroid'')::%I.vector, threshold = (s ->> ''threshold'')::real,
+                           updated_at = now()
+                      FROM jsonb_array_elements($2) s
+                     WHERE f.collection = $1 AND f.id = (s ->> ''fid'')::bigint AND NOT f.is_unclustered', vs)
+      USING collection, @extschema@._owner_value(rel, format(
+        'SELECT coalesce(jsonb_agg(s), ''[]'') FROM (SELECT m.fid, m.centroid::text AS centroid,
+                percentile_cont(($1[1])::float8) WITHIN GROUP (ORDER BY 1 - (t.%1$I OPERATOR(%4$I.<=>) m.centroid))::real AS threshold
+           FROM (SELECT %2$I AS fid, %4$I.l2_normalize(%4$I.avg(%1$I)) AS centroid FROM %3$s
+                  WHERE %1$I IS NOT NULL AND %2$I IS NOT NULL GROUP BY 1) m
+           JOIN %3$s t ON t.%2$I OPERATOR(pg_catalog.=) m.fid AND t.%1$I IS NOT NULL
+          GROUP BY m.fid, m.centroid) s', c.embedding_column, c.family_column, rel, vs), ARRAY[q::text]);
     -- families without embedded members cannot be placed in the new space
     UPDATE @extschema@.families f SET retired_at = now(), updated_at = now()
      WHERE f.collection = c.name AND NOT f.is_unclustered AND f.retired_at IS NULL AND f.updated_at < now();
-    IF NOT c.auto_embed THEN
-        PERFORM @extschema@._set_triggers(collection, false);
-    END IF;
+    -- the triggers again, for the columns as they are now (or none without auto_embed)
+    PERFORM @extschema@._set_triggers(collection, c.auto_embed);
     RAISE LOG 'pg_genome: collection "%" now uses % (re-embedding finished)', collection, c.reembed_model;
 END $$;
 
@@ -635,17 +723,24 @@ RETURNS TABLE (id text, score real, "row" jsonb)
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 SET search_path = pg_catalog, pg_temp SET hnsw.ef_search = 40 SET hnsw.iterative_scan = 'relaxed_order' AS $$
 DECLARE c @extschema@.collections; rel regclass := @extschema@.collection_relation(collection);
-        conds text := ''; k text; v jsonb; ty text; base text; n int := 0;
-        ids text[] := '{}'; dists float8[] := '{}'; payloads jsonb[] := '{}'; r record;
+        vs name := @extschema@._vector_schema(); conds text := ''; k text; v jsonb; ty text; base text;
+        args text[]; hits jsonb; nrm float8;
 BEGIN
     IF top_k IS NULL OR top_k < 1 OR top_k > 1000 THEN
         RAISE EXCEPTION 'pg_genome: top_k must be between 1 and 1000' USING ERRCODE = '22023';
     END IF;
+    IF score_threshold = 'NaN'::real THEN
+        RAISE EXCEPTION 'pg_genome: score_threshold must be a number (a cosine between -1 and 1), not NaN' USING ERRCODE = '22023';
+    END IF;
     IF query_vector IS NULL THEN
         RETURN;
     END IF;
+    -- cosine similarity to a zero vector is undefined (NaN, which passes every threshold)
+    EXECUTE format('SELECT %1$I.vector_norm($1::%1$I.vector)', vs) INTO nrm USING query_vector;
+    IF nrm = 0 OR nrm = 'NaN'::float8 THEN
+        RAISE EXCEPTION 'pg_genome: the query vector has zero length; cosine similarity is undefined' USING ERRCODE = '22023';
+    END IF;
     SELECT * INTO c FROM @extschema@.collections x WHERE x.name = collection;
-    PERFORM @extschema@._use_vector_schema();
     -- pgvector returns at most ef_search rows per scan
     PERFORM set_config('hnsw.ef_search', greatest(40, top_k)::text, true);
     IF filter IS NOT NULL THEN
@@ -658,28 +753,35 @@ BEGIN
             IF NOT FOUND THEN
                 RAISE EXCEPTION 'pg_genome: filter column "%" does not exist in %', k, rel USING ERRCODE = '42703';
             END IF;
+            IF jsonb_typeof(v) = 'object' OR (jsonb_typeof(v) = 'array' AND EXISTS (
+                   SELECT 1 FROM jsonb_array_elements(v) e WHERE jsonb_typeof(e) IN ('object', 'array'))) THEN
+                RAISE EXCEPTION 'pg_genome: filter value for "%" must be a scalar or an array of scalars', k USING ERRCODE = '22023';
+            END IF;
+            -- pg_catalog's = (the statement runs with search_path = pg_catalog, pg_temp): no
+            -- operator from a schema other roles can create in is ever picked
             conds := conds || CASE jsonb_typeof(v)
                 WHEN 'null' THEN format(' AND t.%I IS NULL', k)
-                WHEN 'array' THEN format(' AND t.%I = ANY (ARRAY(SELECT jsonb_array_elements_text($3 -> %L))::%s[])', k, k, ty)
-                ELSE format(' AND t.%I = ($3 ->> %L)::%s', k, k, ty) END;
+                WHEN 'array' THEN format(' AND t.%I OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT jsonb_array_elements_text(($1[3])::jsonb -> %L))::%s[])', k, k, ty)
+                ELSE format(' AND t.%I OPERATOR(pg_catalog.=) ((($1[3])::jsonb) ->> %L)::%s', k, k, ty) END;
         END LOOP;
     END IF;
-    base := format('SELECT t.%I::text AS id, (t.%I <=> $1::vector) AS dist, to_jsonb(t) - %L AS payload FROM %s t '
-                   'WHERE t.%I IS NOT NULL%s ORDER BY ', c.id_column, c.embedding_column, c.embedding_column, rel,
-                   c.embedding_column, conds);
-    FOR r IN EXECUTE 'WITH hits AS MATERIALIZED (' || base || format('t.%I <=> $1::vector LIMIT $2) SELECT * FROM hits ORDER BY dist, id', c.embedding_column)
-             USING query_vector, top_k, filter LOOP
-        n := n + 1; ids := ids || r.id; dists := dists || r.dist; payloads := payloads || r.payload;
-    END LOOP;
-    IF filter IS NOT NULL AND n < top_k THEN
+    -- read as the table's owner when the caller is more privileged, as the caller otherwise
+    -- (genome._owner_value): a role sees only rows it could read itself
+    args := ARRAY[query_vector, top_k::text, filter::text];
+    base := format('SELECT format(''%%s'', t.%1$I) AS id, (t.%2$I OPERATOR(%3$I.<=>) ($1[1])::%3$I.vector) AS dist, '
+                   'to_jsonb(t) - %2$L AS payload FROM %4$s t WHERE t.%2$I IS NOT NULL%5$s ORDER BY ',
+                   c.id_column, c.embedding_column, vs, rel, conds);
+    hits := @extschema@._owner_value(rel, format('SELECT coalesce(jsonb_agg(h), ''[]'') FROM (%s t.%I OPERATOR(%I.<=>) ($1[1])::%I.vector LIMIT ($1[2])::int) h',
+                                                 base, c.embedding_column, vs, vs), args);
+    IF filter IS NOT NULL AND jsonb_array_length(hits) < top_k THEN
         -- "+ 0" keeps the planner off the index: an exact scan over the rows that pass the filter
-        ids := '{}'; dists := '{}'; payloads := '{}';
-        FOR r IN EXECUTE base || format('(t.%I <=> $1::vector) + 0, 1 LIMIT $2', c.embedding_column) USING query_vector, top_k, filter LOOP
-            ids := ids || r.id; dists := dists || r.dist; payloads := payloads || r.payload;
-        END LOOP;
+        hits := @extschema@._owner_value(rel, format('SELECT coalesce(jsonb_agg(h), ''[]'') FROM (%s (t.%I OPERATOR(%I.<=>) ($1[1])::%I.vector) + 0, 1 LIMIT ($1[2])::int) h',
+                                                     base, c.embedding_column, vs, vs), args);
     END IF;
-    RETURN QUERY SELECT u.id, (1 - u.dist)::real, u.payload FROM unnest(ids, dists, payloads) u(id, dist, payload)
-                  WHERE 1 - u.dist >= coalesce(score_threshold, -1) ORDER BY u.dist, u.id;
+    -- rows whose stored embedding has zero length have no defined score (NaN): left out
+    RETURN QUERY SELECT e ->> 'id', (1 - (e ->> 'dist')::float8)::real, e -> 'payload' FROM jsonb_array_elements(hits) e
+                  WHERE (e ->> 'dist')::float8 <> 'NaN'::float8 AND 1 - (e ->> 'dist')::float8 >= coalesce(score_threshold, -1)
+                  ORDER BY (e ->> 'dist')::float8, e ->> 'id';
 END $$;
 
 CREATE FUNCTION search(collection text, query text, top_k integer DEFAULT 10, score_threshold real DEFAULT 0.5,
@@ -705,10 +807,10 @@ BEGIN
     PERFORM @extschema@.collection_relation(collection);
     PERFORM pg_advisory_xact_lock_shared(1734700656, hashtext(collection));
     SELECT x.dimension INTO d FROM @extschema@.collections x WHERE x.name = collection;
-    PERFORM @extschema@._use_vector_schema();
-    IF query_vector IS NOT NULL AND vector_dims(query_vector) <> d THEN
+    -- the length through pgvector's cast to real[] (casts are found by type, not search_path)
+    IF query_vector IS NOT NULL AND cardinality(query_vector::real[]) <> d THEN
         RAISE EXCEPTION 'pg_genome: query vector has % dimensions, collection "%" has %',
-              vector_dims(query_vector), collection, d USING ERRCODE = '22000';
+              cardinality(query_vector::real[]), collection, d USING ERRCODE = '22000';
     END IF;
     RETURN QUERY SELECT * FROM @extschema@._search(collection, query_vector::text, top_k, score_threshold, filter);
 END $$;
@@ -719,7 +821,10 @@ CREATE FUNCTION health() RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE h jsonb; cron jsonb := NULL;
 BEGIN
-    IF to_regclass('cron.job') IS NOT NULL THEN
+    -- What the caller may not read is skipped and named, never an error (0.5.0): pg_cron's jobs
+    -- need USAGE on its schema, a collection's pending count SELECT on its table.
+    IF to_regclass('cron.job') IS NOT NULL AND has_schema_privilege('cron', 'USAGE')
+       AND has_table_privilege('cron.job', 'SELECT') AND has_table_privilege('cron.job_run_details', 'SELECT') THEN
         EXECUTE $q$SELECT coalesce(jsonb_agg(jsonb_build_object('jobname', j.jobname, 'schedule', j.schedule, 'active', j.active,
                        'last_status', d.status, 'last_start', d.start_time, 'last_end', d.end_time, 'last_message', d.return_message)
                        ORDER BY j.jobname), '[]')
@@ -739,9 +844,34 @@ BEGIN
                                     'backend_start', a.backend_start) ORDER BY a.pid), '[]')
                       FROM pg_stat_activity a WHERE a.backend_type = 'pg_genome embed worker'),
         'cron_jobs', cron,
+        'cron_jobs_readable', to_regclass('cron.job') IS NULL OR cron IS NOT NULL,
         'queue', (SELECT coalesce(jsonb_agg(to_jsonb(q) ORDER BY q.collection), '[]') FROM @extschema@.embed_queue q),
         'pending_assignment', (SELECT coalesce(jsonb_object_agg(c.name, @extschema@.pending_count(c.name)), '{}')
-                                 FROM @extschema@.collections c WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid)),
+                                 FROM @extschema@.collections c WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid)
+                                  AND has_table_privilege(c.relid, 'SELECT')
+                                  AND has_schema_privilege((SELECT k.relnamespace FROM pg_class k WHERE k.oid = c.relid), 'USAGE')
+                                  AND coalesce(pg_has_role(c.registered_by::oid, (SELECT k.relowner FROM pg_class k WHERE k.oid = c.relid), 'USAGE'), false)
+                                  AND NOT EXISTS (SELECT 1 FROM unnest(ARRAY[c.id_column, c.family_column]) col
+                                                   WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.relid
+                                                                       AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped))),
+        -- collections whose registered columns were dropped or renamed (0.5.0): not embedded
+        -- or assigned until registered again; the app's writes go on
+        'broken_collections', (SELECT coalesce(jsonb_agg(jsonb_build_object('collection', c.name, 'missing_columns', x.miss)
+                                                         ORDER BY c.name), '[]')
+                                 FROM @extschema@.collections c
+                                 CROSS JOIN LATERAL (SELECT array_agg(col) AS miss
+                                                       FROM unnest(ARRAY[c.id_column, c.text_column, c.embedding_column, c.family_column]) col
+                                                      WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.relid
+                                                                          AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped)) x
+                                WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid) AND x.miss IS NOT NULL),
+        -- registrations refused at every use: their registering role no longer owns the table (0.5.0)
+        'refused_collections', (SELECT coalesce(jsonb_agg(c.name ORDER BY c.name), '[]') FROM @extschema@.collections c
+                                 WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid)
+                                   AND NOT coalesce(pg_has_role(c.registered_by::oid, (SELECT k.relowner FROM pg_class k WHERE k.oid = c.relid), 'USAGE'), false)),
+        'skipped_collections', (SELECT coalesce(jsonb_agg(c.name ORDER BY c.name), '[]') FROM @extschema@.collections c
+                                 WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid)
+                                  AND NOT (has_table_privilege(c.relid, 'SELECT')
+                                           AND has_schema_privilege((SELECT k.relnamespace FROM pg_class k WHERE k.oid = c.relid), 'USAGE'))),
         -- pet photo media (since 0.4.0): photos seen, failed, clusters, pets waiting for the background update
         'pet_media', (SELECT coalesce(jsonb_agg(jsonb_build_object('media', pm.name, 'model', pm.model,
                           'photos', ph.n, 'failed', ph.failed,
@@ -829,22 +959,26 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = m.relid) THEN
         RAISE EXCEPTION 'pg_genome: the table of pet media "%" no longer exists', media USING ERRCODE = '42P01';
     END IF;
+    -- the role that registered it may still read it (0.5.0): registrations grant nothing
+    PERFORM @extschema@._check_registrant('pet media', m.name, m.relid, m.registered_by);
     RETURN m;
 END $$;
 
 -- Statement-level triggers on the app's photo table mark the pets whose photos were written.
--- SECURITY DEFINER: whoever writes photos needs no rights on pg_genome's tables.
+-- SECURITY DEFINER: whoever writes photos needs no rights on pg_genome's tables. Since 0.5.0 it
+-- acts only on the table registered under its argument, and takes pet ids with their type's
+-- output function (format's %s), never through a cast the table owner could define.
 CREATE FUNCTION _pet_mark_dirty() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE m @extschema@.pet_media; src text;
 BEGIN
     SELECT * INTO m FROM @extschema@.pet_media x WHERE x.name = TG_ARGV[0];
-    IF NOT FOUND THEN
+    IF NOT FOUND OR NOT @extschema@._fires_for(TG_RELID, TG_NAME, m.relid, TG_OP IN ('INSERT', 'UPDATE'), TG_OP IN ('DELETE', 'UPDATE')) THEN
         RETURN NULL;
     END IF;
-    src := CASE TG_OP WHEN 'INSERT' THEN format('SELECT %I::text FROM new_rows', m.pet_column)
-                      WHEN 'DELETE' THEN format('SELECT %I::text FROM old_rows', m.pet_column)
-                      ELSE format('SELECT %1$I::text FROM new_rows UNION SELECT %1$I::text FROM old_rows', m.pet_column) END;
+    src := CASE TG_OP WHEN 'INSERT' THEN format('SELECT format(''%%s'', %I) FROM new_rows', m.pet_column)
+                      WHEN 'DELETE' THEN format('SELECT format(''%%s'', %I) FROM old_rows', m.pet_column)
+                      ELSE format('SELECT format(''%%s'', %1$I) FROM new_rows UNION SELECT format(''%%s'', %1$I) FROM old_rows', m.pet_column) END;
     EXECUTE format('INSERT INTO @extschema@.pet_dirty AS d (media, pet_id) SELECT DISTINCT $1, p FROM (%s) q(p) WHERE p IS NOT NULL
                     ON CONFLICT (media, pet_id) DO UPDATE SET marked_at = now(), attempts = 0, last_error = NULL', src)
       USING m.name;
@@ -937,8 +1071,11 @@ BEGIN
               USING ERRCODE = '55000', HINT = 'unregister it and register it again to re-embed every photo';
     END IF;
     PERFORM @extschema@._pet_triggers(result, true);
-    EXECUTE format('INSERT INTO @extschema@.pet_dirty (media, pet_id) SELECT DISTINCT $1, %I::text FROM %s WHERE %I IS NOT NULL
-                    ON CONFLICT (media, pet_id) DO NOTHING', pet_column, source, pet_column) USING mname;
+    INSERT INTO @extschema@.pet_dirty (media, pet_id)
+    SELECT DISTINCT mname, x FROM jsonb_array_elements_text(@extschema@._owner_value(source,
+        format('SELECT coalesce(jsonb_agg(DISTINCT format(''%%s'', %I)), ''[]'') FROM %s WHERE %I IS NOT NULL',
+               pet_column, source, pet_column))) x
+    ON CONFLICT (media, pet_id) DO NOTHING;
     RETURN result;
 END $$;
 COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
@@ -973,7 +1110,7 @@ DECLARE
     t0 timestamptz := clock_timestamp();
     r record;
     added int := 0; failed int := 0; removed int := 0;
-    ids text[]; embs real[]; cls bigint[];
+    ids text[]; embs real[]; cls bigint[]; present text[];
     thr double precision;
     plan jsonb;
     new_ids bigint[] := '{}';
@@ -989,18 +1126,26 @@ BEGIN
     PERFORM pg_advisory_xact_lock(1734700657, hashtext(m.name || '/' || pid));
     -- consumed first: a write committed while this runs marks the pet again (see pet_dirty)
     DELETE FROM @extschema@.pet_dirty d WHERE d.media = m.name AND d.pet_id = pid;
-    EXECUTE format('DELETE FROM @extschema@.pet_photos p WHERE p.media = $1 AND p.pet_id = $2
-                      AND NOT EXISTS (SELECT 1 FROM %s s WHERE s.%I::text = p.image_id AND s.%I = $2::%s)',
-                   rel, m.image_id_column, m.pet_column, pet_type) USING m.name, pid;
+    -- The pet's photos in the app's table, read as the table's owner when the caller is more
+    -- privileged (0.5.0, genome._owner_value): ids first, then one photo's bytes at a time.
+    present := ARRAY(SELECT jsonb_array_elements_text(@extschema@._owner_value(m.relid, format(
+        'SELECT coalesce(jsonb_agg(format(''%%s'', s.%I)), ''[]'') FROM %s s WHERE s.%I OPERATOR(pg_catalog.=) ($1[1])::%s',
+        m.image_id_column, rel, m.pet_column, pet_type), ARRAY[pid])));
+    DELETE FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid AND p.image_id <> ALL (present);
     GET DIAGNOSTICS removed = ROW_COUNT;
-    FOR r IN EXECUTE format('SELECT s.%I::text AS image_id, s.%I AS img, s.%I::timestamptz AS taken_at, %s AS pose
-                               FROM %s s WHERE s.%I = $1::%s
-                                AND NOT EXISTS (SELECT 1 FROM @extschema@.pet_photos p WHERE p.media = $2 AND p.image_id = s.%I::text)
-                              ORDER BY s.%I, s.%I::text',
-                            m.image_id_column, m.image_column, m.taken_at_column,
-                            CASE WHEN m.pose_column IS NULL THEN 'NULL::real' ELSE format('s.%I::real', m.pose_column) END,
-                            rel, m.pet_column, pet_type, m.image_id_column, m.taken_at_column, m.image_id_column)
-             USING pid, m.name LOOP
+    FOR r IN SELECT (ph ->> 'image_id') AS image_id, decode(substr(ph ->> 'img', 3), 'hex') AS img,
+                    (ph ->> 'taken_at')::timestamptz AS taken_at, (ph ->> 'pose')::real AS pose
+               FROM (SELECT u.image_id FROM unnest(present) AS u(image_id)
+                      WHERE NOT EXISTS (SELECT 1 FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.image_id = u.image_id)) i
+              CROSS JOIN LATERAL (SELECT @extschema@._owner_value(m.relid, format(
+                  'SELECT to_jsonb(x) FROM (SELECT format(''%%s'', s.%1$I) AS image_id, s.%2$I AS img, s.%3$I::timestamptz AS taken_at, %4$s AS pose
+                     FROM %5$s s WHERE s.%6$I OPERATOR(pg_catalog.=) ($1[1])::%7$s AND format(''%%s'', s.%1$I) OPERATOR(pg_catalog.=) $1[2]
+                    ORDER BY s.%3$I LIMIT 1) x',
+                  m.image_id_column, m.image_column, m.taken_at_column,
+                  CASE WHEN m.pose_column IS NULL THEN 'NULL::real' ELSE format('s.%I::real', m.pose_column) END,
+                  rel, m.pet_column, pet_type), ARRAY[pid, i.image_id]) AS ph) q
+              WHERE ph IS NOT NULL
+              ORDER BY (ph ->> 'taken_at')::timestamptz, i.image_id LOOP
         IF r.img IS NULL THEN
             INSERT INTO @extschema@.pet_photos (media, image_id, pet_id, taken_at, pose, error)
             VALUES (m.name, r.image_id, pid, r.taken_at, r.pose, 'the image is NULL');
@@ -1060,7 +1205,7 @@ BEGIN
              'clusters', (SELECT count(*) FROM @extschema@.pet_photo_clusters c WHERE c.media = m.name AND c.pet_id = pid),
              'photos', count(*), 'clustered', count(p.cluster_id),
              'unassigned', count(*) FILTER (WHERE p.cluster_id IS NULL AND p.embedding IS NOT NULL),
-             'threshold', thr, 'ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000))
+             'threshold', thr, 'ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000::numeric))
       INTO res
       FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid;
     RETURN res;
@@ -1094,7 +1239,7 @@ BEGIN
     END LOOP;
     RETURN jsonb_build_object('pets', done, 'errors', errors, 'skipped_locked', skipped,
                               'still_dirty', (SELECT count(*) FROM @extschema@.pet_dirty),
-                              'ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000));
+                              'ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000::numeric));
 END $$;
 COMMENT ON FUNCTION cluster_dirty_pets IS 'update the clusters of pets with new or removed photos (the pg_cron job''s body)';
 
@@ -1108,8 +1253,9 @@ BEGIN
               HINT = 'add pg_cron to shared_preload_libraries, set cron.database_name, then CREATE EXTENSION pg_cron';
     END IF;
     job_name := 'genome_pets:' || m.name; schedule := cron;
-    EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, current_database())' INTO jobid
-      USING job_name, cron, format('SELECT genome.cluster_dirty_pets(%L, %s)', m.name, max_pets);
+    -- runs as the photo table's owner when a superuser schedules it (0.5.0)
+    EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, current_database(), $4)' INTO jobid
+      USING job_name, cron, format('SELECT genome.cluster_dirty_pets(%L, %s)', m.name, max_pets), @extschema@._job_user(m.relid::regclass);
     RETURN NEXT;
 END $$;
 COMMENT ON FUNCTION schedule_pet_clustering IS 'create or update the pg_cron job that keeps pets with new photos up to date';
@@ -1163,8 +1309,10 @@ BEGIN
                                                      w_quality, w_centrality, w_recency, w_pose) AS score
                       FROM @extschema@.pet_photos p
                       JOIN @extschema@.pet_photo_clusters c ON c.id = p.cluster_id
-                     CROSS JOIN LATERAL (SELECT 1 - (p.embedding <=> c.centroid) AS centrality,
-                                                coalesce(extract(epoch FROM newest - p.taken_at) / 86400, 'Infinity')::double precision AS age) y
+                     -- operands typed exactly as pg_catalog's operators (pgvector's schema is on the
+                     -- path here): no operator another role creates there is ever a better match
+                     CROSS JOIN LATERAL (SELECT 1::float8 - (p.embedding <=> c.centroid) AS centrality,
+                                                coalesce(extract(epoch FROM newest - p.taken_at) / 86400::numeric, 'Infinity')::double precision AS age) y
                      WHERE p.media = m.name AND p.pet_id = pid AND p.quality >= min_q) x) s
      WHERE s.rank <= n
      ORDER BY s.cluster_id, s.rank;
@@ -1174,8 +1322,12 @@ COMMENT ON FUNCTION select_heroes IS 'top n photos per cluster of a pet by hero 
 -- The payload an internal API serves for one pet.
 CREATE FUNCTION pet_clusters(pet_id anycompatible, media text DEFAULT NULL, n integer DEFAULT 3) RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE m @extschema@.pet_media := @extschema@._pet_media(media); pid text := pet_id::text; res jsonb;
+DECLARE m @extschema@.pet_media; pid text := pet_id::text; res jsonb;
 BEGIN
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'pg_genome: pet_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    m := @extschema@._pet_media(media);
     PERFORM @extschema@._use_vector_schema();
     WITH heroes AS (SELECT * FROM @extschema@.select_heroes(pid, n, m.name)),
          photos AS (SELECT * FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid),
@@ -1183,20 +1335,20 @@ BEGIN
                            count(cluster_id) AS clustered,
                            count(*) FILTER (WHERE cluster_id IN (SELECT h.cluster_id FROM heroes h)) AS in_hero_clusters
                       FROM photos),
-         cl AS (SELECT c.*, (SELECT avg(1 - (p.embedding <=> c.centroid)) FROM photos p WHERE p.cluster_id = c.id) AS cohesion
+         cl AS (SELECT c.*, (SELECT avg(1::float8 - (p.embedding <=> c.centroid)) FROM photos p WHERE p.cluster_id = c.id) AS cohesion
                   FROM @extschema@.pet_photo_clusters c WHERE c.media = m.name AND c.pet_id = pid)
     SELECT jsonb_build_object(
         'pet_id', pid, 'media', m.name, 'model', m.model,
         'photos', k.total, 'embedded', k.embedded, 'failed', k.failed, 'clustered', k.clustered,
         'unassigned', k.embedded - k.clustered,
         'coverage', jsonb_build_object(
-            'clustered_share', CASE WHEN k.embedded > 0 THEN round(k.clustered::numeric / k.embedded, 4) END,
-            'hero_cluster_share', CASE WHEN k.embedded > 0 THEN round(k.in_hero_clusters::numeric / k.embedded, 4) END),
+            'clustered_share', CASE WHEN k.embedded > 0 THEN round(k.clustered::numeric / k.embedded::numeric, 4) END,
+            'hero_cluster_share', CASE WHEN k.embedded > 0 THEN round(k.in_hero_clusters::numeric / k.embedded::numeric, 4) END),
         'threshold', (SELECT s.threshold FROM @extschema@.pet_state s WHERE s.media = m.name AND s.pet_id = pid),
         'updated_at', (SELECT s.updated_at FROM @extschema@.pet_state s WHERE s.media = m.name AND s.pet_id = pid),
         'clusters', coalesce((SELECT jsonb_agg(jsonb_build_object(
                 'id', c.id, 'size', c.size, 'first_taken_at', c.first_taken_at, 'last_taken_at', c.last_taken_at,
-                'centroid', jsonb_build_object('dimension', m.dimension, 'norm', round((SELECT sqrt(sum(x * x)) FROM unnest(c.centroid::real[]) x)::numeric, 4),
+                'centroid', jsonb_build_object('dimension', m.dimension, 'norm', round((SELECT sqrt(sum(x * x)::float8) FROM unnest(c.centroid::real[]) x)::numeric, 4),
                                                'cohesion', round(c.cohesion::numeric, 4)),
                 'heroes', coalesce((SELECT jsonb_agg(jsonb_build_object('image_id', h.image_id, 'rank', h.rank,
                                         'score', round(h.score::numeric, 4), 'quality', round(h.quality::numeric, 4),
@@ -1207,3 +1359,267 @@ BEGIN
     RETURN res;
 END $$;
 COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
+
+-- ---------------------------------------------------------------------------------------------
+-- 0.5.0: security. Roles for using, administering and monitoring pg_genome; registrations
+-- re-checked at every use; app-table statements run as the table's owner (genome._owner_value,
+-- genome._owner_exec, src/owner.rs); pg_cron jobs run as the table's owner; internal functions
+-- closed to PUBLIC. The README's "Security model" says who can do what.
+
+-- Cluster-wide roles (made once; a second database's CREATE EXTENSION reuses them), in the
+-- manner of pg_monitor: genome_monitor reads health and metrics; genome_user registers its own
+-- tables, embeds, searches and runs jobs; genome_admin also registers models.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'genome_monitor') THEN
+        CREATE ROLE genome_monitor NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'genome_user') THEN
+        CREATE ROLE genome_user NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'genome_admin') THEN
+        CREATE ROLE genome_admin NOLOGIN;
+    END IF;
+    IF NOT pg_has_role('genome_user', 'genome_monitor', 'MEMBER') THEN
+        GRANT genome_monitor TO genome_user;
+    END IF;
+    IF NOT pg_has_role('genome_admin', 'genome_user', 'MEMBER') THEN
+        GRANT genome_user TO genome_admin;
+    END IF;
+END $roles$;
+
+-- Refuses a registration whose registering role no longer has the privileges of the table's
+-- owner (is not the owner or a member of its role): every use of a collection or pet media goes
+-- through it. Ownership, not a grant: pg_genome works on the table as its owner (triggers, DDL
+-- of a re-embedding, rows the owner's row-level security would hide from a grantee).
+CREATE FUNCTION _check_registrant(kind text, name text, rel oid, who regrole) RETURNS void
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF who IS NULL OR NOT coalesce(pg_has_role(who::oid, (SELECT k.relowner FROM pg_class k WHERE k.oid = rel), 'USAGE'), false) THEN
+        RAISE EXCEPTION 'pg_genome: % "%" was registered by %, which does not own table %', kind, name,
+              coalesce(who::text, 'an unknown role'), rel::regclass
+              USING ERRCODE = '42501',
+                    HINT = 'register it again as the table''s owner (or a member of the owning role)';
+    END IF;
+END $$;
+
+-- Row-level security helpers (policies below): whether the current role has the privileges of a
+-- table's owner, may read a table, or only monitors pg_genome. NULL for a table that is gone.
+CREATE FUNCTION _owns(rel oid) RETURNS boolean
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_has_role(k.relowner, 'USAGE') FROM pg_class k WHERE k.oid = rel
+$$;
+CREATE FUNCTION _may_read(rel oid) RETURNS boolean
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT has_table_privilege(rel, 'SELECT')
+$$;
+CREATE FUNCTION _monitor_only() RETURNS boolean
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT NOT pg_has_role('genome_user', 'MEMBER')
+$$;
+
+-- Whether a queue or pet trigger fired for the registered table (or one of its partitions) and
+-- holds the transition tables its body reads: fired by a trigger without them, new_rows or
+-- old_rows would resolve to whatever relation of that name the writer made in pg_temp.
+CREATE FUNCTION _fires_for(fired oid, trigger name, registered oid, needs_new boolean, needs_old boolean) RETURNS boolean
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT (fired = registered OR EXISTS (SELECT 1 FROM pg_partition_ancestors(fired) a WHERE a.relid = registered))
+       AND EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = fired AND t.tgname = trigger
+                      AND (NOT needs_new OR t.tgnewtable = 'new_rows') AND (NOT needs_old OR t.tgoldtable = 'old_rows'))
+$$;
+
+-- The registering role: whoever writes the registration row, whatever the row says. A superuser
+-- may write any value (pg_restore keeps the dumped one).
+CREATE FUNCTION _stamp_registrant() RETURNS trigger
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.registered_by IS NULL OR NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user) THEN
+        NEW.registered_by := current_user::regrole;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER collections_registrant BEFORE INSERT OR UPDATE OF relid, registered_by, id_column, text_column,
+    embedding_column, family_column, model, reembed_column ON collections
+    FOR EACH ROW EXECUTE FUNCTION _stamp_registrant();
+CREATE TRIGGER pet_media_registrant BEFORE INSERT OR UPDATE OF relid, registered_by, pet_column, image_id_column,
+    image_column, taken_at_column, pose_column, model ON pet_media
+    FOR EACH ROW EXECUTE FUNCTION _stamp_registrant();
+
+-- After TRUNCATE of a collection's table its families keep their ids and centroids (rows
+-- loaded again are assigned to them) but no longer name deleted rows as exemplars, nor count
+-- them. SECURITY DEFINER: whoever truncates the app's table needs no rights on pg_genome's
+-- tables; it acts only on the table registered under its argument and runs none of its code.
+CREATE FUNCTION _collection_truncated() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE @extschema@.families f SET size = 0, exemplar_ids = '{}', updated_at = now()
+      FROM @extschema@.collections c
+     WHERE c.name = TG_ARGV[0] AND c.relid = TG_RELID AND f.collection = c.name;
+    DELETE FROM @extschema@.embed_queue_items q USING @extschema@.collections c
+     WHERE c.name = TG_ARGV[0] AND c.relid = TG_RELID AND q.collection = c.name;
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION _truncate_trigger(collection text, present boolean) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE rel regclass := (SELECT c.relid FROM @extschema@.collections c WHERE c.name = collection);
+        trg text := left('genome_truncate_' || collection, 63);
+BEGIN
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg, rel);
+    IF present THEN
+        EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %I._collection_truncated(%L)',
+                       trg, rel, '@extschema@', collection);
+    END IF;
+END $$;
+
+-- A model read from a server path is a server file read: whoever writes onnx_path into the
+-- registry, by register_model_path or by DML, must be a superuser or a member of
+-- pg_read_server_files (genome_admin alone may write the bytes, not a path).
+CREATE FUNCTION _models_path_check() RETURNS trigger
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.onnx_path IS NOT NULL AND NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user)
+       AND NOT pg_has_role('pg_read_server_files', 'USAGE') THEN
+        RAISE EXCEPTION 'pg_genome: a model''s onnx_path may be set only by superusers and members of pg_read_server_files'
+              USING ERRCODE = '42501';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER models_path_check BEFORE INSERT OR UPDATE OF onnx_path ON models
+    FOR EACH ROW EXECUTE FUNCTION _models_path_check();
+
+-- The role a pg_cron job on this table runs as: the table's owner when a superuser schedules it
+-- (pg_cron would otherwise run it as the superuser), else the scheduling role itself.
+CREATE FUNCTION _job_user(rel regclass) RETURNS text
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    -- an owner that cannot log in cannot run a pg_cron job: then it runs as the scheduler, and
+    -- pg_genome still switches to the owner for every statement on the table (src/owner.rs)
+    SELECT CASE WHEN (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user)
+                THEN coalesce((SELECT r.rolname::text FROM pg_class k JOIN pg_roles r ON r.oid = k.relowner
+                                WHERE k.oid = rel AND r.rolcanlogin), current_user::text)
+                ELSE current_user::text END
+$$;
+
+-- Collections registered before 0.5.0 get their TRUNCATE trigger.
+SELECT @extschema@._truncate_trigger(c.name, true) FROM @extschema@.collections c
+ WHERE EXISTS (SELECT 1 FROM pg_class k WHERE k.oid = c.relid);
+
+-- A registration can be written only for a table its writer may write (collections) or read
+-- (pet media): a role with DML on these tables cannot point pg_genome at another role's table,
+-- nor change another application's registration. Every role may read them (names and columns).
+ALTER TABLE collections ENABLE ROW LEVEL SECURITY;
+CREATE POLICY collections_read ON collections FOR SELECT USING (true);
+CREATE POLICY collections_insert ON collections FOR INSERT WITH CHECK (@extschema@._owns(relid));
+-- a stale registration (its table gone: NULL) only by whoever registered it
+CREATE POLICY collections_update ON collections FOR UPDATE
+    USING (coalesce(@extschema@._owns(relid), pg_has_role(registered_by::oid, 'USAGE')))
+    WITH CHECK (@extschema@._owns(relid));
+CREATE POLICY collections_delete ON collections FOR DELETE
+    USING (coalesce(@extschema@._owns(relid), pg_has_role(registered_by::oid, 'USAGE')));
+ALTER TABLE pet_media ENABLE ROW LEVEL SECURITY;
+CREATE POLICY pet_media_read ON pet_media FOR SELECT USING (true);
+CREATE POLICY pet_media_insert ON pet_media FOR INSERT WITH CHECK (@extschema@._owns(relid));
+CREATE POLICY pet_media_update ON pet_media FOR UPDATE
+    USING (coalesce(@extschema@._owns(relid), pg_has_role(registered_by::oid, 'USAGE')))
+    WITH CHECK (@extschema@._owns(relid));
+CREATE POLICY pet_media_delete ON pet_media FOR DELETE
+    USING (coalesce(@extschema@._owns(relid), pg_has_role(registered_by::oid, 'USAGE')));
+
+-- What pg_genome derives from an app's rows (family labels and exemplars, runs, queued ids,
+-- photo embeddings and clusters) is visible to a role for the tables it can read, and written
+-- only by roles with the privileges of the table's owner; a role that only monitors
+-- (genome_monitor, not genome_user) sees every row of the columns granted to it, which are counts
+-- and states, never labels, exemplars or embeddings.
+DO $policies$
+DECLARE t record;
+BEGIN
+    FOR t IN SELECT * FROM (VALUES ('families', 'collections', 'collection'), ('runs', 'collections', 'collection'),
+                                   ('embed_queue_items', 'collections', 'collection'),
+                                   ('pet_photos', 'pet_media', 'media'), ('pet_photo_clusters', 'pet_media', 'media'),
+                                   ('pet_state', 'pet_media', 'media'), ('pet_dirty', 'pet_media', 'media')) v(tab, reg, col)
+    LOOP
+        EXECUTE format('ALTER TABLE @extschema@.%I ENABLE ROW LEVEL SECURITY', t.tab);
+        EXECUTE format('CREATE POLICY %I ON @extschema@.%I FOR SELECT USING (@extschema@._monitor_only()
+                          OR EXISTS (SELECT 1 FROM @extschema@.%I r WHERE r.name = %I AND @extschema@._may_read(r.relid)))',
+                       t.tab || '_read', t.tab, t.reg, t.col);
+        EXECUTE format('CREATE POLICY %I ON @extschema@.%I FOR ALL
+                          USING (EXISTS (SELECT 1 FROM @extschema@.%I r WHERE r.name = %I AND @extschema@._owns(r.relid)))',
+                       t.tab || '_write', t.tab, t.reg, t.col);
+    END LOOP;
+END $policies$;
+
+-- Jobs scheduled before 0.5.0 ran as whoever scheduled them: move them to the table's owner.
+DO $jobs$
+DECLARE j record;
+BEGIN
+    IF to_regclass('cron.job') IS NULL THEN
+        RETURN;
+    END IF;
+    FOR j IN EXECUTE $q$SELECT j.jobid, r.rolname::text AS owner FROM cron.job j
+                        JOIN @extschema@.collections c ON j.jobname IN ('genome_full:' || c.name, 'genome_assign:' || c.name)
+                        JOIN pg_class k ON k.oid = c.relid JOIN pg_roles r ON r.oid = k.relowner
+                       WHERE j.username <> r.rolname AND r.rolcanlogin
+                      UNION ALL
+                      SELECT j.jobid, r.rolname::text FROM cron.job j
+                        JOIN @extschema@.pet_media m ON j.jobname = 'genome_pets:' || m.name
+                        JOIN pg_class k ON k.oid = m.relid JOIN pg_roles r ON r.oid = k.relowner
+                       WHERE j.username <> r.rolname AND r.rolcanlogin$q$ LOOP
+        EXECUTE 'UPDATE cron.job SET username = $2 WHERE jobid = $1' USING j.jobid, j.owner;
+    END LOOP;
+END $jobs$;
+
+-- The queue per collection, with the newest error of its waiting or failed rows (0.5.0): a
+-- collection the worker cannot embed says why in health() and embed_queue.
+CREATE OR REPLACE VIEW embed_queue AS
+SELECT c.name AS collection, c.auto_embed, c.model, c.reembed_model,
+       count(q.id) FILTER (WHERE q.status = 'pending')    AS pending,
+       count(q.id) FILTER (WHERE q.status = 'processing') AS processing,
+       count(q.id) FILTER (WHERE q.status = 'completed')  AS completed,
+       count(q.id) FILTER (WHERE q.status = 'failed')     AS failed,
+       now() - min(q.enqueued_at) FILTER (WHERE q.status IN ('pending', 'processing')) AS oldest_pending_age,
+       round(count(q.id) FILTER (WHERE q.status = 'completed' AND q.completed_at > now() - interval '1 minute') / 60.0, 2)
+           AS rows_per_s_last_minute,
+       -- error messages can quote the app's values: shown to roles that may read the table
+       CASE WHEN @extschema@._may_read(c.relid) THEN
+           (SELECT e.last_error FROM @extschema@.embed_queue_items e
+             WHERE e.collection = c.name AND e.status IN ('pending', 'failed') AND e.last_error IS NOT NULL
+             ORDER BY e.next_attempt_at DESC, e.id DESC LIMIT 1) END AS last_error
+  FROM @extschema@.collections c LEFT JOIN @extschema@.embed_queue_items q ON q.collection = c.name
+ GROUP BY c.name, c.auto_embed, c.model, c.reembed_model;
+COMMENT ON VIEW embed_queue IS 'background embedding per collection: rows by status, oldest waiting, throughput over the last minute, newest error';
+
+-- Privileges. Internal functions (a leading underscore, and the worker and cache helpers) are
+-- closed to PUBLIC and open to genome_user; health and metrics helpers to genome_monitor.
+DO $grants$
+DECLARE f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+              WHERE p.pronamespace = '@extschema@'::regnamespace AND p.prokind = 'f'
+                AND (p.proname LIKE '\_%' OR p.proname IN ('progress_slots', 'cached_centroids', 'wake_embed_workers'))
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO genome_user', f);
+    END LOOP;
+END $grants$;
+GRANT EXECUTE ON FUNCTION progress_slots(), _runtime_info(), _metrics_counters(), _vector_schema(),
+    _check_registrant(text, text, oid, regrole), _owner_value(oid, text, text[], text[], text[]) TO genome_monitor;
+-- row-level security policies call these as the querying role; they only answer privilege questions
+GRANT EXECUTE ON FUNCTION _owns(oid), _may_read(oid), _monitor_only() TO PUBLIC;
+GRANT USAGE ON SCHEMA @extschema@ TO genome_monitor, genome_user;
+GRANT SELECT ON models, collections, pet_media, pet_state, embed_queue, progress TO genome_monitor;
+-- runs, the queue and marked pets: counts and states, not row ids or error messages (which can
+-- quote the app's values)
+GRANT SELECT (id, collection, kind, status, n_rows, n_embedded, n_clusters, n_noise, n_kept, n_new, n_retired, approximate,
+              timings, started_at, finished_at) ON runs TO genome_monitor;
+GRANT SELECT (id, collection, target, status, attempts, enqueued_at, next_attempt_at, started_at, worker_pid, completed_at)
+    ON embed_queue_items TO genome_monitor;
+GRANT SELECT (media, pet_id, marked_at, attempts) ON pet_dirty TO genome_monitor;
+-- photos and clusters: counts and states, not embeddings or image ids
+GRANT SELECT (media, pet_id, cluster_id, quality, error, added_at) ON pet_photos TO genome_monitor;
+GRANT SELECT (id, media, pet_id, size, created_at, updated_at) ON pet_photo_clusters TO genome_monitor;
+-- family labels and exemplars are words and ids of the app's rows: not for monitoring
+GRANT SELECT (id, collection, size, is_unclustered, run_id, created_at, updated_at, retired_at) ON families TO genome_monitor;
+GRANT SELECT, INSERT, UPDATE, DELETE ON collections, runs, families, embed_queue_items, pet_media, pet_photo_clusters,
+    pet_photos, pet_state, pet_dirty TO genome_user;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA @extschema@ TO genome_user;
+GRANT SELECT, INSERT, UPDATE, DELETE ON models TO genome_admin;

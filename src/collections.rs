@@ -9,7 +9,8 @@ use crate::errors::raise;
 #[derive(Debug, Clone)]
 pub struct Collection {
     pub name: String,
-    /// The table, already quoted (regclass output).
+    /// The table's OID and its name, schema-qualified and quoted.
+    pub relid: pgrx::pg_sys::Oid,
     pub rel: String,
     pub id_col: String,
     pub text_col: String,
@@ -30,10 +31,12 @@ pub fn ident(s: &str) -> String {
 }
 
 pub fn load(name: &str) -> Collection {
-    // collection_relation raises the clear errors: not registered, or its table is gone.
-    let row = Spi::connect(|client| {
+    // collection_relation raises the clear errors: not registered, its table is gone, or the
+    // role that registered it may no longer read and write it. Read under the safe search path:
+    // the table and type names come out schema-qualified.
+    let row = crate::owner::with_safe_search_path(|| Spi::connect(|client| {
         let t = client.select(
-            "SELECT genome.collection_relation(c.name)::text, c.id_column::text, c.text_column::text,
+            "SELECT genome.collection_relation(c.name)::text, c.relid::oid, c.id_column::text, c.text_column::text,
                     c.embedding_column::text, c.family_column::text, c.created_at_column::text, c.model,
                     c.dimension, c.generation,
                     (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
@@ -48,20 +51,21 @@ pub fn load(name: &str) -> Collection {
             out = Some(Collection {
                 name: name.to_string(),
                 rel: r.get::<String>(1)?.unwrap_or_default(),
-                id_col: r.get::<String>(2)?.unwrap_or_default(),
-                text_col: r.get::<String>(3)?.unwrap_or_default(),
-                emb_col: r.get::<String>(4)?.unwrap_or_default(),
-                fam_col: r.get::<String>(5)?.unwrap_or_default(),
-                created_col: r.get::<String>(6)?,
-                model: r.get::<String>(7)?.unwrap_or_default(),
-                dimension: r.get::<i32>(8)?.unwrap_or_default() as usize,
-                generation: r.get::<i64>(9)?.unwrap_or_default(),
-                id_type: r.get::<String>(10)?.unwrap_or_default(),
-                unclustered_id: r.get::<i64>(11)?.unwrap_or_default(),
+                relid: r.get::<pgrx::pg_sys::Oid>(2)?.unwrap_or(pgrx::pg_sys::InvalidOid),
+                id_col: r.get::<String>(3)?.unwrap_or_default(),
+                text_col: r.get::<String>(4)?.unwrap_or_default(),
+                emb_col: r.get::<String>(5)?.unwrap_or_default(),
+                fam_col: r.get::<String>(6)?.unwrap_or_default(),
+                created_col: r.get::<String>(7)?,
+                model: r.get::<String>(8)?.unwrap_or_default(),
+                dimension: r.get::<i32>(9)?.unwrap_or_default() as usize,
+                generation: r.get::<i64>(10)?.unwrap_or_default(),
+                id_type: r.get::<String>(11)?.unwrap_or_default(),
+                unclustered_id: r.get::<i64>(12)?.unwrap_or_default(),
             });
         }
         Ok::<_, pgrx::spi::SpiError>(out)
-    })
+    }))
     .unwrap_or_else(|e| error!("pg_genome: reading genome.collections failed: {e}"));
     let c = row.unwrap_or_else(|| {
         raise(
@@ -78,6 +82,13 @@ pub fn load(name: &str) -> Collection {
         );
     }
     c
+}
+
+impl Collection {
+    /// Run `f`, statements on the collection's table, as the table's owner (see `owner`).
+    pub fn as_owner<R>(&self, f: impl FnOnce() -> R) -> R {
+        crate::owner::as_table_owner(self.relid, f)
+    }
 }
 
 /// Try the collection's transaction-level advisory lock, key (0x67656e6f "geno", hashtext(name)):

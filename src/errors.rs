@@ -4,13 +4,28 @@ use genome_core::Error;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 
+/// True once a cancel (statement_timeout, pg_cancel_backend) or termination is pending. The one
+/// cancel check of pg_genome: also read from other threads (clustering stages, the model-run
+/// watchdog), so it only reads the signal flags and never calls into PostgreSQL.
+pub fn interrupt_pending() -> bool {
+    unsafe {
+        std::ptr::read_volatile(std::ptr::addr_of!(pgrx::pg_sys::QueryCancelPending)) != 0
+            || std::ptr::read_volatile(std::ptr::addr_of!(pgrx::pg_sys::ProcDiePending)) != 0
+    }
+}
+
 pub fn report(e: Error) -> ! {
     report_in(e, None)
 }
 
 /// As [`report`], with the failing item named before the message ("image 3: invalid image: ...").
 pub fn report_in(e: Error, context: Option<String>) -> ! {
+    if matches!(e, Error::Interrupted) {
+        // PostgreSQL's own ERROR (or FATAL for a termination), with its usual message
+        pgrx::pg_sys::check_for_interrupts!();
+    }
     let (code, hint) = match &e {
+        Error::Interrupted => (PgSqlErrorCode::ERRCODE_QUERY_CANCELED, None),
         Error::RuntimeLoad { .. } => (
             PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
             Some("set genome.onnxruntime_library to the path of libonnxruntime.so (ONNX Runtime >= 1.24)"),

@@ -11,7 +11,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use genome_core::cluster::families::{centroids, keyword_labels, match_families, member_similarities, quantile, CentroidSet};
+use genome_core::cluster::families::{
+    centroids, keyword_labels, match_families, member_similarities, no_families_reason, quantile, CentroidSet,
+};
 use genome_core::cluster::{classify, ClassifyParams, Method, Points, Reduction};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
@@ -28,15 +30,6 @@ const EXEMPLARS: usize = 5;
 const LABEL_MEMBERS: usize = 200;
 /// Rows per UPDATE when writing assignments back.
 const WRITE_CHUNK: usize = 20_000;
-
-/// True once a cancel (statement_timeout, pg_cancel_backend) or termination is pending. Read
-/// from worker threads: it only reads the signal flags, it never calls into PostgreSQL.
-fn cancel_requested() -> bool {
-    unsafe {
-        std::ptr::read_volatile(std::ptr::addr_of!(pg_sys::QueryCancelPending)) != 0
-            || std::ptr::read_volatile(std::ptr::addr_of!(pg_sys::ProcDiePending)) != 0
-    }
-}
 
 /// After a stage gave up because of a cancel: raise PostgreSQL's own cancel ERROR.
 fn raise_cancel() -> ! {
@@ -72,16 +65,18 @@ fn embed_and_store(c: &Collection, ids: &[String], texts: &[String], prog: &mut 
         let lo = k * 256;
         let idchunk: Vec<String> = ids[lo..lo + chunk.len()].to_vec();
         let vv: Vec<Vector> = vecs.iter().cloned().map(Vector).collect();
-        Spi::run_with_args(
-            &format!(
-                "UPDATE {rel} t SET {emb} = u.e FROM unnest($1::text[], $2) AS u(id, e) WHERE t.{id} = u.id::{ty}",
-                rel = c.rel,
-                emb = ident(&c.emb_col),
-                id = ident(&c.id_col),
-                ty = c.id_type
-            ),
-            &[idchunk.into(), vv.into()],
-        )
+        c.as_owner(|| {
+            Spi::run_with_args(
+                &format!(
+                    "UPDATE {rel} t SET {emb} = u.e FROM unnest($1::text[], $2) AS u(id, e) WHERE t.{id} = u.id::{ty}",
+                    rel = c.rel,
+                    emb = ident(&c.emb_col),
+                    id = ident(&c.id_col),
+                    ty = c.id_type
+                ),
+                &[idchunk.into(), vv.into()],
+            )
+        })
         .unwrap_or_else(|e| error!("pg_genome: writing embeddings failed: {e}"));
         out.extend(vecs);
         prog.advance(done0 + out.len() as i64);
@@ -98,7 +93,7 @@ fn embed_missing(c: &Collection, prog: &mut Progress) -> i64 {
         rel = c.rel,
         emb = ident(&c.emb_col)
     );
-    let (ids, texts): (Vec<String>, Vec<String>) = Spi::connect(|client| {
+    let (ids, texts): (Vec<String>, Vec<String>) = c.as_owner(|| Spi::connect(|client| {
         let mut ids = Vec::new();
         let mut texts = Vec::new();
         for r in client.select(&sql, None, &[])? {
@@ -106,7 +101,7 @@ fn embed_missing(c: &Collection, prog: &mut Progress) -> i64 {
             texts.push(r.get::<String>(2)?.unwrap_or_default());
         }
         Ok::<_, pgrx::spi::SpiError>((ids, texts))
-    })
+    }))
     .unwrap_or_else(|e| error!("pg_genome: reading rows to embed failed: {e}"));
     prog.stage("embed", ids.len() as i64);
     embed_and_store(c, &ids, &texts, prog, 0);
@@ -115,7 +110,7 @@ fn embed_missing(c: &Collection, prog: &mut Progress) -> i64 {
 
 /// All rows with an embedding: ids (as text) and the vectors, read through a cursor.
 fn load_embeddings(c: &Collection, prog: &mut Progress) -> (Vec<String>, Points) {
-    let total = Spi::get_one::<i64>(&format!("SELECT count(*) FROM {} WHERE {} IS NOT NULL", c.rel, ident(&c.emb_col)))
+    let total = c.as_owner(|| Spi::get_one::<i64>(&format!("SELECT count(*) FROM {} WHERE {} IS NOT NULL", c.rel, ident(&c.emb_col))))
         .ok()
         .flatten()
         .unwrap_or(0);
@@ -128,7 +123,7 @@ fn load_embeddings(c: &Collection, prog: &mut Progress) -> (Vec<String>, Points)
     );
     let mut ids = Vec::with_capacity(total as usize);
     let mut data: Vec<f32> = Vec::with_capacity(total as usize * c.dimension);
-    Spi::connect(|client| {
+    c.as_owner(|| Spi::connect(|client| {
         let mut cur = client.open_cursor(&sql, &[]);
         loop {
             pg_sys::check_for_interrupts!();
@@ -152,7 +147,7 @@ fn load_embeddings(c: &Collection, prog: &mut Progress) -> (Vec<String>, Points)
             prog.advance(ids.len() as i64);
         }
         Ok::<_, pgrx::spi::SpiError>(())
-    })
+    }))
     .unwrap_or_else(|e| error!("pg_genome: reading embeddings failed: {e}"));
     let d = c.dimension.max(1);
     (ids, Points { n: data.len() / d, d, data })
@@ -166,7 +161,7 @@ fn texts_of(c: &Collection, ids: &[String]) -> HashMap<String, String> {
         rel = c.rel,
         ty = c.id_type
     );
-    Spi::connect(|client| {
+    c.as_owner(|| Spi::connect(|client| {
         let mut m = HashMap::new();
         for r in client.select(&sql, None, &[ids.to_vec().into()])? {
             if let (Some(i), Some(t)) = (r.get::<String>(1)?, r.get::<String>(2)?) {
@@ -174,7 +169,7 @@ fn texts_of(c: &Collection, ids: &[String]) -> HashMap<String, String> {
             }
         }
         Ok::<_, pgrx::spi::SpiError>(m)
-    })
+    }))
     .unwrap_or_else(|e| error!("pg_genome: reading texts failed: {e}"))
 }
 
@@ -190,7 +185,7 @@ fn write_assignments(c: &Collection, ids: &[String], fams: &[i64], prog: &mut Pr
     );
     for (k, (ic, fc)) in ids.chunks(WRITE_CHUNK).zip(fams.chunks(WRITE_CHUNK)).enumerate() {
         pg_sys::check_for_interrupts!();
-        Spi::run_with_args(&sql, &[ic.to_vec().into(), fc.to_vec().into()])
+        c.as_owner(|| Spi::run_with_args(&sql, &[ic.to_vec().into(), fc.to_vec().into()]))
             .unwrap_or_else(|e| error!("pg_genome: writing family ids failed: {e}"));
         prog.advance(((k + 1) * WRITE_CHUNK).min(ids.len()) as i64);
     }
@@ -261,7 +256,7 @@ fn run(
         None
     } else {
         // classify calls `progress` on this thread, between its parallel stages.
-        let r = classify(&points, params, &mut |s| prog.stage(s, n as i64), &cancel_requested);
+        let r = classify(&points, params, &mut |s| prog.stage(s, n as i64), &crate::errors::interrupt_pending);
         match r {
             Ok(r) => Some(r),
             Err(_) => raise_cancel(),
@@ -362,15 +357,17 @@ fn run(
     write_assignments(&c, &ids, &fams, &mut prog);
     // full_classify embedded everything it could: rows left without an embedding have no text.
     let textless = if kind == "full_classify" {
-        Spi::get_one_with_args::<i64>(
-            &format!(
-                "WITH u AS (UPDATE {rel} SET {fam} = $1 WHERE {emb} IS NULL AND {fam} IS DISTINCT FROM $1 RETURNING 1) SELECT count(*) FROM u",
-                rel = c.rel,
-                fam = ident(&c.fam_col),
-                emb = ident(&c.emb_col)
-            ),
-            &[c.unclustered_id.into()],
-        )
+        c.as_owner(|| {
+            Spi::get_one_with_args::<i64>(
+                &format!(
+                    "WITH u AS (UPDATE {rel} SET {fam} = $1 WHERE {emb} IS NULL AND {fam} IS DISTINCT FROM $1 RETURNING 1) SELECT count(*) FROM u",
+                    rel = c.rel,
+                    fam = ident(&c.fam_col),
+                    emb = ident(&c.emb_col)
+                ),
+                &[c.unclustered_id.into()],
+            )
+        })
         .ok()
         .flatten()
         .unwrap_or(0)
@@ -382,13 +379,18 @@ fn run(
         &[retired.clone().into(), run_id.into()],
     )
     .unwrap_or_else(|e| error!("pg_genome: retiring families failed: {e}"));
+    let unclustered = c
+        .as_owner(|| {
+            Spi::get_one_with_args::<i64>(
+                &format!("SELECT count(*) FROM {rel} WHERE {fam} = $1", rel = c.rel, fam = ident(&c.fam_col)),
+                &[c.unclustered_id.into()],
+            )
+        })
+        .unwrap_or_else(|e| error!("pg_genome: counting Unclustered failed: {e}"))
+        .unwrap_or(0);
     Spi::run_with_args(
-        &format!(
-            "UPDATE genome.families SET size = (SELECT count(*) FROM {rel} WHERE {fam} = $1), run_id = $2, updated_at = now() WHERE id = $1",
-            rel = c.rel,
-            fam = ident(&c.fam_col)
-        ),
-        &[c.unclustered_id.into(), run_id.into()],
+        "UPDATE genome.families SET size = $3, run_id = $2, updated_at = now() WHERE id = $1",
+        &[c.unclustered_id.into(), run_id.into(), unclustered.into()],
     )
     .unwrap_or_else(|e| error!("pg_genome: updating Unclustered failed: {e}"));
     Spi::run_with_args("UPDATE genome.collections SET generation = generation + 1 WHERE name = $1", &[c.name.as_str().into()])
@@ -396,11 +398,17 @@ fn run(
     lap("assign", &mut timings, &mut stage_t);
 
     let approximate = out.as_ref().is_some_and(|o| o.approximate);
-    let params_json = serde_json::json!({
+    let mut params_json = serde_json::json!({
         "min_cluster_size": min_cluster_size, "min_samples": min_samples, "reduction": format!("{reduction:?}").to_lowercase(),
         "n_components": n_components, "n_neighbors": n_neighbors, "method": format!("{method:?}").to_lowercase(),
         "seed": seed, "threshold_quantile": q, "match_threshold": gucs::FAMILY_MATCH_THRESHOLD.get(),
     });
+    if k == 0 {
+        // say why, in the run's record and to the caller (0.5.0; 0.4.1 gave no reason)
+        let why = no_families_reason(&points, min_cluster_size as usize);
+        notice!("pg_genome: {kind} \"{}\" found no families: {why}", c.name);
+        params_json["no_families_reason"] = serde_json::json!(why);
+    }
     let timings_json = serde_json::Value::Object(timings.iter().map(|(s, t)| (s.clone(), serde_json::json!((t * 1000.0).round() / 1000.0))).collect());
     Spi::run_with_args(
         "UPDATE genome.runs SET params = $2::jsonb, n_rows = $3, n_embedded = $4, n_clusters = $5, n_noise = $6, n_kept = $7,
@@ -576,7 +584,9 @@ pub fn assign_family(
         notice!("pg_genome: assign_family \"{}\": no families yet; run genome.full_classify first", c.name);
         return nothing();
     }
-    let pending = Spi::get_one::<i64>(&format!("SELECT count(*) FROM {} WHERE {} IS NULL", c.rel, ident(&c.fam_col))).ok().flatten().unwrap_or(0);
+    let pending = c.as_owner(|| Spi::get_one::<i64>(&format!("SELECT count(*) FROM {} WHERE {} IS NULL", c.rel, ident(&c.fam_col))))
+        .unwrap_or_else(|e| error!("pg_genome: counting pending rows failed: {e}"))
+        .unwrap_or(0);
     if pending < min_pending as i64 || pending == 0 {
         return nothing();
     }
@@ -594,13 +604,13 @@ pub fn assign_family(
         rel = c.rel,
         fam = ident(&c.fam_col),
     );
-    let rows: Vec<(String, Option<String>, Option<Vec<f32>>)> = Spi::connect_mut(|client| {
+    let rows: Vec<(String, Option<String>, Option<Vec<f32>>)> = c.as_owner(|| Spi::connect_mut(|client| {
         let mut v = Vec::new();
         for r in client.update(&sql, None, &[(batch_size as i64).into()])? {
             v.push((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?, r.get::<Vector>(3)?.map(|x| x.0)));
         }
         Ok::<_, pgrx::spi::SpiError>(v)
-    })
+    }))
     .unwrap_or_else(|e| error!("pg_genome: reading pending rows failed: {e}"));
     if rows.is_empty() {
         return nothing();

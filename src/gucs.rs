@@ -48,6 +48,9 @@ pub static DEFAULT_IMAGE_MODEL: GucSetting<Option<CString>> =
 /// 50 MP: a 48 MP phone photo fits; decoding takes ~3 bytes a pixel (150 MB) at most.
 pub static MAX_IMAGE_PIXELS: GucSetting<i32> = GucSetting::<i32>::new(50_000_000);
 pub static MAX_IMAGE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(64 << 20);
+/// MB all model runs of one backend may hold at once (ONNX Runtime's arena cap). all-MiniLM's
+/// largest batch (32 texts of 256 tokens) needs about 0.4 GB; EfficientNet-Lite0's about 0.5 GB.
+pub static MODEL_MEMORY_LIMIT: GucSetting<i32> = GucSetting::<i32>::new(4096);
 pub static PET_MIN_CLUSTER_SIZE: GucSetting<i32> = GucSetting::<i32>::new(3);
 /// Chosen on tuning pets from Fashion-MNIST's train split (tools/evaluate_pets.py --split train):
 /// +1.4 to +4.9 points of purity (mean +3.6) over min_samples = min_cluster_size, at the same
@@ -102,7 +105,10 @@ pub fn init() {
         c"Cancellation is checked between batches.",
         &BATCH_SIZE,
         1,
-        4096,
+        // 0.5.0: at most 64 (was 4096). One model call is one batch, and its largest kernel
+        // cannot be interrupted: 64 texts of 256 tokens keep that under a second, so a cancel
+        // or statement_timeout stops any embedding within about a second.
+        64,
         GucContext::Userset,
         GucFlags::default(),
     );
@@ -222,6 +228,16 @@ pub fn init() {
         GucFlags::default(),
     );
     // SUSET: these bound a backend's memory; a user must not lift them.
+    GucRegistry::define_int_guc(
+        c"genome.model_memory_limit",
+        c"Memory all model runs of a backend may hold at once; a run that needs more is an ERROR.",
+        c"Read when a backend first loads ONNX Runtime; 0 turns the cap off.",
+        &MODEL_MEMORY_LIMIT,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_MB,
+    );
     GucRegistry::define_int_guc(
         c"genome.max_image_pixels",
         c"Largest image (width x height) that is decoded; larger ones are an ERROR before decoding.",
@@ -422,6 +438,12 @@ pub fn string(s: &GucSetting<Option<CString>>) -> Option<String> {
 }
 
 /// The runtime library path with `$libdir` expanded.
+/// genome.model_memory_limit in bytes, None when 0 (no cap).
+pub fn model_memory_limit() -> Option<usize> {
+    let mb = MODEL_MEMORY_LIMIT.get().max(0) as usize;
+    (mb > 0).then(|| mb << 20)
+}
+
 pub fn onnxruntime_library() -> String {
     let raw = string(&ONNXRUNTIME_LIBRARY).unwrap_or_default();
     if let Some(rest) = raw.strip_prefix("$libdir") {

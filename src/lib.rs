@@ -13,6 +13,7 @@ pub mod gucs;
 pub mod images;
 pub mod metrics;
 pub mod models;
+pub mod owner;
 pub mod pets;
 pub mod progress;
 pub mod queue;
@@ -56,6 +57,11 @@ pub extern "C-unwind" fn _PG_init() {
             "pg_genome must be loaded via shared_preload_libraries".into(),
             Some("add pg_genome to shared_preload_libraries in postgresql.conf and restart PostgreSQL".into()),
         );
+    }
+    // Rust backtraces are for the server log at most, never for clients: pgrx puts a captured
+    // backtrace into an ERROR's DETAIL, and RUST_BACKTRACE may be set in the server's environment.
+    if std::env::var_os("GENOME_CLIENT_BACKTRACES").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
     // Only GUCs here: ONNX Runtime is loaded lazily in the backend that needs it, never in the
     // postmaster (its threads would not survive fork()).

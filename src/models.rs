@@ -128,11 +128,19 @@ fn current_settings() -> SessionSettings {
     SessionSettings {
         intra_threads: gucs::INTRA_OP_THREADS.get().max(1) as usize,
         provider,
+        // cancel, statement_timeout and pg_terminate_backend stop a run in flight
+        stop: Some(crate::errors::interrupt_pending),
     }
 }
 
+/// The process's ONNX Runtime, loaded on first use from genome.onnxruntime_library with the
+/// arena cap of genome.model_memory_limit.
+pub fn try_runtime() -> genome_core::Result<&'static Runtime> {
+    Runtime::get_or_load_with(&gucs::onnxruntime_library(), gucs::model_memory_limit())
+}
+
 pub fn runtime() -> &'static Runtime {
-    Runtime::get_or_load(&gucs::onnxruntime_library()).or_report()
+    try_runtime().or_report()
 }
 
 /// Embed texts with `row`'s model (ERROR on failure), counted in genome.metrics(): texts, model
@@ -244,7 +252,7 @@ fn load_embedder(row: &ModelRow, settings: SessionSettings) -> Embedder {
     .unwrap_or_else(|e| error!("pg_genome: reading genome.models failed: {e}"));
     let onnx = match (onnx, path) {
         (Some(b), _) => b,
-        (None, Some(p)) => std::fs::read(&p).unwrap_or_else(|e| {
+        (None, Some(p)) => read_model_file(&p).unwrap_or_else(|e| {
             raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
                 format!(
@@ -292,6 +300,22 @@ fn load_embedder(row: &ModelRow, settings: SessionSettings) -> Embedder {
     embedder
 }
 
+/// Largest ONNX file read from a server path (the registry's bytea holds at most 1 GB).
+const MAX_MODEL_FILE: u64 = 4 << 30;
+
+/// A model file named by `onnx_path`: a regular file of bounded size, never a device or a FIFO
+/// (which would block or never end).
+fn read_model_file(p: &str) -> std::io::Result<Vec<u8>> {
+    let meta = std::fs::metadata(p)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    if meta.len() > MAX_MODEL_FILE {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("larger than {MAX_MODEL_FILE} bytes")));
+    }
+    std::fs::read(p)
+}
+
 /// Names must be usable in specs (`name@version`) and file names.
 fn check_name(what: &str, s: &str) {
     let ok = !s.is_empty()
@@ -317,6 +341,8 @@ fn validate(
     task: &str,
     check_run: bool,
 ) -> usize {
+    // no external data, no uninterruptible loop: checked even when the model is not run here
+    genome_core::embed::guard::check_self_contained(onnx).or_report();
     match task {
         "text-embedding" => {
             let tokenizer = tokenizer.unwrap_or_else(|| {
@@ -412,6 +438,25 @@ fn insert(
     .expect("INSERT ... RETURNING gives a row")
 }
 
+/// The role whose members may register models (README, "Security model").
+pub const ADMIN_ROLE: &std::ffi::CStr = c"genome_admin";
+
+/// Registering a model is a privileged act: a model is code that every role embedding with it
+/// runs. Checked before a byte of the model is parsed.
+fn require_admin(what: &str) {
+    let ok = unsafe {
+        let admin = pg_sys::get_role_oid(ADMIN_ROLE.as_ptr(), true);
+        pg_sys::superuser() || (admin != pg_sys::InvalidOid && pg_sys::has_privs_of_role(pg_sys::GetUserId(), admin))
+    };
+    if !ok {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("{what} requires superuser or membership in genome_admin"),
+            Some("a superuser can GRANT genome_admin TO the role that manages models".into()),
+        );
+    }
+}
+
 /// Register a model from its bytes. Returns the new row's id.
 #[pg_extern(volatile)]
 pub fn register_model(
@@ -423,6 +468,7 @@ pub fn register_model(
     task: default!(&str, "'text-embedding'"),
     validate_model: default!(bool, true),
 ) -> i64 {
+    require_admin("registering a model");
     ensure_new(name, version);
     let config = config.0.to_string();
     let dim = validate(onnx, tokenizer, &config, task, validate_model);
@@ -451,6 +497,7 @@ pub fn register_model_path(
     task: default!(&str, "'text-embedding'"),
     validate_model: default!(bool, true),
 ) -> i64 {
+    require_admin("registering a model");
     let allowed = unsafe {
         pg_sys::superuser()
             || pg_sys::has_privs_of_role(
@@ -473,7 +520,7 @@ pub fn register_model_path(
         );
     }
     ensure_new(name, version);
-    let onnx = std::fs::read(onnx_path).unwrap_or_else(|e| {
+    let onnx = read_model_file(onnx_path).unwrap_or_else(|e| {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_FILE,
             format!("cannot read \"{onnx_path}\": {e}"),

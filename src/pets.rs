@@ -65,8 +65,7 @@ pub fn _pet_plan(
         trim_new: gucs::PET_TRIM_NEW_CLUSTERS.get(),
     };
     // Per-pet work is small (hundreds of photos); the check is for very large pets.
-    let cancel = || unsafe { pg_sys::InterruptPending != 0 };
-    let plan = update_pet(&vectors, &clusters, threshold, &params, &cancel).unwrap_or_else(|_| {
+    let plan = update_pet(&vectors, &clusters, threshold, &params, &crate::errors::interrupt_pending).unwrap_or_else(|_| {
         pg_sys::check_for_interrupts!();
         raise(PgSqlErrorCode::ERRCODE_QUERY_CANCELED, "canceled".into(), None)
     });

@@ -16,7 +16,9 @@ use pgrx::bgworkers::*;
 use pgrx::lwlock::PgLwLock;
 use pgrx::prelude::*;
 use pgrx::shmem::*;
-use pgrx::{pg_shmem_init, pg_sys, register_xact_callback, PgMemoryContexts, PgXactCallbackEvent};
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::pg_sys::PgTryBuilder;
+use pgrx::{pg_shmem_init, pg_sys, register_xact_callback, PgMemoryContexts, PgSqlErrorCode, PgXactCallbackEvent};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -255,9 +257,26 @@ fn step(db: &str) -> bool {
     set_activity(c"pg_genome: embedding a batch", true);
     let t = Instant::now();
     let out = BackgroundWorker::transaction(|| {
-        Spi::get_one_with_args::<pgrx::JsonB>("SELECT genome._embed_process($1)", &[ids.into()])
-            .ok()
-            .flatten()
+        let r = in_subtransaction(|| {
+            Spi::get_one_with_args::<pgrx::JsonB>("SELECT genome._embed_process($1)", &[ids.clone().into()])
+                .ok()
+                .flatten()
+        });
+        match r {
+            Ok(j) => j,
+            Err(msg) => {
+                // An ERROR outside _embed_process's own handling: the batch's rows fail with the
+                // real message (and back off); the worker goes on with other collections.
+                let _ = Spi::run_with_args(
+                    "SELECT genome._embed_failed($1, $2)",
+                    &[ids.clone().into(), format!("pg_genome: {msg}").into()],
+                );
+                Some(pgrx::JsonB(serde_json::json!([{
+                    "collection": null, "target": null, "model": null, "rows": ids.len(),
+                    "completed": 0, "failed": ids.len(), "error": msg,
+                }])))
+            }
+        }
     });
     let ms = t.elapsed().as_secs_f64() * 1000.0;
     for g in out.and_then(|j| j.0.as_array().cloned()).unwrap_or_default() {
@@ -274,13 +293,50 @@ fn step(db: &str) -> bool {
     true
 }
 
+/// Run `f` in a subtransaction, as a PL/pgSQL EXCEPTION block does: an ERROR inside rolls back
+/// what `f` did and comes back as its message. A cancel or termination is not caught.
+fn in_subtransaction<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let (cxt, owner) = unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
+    unsafe {
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(cxt);
+    }
+    let restore = move || unsafe {
+        pg_sys::MemoryContextSwitchTo(cxt);
+        pg_sys::CurrentResourceOwner = owner;
+    };
+    PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+        let v = f();
+        unsafe { pg_sys::ReleaseCurrentSubTransaction() };
+        restore();
+        Ok(v)
+    }))
+    .catch_others(|e| {
+        let report = match &e {
+            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
+            CaughtError::RustPanic { ereport, .. } => ereport,
+        };
+        if report.sql_error_code() == PgSqlErrorCode::ERRCODE_QUERY_CANCELED || crate::errors::interrupt_pending() {
+            e.rethrow();
+        }
+        let msg = report.message().to_string();
+        unsafe {
+            pg_sys::MemoryContextSwitchTo(cxt);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        restore();
+        Err(msg)
+    })
+    .execute()
+}
+
 /// What genome.health() reports about this backend's runtime and the worker settings.
 #[pg_extern(volatile, name = "_runtime_info")]
 fn runtime_info() -> pgrx::JsonB {
     let lib = gucs::onnxruntime_library();
-    let (loaded, version, error) = match genome_core::embed::runtime::Runtime::get_or_load(&lib) {
-        Ok(r) => (true, Some(r.version.clone()), None),
-        Err(e) => (false, None, Some(e.to_string())),
+    let (loaded, version, error, cap) = match crate::models::try_runtime() {
+        Ok(r) => (true, Some(r.version.clone()), None, r.memory_limit.map(|b| b >> 20)),
+        Err(e) => (false, None, Some(e.to_string()), None),
     };
     pgrx::JsonB(serde_json::json!({
         "onnxruntime_library": lib,
@@ -289,6 +345,7 @@ fn runtime_info() -> pgrx::JsonB {
         "onnxruntime_error": error,
         "execution_provider": gucs::provider_name(),
         "intra_op_threads": gucs::INTRA_OP_THREADS.get(),
+        "model_memory_limit_mb": cap,
         "preloaded": READY.load(Ordering::Relaxed),
         "counters": if crate::metrics::shared() { "shared memory (cluster-wide)" } else { "this backend only (not preloaded)" },
         "embed_workers_per_database": gucs::EMBED_WORKERS.get(),

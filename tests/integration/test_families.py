@@ -278,7 +278,7 @@ def test_pg_cron_job_runs_and_assigns_rows():
         c.execute("DROP SCHEMA it_cron CASCADE")
 
 
-def test_upgrade_from_0_1_0_through_0_4_1_matches_a_fresh_install(database):
+def test_upgrade_from_0_1_0_through_0_5_0_matches_a_fresh_install(database):
     q = """SELECT pg_describe_object(classid, objid, 0) FROM pg_depend
             WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
               AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_genome') ORDER BY 1"""
@@ -306,6 +306,9 @@ def test_upgrade_from_0_1_0_through_0_4_1_matches_a_fresh_install(database):
             assert u.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'old_docs' AND indexdef LIKE '%USING hnsw%'").fetchone()[0] == 1
             u.execute("ALTER EXTENSION pg_genome UPDATE TO '0.4.0'")
             u.execute("ALTER EXTENSION pg_genome UPDATE TO '0.4.1'")
+            u.execute("ALTER EXTENSION pg_genome UPDATE TO '0.5.0'")
+            # registrations made before 0.5.0 are their table's owner's
+            assert u.execute("SELECT registered_by::text FROM genome.collections WHERE name = 'old_docs'").fetchone()[0] == "postgres"
             assert u.execute(q).fetchall() == want
             assert u.execute(fq).fetchall() == want_f
             assert u.execute(cq).fetchall() == want_c

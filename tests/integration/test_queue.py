@@ -1,6 +1,7 @@
 """Background embedding queue (with the real worker of the project's cluster serving this
 database), semantic search through the pgvector HNSW index, re-embedding, health and metrics.
 Real texts (the sample data), the default model, real PostgreSQL, pgvector and worker processes."""
+import re
 import threading
 import time
 
@@ -307,7 +308,8 @@ def test_reembed_switches_model_without_mixed_dimensions(searchable):
 def test_health_and_metrics(searchable):
     with connect() as c:
         h = c.execute("SELECT genome.health()").fetchone()[0]
-        assert h["extension_version"] == "0.4.1"
+        crate = re.search(r'^version = "([^"]+)"', (REPO / "Cargo.toml").read_text(), re.M).group(1)
+        assert h["extension_version"] == crate
         assert h["runtime"]["onnxruntime_loaded"] and h["runtime"]["onnxruntime_version"] == "1.31.1"
         assert h["runtime"]["execution_provider"] == "cpu" and h["runtime"]["preloaded"]
         assert any(w["database"] == "genome_it" for w in h["workers"])

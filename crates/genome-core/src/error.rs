@@ -17,6 +17,9 @@ pub enum Error {
     Provider { provider: String, reason: String },
     #[error("inference failed: {0}")]
     Inference(String),
+    /// The host asked for the run to stop (cancel, timeout, termination) while it was in flight.
+    #[error("model run interrupted")]
+    Interrupted,
     /// Bytes that are not a readable JPEG, PNG or WebP image.
     #[error("invalid image: {0}")]
     Image(String),

@@ -243,6 +243,26 @@ pub fn purity(labels: &[i32], truth: &[i32]) -> f64 {
     majority as f64 / clustered.max(1) as f64
 }
 
+/// Why a classification of `points` found no family, in words for the run's record and NOTICE.
+pub fn no_families_reason(points: &Points, min_cluster_size: usize) -> String {
+    let n = points.n;
+    if n < min_cluster_size {
+        return format!("{n} rows with an embedding are fewer than min_cluster_size = {min_cluster_size}");
+    }
+    let d = points.d.max(1);
+    let first = &points.data[..d];
+    if points.data.chunks(d).all(|r| r.iter().zip(first).all(|(a, b)| a.to_bits() == b.to_bits())) {
+        return format!(
+            "all {n} rows have the same embedding (the same text): one group alone is never a family, \
+             HDBSCAN needs groups that stand out from each other"
+        );
+    }
+    format!(
+        "HDBSCAN found no group of at least min_cluster_size = {min_cluster_size} rows that stands out from the rest; \
+         every row is Unclustered (a smaller min_cluster_size may find some)"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,5 +323,17 @@ mod tests {
         let l = keyword_labels(&texts, &[0, 0, 1, 1], 2, 1);
         assert_eq!(l, vec!["cats".to_string(), "dogs".to_string()]);
         assert!((purity(&[0, 0, 1, 1, -1], &[5, 5, 5, 6, 6]) - 0.75).abs() < 1e-12);
+    }
+
+    #[test]
+    fn no_families_reason_names_identical_rows_and_small_inputs() {
+        let same = Points { n: 200, d: 3, data: [0.6f32, 0.8, 0.0].repeat(200) };
+        assert!(no_families_reason(&same, 15).contains("all 200 rows have the same embedding"));
+        let few = Points { n: 4, d: 3, data: vec![0.1; 12] };
+        assert!(no_families_reason(&few, 15).contains("fewer than min_cluster_size = 15"));
+        let mut mixed = [0.6f32, 0.8, 0.0].repeat(20);
+        mixed[0] = 0.7;
+        let mixed = Points { n: 20, d: 3, data: mixed };
+        assert!(no_families_reason(&mixed, 15).contains("no group of at least min_cluster_size = 15"));
     }
 }

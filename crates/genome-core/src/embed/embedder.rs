@@ -6,6 +6,7 @@ use ort::value::TensorRef;
 
 use super::config::{ModelConfig, Pooling};
 use super::pooling::{cls_pool, l2_normalize, mean_pool};
+use super::interrupt::{self, StopCheck};
 use super::runtime::{ExecutionProvider, Runtime};
 use super::tokenize::TextTokenizer;
 use crate::{Error, Result};
@@ -16,6 +17,8 @@ use crate::{Error, Result};
 pub struct SessionSettings {
     pub intra_threads: usize,
     pub provider: ExecutionProvider,
+    /// Polled while a run is in flight; true stops it (see [`interrupt`]). None: runs to the end.
+    pub stop: Option<StopCheck>,
 }
 
 impl Default for SessionSettings {
@@ -23,6 +26,7 @@ impl Default for SessionSettings {
         Self {
             intra_threads: 1,
             provider: ExecutionProvider::Cpu,
+            stop: None,
         }
     }
 }
@@ -49,6 +53,10 @@ pub fn build_session(runtime: &Runtime, onnx: &[u8], settings: SessionSettings) 
         .with_inter_threads(1)
         .map_err(model_err)?;
     builder = register_provider(builder, settings.provider)?;
+    if runtime.memory_limit.is_some() {
+        builder = builder.with_env_allocators().map_err(model_err)?;
+    }
+    super::guard::check_self_contained(onnx)?;
     builder.commit_from_memory(onnx).map_err(model_err)
 }
 
@@ -142,45 +150,48 @@ impl TextEmbedder {
         let pooling = self.config.pooling;
         let normalize = self.config.normalize;
         let output_name = self.config.output_name.clone();
-        let outputs = self.session.run(inputs).map_err(inf)?;
-        let value = outputs
-            .get(output_name.as_str())
-            .ok_or_else(|| Error::ModelMismatch(format!("output \"{output_name}\" missing")))?;
-        let arr = value.try_extract_array::<f32>().map_err(|e| {
-            Error::ModelMismatch(format!(
-                "output \"{output_name}\" is not a float32 tensor: {e}"
-            ))
+        let mut vectors = interrupt::run(&mut self.session, inputs, self.settings.stop, |outputs| {
+            let value = outputs
+                .get(output_name.as_str())
+                .ok_or_else(|| Error::ModelMismatch(format!("output \"{output_name}\" missing")))?;
+            let arr = value.try_extract_array::<f32>().map_err(|e| {
+                Error::ModelMismatch(format!(
+                    "output \"{output_name}\" is not a float32 tensor: {e}"
+                ))
+            })?;
+            // The rank only: a shape computed by the graph could carry data, never echo it.
+            let rank = arr.ndim();
+            let bad_shape = |what: &str| {
+                Error::ModelMismatch(format!(
+                    "output \"{output_name}\" is not {what} (it has {rank} dimensions; config: pooling {pooling:?}, dimension {dim})"
+                ))
+            };
+            let vectors = match pooling {
+                Pooling::Mean | Pooling::Cls => {
+                    let h = arr
+                        .into_dimensionality::<Ix3>()
+                        .map_err(|_| bad_shape("[batch, tokens, dimension]"))?;
+                    if h.dim().0 != texts.len() || h.dim().1 != enc.ids.dim().1 || h.dim().2 != dim {
+                        return Err(bad_shape("[batch, tokens, dimension]"));
+                    }
+                    if pooling == Pooling::Mean {
+                        mean_pool(h, enc.mask.view())
+                    } else {
+                        cls_pool(h)
+                    }
+                }
+                Pooling::None => {
+                    let h = arr
+                        .into_dimensionality::<Ix2>()
+                        .map_err(|_| bad_shape("[batch, dimension] as pooling none needs"))?;
+                    if h.dim() != (texts.len(), dim) {
+                        return Err(bad_shape("[batch, dimension] as pooling none needs"));
+                    }
+                    h.outer_iter().map(|r| r.to_vec()).collect()
+                }
+            };
+            Ok(vectors)
         })?;
-        let shape = arr.shape().to_vec();
-        let bad_shape = |what: &str| {
-            Error::ModelMismatch(format!(
-                "output \"{output_name}\" has shape {shape:?}; {what} (config: pooling {pooling:?}, dimension {dim})"
-            ))
-        };
-        let mut vectors = match pooling {
-            Pooling::Mean | Pooling::Cls => {
-                let h = arr
-                    .into_dimensionality::<Ix3>()
-                    .map_err(|_| bad_shape("expected [batch, tokens, dimension]"))?;
-                if h.dim().0 != texts.len() || h.dim().1 != enc.ids.dim().1 || h.dim().2 != dim {
-                    return Err(bad_shape("expected [batch, tokens, dimension]"));
-                }
-                if pooling == Pooling::Mean {
-                    mean_pool(h, enc.mask.view())
-                } else {
-                    cls_pool(h)
-                }
-            }
-            Pooling::None => {
-                let h = arr
-                    .into_dimensionality::<Ix2>()
-                    .map_err(|_| bad_shape("expected [batch, dimension] with pooling none"))?;
-                if h.dim() != (texts.len(), dim) {
-                    return Err(bad_shape("expected [batch, dimension] with pooling none"));
-                }
-                h.outer_iter().map(|r| r.to_vec()).collect()
-            }
-        };
         if vectors.iter().flatten().any(|x| !x.is_finite()) {
             return Err(Error::Inference(
                 "model produced NaN or infinite values".into(),

@@ -2,6 +2,8 @@
 
 pub mod config;
 pub mod embedder;
+pub mod guard;
+pub mod interrupt;
 pub mod pooling;
 pub mod runtime;
 pub mod tokenize;

@@ -6,8 +6,9 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use super::config::{ChannelOrder, ImageConfig};
-use super::resize::{resize_bilinear, shorter_side_size};
+use super::resize::{resize_bilinear_window, shorter_side_size};
 use crate::embed::embedder::build_session;
+use crate::embed::interrupt;
 use crate::embed::pooling::l2_normalize;
 use crate::embed::{Runtime, SessionSettings};
 use crate::{Error, Result};
@@ -17,9 +18,11 @@ use crate::{Error, Result};
 pub fn preprocess(img: &RgbImage, cfg: &ImageConfig) -> Array3<f32> {
     let (w, h) = img.dimensions();
     let (rw, rh) = shorter_side_size(w, h, cfg.resize_shorter);
-    let resized = resize_bilinear(img, rw, rh);
     let c = cfg.crop;
     let (left, top) = ((rw - c) / 2, (rh - c) / 2);
+    // only the centre crop is resized: memory stays bounded whatever the aspect ratio
+    let resized = resize_bilinear_window(img, rw, rh, left, top, c, c);
+    let (left, top) = (0, 0);
     let order: [usize; 3] = match cfg.channel_order {
         ChannelOrder::Rgb => [0, 1, 2],
         ChannelOrder::Bgr => [2, 1, 0],
@@ -110,27 +113,28 @@ impl ImageEmbedder {
         let input = TensorRef::from_array_view(batch.view()).map_err(inf)?;
         let name = self.config.output_name.clone();
         let dim = self.config.dimension;
-        let outputs = self
-            .session
-            .run(vec![(self.config.input_name.clone(), input.into_dyn())])
-            .map_err(inf)?;
-        let value = outputs
-            .get(name.as_str())
-            .ok_or_else(|| Error::ModelMismatch(format!("output \"{name}\" missing")))?;
-        let arr = value.try_extract_array::<f32>().map_err(|e| {
-            Error::ModelMismatch(format!("output \"{name}\" is not a float32 tensor: {e}"))
-        })?;
-        let shape = arr.shape().to_vec();
-        let h = arr
-            .into_dimensionality::<Ix2>()
-            .ok()
-            .filter(|h| h.dim() == (images.len(), dim))
-            .ok_or_else(|| {
-                Error::ModelMismatch(format!(
-                    "output \"{name}\" has shape {shape:?}; expected [batch, {dim}]"
-                ))
+        let n = images.len();
+        let inputs = vec![(self.config.input_name.clone(), input.into_dyn())];
+        let mut vectors = interrupt::run(&mut self.session, inputs, self.settings.stop, |outputs| {
+            let value = outputs
+                .get(name.as_str())
+                .ok_or_else(|| Error::ModelMismatch(format!("output \"{name}\" missing")))?;
+            let arr = value.try_extract_array::<f32>().map_err(|e| {
+                Error::ModelMismatch(format!("output \"{name}\" is not a float32 tensor: {e}"))
             })?;
-        let mut vectors: Vec<Vec<f32>> = h.outer_iter().map(|r| r.to_vec()).collect();
+            // the rank only: a shape computed by the graph could carry data, never echo it
+            let rank = arr.ndim();
+            let h = arr
+                .into_dimensionality::<Ix2>()
+                .ok()
+                .filter(|h| h.dim() == (n, dim))
+                .ok_or_else(|| {
+                    Error::ModelMismatch(format!(
+                        "output \"{name}\" is not [batch, {dim}] (it has {rank} dimensions)"
+                    ))
+                })?;
+            Ok(h.outer_iter().map(|r| r.to_vec()).collect::<Vec<Vec<f32>>>())
+        })?;
         if vectors.iter().flatten().any(|x| !x.is_finite()) {
             return Err(Error::Inference(
                 "model produced NaN or infinite values".into(),

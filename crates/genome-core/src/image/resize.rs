@@ -24,15 +24,17 @@ fn bilinear(x: f64) -> f64 {
     }
 }
 
-fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
+/// The coefficients of the output positions `range` (of `out_size`): each position's weights
+/// depend only on the sizes, so a window costs memory for the window alone.
+fn coeffs(in_size: usize, out_size: usize, range: std::ops::Range<usize>) -> Coeffs {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filterscale; // bilinear support is 1
     let ksize = support.ceil() as usize * 2 + 1;
-    let mut bounds = Vec::with_capacity(out_size);
-    let mut k = vec![0i32; out_size * ksize];
+    let mut bounds = Vec::with_capacity(range.len());
+    let mut k = vec![0i32; range.len() * ksize];
     let mut w = vec![0f64; ksize];
-    for xx in 0..out_size {
+    for (j, xx) in range.enumerate() {
         let center = (xx as f64 + 0.5) * scale;
         let ss = 1.0 / filterscale;
         // C's (int) cast truncates toward zero; `as` does the same.
@@ -48,7 +50,7 @@ fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
         for x in 0..n {
             let v = if ww != 0.0 { w[x] / ww } else { w[x] };
             let f = v * (1u32 << PRECISION_BITS) as f64;
-            k[xx * ksize + x] = if v < 0.0 { (f - 0.5) as i32 } else { (f + 0.5) as i32 };
+            k[j * ksize + x] = if v < 0.0 { (f - 0.5) as i32 } else { (f + 0.5) as i32 };
         }
         bounds.push((xmin as usize, n));
     }
@@ -59,13 +61,14 @@ fn clip8(v: i32) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-fn horizontal(src: &RgbImage, out_w: u32) -> RgbImage {
+/// Columns `x0 .. x0 + cw` of the image resized to width `out_w` (height unchanged).
+fn horizontal(src: &RgbImage, out_w: u32, x0: u32, cw: u32) -> RgbImage {
     let (w, h) = src.dimensions();
-    let c = coeffs(w as usize, out_w as usize);
-    let mut out = RgbImage::new(out_w, h);
+    let c = coeffs(w as usize, out_w as usize, x0 as usize..(x0 + cw) as usize);
+    let mut out = RgbImage::new(cw, h);
     let inp = src.as_raw();
     let o = out.as_mut();
-    let (wi, wo) = (w as usize * 3, out_w as usize * 3);
+    let (wi, wo) = (w as usize * 3, cw as usize * 3);
     for y in 0..h as usize {
         let row = &inp[y * wi..(y + 1) * wi];
         for (xx, &(xmin, n)) in c.bounds.iter().enumerate() {
@@ -86,10 +89,11 @@ fn horizontal(src: &RgbImage, out_w: u32) -> RgbImage {
     out
 }
 
-fn vertical(src: &RgbImage, out_h: u32) -> RgbImage {
+/// Rows `y0 .. y0 + ch` of the image resized to height `out_h` (width unchanged).
+fn vertical(src: &RgbImage, out_h: u32, y0: u32, ch: u32) -> RgbImage {
     let (w, h) = src.dimensions();
-    let c = coeffs(h as usize, out_h as usize);
-    let mut out = RgbImage::new(w, out_h);
+    let c = coeffs(h as usize, out_h as usize, y0 as usize..(y0 + ch) as usize);
+    let mut out = RgbImage::new(w, ch);
     let inp = src.as_raw();
     let o = out.as_mut();
     let stride = w as usize * 3;
@@ -108,16 +112,26 @@ fn vertical(src: &RgbImage, out_h: u32) -> RgbImage {
 
 /// Resize to exactly (out_w, out_h) as Pillow's BILINEAR does.
 pub fn resize_bilinear(src: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
+    resize_bilinear_window(src, out_w, out_h, 0, 0, out_w, out_h)
+}
+
+/// The window (left, top, cw, ch) of the image resized to (out_w, out_h), as Pillow's BILINEAR
+/// resize followed by a crop gives it, computed for the window alone: memory and time follow
+/// the window and the source, never the full resized size (a 100000x1 strip resized to a
+/// shorter side of 256 would be 6.5 billion pixels).
+#[allow(clippy::too_many_arguments)]
+pub fn resize_bilinear_window(src: &RgbImage, out_w: u32, out_h: u32, left: u32, top: u32, cw: u32, ch: u32) -> RgbImage {
+    assert!(left + cw <= out_w && top + ch <= out_h, "window inside the resized image");
     let (w, h) = src.dimensions();
     let tmp;
-    let mid = if out_w != w {
-        tmp = horizontal(src, out_w);
+    let mid = if out_w != w || left != 0 || cw != w {
+        tmp = horizontal(src, out_w, left, cw);
         &tmp
     } else {
         src
     };
-    if out_h != h {
-        vertical(mid, out_h)
+    if out_h != h || top != 0 || ch != h {
+        vertical(mid, out_h, top, ch)
     } else {
         mid.clone()
     }
@@ -158,6 +172,27 @@ mod tests {
         let greens: Vec<u8> = r.pixels().map(|p| p.0[1]).collect();
         assert_eq!(reds, vec![19, 89, 161, 231]);
         assert_eq!(greens, vec![236, 166, 94, 24]);
+    }
+
+    #[test]
+    fn a_window_equals_the_crop_of_the_full_resize() {
+        let g = RgbImage::from_fn(37, 23, |x, y| image::Rgb([(x * 7) as u8, (y * 11) as u8, ((x * y) % 251) as u8]));
+        for (ow, oh) in [(50, 31), (20, 12), (37, 23), (9, 60)] {
+            let full = resize_bilinear(&g, ow, oh);
+            let (l, t, cw, ch) = (ow / 4, oh / 3, ow / 2, oh / 2);
+            let win = resize_bilinear_window(&g, ow, oh, l, t, cw, ch);
+            let crop = image::imageops::crop_imm(&full, l, t, cw, ch).to_image();
+            assert_eq!(win, crop, "{ow}x{oh}");
+        }
+    }
+
+    #[test]
+    fn an_extreme_strip_costs_only_its_window() {
+        // 100000x1 -> shorter side 256 would be 25.6M x 256 pixels (19.6 GB); the window is 224x224.
+        let strip = RgbImage::from_fn(100_000, 1, |x, _| image::Rgb([(x % 256) as u8, 0, 0]));
+        let (rw, rh) = shorter_side_size(100_000, 1, 256);
+        let win = resize_bilinear_window(&strip, rw, rh, (rw - 224) / 2, (rh - 224) / 2, 224, 224);
+        assert_eq!(win.dimensions(), (224, 224));
     }
 
     #[test]
