@@ -357,20 +357,16 @@ fn run(
     write_assignments(&c, &ids, &fams, &mut prog);
     // full_classify embedded everything it could: rows left without an embedding have no text.
     let textless = if kind == "full_classify" {
-        c.as_owner(|| {
-            Spi::get_one_with_args::<i64>(
-                &format!(
-                    "WITH u AS (UPDATE {rel} SET {fam} = $1 WHERE {emb} IS NULL AND {fam} IS DISTINCT FROM $1 RETURNING 1) SELECT count(*) FROM u",
-                    rel = c.rel,
-                    fam = ident(&c.fam_col),
-                    emb = ident(&c.emb_col)
-                ),
-                &[c.unclustered_id.into()],
-            )
-        })
-        .ok()
-        .flatten()
-        .unwrap_or(0)
+        // a plain UPDATE, its row count from SPI: a data-modifying WITH would refuse tables
+        // with DO ALSO rules
+        let sql = format!(
+            "UPDATE {rel} SET {fam} = $1 WHERE {emb} IS NULL AND {fam} IS DISTINCT FROM $1",
+            rel = c.rel,
+            fam = ident(&c.fam_col),
+            emb = ident(&c.emb_col)
+        );
+        c.as_owner(|| Spi::connect_mut(|client| client.update(&sql, None, &[c.unclustered_id.into()]).map(|t| t.len() as i64)))
+            .unwrap_or_else(|e| error!("pg_genome: assigning rows without text failed: {e}"))
     } else {
         0
     };

@@ -129,13 +129,14 @@ def endless_loop_model(body_kind="steps"):
     return m.SerializeToString()
 
 
-def memory_hungry_model(floats_per_row):
-    """A text model that allocates a tensor of batch x floats_per_row floats (4 bytes each) per run;
-    the size depends on the input, so nothing is folded at load."""
+def memory_hungry_model(floats_per_row, constant=False):
+    """A text model that allocates a tensor of batch x floats_per_row floats (4 bytes each) per run
+    (its size depends on the input), or of floats_per_row floats from a constant shape (which
+    ONNX Runtime's constant folding would compute at load)."""
     nodes = [
         helper.make_node("Shape", ["input_ids"], ["shp"]),
         helper.make_node("Slice", ["shp", "zero", "one"], ["batch"]),
-        helper.make_node("Mul", ["batch", "per_row"], ["n"]),
+        helper.make_node("Mul", ["one" if constant else "batch", "per_row"], ["n"]),
         helper.make_node("ConstantOfShape", ["n"], ["big"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
         helper.make_node("ReduceSum", ["big"], ["total"], keepdims=1),
         helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
@@ -269,11 +270,12 @@ def test_s2_cancel_and_terminate_stop_a_running_graph(roles, how):
         assert postmaster_start(c) == started
 
 
-def test_s2_a_model_run_is_memory_bounded(roles):
+@pytest.mark.parametrize("constant", [False, True], ids=["computed shape", "constant shape"])
+def test_s2_a_model_run_is_memory_bounded(roles, constant):
     with connect() as su:
-        # 256 M floats = 1 GiB per text: over a 256 MB cap, harmless without one
+        # 256 M floats = 1 GiB: over a 256 MB cap, harmless without one
         su.execute("SELECT genome.register_model('sec-hungry', '1', %s, %s, %s, validate_model => false)",
-                   (memory_hungry_model(1 << 28), tokenizer(), LOOP_CONFIG))
+                   (memory_hungry_model(1 << 28, constant), tokenizer(), LOOP_CONFIG))
         started = postmaster_start(su)
     try:
         with connect() as c:
@@ -357,12 +359,16 @@ TRIGGERS = {
     "check constraint": """CREATE FUNCTION sec_app.chk_{t}(b text) RETURNS boolean LANGUAGE plpgsql AS $f$
         BEGIN PERFORM sec_app.escalate('{t}'); RETURN true; END $f$;
         ALTER TABLE sec_app.{t} ADD CONSTRAINT c CHECK (sec_app.chk_{t}(body || coalesce(family_id::text, '')))""",
+    "index expression": """CREATE FUNCTION sec_app.idx_{t}(b text, f bigint) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $f$
+        BEGIN PERFORM sec_app.escalate('{t}'); RETURN b || coalesce(f::text, ''); END $f$;
+        CREATE INDEX ON sec_app.{t} (sec_app.idx_{t}(body, family_id))""",
+    "rule": """CREATE RULE r AS ON UPDATE TO sec_app.{t} DO ALSO INSERT INTO sec_app.log VALUES (current_user, '{t}')""",
 }
 
 
 @pytest.mark.parametrize("kind", list(TRIGGERS))
 def test_s3_s8_worker_and_superuser_jobs_run_the_owners_code_as_the_owner(roles, kind):
-    t = "t_" + kind.split()[0] + "_" + kind.split()[1]
+    t = "t_" + "_".join(kind.split()[:2])
     with connect(user="sec_app") as app:
         app_setup(app, t)
         app.execute(f"SELECT genome.register_collection('sec_{t}', 'sec_app.{t}', 'id', 'body', model => 'tiny-bert')")

@@ -55,6 +55,11 @@ pub fn build_session(runtime: &Runtime, onnx: &[u8], settings: SessionSettings) 
     builder = register_provider(builder, settings.provider)?;
     if runtime.memory_limit.is_some() {
         builder = builder.with_env_allocators().map_err(model_err)?;
+        // Constant folding computes at load, outside the capped arena: a ConstantOfShape of a
+        // constant 16 GB shape would be allocated there. Folded or not, the results are the same.
+        builder = builder
+            .with_config_entry("optimization.disable_specified_optimizers", "ConstantFolding")
+            .map_err(model_err)?;
     }
     super::guard::check_self_contained(onnx)?;
     builder.commit_from_memory(onnx).map_err(model_err)
