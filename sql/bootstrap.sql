@@ -218,3 +218,8 @@ SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('ru
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('families', 'id')::regclass, '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('embed_queue_items', 'id')::regclass, '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('pet_photo_clusters', 'id')::regclass, '');
+-- The registered columns' numbers, so that a rename follows (the names are kept in step by an
+-- event trigger, see finalize.sql): collections (id, text, embedding, family, created_at),
+-- pet media (pet, image_id, image, taken_at, pose). Set by a trigger from the names.
+ALTER TABLE collections ADD COLUMN attnums smallint[];
+ALTER TABLE pet_media ADD COLUMN attnums smallint[];

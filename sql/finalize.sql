@@ -688,9 +688,10 @@ BEGIN
     EXECUTE format('ALTER TABLE %s DROP COLUMN %I', rel, c.embedding_column);
     EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', rel, c.reembed_column, c.embedding_column);
     EXECUTE format('ALTER INDEX %I.%I RENAME TO %I', nsp, tmp, idx);
+    -- (embedding_column set again: the column has a new number now, see _track_columns)
     UPDATE @extschema@.collections x
        SET model = c.reembed_model, dimension = m.dimension, reembed_model = NULL, reembed_column = NULL,
-           generation = x.generation + 1
+           generation = x.generation + 1, embedding_column = x.embedding_column
      WHERE x.name = collection;
     -- families keep their members and ids; centroids and thresholds move to the new space
     q := current_setting('genome.threshold_quantile')::float8;
@@ -1487,6 +1488,80 @@ BEGIN
 END $$;
 CREATE TRIGGER models_path_check BEFORE INSERT OR UPDATE OF onnx_path ON models
     FOR EACH ROW EXECUTE FUNCTION _models_path_check();
+
+-- Registered columns are tracked by number: this trigger records the numbers of the names a
+-- registration is written with, and the event trigger below renames the registration when the
+-- app renames a column, so embedding and assignment go on (0.5.0; a rename broke them before).
+CREATE FUNCTION _track_columns() RETURNS trigger
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE names name[];
+BEGIN
+    -- (IF, not CASE: a PL/pgSQL expression naming a field NEW lacks fails to plan)
+    IF TG_TABLE_NAME = 'collections' THEN
+        names := ARRAY[NEW.id_column, NEW.text_column, NEW.embedding_column, NEW.family_column, NEW.created_at_column];
+    ELSE
+        names := ARRAY[NEW.pet_column, NEW.image_id_column, NEW.image_column, NEW.taken_at_column, NEW.pose_column];
+    END IF;
+    NEW.attnums := ARRAY(SELECT (SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = NEW.relid AND a.attname = n
+                                   AND a.attnum > 0 AND NOT a.attisdropped)
+                           FROM unnest(names) WITH ORDINALITY u(n, o) ORDER BY o);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER collections_columns BEFORE INSERT OR UPDATE OF relid, id_column, text_column, embedding_column, family_column,
+    created_at_column ON collections FOR EACH ROW EXECUTE FUNCTION _track_columns();
+CREATE TRIGGER pet_media_columns BEFORE INSERT OR UPDATE OF relid, pet_column, image_id_column, image_column, taken_at_column,
+    pose_column ON pet_media FOR EACH ROW EXECUTE FUNCTION _track_columns();
+-- registrations made before 0.5.0
+UPDATE collections SET id_column = id_column;
+UPDATE pet_media SET pet_column = pet_column;
+
+-- After an ALTER TABLE on a registered table: the names of its registered columns, by number.
+-- SECURITY DEFINER: whoever alters the app's table needs no rights on pg_genome's tables; it
+-- reads the catalog and writes only the registrations of the altered tables. It never fails
+-- the app's ALTER TABLE (a problem is a WARNING).
+CREATE FUNCTION on_ddl_end() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE c record; now_names name[];
+BEGIN
+    FOR c IN SELECT x.name, x.relid, x.attnums, x.auto_embed OR x.reembed_model IS NOT NULL AS triggers,
+                    ARRAY[x.id_column, x.text_column, x.embedding_column, x.family_column, x.created_at_column] AS names
+               FROM @extschema@.collections x
+              WHERE x.relid IN (SELECT objid FROM pg_event_trigger_ddl_commands() WHERE classid = 'pg_class'::regclass) LOOP
+        now_names := ARRAY(SELECT coalesce((SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.relid AND a.attnum = u.n
+                                             AND NOT a.attisdropped), c.names[u.o])
+                             FROM unnest(c.attnums) WITH ORDINALITY u(n, o) ORDER BY u.o);
+        CONTINUE WHEN now_names IS NOT DISTINCT FROM c.names OR cardinality(now_names) <> 5;
+        BEGIN
+            UPDATE @extschema@.collections x
+               SET id_column = now_names[1], text_column = now_names[2], embedding_column = now_names[3],
+                   family_column = now_names[4], created_at_column = now_names[5]
+             WHERE x.name = c.name;
+            IF c.triggers THEN
+                PERFORM @extschema@._set_triggers(c.name, true);   -- the clearing trigger names the embedding column
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'pg_genome: collection "%" could not follow the change of its table: %', c.name, SQLERRM;
+        END;
+    END LOOP;
+    FOR c IN SELECT x.name, x.relid, x.attnums,
+                    ARRAY[x.pet_column, x.image_id_column, x.image_column, x.taken_at_column, x.pose_column] AS names
+               FROM @extschema@.pet_media x
+              WHERE x.relid IN (SELECT objid FROM pg_event_trigger_ddl_commands() WHERE classid = 'pg_class'::regclass) LOOP
+        now_names := ARRAY(SELECT coalesce((SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.relid AND a.attnum = u.n
+                                             AND NOT a.attisdropped), c.names[u.o])
+                             FROM unnest(c.attnums) WITH ORDINALITY u(n, o) ORDER BY u.o);
+        CONTINUE WHEN now_names IS NOT DISTINCT FROM c.names OR cardinality(now_names) <> 5;
+        BEGIN
+            UPDATE @extschema@.pet_media x
+               SET pet_column = now_names[1], image_id_column = now_names[2], image_column = now_names[3],
+                   taken_at_column = now_names[4], pose_column = now_names[5]
+             WHERE x.name = c.name;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'pg_genome: pet media "%" could not follow the change of its table: %', c.name, SQLERRM;
+        END;
+    END LOOP;
+END $$;
+CREATE EVENT TRIGGER genome_follow_renames ON ddl_command_end WHEN TAG IN ('ALTER TABLE') EXECUTE FUNCTION on_ddl_end();
 
 -- The role a pg_cron job on this table runs as: the table's owner when a superuser schedules it
 -- (pg_cron would otherwise run it as the superuser), else the scheduling role itself.

@@ -725,8 +725,10 @@ def test_b4_the_worker_fails_rows_with_the_real_error_and_lives_on(roles):
         app_setup(app, "renamed")
         app.execute("SELECT genome.register_collection('sec_renamed', 'sec_app.renamed', 'id', 'body', model => 'tiny-bert')")
         app.execute("SELECT genome.enable_auto_embed('sec_renamed', backfill => false)")
-        app.execute("ALTER TABLE sec_app.renamed RENAME COLUMN body TO body_v2")
-        app.execute("INSERT INTO sec_app.renamed (id, body_v2) VALUES (1001, 'queued after the rename')")
+        # a dropped text column (a renamed one is followed, see below)
+        app.execute("ALTER TABLE sec_app.renamed ADD COLUMN body_v2 text")
+        app.execute("ALTER TABLE sec_app.renamed DROP COLUMN body CASCADE")  # with the text-update triggers
+        app.execute("INSERT INTO sec_app.renamed (id, body_v2) VALUES (1001, 'queued after the drop')")
         app_setup(app, "castfail")
         app.execute("SELECT genome.register_collection('sec_castfail', 'sec_app.castfail', 'id', 'body', model => 'tiny-bert')")
         app.execute("SELECT genome.enable_auto_embed('sec_castfail', backfill => false)")
@@ -752,6 +754,29 @@ def test_b4_the_worker_fails_rows_with_the_real_error_and_lives_on(roles):
         assert "no longer exists" in err
         h = su.execute("SELECT genome.health()").fetchone()[0]
         assert {"collection": "sec_renamed", "missing_columns": ["body"]} in h["broken_collections"]
+
+
+def test_b5_renamed_columns_are_followed(roles):
+    with connect(user="sec_app") as app:
+        app_setup(app, "moved")
+        app.execute("SELECT genome.register_collection('sec_moved', 'sec_app.moved', 'id', 'body', model => 'tiny-bert')")
+        app.execute("SELECT genome.enable_auto_embed('sec_moved', backfill => false)")
+        app.execute("ALTER TABLE sec_app.moved RENAME COLUMN body TO content")
+        app.execute("ALTER TABLE sec_app.moved RENAME COLUMN embedding TO vec")
+        row = app.execute("SELECT text_column, embedding_column FROM genome.collections WHERE name = 'sec_moved'").fetchone()
+        assert row == ("content", "vec")
+        app.execute("INSERT INTO sec_app.moved (id, content) VALUES (2000, 'written after the renames')")
+        app.execute("UPDATE sec_app.moved SET vec = genome.embed(content, 'tiny-bert') WHERE id = 1")
+        app.execute("UPDATE sec_app.moved SET content = 'edited' WHERE id = 1")
+        # the clearing trigger names the renamed embedding column, and both rows are queued
+        assert app.execute("SELECT vec IS NULL FROM sec_app.moved WHERE id = 1").fetchone()[0]
+        deadline = time.time() + 60  # the worker embeds them, or this session does
+        while time.time() < deadline and app.execute("SELECT count(vec) FROM sec_app.moved WHERE id IN (1, 2000)").fetchone()[0] < 2:
+            app.execute("SELECT genome.process_embed_queue(10)")
+            time.sleep(0.2)
+        assert app.execute("SELECT count(vec) FROM sec_app.moved WHERE id IN (1, 2000)").fetchone()[0] == 2
+        h = app.execute("SELECT genome.health()").fetchone()[0]
+        assert all(b["collection"] != "sec_moved" for b in h["broken_collections"])
 
 
 def test_b5_a_dropped_column_stops_embedding_not_the_apps_writes(roles):
