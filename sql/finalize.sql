@@ -1515,6 +1515,14 @@ CREATE TRIGGER pet_media_columns BEFORE INSERT OR UPDATE OF relid, pet_column, i
 UPDATE collections SET id_column = id_column;
 UPDATE pet_media SET pet_column = pet_column;
 
+-- The current names of a table's columns by number; a column gone keeps its registered name.
+CREATE FUNCTION _column_names(rel oid, attnums smallint[], names name[]) RETURNS name[]
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY(SELECT coalesce((SELECT a.attname FROM pg_attribute a
+                                   WHERE a.attrelid = rel AND a.attnum = u.n AND NOT a.attisdropped), names[u.o])
+                   FROM unnest(attnums) WITH ORDINALITY u(n, o) ORDER BY u.o)
+$$;
+
 -- After an ALTER TABLE on a registered table: the names of its registered columns, by number.
 -- SECURITY DEFINER: whoever alters the app's table needs no rights on pg_genome's tables; it
 -- reads the catalog and writes only the registrations of the altered tables. It never fails
@@ -1527,9 +1535,7 @@ BEGIN
                     ARRAY[x.id_column, x.text_column, x.embedding_column, x.family_column, x.created_at_column] AS names
                FROM @extschema@.collections x
               WHERE x.relid IN (SELECT objid FROM pg_event_trigger_ddl_commands() WHERE classid = 'pg_class'::regclass) LOOP
-        now_names := ARRAY(SELECT coalesce((SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.relid AND a.attnum = u.n
-                                             AND NOT a.attisdropped), c.names[u.o])
-                             FROM unnest(c.attnums) WITH ORDINALITY u(n, o) ORDER BY u.o);
+        now_names := @extschema@._column_names(c.relid, c.attnums, c.names);
         CONTINUE WHEN now_names IS NOT DISTINCT FROM c.names OR cardinality(now_names) <> 5;
         BEGIN
             UPDATE @extschema@.collections x
@@ -1547,9 +1553,7 @@ BEGIN
                     ARRAY[x.pet_column, x.image_id_column, x.image_column, x.taken_at_column, x.pose_column] AS names
                FROM @extschema@.pet_media x
               WHERE x.relid IN (SELECT objid FROM pg_event_trigger_ddl_commands() WHERE classid = 'pg_class'::regclass) LOOP
-        now_names := ARRAY(SELECT coalesce((SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.relid AND a.attnum = u.n
-                                             AND NOT a.attisdropped), c.names[u.o])
-                             FROM unnest(c.attnums) WITH ORDINALITY u(n, o) ORDER BY u.o);
+        now_names := @extschema@._column_names(c.relid, c.attnums, c.names);
         CONTINUE WHEN now_names IS NOT DISTINCT FROM c.names OR cardinality(now_names) <> 5;
         BEGIN
             UPDATE @extschema@.pet_media x
