@@ -737,7 +737,8 @@ BEGIN
         RETURN;
     END IF;
     -- cosine similarity to a zero vector is undefined (NaN, which passes every threshold)
-    EXECUTE format('SELECT %1$I.vector_norm($1::%1$I.vector)', vs) INTO nrm USING query_vector;
+    -- (from the vector's text form: static SQL, planned once per session)
+    SELECT sum(x::float8 * x::float8) INTO nrm FROM unnest(string_to_array(btrim(query_vector, '[]'), ',')) x;
     IF nrm = 0 OR nrm = 'NaN'::float8 THEN
         RAISE EXCEPTION 'pg_genome: the query vector has zero length; cosine similarity is undefined' USING ERRCODE = '22023';
     END IF;
