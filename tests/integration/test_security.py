@@ -898,6 +898,29 @@ def test_truncate_and_identical_texts(roles):
         assert row[0] == 0 and row[1] > 1
 
 
+def test_half_a_jpeg_with_an_end_marker_is_refused(roles):
+    import io
+    from PIL import Image
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:240, 0:320]
+    px = np.stack([xx % 256, yy % 256, (xx * yy) % 251], axis=-1) + rng.integers(0, 40, (240, 320, 3))
+    img = Image.fromarray(np.clip(px, 0, 255).astype(np.uint8))
+    variants = {"4:2:0": dict(quality=90), "4:4:4": dict(quality=90, subsampling=0), "optimized": dict(optimize=True),
+                "restart markers": dict(restart_marker_blocks=4), "grey": dict(), "progressive": dict(progressive=True)}
+    with connect() as c:
+        for name, opts in variants.items():
+            buf = io.BytesIO()
+            (img.convert("L") if name == "grey" else img).save(buf, "JPEG", **opts)
+            full = buf.getvalue()
+            assert c.execute("SELECT vector_dims(genome.embed_image(%s))", (full,)).fetchone()[0] == 1280, name
+            half = full[:len(full) // 2] + b"\xff\xd9"
+            if name == "progressive":
+                continue  # progressive scans are left to the decoder (README)
+            with pytest.raises(psycopg.Error) as e:
+                c.execute("SELECT genome.embed_image(%s)", (half,))
+            assert e.value.sqlstate == "22P03" and "truncated" in str(e.value), (name, str(e.value))
+
+
 def test_internal_functions_are_closed_to_public(roles):
     with connect(user="sec_mini") as mini:
         for fn in ("genome.progress_slots()", "genome._runtime_info()", "genome._metrics_counters()",

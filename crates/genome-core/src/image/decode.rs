@@ -98,6 +98,10 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage> {
     if w == 0 || h == 0 {
         return Err(Error::Image(format!("image has no pixels ({w}x{h})")));
     }
+    if format == ImageFormat::Jpeg {
+        // after the size check: the scan walk is bounded by the accepted bytes
+        super::jpeg_scan::check_complete(bytes)?;
+    }
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
@@ -150,6 +154,16 @@ mod tests {
         let mut bad = png(8, 8)[..8].to_vec();
         bad.extend_from_slice(&[0x13; 40]);
         assert!(matches!(decode(&bad, &d), Err(Error::Image(_))));
+    }
+
+    #[test]
+    fn refuses_half_a_jpeg_with_an_end_marker_appended() {
+        let full = jpeg(640, 480);
+        assert!(decode(&full, &DecodeLimits::default()).is_ok());
+        let mut half = full[..full.len() / 2].to_vec();
+        half.extend_from_slice(&[0xFF, 0xD9]);
+        let e = decode(&half, &DecodeLimits::default()).unwrap_err();
+        assert!(matches!(e, Error::Image(_)) && e.to_string().contains("truncated"), "{e}");
     }
 
     #[test]

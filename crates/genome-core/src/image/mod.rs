@@ -8,6 +8,7 @@
 pub mod config;
 pub mod decode;
 pub mod embedder;
+pub mod jpeg_scan;
 pub mod quality;
 pub mod resize;
 
