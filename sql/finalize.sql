@@ -850,9 +850,7 @@ BEGIN
         'queue', (SELECT coalesce(jsonb_agg(to_jsonb(q) ORDER BY q.collection), '[]') FROM @extschema@.embed_queue q),
         'pending_assignment', (SELECT coalesce(jsonb_object_agg(c.name, @extschema@.pending_count(c.name)), '{}')
                                  FROM @extschema@.collections c WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid)
-                                  AND has_table_privilege(c.relid, 'SELECT')
-                                  AND has_schema_privilege((SELECT k.relnamespace FROM pg_class k WHERE k.oid = c.relid), 'USAGE')
-                                  AND coalesce(pg_has_role(c.registered_by::oid, (SELECT k.relowner FROM pg_class k WHERE k.oid = c.relid), 'USAGE'), false)
+                                  AND @extschema@._may_read(c.relid) AND @extschema@._owned_by(c.relid, c.registered_by)
                                   AND NOT EXISTS (SELECT 1 FROM unnest(ARRAY[c.id_column, c.family_column]) col
                                                    WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.relid
                                                                        AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped))),
@@ -869,11 +867,10 @@ BEGIN
         -- registrations refused at every use: their registering role no longer owns the table (0.5.0)
         'refused_collections', (SELECT coalesce(jsonb_agg(c.name ORDER BY c.name), '[]') FROM @extschema@.collections c
                                  WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid)
-                                   AND NOT coalesce(pg_has_role(c.registered_by::oid, (SELECT k.relowner FROM pg_class k WHERE k.oid = c.relid), 'USAGE'), false)),
+                                   AND NOT @extschema@._owned_by(c.relid, c.registered_by)),
         'skipped_collections', (SELECT coalesce(jsonb_agg(c.name ORDER BY c.name), '[]') FROM @extschema@.collections c
                                  WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid)
-                                  AND NOT (has_table_privilege(c.relid, 'SELECT')
-                                           AND has_schema_privilege((SELECT k.relnamespace FROM pg_class k WHERE k.oid = c.relid), 'USAGE'))),
+                                  AND NOT @extschema@._may_read(c.relid)),
         -- pet photo media (since 0.4.0): photos seen, failed, clusters, pets waiting for the background update
         'pet_media', (SELECT coalesce(jsonb_agg(jsonb_build_object('media', pm.name, 'model', pm.model,
                           'photos', ph.n, 'failed', ph.failed,
@@ -1397,7 +1394,7 @@ END $roles$;
 CREATE FUNCTION _check_registrant(kind text, name text, rel oid, who regrole) RETURNS void
 LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF who IS NULL OR NOT coalesce(pg_has_role(who::oid, (SELECT k.relowner FROM pg_class k WHERE k.oid = rel), 'USAGE'), false) THEN
+    IF NOT @extschema@._owned_by(rel, who) THEN
         RAISE EXCEPTION 'pg_genome: % "%" was registered by %, which does not own table %', kind, name,
               coalesce(who::text, 'an unknown role'), rel::regclass
               USING ERRCODE = '42501',
@@ -1413,7 +1410,14 @@ LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 $$;
 CREATE FUNCTION _may_read(rel oid) RETURNS boolean
 LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT has_table_privilege(rel, 'SELECT')
+    SELECT has_table_privilege(rel, 'SELECT') AND has_schema_privilege(k.relnamespace, 'USAGE')
+      FROM pg_class k WHERE k.oid = rel
+$$;
+-- Whether a role (a registration's registered_by) has the privileges of a table's owner: the
+-- one rule _check_registrant enforces and health() reports.
+CREATE FUNCTION _owned_by(rel oid, who regrole) RETURNS boolean
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(pg_has_role(who::oid, (SELECT k.relowner FROM pg_class k WHERE k.oid = rel), 'USAGE'), false)
 $$;
 CREATE FUNCTION _monitor_only() RETURNS boolean
 LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
@@ -1684,7 +1688,7 @@ END $grants$;
 GRANT EXECUTE ON FUNCTION progress_slots(), _runtime_info(), _metrics_counters(), _vector_schema(),
     _check_registrant(text, text, oid, regrole), _owner_value(oid, text, text[], text[], text[]) TO genome_monitor;
 -- row-level security policies call these as the querying role; they only answer privilege questions
-GRANT EXECUTE ON FUNCTION _owns(oid), _may_read(oid), _monitor_only() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION _owns(oid), _may_read(oid), _owned_by(oid, regrole), _monitor_only() TO PUBLIC;
 GRANT USAGE ON SCHEMA @extschema@ TO genome_monitor, genome_user;
 GRANT SELECT ON models, collections, pet_media, pet_state, embed_queue, progress TO genome_monitor;
 -- runs, the queue and marked pets: counts and states, not row ids or error messages (which can

@@ -32,7 +32,7 @@ pub fn ident(s: &str) -> String {
 
 pub fn load(name: &str) -> Collection {
     // collection_relation raises the clear errors: not registered, its table is gone, or the
-    // role that registered it may no longer read and write it. Read under the safe search path:
+    // role that registered it no longer has the owner's privileges on it. Read under the safe search path:
     // the table and type names come out schema-qualified.
     let row = crate::owner::with_safe_search_path(|| Spi::connect(|client| {
         let t = client.select(
