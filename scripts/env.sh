@@ -1,8 +1,16 @@
 # Shared settings for the project's scripts (sourced, not run).
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STATE="$REPO/.genome"                     # everything generated: venv, models, data, cluster (git-ignored)
-PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
-PG_BIN="/usr/lib/postgresql/15/bin"
+# pg_config of PostgreSQL 15: $PG_CONFIG if set, else the one on PATH if it reports 15, else Debian's.
+find_pg_config() {
+  local c
+  for c in "$(command -v pg_config 2>/dev/null)" /usr/lib/postgresql/15/bin/pg_config; do
+    if [ -x "$c" ] && "$c" --version 2>/dev/null | grep -q "PostgreSQL 15"; then echo "$c"; return; fi
+  done
+  echo /usr/lib/postgresql/15/bin/pg_config   # not installed yet: setup.sh installs PostgreSQL 15 there
+}
+PG_CONFIG="${PG_CONFIG:-$(find_pg_config)}"
+PG_BIN="$("$PG_CONFIG" --bindir 2>/dev/null || dirname "$PG_CONFIG")"
 GENOME_PORT="${GENOME_PORT:-55432}"
 PGDATA_DIR="$STATE/pgdata"
 PGSOCK_DIR="$STATE/run"
@@ -10,6 +18,7 @@ PGLOG="$STATE/postgres.log"
 VENV="$STATE/venv"
 MODELS="$STATE/models"
 ORT_VERSION="1.31.1"
+export PG_CONFIG
 export PGHOST=127.0.0.1 PGPORT="$GENOME_PORT" PGUSER=postgres PGDATABASE=genome
 export CARGO_PGRX_DISABLE_GC_SECTIONS_WORKAROUND=1
 export PATH="$HOME/.cargo/bin:$PATH"

@@ -77,7 +77,10 @@ pub fn load(name: &str) -> Collection {
     if c.id_type.is_empty() {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-            format!("column \"{}\" of collection \"{name}\" no longer exists", c.id_col),
+            format!(
+                "column \"{}\" of collection \"{name}\" no longer exists",
+                c.id_col
+            ),
             Some("unregister and register the collection again".into()),
         );
     }
@@ -94,9 +97,16 @@ impl Collection {
 /// Try the collection's transaction-level advisory lock, key (0x67656e6f "geno", hashtext(name)):
 /// exclusive for full runs, shared for assign_family. One query: the key is hashed in SQL.
 pub fn try_lock(name: &str, shared: bool) -> bool {
-    let f = if shared { "pg_try_advisory_xact_lock_shared" } else { "pg_try_advisory_xact_lock" };
-    Spi::get_one_with_args::<bool>(&format!("SELECT {f}({}, hashtext($1))", 0x6765_6e6f), &[name.into()])
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    let f = if shared {
+        "pg_try_advisory_xact_lock_shared"
+    } else {
+        "pg_try_advisory_xact_lock"
+    };
+    Spi::get_one_with_args::<bool>(
+        &format!("SELECT {f}({}, hashtext($1))", 0x6765_6e6f),
+        &[name.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
 }

@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use genome_core::cluster::families::{
-    centroids, keyword_labels, match_families, member_similarities, no_families_reason, quantile, CentroidSet,
+    centroids, keyword_labels, match_families, member_similarities, no_families_reason, quantile,
+    CentroidSet,
 };
 use genome_core::cluster::{classify, ClassifyParams, Method, Points, Reduction};
 use pgrx::prelude::*;
@@ -34,7 +35,11 @@ const WRITE_CHUNK: usize = 20_000;
 /// After a stage gave up because of a cancel: raise PostgreSQL's own cancel ERROR.
 fn raise_cancel() -> ! {
     pg_sys::check_for_interrupts!();
-    raise(PgSqlErrorCode::ERRCODE_QUERY_CANCELED, "full classification cancelled".into(), None)
+    raise(
+        PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+        "full classification cancelled".into(),
+        None,
+    )
 }
 
 /// rayon's global pool, sized by genome.cluster_threads the first time a backend clusters.
@@ -43,18 +48,31 @@ fn ensure_pool() {
     if !DONE.with(|d| d.replace(true)) {
         let n = gucs::CLUSTER_THREADS.get().max(0) as usize;
         // Err means the pool exists already (another caller built it): fine.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).thread_name(|i| format!("genome-{i}")).build_global();
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("genome-{i}"))
+            .build_global();
     }
 }
 
 fn check_arg(ok: bool, msg: &str) {
     if !ok {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, msg.to_string(), None);
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            msg.to_string(),
+            None,
+        );
     }
 }
 
 /// Embed `texts` with the collection's model and write them to the rows `ids`.
-fn embed_and_store(c: &Collection, ids: &[String], texts: &[String], prog: &mut Progress, done0: i64) -> Vec<Vec<f32>> {
+fn embed_and_store(
+    c: &Collection,
+    ids: &[String],
+    texts: &[String],
+    prog: &mut Progress,
+    done0: i64,
+) -> Vec<Vec<f32>> {
     let row = resolve(Some(&c.model));
     let mut out = Vec::with_capacity(texts.len());
     for (k, chunk) in texts.chunks(256).enumerate() {
@@ -93,16 +111,19 @@ fn embed_missing(c: &Collection, prog: &mut Progress) -> i64 {
         rel = c.rel,
         emb = ident(&c.emb_col)
     );
-    let (ids, texts): (Vec<String>, Vec<String>) = c.as_owner(|| Spi::connect(|client| {
-        let mut ids = Vec::new();
-        let mut texts = Vec::new();
-        for r in client.select(&sql, None, &[])? {
-            ids.push(r.get::<String>(1)?.unwrap_or_default());
-            texts.push(r.get::<String>(2)?.unwrap_or_default());
-        }
-        Ok::<_, pgrx::spi::SpiError>((ids, texts))
-    }))
-    .unwrap_or_else(|e| error!("pg_genome: reading rows to embed failed: {e}"));
+    let (ids, texts): (Vec<String>, Vec<String>) = c
+        .as_owner(|| {
+            Spi::connect(|client| {
+                let mut ids = Vec::new();
+                let mut texts = Vec::new();
+                for r in client.select(&sql, None, &[])? {
+                    ids.push(r.get::<String>(1)?.unwrap_or_default());
+                    texts.push(r.get::<String>(2)?.unwrap_or_default());
+                }
+                Ok::<_, pgrx::spi::SpiError>((ids, texts))
+            })
+        })
+        .unwrap_or_else(|e| error!("pg_genome: reading rows to embed failed: {e}"));
     prog.stage("embed", ids.len() as i64);
     embed_and_store(c, &ids, &texts, prog, 0);
     ids.len() as i64
@@ -110,7 +131,14 @@ fn embed_missing(c: &Collection, prog: &mut Progress) -> i64 {
 
 /// All rows with an embedding: ids (as text) and the vectors, read through a cursor.
 fn load_embeddings(c: &Collection, prog: &mut Progress) -> (Vec<String>, Points) {
-    let total = c.as_owner(|| Spi::get_one::<i64>(&format!("SELECT count(*) FROM {} WHERE {} IS NOT NULL", c.rel, ident(&c.emb_col))))
+    let total = c
+        .as_owner(|| {
+            Spi::get_one::<i64>(&format!(
+                "SELECT count(*) FROM {} WHERE {} IS NOT NULL",
+                c.rel,
+                ident(&c.emb_col)
+            ))
+        })
         .ok()
         .flatten()
         .unwrap_or(0);
@@ -150,7 +178,14 @@ fn load_embeddings(c: &Collection, prog: &mut Progress) -> (Vec<String>, Points)
     }))
     .unwrap_or_else(|e| error!("pg_genome: reading embeddings failed: {e}"));
     let d = c.dimension.max(1);
-    (ids, Points { n: data.len() / d, d, data })
+    (
+        ids,
+        Points {
+            n: data.len() / d,
+            d,
+            data,
+        },
+    )
 }
 
 fn texts_of(c: &Collection, ids: &[String]) -> HashMap<String, String> {
@@ -161,15 +196,17 @@ fn texts_of(c: &Collection, ids: &[String]) -> HashMap<String, String> {
         rel = c.rel,
         ty = c.id_type
     );
-    c.as_owner(|| Spi::connect(|client| {
-        let mut m = HashMap::new();
-        for r in client.select(&sql, None, &[ids.to_vec().into()])? {
-            if let (Some(i), Some(t)) = (r.get::<String>(1)?, r.get::<String>(2)?) {
-                m.insert(i, t);
+    c.as_owner(|| {
+        Spi::connect(|client| {
+            let mut m = HashMap::new();
+            for r in client.select(&sql, None, &[ids.to_vec().into()])? {
+                if let (Some(i), Some(t)) = (r.get::<String>(1)?, r.get::<String>(2)?) {
+                    m.insert(i, t);
+                }
             }
-        }
-        Ok::<_, pgrx::spi::SpiError>(m)
-    }))
+            Ok::<_, pgrx::spi::SpiError>(m)
+        })
+    })
     .unwrap_or_else(|e| error!("pg_genome: reading texts failed: {e}"))
 }
 
@@ -183,7 +220,11 @@ fn write_assignments(c: &Collection, ids: &[String], fams: &[i64], prog: &mut Pr
         id = ident(&c.id_col),
         ty = c.id_type
     );
-    for (k, (ic, fc)) in ids.chunks(WRITE_CHUNK).zip(fams.chunks(WRITE_CHUNK)).enumerate() {
+    for (k, (ic, fc)) in ids
+        .chunks(WRITE_CHUNK)
+        .zip(fams.chunks(WRITE_CHUNK))
+        .enumerate()
+    {
         pg_sys::check_for_interrupts!();
         c.as_owner(|| Spi::run_with_args(&sql, &[ic.to_vec().into(), fc.to_vec().into()]))
             .unwrap_or_else(|e| error!("pg_genome: writing family ids failed: {e}"));
@@ -208,23 +249,44 @@ fn run(
 ) -> RunRow {
     let t0 = Instant::now();
     check_arg(min_cluster_size >= 2, "min_cluster_size must be at least 2");
-    check_arg(min_samples.is_none_or(|m| m >= 1), "min_samples must be at least 1");
-    check_arg((2..=100).contains(&n_components), "n_components must be between 2 and 100");
-    check_arg((2..=200).contains(&n_neighbors), "n_neighbors must be between 2 and 200");
-    let reduction: Reduction = reduction.parse().unwrap_or_else(|e: String| raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e, None));
-    let method: Method = method.parse().unwrap_or_else(|e: String| raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e, None));
+    check_arg(
+        min_samples.is_none_or(|m| m >= 1),
+        "min_samples must be at least 1",
+    );
+    check_arg(
+        (2..=100).contains(&n_components),
+        "n_components must be between 2 and 100",
+    );
+    check_arg(
+        (2..=200).contains(&n_neighbors),
+        "n_neighbors must be between 2 and 200",
+    );
+    let reduction: Reduction = reduction.parse().unwrap_or_else(|e: String| {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e, None)
+    });
+    let method: Method = method.parse().unwrap_or_else(|e: String| {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e, None)
+    });
     let q = threshold_quantile.unwrap_or_else(|| gucs::THRESHOLD_QUANTILE.get());
-    check_arg((0.0..=1.0).contains(&q), "threshold_quantile must be between 0 and 1");
+    check_arg(
+        (0.0..=1.0).contains(&q),
+        "threshold_quantile must be between 0 and 1",
+    );
 
     let c = load(collection);
     if !try_lock(&c.name, false) {
         raise(
             PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
-            format!("another full classification or assignment is running on collection \"{}\"", c.name),
+            format!(
+                "another full classification or assignment is running on collection \"{}\"",
+                c.name
+            ),
             Some("see genome.progress; try again when it has finished".into()),
         );
     }
-    let started = Spi::get_one::<pgrx::datum::TimestampWithTimeZone>("SELECT clock_timestamp()").ok().flatten();
+    let started = Spi::get_one::<pgrx::datum::TimestampWithTimeZone>("SELECT clock_timestamp()")
+        .ok()
+        .flatten();
     let mut prog = Progress::start(kind, &c.name);
     let mut timings: Vec<(String, f64)> = Vec::new();
     let mut stage_t = Instant::now();
@@ -233,7 +295,11 @@ fn run(
         *stage_t = Instant::now();
     }
 
-    let n_embedded = if kind == "full_classify" { embed_missing(&c, &mut prog) } else { 0 };
+    let n_embedded = if kind == "full_classify" {
+        embed_missing(&c, &mut prog)
+    } else {
+        0
+    };
     if kind == "full_classify" {
         lap("embed", &mut timings, &mut stage_t);
     }
@@ -256,7 +322,12 @@ fn run(
         None
     } else {
         // classify calls `progress` on this thread, between its parallel stages.
-        let r = classify(&points, params, &mut |s| prog.stage(s, n as i64), &crate::errors::interrupt_pending);
+        let r = classify(
+            &points,
+            params,
+            &mut |s| prog.stage(s, n as i64),
+            &crate::errors::interrupt_pending,
+        );
         match r {
             Ok(r) => Some(r),
             Err(_) => raise_cancel(),
@@ -271,7 +342,10 @@ fn run(
 
     // Families: centroids in the embedding space, matched against the live families.
     prog.stage("families", 0);
-    let labels: Vec<i32> = out.as_ref().map(|o| o.result.labels.clone()).unwrap_or_default();
+    let labels: Vec<i32> = out
+        .as_ref()
+        .map(|o| o.result.labels.clone())
+        .unwrap_or_default();
     let k = out.as_ref().map_or(0, |o| o.result.n_clusters);
     let cents = centroids(&points, &labels, k);
     let sims = member_similarities(&points, &labels, &cents);
@@ -300,7 +374,10 @@ fn run(
     .unwrap_or_else(|| error!("pg_genome: recording the run failed"));
 
     // labels from the texts of the members nearest each centroid
-    let label_ids: Vec<String> = sims.iter().flat_map(|s| s.iter().take(LABEL_MEMBERS).map(|(_, i)| ids[*i].clone())).collect();
+    let label_ids: Vec<String> = sims
+        .iter()
+        .flat_map(|s| s.iter().take(LABEL_MEMBERS).map(|(_, i)| ids[*i].clone()))
+        .collect();
     let texts = texts_of(&c, &label_ids);
     let mut ltexts: Vec<&str> = Vec::new();
     let mut llabels: Vec<i32> = Vec::new();
@@ -317,9 +394,17 @@ fn run(
     let mut fam_of_cluster = vec![0i64; k];
     let (mut kept, mut new) = (0i32, 0i32);
     for j in 0..k {
-        let exemplars: Vec<String> = sims[j].iter().take(EXEMPLARS).map(|(_, i)| ids[*i].clone()).collect();
+        let exemplars: Vec<String> = sims[j]
+            .iter()
+            .take(EXEMPLARS)
+            .map(|(_, i)| ids[*i].clone())
+            .collect();
         let thr = quantile(&sims[j], q) as f32;
-        let label = if names[j].is_empty() { format!("family {}", j + 1) } else { names[j].clone() };
+        let label = if names[j].is_empty() {
+            format!("family {}", j + 1)
+        } else {
+            names[j].clone()
+        };
         let size = sims[j].len() as i64;
         let cent = Vector(cents[j].clone());
         fam_of_cluster[j] = match matched[j] {
@@ -347,13 +432,25 @@ fn run(
         };
     }
     let used: Vec<usize> = matched.iter().flatten().copied().collect();
-    let retired: Vec<i64> = (0..old.len()).filter(|i| !used.contains(i)).map(|i| old[i].0).collect();
+    let retired: Vec<i64> = (0..old.len())
+        .filter(|i| !used.contains(i))
+        .map(|i| old[i].0)
+        .collect();
     let noise = labels.iter().filter(|l| **l < 0).count() as i64;
     lap("families", &mut timings, &mut stage_t);
 
     // Every row re-assigned: members to their family, noise to Unclustered.
     prog.stage("assign", n as i64);
-    let fams: Vec<i64> = labels.iter().map(|l| if *l >= 0 { fam_of_cluster[*l as usize] } else { c.unclustered_id }).collect();
+    let fams: Vec<i64> = labels
+        .iter()
+        .map(|l| {
+            if *l >= 0 {
+                fam_of_cluster[*l as usize]
+            } else {
+                c.unclustered_id
+            }
+        })
+        .collect();
     write_assignments(&c, &ids, &fams, &mut prog);
     // full_classify embedded everything it could: rows left without an embedding have no text.
     let textless = if kind == "full_classify" {
@@ -365,8 +462,14 @@ fn run(
             fam = ident(&c.fam_col),
             emb = ident(&c.emb_col)
         );
-        c.as_owner(|| Spi::connect_mut(|client| client.update(&sql, None, &[c.unclustered_id.into()]).map(|t| t.len() as i64)))
-            .unwrap_or_else(|e| error!("pg_genome: assigning rows without text failed: {e}"))
+        c.as_owner(|| {
+            Spi::connect_mut(|client| {
+                client
+                    .update(&sql, None, &[c.unclustered_id.into()])
+                    .map(|t| t.len() as i64)
+            })
+        })
+        .unwrap_or_else(|e| error!("pg_genome: assigning rows without text failed: {e}"))
     } else {
         0
     };
@@ -378,7 +481,11 @@ fn run(
     let unclustered = c
         .as_owner(|| {
             Spi::get_one_with_args::<i64>(
-                &format!("SELECT count(*) FROM {rel} WHERE {fam} = $1", rel = c.rel, fam = ident(&c.fam_col)),
+                &format!(
+                    "SELECT count(*) FROM {rel} WHERE {fam} = $1",
+                    rel = c.rel,
+                    fam = ident(&c.fam_col)
+                ),
                 &[c.unclustered_id.into()],
             )
         })
@@ -389,8 +496,11 @@ fn run(
         &[c.unclustered_id.into(), run_id.into(), unclustered.into()],
     )
     .unwrap_or_else(|e| error!("pg_genome: updating Unclustered failed: {e}"));
-    Spi::run_with_args("UPDATE genome.collections SET generation = generation + 1 WHERE name = $1", &[c.name.as_str().into()])
-        .unwrap_or_else(|e| error!("pg_genome: updating the collection failed: {e}"));
+    Spi::run_with_args(
+        "UPDATE genome.collections SET generation = generation + 1 WHERE name = $1",
+        &[c.name.as_str().into()],
+    )
+    .unwrap_or_else(|e| error!("pg_genome: updating the collection failed: {e}"));
     lap("assign", &mut timings, &mut stage_t);
 
     let approximate = out.as_ref().is_some_and(|o| o.approximate);
@@ -405,7 +515,12 @@ fn run(
         notice!("pg_genome: {kind} \"{}\" found no families: {why}", c.name);
         params_json["no_families_reason"] = serde_json::json!(why);
     }
-    let timings_json = serde_json::Value::Object(timings.iter().map(|(s, t)| (s.clone(), serde_json::json!((t * 1000.0).round() / 1000.0))).collect());
+    let timings_json = serde_json::Value::Object(
+        timings
+            .iter()
+            .map(|(s, t)| (s.clone(), serde_json::json!((t * 1000.0).round() / 1000.0)))
+            .collect(),
+    );
     Spi::run_with_args(
         "UPDATE genome.runs SET params = $2::jsonb, n_rows = $3, n_embedded = $4, n_clusters = $5, n_noise = $6, n_kept = $7,
                 n_new = $8, n_retired = $9, approximate = $10, timings = $11::jsonb, finished_at = clock_timestamp()
@@ -433,7 +548,18 @@ fn run(
         retired.len(),
         if textless > 0 { format!(" (+{textless} without text)") } else { String::new() }
     );
-    (run_id, n as i64, n_embedded, k as i32, noise, kept, new, retired.len() as i32, approximate, secs)
+    (
+        run_id,
+        n as i64,
+        n_embedded,
+        k as i32,
+        noise,
+        kept,
+        new,
+        retired.len() as i32,
+        approximate,
+        secs,
+    )
 }
 
 /// The weekly job: embed rows that have no embedding, reduce, cluster, update families and
@@ -465,7 +591,18 @@ pub fn full_classify(
         name!(seconds, f64),
     ),
 > {
-    TableIterator::once(run("full_classify", collection, min_cluster_size, min_samples, reduction, n_components, n_neighbors, method, seed, threshold_quantile))
+    TableIterator::once(run(
+        "full_classify",
+        collection,
+        min_cluster_size,
+        min_samples,
+        reduction,
+        n_components,
+        n_neighbors,
+        method,
+        seed,
+        threshold_quantile,
+    ))
 }
 
 /// full_classify without the embedding step (rows without an embedding are left as they are).
@@ -496,7 +633,18 @@ pub fn hdbscan_recluster(
         name!(seconds, f64),
     ),
 > {
-    TableIterator::once(run("hdbscan_recluster", collection, min_cluster_size, min_samples, reduction, n_components, n_neighbors, method, seed, threshold_quantile))
+    TableIterator::once(run(
+        "hdbscan_recluster",
+        collection,
+        min_cluster_size,
+        min_samples,
+        reduction,
+        n_components,
+        n_neighbors,
+        method,
+        seed,
+        threshold_quantile,
+    ))
 }
 
 // ---- incremental assignment ------------------------------------------------------------------
@@ -544,8 +692,20 @@ fn with_centroids<R>(c: &Collection, f: impl FnOnce(&CentroidSet) -> R) -> R {
 
 /// How many processes have loaded centroids for which collections (for tests and health).
 #[pg_extern(volatile, parallel_safe)]
-pub fn cached_centroids() -> TableIterator<'static, (name!(collection, String), name!(generation, i64), name!(families, i32))> {
-    let rows: Vec<_> = CENTROIDS.with(|m| m.borrow().iter().map(|(k, v)| (k.clone(), v.key.0, v.set.len() as i32)).collect());
+pub fn cached_centroids() -> TableIterator<
+    'static,
+    (
+        name!(collection, String),
+        name!(generation, i64),
+        name!(families, i32),
+    ),
+> {
+    let rows: Vec<_> = CENTROIDS.with(|m| {
+        m.borrow()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.key.0, v.set.len() as i32))
+            .collect()
+    });
     TableIterator::new(rows)
 }
 
@@ -559,14 +719,27 @@ pub fn assign_family(
     batch_size: default!(i32, 500),
     min_pending: default!(i32, 500),
     threshold: default!(Option<f32>, "NULL"),
-) -> TableIterator<'static, (name!(processed, i64), name!(assigned, i64), name!(unclustered, i64))> {
+) -> TableIterator<
+    'static,
+    (
+        name!(processed, i64),
+        name!(assigned, i64),
+        name!(unclustered, i64),
+    ),
+> {
     check_arg(batch_size >= 1, "batch_size must be at least 1");
     check_arg(min_pending >= 0, "min_pending must not be negative");
-    check_arg(threshold.is_none_or(|t| (-1.0..=1.0).contains(&t)), "threshold must be a cosine between -1 and 1");
+    check_arg(
+        threshold.is_none_or(|t| (-1.0..=1.0).contains(&t)),
+        "threshold must be a cosine between -1 and 1",
+    );
     let c = load(collection);
     let nothing = || TableIterator::once((0i64, 0i64, 0i64));
     if !try_lock(&c.name, true) {
-        notice!("pg_genome: assign_family \"{}\": a full classification is running; skipped", c.name);
+        notice!(
+            "pg_genome: assign_family \"{}\": a full classification is running; skipped",
+            c.name
+        );
         return nothing();
     }
     let live = Spi::get_one_with_args::<i64>(
@@ -577,10 +750,20 @@ pub fn assign_family(
     .flatten()
     .unwrap_or(0);
     if live == 0 {
-        notice!("pg_genome: assign_family \"{}\": no families yet; run genome.full_classify first", c.name);
+        notice!(
+            "pg_genome: assign_family \"{}\": no families yet; run genome.full_classify first",
+            c.name
+        );
         return nothing();
     }
-    let pending = c.as_owner(|| Spi::get_one::<i64>(&format!("SELECT count(*) FROM {} WHERE {} IS NULL", c.rel, ident(&c.fam_col))))
+    let pending = c
+        .as_owner(|| {
+            Spi::get_one::<i64>(&format!(
+                "SELECT count(*) FROM {} WHERE {} IS NULL",
+                c.rel,
+                ident(&c.fam_col)
+            ))
+        })
         .unwrap_or_else(|e| error!("pg_genome: counting pending rows failed: {e}"))
         .unwrap_or(0);
     if pending < min_pending as i64 || pending == 0 {
@@ -600,24 +783,36 @@ pub fn assign_family(
         rel = c.rel,
         fam = ident(&c.fam_col),
     );
-    let rows: Vec<(String, Option<String>, Option<Vec<f32>>)> = c.as_owner(|| Spi::connect_mut(|client| {
-        let mut v = Vec::new();
-        for r in client.update(&sql, None, &[(batch_size as i64).into()])? {
-            v.push((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?, r.get::<Vector>(3)?.map(|x| x.0)));
-        }
-        Ok::<_, pgrx::spi::SpiError>(v)
-    }))
-    .unwrap_or_else(|e| error!("pg_genome: reading pending rows failed: {e}"));
+    let rows: Vec<(String, Option<String>, Option<Vec<f32>>)> = c
+        .as_owner(|| {
+            Spi::connect_mut(|client| {
+                let mut v = Vec::new();
+                for r in client.update(&sql, None, &[(batch_size as i64).into()])? {
+                    v.push((
+                        r.get::<String>(1)?.unwrap_or_default(),
+                        r.get::<String>(2)?,
+                        r.get::<Vector>(3)?.map(|x| x.0),
+                    ));
+                }
+                Ok::<_, pgrx::spi::SpiError>(v)
+            })
+        })
+        .unwrap_or_else(|e| error!("pg_genome: reading pending rows failed: {e}"));
     if rows.is_empty() {
         return nothing();
     }
     // embed the ones that need it
-    let need: Vec<usize> = (0..rows.len()).filter(|i| rows[*i].2.is_none() && rows[*i].1.is_some()).collect();
+    let need: Vec<usize> = (0..rows.len())
+        .filter(|i| rows[*i].2.is_none() && rows[*i].1.is_some())
+        .collect();
     let mut vecs: Vec<Option<Vec<f32>>> = rows.iter().map(|r| r.2.clone()).collect();
     if !need.is_empty() {
         prog.stage("embed", need.len() as i64);
         let ids: Vec<String> = need.iter().map(|i| rows[*i].0.clone()).collect();
-        let texts: Vec<String> = need.iter().map(|i| rows[*i].1.clone().unwrap_or_default()).collect();
+        let texts: Vec<String> = need
+            .iter()
+            .map(|i| rows[*i].1.clone().unwrap_or_default())
+            .collect();
         let out = embed_and_store(&c, &ids, &texts, &mut prog, 0);
         for (i, v) in need.iter().zip(out) {
             vecs[*i] = Some(v);
@@ -629,7 +824,9 @@ pub fn assign_family(
     with_centroids(&c, |set| {
         for v in &vecs {
             let f = match v {
-                Some(v) if v.len() == c.dimension => set.assign(v, threshold).0.unwrap_or(c.unclustered_id),
+                Some(v) if v.len() == c.dimension => {
+                    set.assign(v, threshold).0.unwrap_or(c.unclustered_id)
+                }
                 _ => c.unclustered_id,
             };
             *counts.entry(f).or_default() += 1;

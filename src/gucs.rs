@@ -38,7 +38,8 @@ pub static FAMILY_MATCH_THRESHOLD: GucSetting<f64> = GucSetting::<f64>::new(0.9)
 pub static THRESHOLD_QUANTILE: GucSetting<f64> = GucSetting::<f64>::new(0.1);
 /// Background embedding workers per database in genome.worker_databases (needs preloading).
 pub static EMBED_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
-pub static WORKER_DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static WORKER_DATABASES: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
 pub static EMBED_WORKER_NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(2000);
 pub static EMBED_QUEUE_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(32);
 pub static EMBED_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
@@ -62,7 +63,8 @@ pub static PET_MIN_QUALITY: GucSetting<f64> = GucSetting::<f64>::new(0.4);
 pub static PET_CENTER: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static PET_JOIN_MARGIN: GucSetting<f64> = GucSetting::<f64>::new(0.0);
 pub static PET_TRIM_NEW_CLUSTERS: GucSetting<bool> = GucSetting::<bool>::new(true);
-pub static PET_CLUSTER_SELECTION: GucSetting<Selection> = GucSetting::<Selection>::new(Selection::Leaf);
+pub static PET_CLUSTER_SELECTION: GucSetting<Selection> =
+    GucSetting::<Selection>::new(Selection::Leaf);
 pub static HERO_WEIGHT_QUALITY: GucSetting<f64> = GucSetting::<f64>::new(0.4);
 pub static HERO_WEIGHT_CENTRALITY: GucSetting<f64> = GucSetting::<f64>::new(0.3);
 pub static HERO_WEIGHT_RECENCY: GucSetting<f64> = GucSetting::<f64>::new(0.2);

@@ -89,6 +89,9 @@ pub mod pg_test {
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
         // no embedding workers in the throwaway cluster: the #[pg_test]s call the queue directly
-        vec!["shared_preload_libraries = 'pg_genome'", "genome.embed_workers = 0"]
+        vec![
+            "shared_preload_libraries = 'pg_genome'",
+            "genome.embed_workers = 0",
+        ]
     }
 }

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the latency histogram's buckets; one model call is one observation.
-pub const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+pub const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 #[derive(Copy, Clone, Default)]
 pub struct Counters {
@@ -97,10 +99,26 @@ pub fn exposition(c: &Counters, shared: bool) -> String {
     let mut counter = |name: &str, help: &str, v: u64| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     };
-    counter("genome_texts_embedded_total", "Texts embedded (SQL functions, jobs and workers).", c.texts_embedded);
-    counter("genome_embed_calls_total", "Model calls (one call embeds a batch of texts).", c.embed_calls);
-    counter("genome_embed_errors_total", "Model calls that failed.", c.embed_errors);
-    counter("genome_worker_batches_total", "Batches processed by the background embedding workers.", c.worker_batches);
+    counter(
+        "genome_texts_embedded_total",
+        "Texts embedded (SQL functions, jobs and workers).",
+        c.texts_embedded,
+    );
+    counter(
+        "genome_embed_calls_total",
+        "Model calls (one call embeds a batch of texts).",
+        c.embed_calls,
+    );
+    counter(
+        "genome_embed_errors_total",
+        "Model calls that failed.",
+        c.embed_errors,
+    );
+    counter(
+        "genome_worker_batches_total",
+        "Batches processed by the background embedding workers.",
+        c.worker_batches,
+    );
     let _ = writeln!(
         o,
         "# HELP genome_worker_rows_total Queued rows the background workers finished, by result.\n\
@@ -113,10 +131,22 @@ pub fn exposition(c: &Counters, shared: bool) -> String {
         "# HELP genome_embed_latency_seconds Latency of one model call.\n# TYPE genome_embed_latency_seconds histogram"
     );
     for (i, le) in BUCKETS.iter().enumerate() {
-        let _ = writeln!(o, "genome_embed_latency_seconds_bucket{{le=\"{le}\"}} {}", c.latency_buckets[i]);
+        let _ = writeln!(
+            o,
+            "genome_embed_latency_seconds_bucket{{le=\"{le}\"}} {}",
+            c.latency_buckets[i]
+        );
     }
-    let _ = writeln!(o, "genome_embed_latency_seconds_bucket{{le=\"+Inf\"}} {}", c.embed_calls);
-    let _ = writeln!(o, "genome_embed_latency_seconds_sum {}", c.latency_sum_us as f64 / 1e6);
+    let _ = writeln!(
+        o,
+        "genome_embed_latency_seconds_bucket{{le=\"+Inf\"}} {}",
+        c.embed_calls
+    );
+    let _ = writeln!(
+        o,
+        "genome_embed_latency_seconds_sum {}",
+        c.latency_sum_us as f64 / 1e6
+    );
     let _ = writeln!(o, "genome_embed_latency_seconds_count {}", c.embed_calls);
     let _ = writeln!(
         o,

@@ -308,10 +308,16 @@ const MAX_MODEL_FILE: u64 = 4 << 30;
 fn read_model_file(p: &str) -> std::io::Result<Vec<u8>> {
     let meta = std::fs::metadata(p)?;
     if !meta.is_file() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
     }
     if meta.len() > MAX_MODEL_FILE {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("larger than {MAX_MODEL_FILE} bytes")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("larger than {MAX_MODEL_FILE} bytes"),
+        ));
     }
     std::fs::read(p)
 }
@@ -446,7 +452,9 @@ pub const ADMIN_ROLE: &std::ffi::CStr = c"genome_admin";
 fn require_admin(what: &str) {
     let ok = unsafe {
         let admin = pg_sys::get_role_oid(ADMIN_ROLE.as_ptr(), true);
-        pg_sys::superuser() || (admin != pg_sys::InvalidOid && pg_sys::has_privs_of_role(pg_sys::GetUserId(), admin))
+        pg_sys::superuser()
+            || (admin != pg_sys::InvalidOid
+                && pg_sys::has_privs_of_role(pg_sys::GetUserId(), admin))
     };
     if !ok {
         raise(

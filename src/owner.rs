@@ -29,12 +29,19 @@ use crate::errors::raise;
 
 /// The owner of a relation (ERROR if it is gone).
 fn relowner(rel: pg_sys::Oid) -> pg_sys::Oid {
-    Spi::get_one_with_args::<pg_sys::Oid>("SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1", &[rel.into()])
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| {
-            raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, format!("relation with OID {} does not exist", rel.to_u32()), None)
-        })
+    Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1",
+        &[rel.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("relation with OID {} does not exist", rel.to_u32()),
+            None,
+        )
+    })
 }
 
 /// Restores what [`as_table_owner`] and [`with_safe_search_path`] changed, on the normal path.
@@ -83,7 +90,10 @@ fn push_safe_path() -> i32 {
 /// schema-qualified, and no operator or function resolves to a user schema); every setting made
 /// inside is restored after.
 pub fn with_safe_search_path<R>(f: impl FnOnce() -> R) -> R {
-    let _restore = Restore { user: None, nest: push_safe_path() };
+    let _restore = Restore {
+        user: None,
+        nest: push_safe_path(),
+    };
     f()
 }
 
@@ -101,14 +111,24 @@ pub fn as_table_owner<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     let nest = push_safe_path();
     if switch {
         unsafe {
-            pg_sys::SetUserIdAndSecContext(owner, ctx | pg_sys::SECURITY_RESTRICTED_OPERATION as i32);
+            pg_sys::SetUserIdAndSecContext(
+                owner,
+                ctx | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+            );
         }
     }
-    let _restore = Restore { user: switch.then_some((uid, ctx)), nest };
+    let _restore = Restore {
+        user: switch.then_some((uid, ctx)),
+        nest,
+    };
     f()
 }
 
-fn args_of(a1: Option<Vec<Option<String>>>, a2: Option<Vec<Option<String>>>, a3: Option<Vec<Option<String>>>) -> Vec<pgrx::datum::DatumWithOid<'static>> {
+fn args_of(
+    a1: Option<Vec<Option<String>>>,
+    a2: Option<Vec<Option<String>>>,
+    a3: Option<Vec<Option<String>>>,
+) -> Vec<pgrx::datum::DatumWithOid<'static>> {
     vec![a1.into(), a2.into(), a3.into()]
 }
 
@@ -124,8 +144,13 @@ fn owner_value(
     a3: default!(Option<Vec<Option<String>>>, "NULL"),
 ) -> Option<pgrx::JsonB> {
     let args = args_of(a1, a2, a3);
-    as_table_owner(rel, || Spi::get_one_with_args::<pgrx::JsonB>(stmt, &args))
-        .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("reading the table failed: {e}"), None))
+    as_table_owner(rel, || Spi::get_one_with_args::<pgrx::JsonB>(stmt, &args)).unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("reading the table failed: {e}"),
+            None,
+        )
+    })
 }
 
 /// Run `stmt` (a data-changing statement) on `rel` as its owner; returns the rows it processed.
@@ -141,5 +166,11 @@ fn owner_exec(
     as_table_owner(rel, || {
         Spi::connect_mut(|c| c.update(stmt, None, &args).map(|t| t.len() as i64))
     })
-    .unwrap_or_else(|e| raise(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("writing the table failed: {e}"), None))
+    .unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("writing the table failed: {e}"),
+            None,
+        )
+    })
 }

@@ -37,7 +37,10 @@ pub fn _pet_plan(
     if n == 0 || flat.len() % n != 0 {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("{} embedding values do not split into {n} photos", flat.len()),
+            format!(
+                "{} embedding values do not split into {n} photos",
+                flat.len()
+            ),
             None,
         );
     }
@@ -65,9 +68,20 @@ pub fn _pet_plan(
         trim_new: gucs::PET_TRIM_NEW_CLUSTERS.get(),
     };
     // Per-pet work is small (hundreds of photos); the check is for very large pets.
-    let plan = update_pet(&vectors, &clusters, threshold, &params, &crate::errors::interrupt_pending).unwrap_or_else(|_| {
+    let plan = update_pet(
+        &vectors,
+        &clusters,
+        threshold,
+        &params,
+        &crate::errors::interrupt_pending,
+    )
+    .unwrap_or_else(|_| {
         pg_sys::check_for_interrupts!();
-        raise(PgSqlErrorCode::ERRCODE_QUERY_CANCELED, "canceled".into(), None)
+        raise(
+            PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+            "canceled".into(),
+            None,
+        )
     });
     let assign: Vec<serde_json::Value> = plan
         .assignments
@@ -116,5 +130,12 @@ pub fn hero_score_of(
             None,
         );
     }
-    hero_score(&w, quality, centrality, age_days, gucs::HERO_HALF_LIFE_DAYS.get(), pose)
+    hero_score(
+        &w,
+        quality,
+        centrality,
+        age_days,
+        gucs::HERO_HALF_LIFE_DAYS.get(),
+        pose,
+    )
 }

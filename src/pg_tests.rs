@@ -45,7 +45,7 @@ fn embed_returns_a_384_d_unit_vector_that_round_trips_through_pgvector() {
 #[pg_test]
 fn default_model_reproduces_sentence_transformers_in_sql() {
     register("all-minilm-l6-v2");
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/minilm-reference.jsonl");
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/minilm-reference.jsonl");
     let text = std::fs::read_to_string(fixture).expect("fixture");
     let mut worst: f64 = 1.0;
     let mut n = 0;

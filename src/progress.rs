@@ -26,7 +26,16 @@ pub struct Slot {
 
 impl Default for Slot {
     fn default() -> Self {
-        Self { pid: 0, started_us: 0, stage_started_us: 0, done: 0, total: 0, job: [0; 32], collection: [0; TEXT], stage: [0; 32] }
+        Self {
+            pid: 0,
+            started_us: 0,
+            stage_started_us: 0,
+            done: 0,
+            total: 0,
+            job: [0; 32],
+            collection: [0; TEXT],
+            stage: [0; 32],
+        }
     }
 }
 
@@ -66,7 +75,10 @@ fn get(src: &[u8]) -> String {
 }
 
 fn now_us() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 /// A claimed slot; cleared on drop, which also runs when an ERROR unwinds the job.
@@ -78,12 +90,19 @@ pub struct Progress {
 
 impl Progress {
     pub fn start(job: &'static str, collection: &str) -> Self {
-        let mut p = Progress { slot: None, job, collection: collection.to_string() };
+        let mut p = Progress {
+            slot: None,
+            job,
+            collection: collection.to_string(),
+        };
         if READY.load(Ordering::Relaxed) {
             let pid = unsafe { pg_sys::MyProcPid };
             let mut g = PROGRESS.exclusive();
             // our own stale slot first (an earlier job of this backend), else a free one
-            let idx = g.0.iter().position(|s| s.pid == pid).or_else(|| g.0.iter().position(|s| s.pid == 0));
+            let idx =
+                g.0.iter()
+                    .position(|s| s.pid == pid)
+                    .or_else(|| g.0.iter().position(|s| s.pid == 0));
             if let Some(i) = idx {
                 let s = &mut g.0[i];
                 *s = Slot::default();
@@ -99,7 +118,17 @@ impl Progress {
 
     /// Enter a stage: a NOTICE for the caller, the slot for everyone else.
     pub fn stage(&mut self, stage: &str, total: i64) {
-        notice!("pg_genome: {} \"{}\": {}{}", self.job, self.collection, stage, if total > 0 { format!(" ({total} rows)") } else { String::new() });
+        notice!(
+            "pg_genome: {} \"{}\": {}{}",
+            self.job,
+            self.collection,
+            stage,
+            if total > 0 {
+                format!(" ({total} rows)")
+            } else {
+                String::new()
+            }
+        );
         if let Some(i) = self.slot {
             let mut g = PROGRESS.exclusive();
             let s = &mut g.0[i];

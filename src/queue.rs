@@ -14,11 +14,14 @@
 
 use pgrx::bgworkers::*;
 use pgrx::lwlock::PgLwLock;
-use pgrx::prelude::*;
-use pgrx::shmem::*;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::pg_sys::PgTryBuilder;
-use pgrx::{pg_shmem_init, pg_sys, register_xact_callback, PgMemoryContexts, PgSqlErrorCode, PgXactCallbackEvent};
+use pgrx::prelude::*;
+use pgrx::shmem::*;
+use pgrx::{
+    pg_shmem_init, pg_sys, register_xact_callback, PgMemoryContexts, PgSqlErrorCode,
+    PgXactCallbackEvent,
+};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -81,7 +84,8 @@ pub fn init() {
 pub extern "C-unwind" fn genome_worker_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some("postgres"), None);
-    let mut running: Vec<Option<DynamicBackgroundWorker>> = (0..MAX_WORKERS).map(|_| None).collect();
+    let mut running: Vec<Option<DynamicBackgroundWorker>> =
+        (0..MAX_WORKERS).map(|_| None).collect();
     // a worker that keeps failing is started again at most every RESTART_PAUSE
     let mut started: Vec<Option<Instant>> = vec![None; MAX_WORKERS];
     let mut first = true;
@@ -122,8 +126,11 @@ pub extern "C-unwind" fn genome_worker_launcher_main(_arg: pg_sys::Datum) {
                     started[slot] = Some(Instant::now());
                     let me = unsafe { pg_sys::MyProcPid };
                     // the handle must outlive this loop's transactions
-                    running[slot] = unsafe { PgMemoryContexts::TopMemoryContext.switch_to(|_| {
-                        BackgroundWorkerBuilder::new(&format!("pg_genome embed worker {i} for {db}"))
+                    running[slot] = unsafe {
+                        PgMemoryContexts::TopMemoryContext.switch_to(|_| {
+                            BackgroundWorkerBuilder::new(&format!(
+                                "pg_genome embed worker {i} for {db}"
+                            ))
                             .set_type("pg_genome embed worker")
                             .set_library("pg_genome")
                             .set_function("genome_embed_worker_main")
@@ -134,7 +141,8 @@ pub extern "C-unwind" fn genome_worker_launcher_main(_arg: pg_sys::Datum) {
                             .set_notify_pid(me)
                             .load_dynamic()
                             .ok()
-                    }) };
+                        })
+                    };
                 }
                 slot += 1;
             }
@@ -152,7 +160,9 @@ fn wake_embed_workers() {
         WAKE_REGISTERED.with(|w| w.set(false));
         wake_now();
     });
-    register_xact_callback(PgXactCallbackEvent::Abort, || WAKE_REGISTERED.with(|w| w.set(false)));
+    register_xact_callback(PgXactCallbackEvent::Abort, || {
+        WAKE_REGISTERED.with(|w| w.set(false))
+    });
 }
 
 fn wake_now() {
@@ -160,7 +170,11 @@ fn wake_now() {
     let slots = SLOTS.share();
     for s in slots.0.iter().filter(|s| s.pid != 0 && s.dboid == me) {
         // Setting a latch is harmless even if that process is gone; the slot is cleared on exit.
-        unsafe { pg_sys::SetLatch(&mut (*(*pg_sys::ProcGlobal).allProcs.add(s.procno as usize)).procLatch) };
+        unsafe {
+            pg_sys::SetLatch(
+                &mut (*(*pg_sys::ProcGlobal).allProcs.add(s.procno as usize)).procLatch,
+            )
+        };
     }
 }
 
@@ -208,7 +222,8 @@ pub extern "C-unwind" fn genome_embed_worker_main(arg: pg_sys::Datum) {
             unsafe {
                 pg_sys::WaitLatch(
                     pg_sys::MyLatch,
-                    (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                    (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH)
+                        as i32,
                     nap as _,
                     pg_sys::PG_WAIT_EXTENSION,
                 );
@@ -224,7 +239,11 @@ pub extern "C-unwind" fn genome_embed_worker_main(arg: pg_sys::Datum) {
 }
 
 fn set_activity(what: &std::ffi::CStr, running: bool) {
-    let state = if running { pg_sys::BackendState::STATE_RUNNING } else { pg_sys::BackendState::STATE_IDLE };
+    let state = if running {
+        pg_sys::BackendState::STATE_RUNNING
+    } else {
+        pg_sys::BackendState::STATE_IDLE
+    };
     unsafe { pg_sys::pgstat_report_activity(state, what.as_ptr()) };
 }
 
@@ -238,9 +257,9 @@ fn step(db: &str) -> bool {
             "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_genome') \
                     AND to_regprocedure('genome._embed_claim(integer)') IS NOT NULL",
         )
-            .ok()
-            .flatten()
-            .unwrap_or(false);
+        .ok()
+        .flatten()
+        .unwrap_or(false);
         if !installed {
             return Vec::new();
         }
@@ -258,9 +277,12 @@ fn step(db: &str) -> bool {
     let t = Instant::now();
     let out = BackgroundWorker::transaction(|| {
         let r = in_subtransaction(|| {
-            Spi::get_one_with_args::<pgrx::JsonB>("SELECT genome._embed_process($1)", &[ids.clone().into()])
-                .ok()
-                .flatten()
+            Spi::get_one_with_args::<pgrx::JsonB>(
+                "SELECT genome._embed_process($1)",
+                &[ids.clone().into()],
+            )
+            .ok()
+            .flatten()
         });
         match r {
             Ok(j) => j,
@@ -279,7 +301,10 @@ fn step(db: &str) -> bool {
         }
     });
     let ms = t.elapsed().as_secs_f64() * 1000.0;
-    for g in out.and_then(|j| j.0.as_array().cloned()).unwrap_or_default() {
+    for g in out
+        .and_then(|j| j.0.as_array().cloned())
+        .unwrap_or_default()
+    {
         let completed = g["completed"].as_u64().unwrap_or(0);
         let failed = g["failed"].as_u64().unwrap_or(0);
         crate::metrics::record_worker_batch(completed, failed);
@@ -316,7 +341,9 @@ fn in_subtransaction<T>(f: impl FnOnce() -> T) -> Result<T, String> {
             CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
             CaughtError::RustPanic { ereport, .. } => ereport,
         };
-        if report.sql_error_code() == PgSqlErrorCode::ERRCODE_QUERY_CANCELED || crate::errors::interrupt_pending() {
+        if report.sql_error_code() == PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+            || crate::errors::interrupt_pending()
+        {
             e.rethrow();
         }
         let msg = report.message().to_string();
@@ -335,7 +362,12 @@ fn in_subtransaction<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 fn runtime_info() -> pgrx::JsonB {
     let lib = gucs::onnxruntime_library();
     let (loaded, version, error, cap) = match crate::models::try_runtime() {
-        Ok(r) => (true, Some(r.version.clone()), None, r.memory_limit.map(|b| b >> 20)),
+        Ok(r) => (
+            true,
+            Some(r.version.clone()),
+            None,
+            r.memory_limit.map(|b| b >> 20),
+        ),
         Err(e) => (false, None, Some(e.to_string()), None),
     };
     pgrx::JsonB(serde_json::json!({

@@ -3,6 +3,7 @@ pgvector and the installed pg_genome. Each test session uses its own scratch dat
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 
 import psycopg
@@ -11,9 +12,12 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[2]
 PORT = int(os.environ.get("GENOME_PORT", "55432"))
 DB = "genome_it"
-SHAREDIR = subprocess.check_output(["/usr/lib/postgresql/15/bin/pg_config", "--sharedir"], text=True).strip()
+# scripts/env.sh exports the PG_CONFIG it found; run by hand, the one on PATH
+PG_CONFIG = os.environ.get("PG_CONFIG") or shutil.which("pg_config")
+PG_BIN = subprocess.check_output([PG_CONFIG, "--bindir"], text=True).strip()
+SHAREDIR = subprocess.check_output([PG_CONFIG, "--sharedir"], text=True).strip()
 MODELS = f"{SHAREDIR}/pg_genome/models"
-FIXTURE = pathlib.Path(os.environ.get("GENOME_FIXTURES", REPO.parent / "shared" / "fixtures")) / "minilm-reference.jsonl"
+FIXTURE = REPO / "tests" / "fixtures" / "minilm-reference.jsonl"
 
 
 def connect(dbname=DB, **kw):

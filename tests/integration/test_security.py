@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from onnx import TensorProto, helper
 
-from conftest import MODELS, connect, postmaster_start
+from conftest import MODELS, PG_BIN, connect, postmaster_start
 
 ROLES = ["sec_app", "sec_other", "sec_reader", "sec_mini", "sec_op", "sec_mon"]
 
@@ -792,7 +792,6 @@ def test_b5_a_dropped_column_stops_embedding_not_the_apps_writes(roles):
         assert {"collection": "sec_dropped", "missing_columns": ["embedding"]} in h["broken_collections"]
 
 
-PG_BIN = "/usr/lib/postgresql/15/bin"
 
 
 def test_b6_dump_and_restore_keep_collections_families_and_the_queue(roles, tmp_path):

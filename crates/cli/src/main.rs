@@ -92,7 +92,9 @@ fn connect(url: &Option<String>) -> Client {
             let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
             cfg.host(&env("PGHOST").unwrap_or_else(|| "localhost".into()));
             cfg.port(env("PGPORT").and_then(|p| p.parse().ok()).unwrap_or(5432));
-            let user = env("PGUSER").or_else(|| env("USER")).unwrap_or_else(|| "postgres".into());
+            let user = env("PGUSER")
+                .or_else(|| env("USER"))
+                .unwrap_or_else(|| "postgres".into());
             cfg.user(&user);
             cfg.dbname(&env("PGDATABASE").unwrap_or(user));
             if let Some(p) = env("PGPASSWORD") {
@@ -121,7 +123,13 @@ fn fail(e: postgres::Error) -> ! {
     std::process::exit(1)
 }
 
-fn full_classify(url: &Option<String>, collection: &str, mcs: i32, reduction: &str, no_embed: bool) {
+fn full_classify(
+    url: &Option<String>,
+    collection: &str,
+    mcs: i32,
+    reduction: &str,
+    no_embed: bool,
+) {
     let mut client = connect(url);
     let token = client.cancel_token();
     // Ctrl-C cancels the statement on the server (the run rolls back) and then we exit.
@@ -134,7 +142,11 @@ fn full_classify(url: &Option<String>, collection: &str, mcs: i32, reduction: &s
         })
         .expect("Ctrl-C handler");
     }
-    let func = if no_embed { "hdbscan_recluster" } else { "full_classify" };
+    let func = if no_embed {
+        "hdbscan_recluster"
+    } else {
+        "full_classify"
+    };
     let (coll, red) = (collection.to_string(), reduction.to_string());
     let run = std::thread::spawn(move || {
         client.query_one(
@@ -146,7 +158,11 @@ fn full_classify(url: &Option<String>, collection: &str, mcs: i32, reduction: &s
     // Watch genome.progress from a second connection.
     let mut watcher = connect(url);
     let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template("{spinner} {elapsed:>4} {msg:<28} [{bar:30}] {pos}/{len}").unwrap().progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed:>4} {msg:<28} [{bar:30}] {pos}/{len}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
     while !run.is_finished() {
         if let Ok(rows) = watcher.query(
             "SELECT stage, done, total FROM genome.progress WHERE collection = $1 AND job = $2",
@@ -165,8 +181,27 @@ fn full_classify(url: &Option<String>, collection: &str, mcs: i32, reduction: &s
     bar.finish_and_clear();
     match run.join().expect("worker thread") {
         Ok(r) => {
-            let (id, rows, emb, k, noise, kept, new, ret, secs): (i64, i64, i64, i32, i64, i32, i32, i32, f64) =
-                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6), r.get(7), r.get(8));
+            let (id, rows, emb, k, noise, kept, new, ret, secs): (
+                i64,
+                i64,
+                i64,
+                i32,
+                i64,
+                i32,
+                i32,
+                i32,
+                f64,
+            ) = (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+                r.get(7),
+                r.get(8),
+            );
             println!("run {id}: {rows} rows ({emb} embedded), {k} families ({kept} kept, {new} new, {ret} retired), {noise} unclustered, {secs:.1} s");
         }
         Err(e) if cancelled.load(Ordering::SeqCst) => {
@@ -178,7 +213,15 @@ fn full_classify(url: &Option<String>, collection: &str, mcs: i32, reduction: &s
 }
 
 #[allow(clippy::too_many_arguments)]
-fn worker(url: &Option<String>, only: &[String], interval: f64, batch: i32, min_pending: i32, threshold: Option<f32>, passes: Option<u64>) {
+fn worker(
+    url: &Option<String>,
+    only: &[String],
+    interval: f64,
+    batch: i32,
+    min_pending: i32,
+    threshold: Option<f32>,
+    passes: Option<u64>,
+) {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -192,7 +235,12 @@ fn worker(url: &Option<String>, only: &[String], interval: f64, batch: i32, min_
     let mut n = 0u64;
     while !stop.load(Ordering::SeqCst) {
         let names: Vec<String> = if only.is_empty() {
-            client.query("SELECT name FROM genome.collections ORDER BY name", &[]).unwrap_or_else(|e| fail(e)).iter().map(|r| r.get(0)).collect()
+            client
+                .query("SELECT name FROM genome.collections ORDER BY name", &[])
+                .unwrap_or_else(|e| fail(e))
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
         } else {
             only.to_vec()
         };
@@ -235,7 +283,10 @@ fn cluster_pets(url: &Option<String>, media: &Option<String>, pet: &Option<Strin
     let mut c = connect(url);
     if let Some(pet) = pet {
         let r = c
-            .query_one("SELECT jsonb_pretty(genome.cluster_pet($1::text, $2))", &[pet, media])
+            .query_one(
+                "SELECT jsonb_pretty(genome.cluster_pet($1::text, $2))",
+                &[pet, media],
+            )
             .unwrap_or_else(|e| fail(e));
         println!("{}", r.get::<_, String>(0));
         return;
@@ -251,7 +302,8 @@ fn cluster_pets(url: &Option<String>, media: &Option<String>, pet: &Option<Strin
                 &[media, &max_pets],
             )
             .unwrap_or_else(|e| fail(e));
-        let (done, errors, locked, left, ms): (i32, i32, i32, i64, f64) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let (done, errors, locked, left, ms): (i32, i32, i32, i64, f64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
         failed += errors;
         println!("{done} pets updated, {errors} failed, {locked} locked by another run, {left} still marked ({ms:.0} ms)");
         if done == 0 || left == 0 {
@@ -259,7 +311,9 @@ fn cluster_pets(url: &Option<String>, media: &Option<String>, pet: &Option<Strin
         }
     }
     if failed > 0 {
-        eprintln!("genome: {failed} pet updates failed; their errors are in genome.pet_dirty.last_error");
+        eprintln!(
+            "genome: {failed} pet updates failed; their errors are in genome.pet_dirty.last_error"
+        );
         std::process::exit(1);
     }
 }
@@ -267,7 +321,10 @@ fn cluster_pets(url: &Option<String>, media: &Option<String>, pet: &Option<Strin
 fn pet(url: &Option<String>, pet: &str, media: &Option<String>, heroes: i32) {
     let mut c = connect(url);
     let r = c
-        .query_one("SELECT jsonb_pretty(genome.pet_clusters($1::text, $2, $3))", &[&pet, media, &heroes])
+        .query_one(
+            "SELECT jsonb_pretty(genome.pet_clusters($1::text, $2, $3))",
+            &[&pet, media, &heroes],
+        )
         .unwrap_or_else(|e| fail(e));
     println!("{}", r.get::<_, String>(0));
 }
@@ -331,11 +388,21 @@ fn status(url: &Option<String>) {
         println!("  {at} {col:<20} {kind:<18} {st:<9} {rows} rows, {k} families, {secs:.1} s {err}");
     }
     println!("running now:");
-    for r in c.query("SELECT job, collection, stage, done, total FROM genome.progress", &[]).unwrap_or_else(|e| fail(e)) {
-        let (j, col, st, d, t): (String, String, String, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+    for r in c
+        .query(
+            "SELECT job, collection, stage, done, total FROM genome.progress",
+            &[],
+        )
+        .unwrap_or_else(|e| fail(e))
+    {
+        let (j, col, st, d, t): (String, String, String, i64, i64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
         println!("  {j} {col}: {st} {d}/{t}");
     }
-    let has_cron: bool = c.query_one("SELECT to_regnamespace('cron') IS NOT NULL", &[]).map(|r| r.get(0)).unwrap_or(false);
+    let has_cron: bool = c
+        .query_one("SELECT to_regnamespace('cron') IS NOT NULL", &[])
+        .map(|r| r.get(0))
+        .unwrap_or(false);
     println!("scheduled jobs:");
     if has_cron {
         for r in c.query("SELECT jobname, schedule, active FROM cron.job WHERE jobname LIKE 'genome_%' ORDER BY 1", &[]).unwrap_or_else(|e| fail(e)) {
@@ -350,12 +417,44 @@ fn status(url: &Option<String>) {
 fn main() {
     let cli = Cli::parse();
     match &cli.cmd {
-        Cmd::FullClassify { collection, min_cluster_size, reduction, no_embed } => full_classify(&cli.url, collection, *min_cluster_size, reduction, *no_embed),
-        Cmd::ClassifyWorker { collection, interval, batch_size, min_pending, threshold, passes } => {
-            worker(&cli.url, collection, *interval, *batch_size, *min_pending, *threshold, *passes)
-        }
-        Cmd::ClusterPets { media, pet: p, max_pets } => cluster_pets(&cli.url, media, p, *max_pets),
-        Cmd::Pet { pet: p, media, heroes } => pet(&cli.url, p, media, *heroes),
+        Cmd::FullClassify {
+            collection,
+            min_cluster_size,
+            reduction,
+            no_embed,
+        } => full_classify(
+            &cli.url,
+            collection,
+            *min_cluster_size,
+            reduction,
+            *no_embed,
+        ),
+        Cmd::ClassifyWorker {
+            collection,
+            interval,
+            batch_size,
+            min_pending,
+            threshold,
+            passes,
+        } => worker(
+            &cli.url,
+            collection,
+            *interval,
+            *batch_size,
+            *min_pending,
+            *threshold,
+            *passes,
+        ),
+        Cmd::ClusterPets {
+            media,
+            pet: p,
+            max_pets,
+        } => cluster_pets(&cli.url, media, p, *max_pets),
+        Cmd::Pet {
+            pet: p,
+            media,
+            heroes,
+        } => pet(&cli.url, p, media, *heroes),
         Cmd::Status => status(&cli.url),
     }
 }

@@ -46,19 +46,38 @@ fn main() {
     let never = || false;
     let t = Instant::now();
     // stage starts on stderr as they happen: a run stopped by a time limit still shows how far it got
-    let out = classify(&p, params, &mut |s| eprintln!("[{:8.1} s] {s}", t.elapsed().as_secs_f64()), &never)
-        .expect("not cancelled");
+    let out = classify(
+        &p,
+        params,
+        &mut |s| eprintln!("[{:8.1} s] {s}", t.elapsed().as_secs_f64()),
+        &never,
+    )
+    .expect("not cancelled");
     let total = t.elapsed().as_secs_f64();
     // compare=1: the approximate HDBSCAN path on the same reduced coordinates, ARI vs exact
     let mut extra = String::new();
     if args[4..].iter().any(|a| a == "compare=1") {
-        let space = out.reduced.clone().unwrap_or_else(|| p.clone().l2_normalized());
-        let hp = genome_core::cluster::HdbscanParams { min_cluster_size: params.min_cluster_size, min_samples: params.min_samples, ..Default::default() };
+        let space = out
+            .reduced
+            .clone()
+            .unwrap_or_else(|| p.clone().l2_normalized());
+        let hp = genome_core::cluster::HdbscanParams {
+            min_cluster_size: params.min_cluster_size,
+            min_samples: params.min_samples,
+            ..Default::default()
+        };
         let t = Instant::now();
         let exact = genome_core::cluster::hdbscan(&space, hp, &never).unwrap();
         let te = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let approx = genome_core::cluster::approx::hdbscan_knn(&space, hp, genome_core::cluster::approx::DEFAULT_GRAPH_K, genome_core::reduce::KnnMethod::Auto, &never).unwrap();
+        let approx = genome_core::cluster::approx::hdbscan_knn(
+            &space,
+            hp,
+            genome_core::cluster::approx::DEFAULT_GRAPH_K,
+            genome_core::reduce::KnnMethod::Auto,
+            &never,
+        )
+        .unwrap();
         let ta = t.elapsed().as_secs_f64();
         let ari = genome_core::cluster::hdbscan::adjusted_rand_index(&exact.labels, &approx.labels);
         extra = format!(", \"exact_seconds\": {te:.3}, \"approx_seconds\": {ta:.3}, \"ari_approx_vs_exact\": {ari:.4}");

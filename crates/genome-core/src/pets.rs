@@ -110,12 +110,18 @@ pub fn update_pet(
     let vectors = if p.center && vectors.len() > 1 {
         let mut mean = vec![0f64; d];
         for v in vectors {
-            mean.iter_mut().zip(v).for_each(|(a, b)| *a += *b as f64 / vectors.len() as f64);
+            mean.iter_mut()
+                .zip(v)
+                .for_each(|(a, b)| *a += *b as f64 / vectors.len() as f64);
         }
         centered = vectors
             .iter()
             .map(|v| {
-                let mut c: Vec<f32> = v.iter().zip(&mean).map(|(a, m)| (*a as f64 - m) as f32).collect();
+                let mut c: Vec<f32> = v
+                    .iter()
+                    .zip(&mean)
+                    .map(|(a, m)| (*a as f64 - m) as f32)
+                    .collect();
                 crate::embed::pooling::l2_normalize(&mut c);
                 c
             })
@@ -148,7 +154,11 @@ pub fn update_pet(
         if clusters[i].is_some() {
             continue;
         }
-        let mut sims: Vec<(usize, f64)> = cents.iter().enumerate().map(|(k, c)| (k, cosine(v, c))).collect();
+        let mut sims: Vec<(usize, f64)> = cents
+            .iter()
+            .enumerate()
+            .map(|(k, c)| (k, cosine(v, c)))
+            .collect();
         sims.sort_by(|a, b| b.1.total_cmp(&a.1));
         let best = sims.first().copied();
         let second = sims.get(1).map_or(f64::NEG_INFINITY, |x| x.1);
@@ -167,7 +177,12 @@ pub fn update_pet(
     }
     // 3. new clusters from what is left.
     if pending.len() >= p.min_pending.max(2) {
-        let pts = Points::from_rows(&pending.iter().map(|&i| vectors[i].clone()).collect::<Vec<_>>());
+        let pts = Points::from_rows(
+            &pending
+                .iter()
+                .map(|&i| vectors[i].clone())
+                .collect::<Vec<_>>(),
+        );
         let params = HdbscanParams {
             min_cluster_size: p.min_cluster_size.max(2),
             min_samples: p.min_samples.map(|k| k.max(1)),
@@ -196,7 +211,11 @@ pub fn update_pet(
         };
         let found = centroids(&labels, h.n_clusters);
         let cos_found: Vec<Option<f64>> = (0..pending.len())
-            .map(|j| usize::try_from(labels[j]).ok().map(|k| cosine(pts.row(j), &found[k])))
+            .map(|j| {
+                usize::try_from(labels[j])
+                    .ok()
+                    .map(|k| cosine(pts.row(j), &found[k]))
+            })
             .collect();
         // 4. the pet's spread: its clustered photos' cosines to their centroids and those of the
         // groups HDBSCAN just found, taken whole. It is the new threshold when clusters form, and
@@ -323,7 +342,9 @@ mod tests {
     fn blob(center: &[f32], n: usize, spread: f32, seed: u64) -> Vec<Vec<f32>> {
         let mut s = seed;
         let mut rnd = || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
         };
         (0..n)
@@ -357,9 +378,17 @@ mod tests {
         assert!((19..=22).contains(&u.assignments.len()), "{u:?}");
         let t = u.threshold.unwrap();
         assert!(t >= p.min_similarity && t < 1.0);
-        assert!(u.assignments.iter().all(|a| a.similarity >= t - 0.05), "{u:?}");
+        assert!(
+            u.assignments.iter().all(|a| a.similarity >= t - 0.05),
+            "{u:?}"
+        );
         // The two looks are not mixed.
-        let of = |i: usize| u.assignments.iter().find(|a| a.photo == i).map(|a| a.target);
+        let of = |i: usize| {
+            u.assignments
+                .iter()
+                .find(|a| a.photo == i)
+                .map(|a| a.target)
+        };
         let a = (0..12).find_map(of).unwrap();
         let b = (12..22).find_map(of).unwrap();
         assert_ne!(a, b);
@@ -368,7 +397,9 @@ mod tests {
 
         // Store them as clusters 7 (first look) and 9, then add one photo of each look and one
         // far from both.
-        let ids: Vec<Option<i64>> = (0..22).map(|i| of(i).map(|x| if x == a { 7 } else { 9 })).collect();
+        let ids: Vec<Option<i64>> = (0..22)
+            .map(|i| of(i).map(|x| if x == a { 7 } else { 9 }))
+            .collect();
         let mut vecs2 = vecs.clone();
         vecs2.extend(blob(&axis(d, 5), 1, 0.1, 3));
         vecs2.extend(blob(&axis(d, 0), 1, 0.1, 4));
@@ -377,9 +408,21 @@ mod tests {
         c2.extend([None, None, None]);
         let u2 = update_pet(&vecs2, &c2, Some(t), &p, NEVER).unwrap();
         assert_eq!(u2.new_clusters.len(), 0);
-        assert_eq!(u2.threshold, Some(t), "threshold only changes when clusters form");
-        let t2: Vec<_> = u2.assignments.iter().filter(|a| a.photo >= 22).map(|a| (a.photo, a.target)).collect();
-        assert_eq!(t2, vec![(22, Target::Existing(9)), (23, Target::Existing(7))]);
+        assert_eq!(
+            u2.threshold,
+            Some(t),
+            "threshold only changes when clusters form"
+        );
+        let t2: Vec<_> = u2
+            .assignments
+            .iter()
+            .filter(|a| a.photo >= 22)
+            .map(|a| (a.photo, a.target))
+            .collect();
+        assert_eq!(
+            t2,
+            vec![(22, Target::Existing(9)), (23, Target::Existing(7))]
+        );
     }
 
     #[test]
@@ -392,7 +435,10 @@ mod tests {
         clusters.extend(vec![None; 9]);
         let u = update_pet(&vecs, &clusters, Some(0.9), &PetParams::default(), NEVER).unwrap();
         assert_eq!(u.new_clusters, vec![9], "{u:?}");
-        assert!(u.assignments.iter().all(|a| a.photo >= 12 && a.target == Target::New(0)));
+        assert!(u
+            .assignments
+            .iter()
+            .all(|a| a.photo >= 12 && a.target == Target::New(0)));
         assert_eq!(u.assignments.len(), 9);
         assert!(u.threshold.is_some());
     }
@@ -410,13 +456,32 @@ mod tests {
         vecs.extend(blob(&edge, 2, 0.05, 8));
         let mut clusters: Vec<Option<i64>> = vec![Some(3); 12];
         clusters.extend(vec![None; 12]);
-        let p = PetParams { threshold_quantile: 0.1, ..PetParams::default() };
-        let loose = update_pet(&vecs, &clusters, Some(0.9), &PetParams { trim_new: false, ..p }, NEVER).unwrap();
+        let p = PetParams {
+            threshold_quantile: 0.1,
+            ..PetParams::default()
+        };
+        let loose = update_pet(
+            &vecs,
+            &clusters,
+            Some(0.9),
+            &PetParams {
+                trim_new: false,
+                ..p
+            },
+            NEVER,
+        )
+        .unwrap();
         assert_eq!(loose.new_clusters, vec![12], "{loose:?}");
         let strict = update_pet(&vecs, &clusters, Some(0.9), &p, NEVER).unwrap();
         let members: Vec<usize> = strict.assignments.iter().map(|a| a.photo).collect();
-        assert!(strict.assignments.iter().all(|a| a.target == Target::New(0)));
-        assert!(!members.contains(&22) && !members.contains(&23), "{strict:?}");
+        assert!(strict
+            .assignments
+            .iter()
+            .all(|a| a.target == Target::New(0)));
+        assert!(
+            !members.contains(&22) && !members.contains(&23),
+            "{strict:?}"
+        );
         assert!(members.len() >= 8, "only the tail is held back: {strict:?}");
         // The threshold counts the group whole, so trimming does not raise it.
         assert_eq!(strict.threshold, loose.threshold);
@@ -433,12 +498,33 @@ mod tests {
         vecs.extend(blob(&axis(d, 7), 5, 0.6, 7));
         let mut clusters: Vec<Option<i64>> = vec![Some(3); 12];
         clusters.extend(vec![None; 5]);
-        let p = PetParams { threshold_quantile: 0.5, min_pending: 5, ..PetParams::default() };
-        let loose = update_pet(&vecs, &clusters, Some(0.9), &PetParams { trim_new: false, ..p }, NEVER).unwrap();
+        let p = PetParams {
+            threshold_quantile: 0.5,
+            min_pending: 5,
+            ..PetParams::default()
+        };
+        let loose = update_pet(
+            &vecs,
+            &clusters,
+            Some(0.9),
+            &PetParams {
+                trim_new: false,
+                ..p
+            },
+            NEVER,
+        )
+        .unwrap();
         assert_eq!(loose.new_clusters, vec![5], "{loose:?}");
         let strict = update_pet(&vecs, &clusters, Some(0.9), &p, NEVER).unwrap();
-        assert!(strict.new_clusters.is_empty() && strict.assignments.is_empty(), "{strict:?}");
-        assert_eq!(strict.threshold, Some(0.9), "no cluster formed, so the threshold stays");
+        assert!(
+            strict.new_clusters.is_empty() && strict.assignments.is_empty(),
+            "{strict:?}"
+        );
+        assert_eq!(
+            strict.threshold,
+            Some(0.9),
+            "no cluster formed, so the threshold stays"
+        );
     }
 
     #[test]
@@ -451,7 +537,12 @@ mod tests {
 
     #[test]
     fn hero_score_is_the_documented_weighted_mean() {
-        let w = HeroWeights { quality: 0.4, centrality: 0.3, recency: 0.2, pose: 0.1 };
+        let w = HeroWeights {
+            quality: 0.4,
+            centrality: 0.3,
+            recency: 0.2,
+            pose: 0.1,
+        };
         let s = hero_score(&w, 0.8, 0.9, 30.0, 30.0, None);
         assert!((s - (0.4 * 0.8 + 0.3 * 0.9 + 0.2 * 0.5) / 0.9).abs() < 1e-12);
         let s = hero_score(&w, 0.8, 0.9, 0.0, 30.0, Some(2.0));

@@ -183,7 +183,9 @@ fn config_that_does_not_fit_the_model_is_rejected() {
     // the rank, never the shape: a shape computed by the graph could carry data
     assert!(
         matches!(err, Error::ModelMismatch(_))
-            && err.to_string().contains("is not [batch, tokens, dimension] (it has 3 dimensions")
+            && err
+                .to_string()
+                .contains("is not [batch, tokens, dimension] (it has 3 dimensions")
             && !err.to_string().contains("[1, 3, 32]"),
         "{err}"
     );

@@ -191,13 +191,31 @@ fn beats_the_python_pipeline_where_it_collapses() {
     // far-off island; the cap on family size (max_cluster_fraction 0.5) avoids that.
     let f = load();
     let keep: Vec<usize> = (0..f.points.n).filter(|i| (i + 1) % 10 != 0).collect();
-    let sub = Points::new(f.points.d, keep.iter().flat_map(|i| f.points.row(*i).to_vec()).collect());
+    let sub = Points::new(
+        f.points.d,
+        keep.iter()
+            .flat_map(|i| f.points.row(*i).to_vec())
+            .collect(),
+    );
     let truth: Vec<i32> = keep.iter().map(|i| f.truth[*i]).collect();
     let never = || false;
     let py = &f.reference["subset90_umap_hdbscan"];
     let out = classify(&sub, ClassifyParams::default(), &mut |_| {}, &never).unwrap();
-    let (share, pur) = (clustered(&out.result.labels), purity(&out.result.labels, &truth));
-    eprintln!("rust: {} clusters, clustered {share:.3}, purity {pur:.3}; python: {py}", out.result.n_clusters);
-    assert!(py["clusters"].as_u64().unwrap() <= 3 && py["purity"].as_f64().unwrap() < 0.2, "the reference collapsed");
-    assert!(out.result.n_clusters >= 15 && pur > 0.6 && share > 0.4, "{} clusters, purity {pur}, share {share}", out.result.n_clusters);
+    let (share, pur) = (
+        clustered(&out.result.labels),
+        purity(&out.result.labels, &truth),
+    );
+    eprintln!(
+        "rust: {} clusters, clustered {share:.3}, purity {pur:.3}; python: {py}",
+        out.result.n_clusters
+    );
+    assert!(
+        py["clusters"].as_u64().unwrap() <= 3 && py["purity"].as_f64().unwrap() < 0.2,
+        "the reference collapsed"
+    );
+    assert!(
+        out.result.n_clusters >= 15 && pur > 0.6 && share > 0.4,
+        "{} clusters, purity {pur}, share {share}",
+        out.result.n_clusters
+    );
 }

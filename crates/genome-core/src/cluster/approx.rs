@@ -80,7 +80,12 @@ pub fn hdbscan_knn(
     let selected = if params.leaf {
         super::hdbscan::select_leaf(n, &ctree)
     } else {
-        select_eom(n, &ctree, params.allow_single_cluster, params.max_cluster_size)
+        select_eom(
+            n,
+            &ctree,
+            params.allow_single_cluster,
+            params.max_cluster_size,
+        )
     };
     let (labels, probabilities) = label(n, &ctree, &selected);
     Ok(Hdbscan {

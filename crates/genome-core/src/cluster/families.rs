@@ -247,11 +247,17 @@ pub fn purity(labels: &[i32], truth: &[i32]) -> f64 {
 pub fn no_families_reason(points: &Points, min_cluster_size: usize) -> String {
     let n = points.n;
     if n < min_cluster_size {
-        return format!("{n} rows with an embedding are fewer than min_cluster_size = {min_cluster_size}");
+        return format!(
+            "{n} rows with an embedding are fewer than min_cluster_size = {min_cluster_size}"
+        );
     }
     let d = points.d.max(1);
     let first = &points.data[..d];
-    if points.data.chunks(d).all(|r| r.iter().zip(first).all(|(a, b)| a.to_bits() == b.to_bits())) {
+    if points
+        .data
+        .chunks(d)
+        .all(|r| r.iter().zip(first).all(|(a, b)| a.to_bits() == b.to_bits()))
+    {
         return format!(
             "all {n} rows have the same embedding (the same text): one group alone is never a family, \
              HDBSCAN needs groups that stand out from each other"
@@ -327,13 +333,27 @@ mod tests {
 
     #[test]
     fn no_families_reason_names_identical_rows_and_small_inputs() {
-        let same = Points { n: 200, d: 3, data: [0.6f32, 0.8, 0.0].repeat(200) };
+        let same = Points {
+            n: 200,
+            d: 3,
+            data: [0.6f32, 0.8, 0.0].repeat(200),
+        };
         assert!(no_families_reason(&same, 15).contains("all 200 rows have the same embedding"));
-        let few = Points { n: 4, d: 3, data: vec![0.1; 12] };
+        let few = Points {
+            n: 4,
+            d: 3,
+            data: vec![0.1; 12],
+        };
         assert!(no_families_reason(&few, 15).contains("fewer than min_cluster_size = 15"));
         let mut mixed = [0.6f32, 0.8, 0.0].repeat(20);
         mixed[0] = 0.7;
-        let mixed = Points { n: 20, d: 3, data: mixed };
-        assert!(no_families_reason(&mixed, 15).contains("no group of at least min_cluster_size = 15"));
+        let mixed = Points {
+            n: 20,
+            d: 3,
+            data: mixed,
+        };
+        assert!(
+            no_families_reason(&mixed, 15).contains("no group of at least min_cluster_size = 15")
+        );
     }
 }

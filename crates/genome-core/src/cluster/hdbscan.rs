@@ -75,47 +75,62 @@ pub fn uses_dense(n: usize, d: usize) -> bool {
 }
 
 /// Full n x n Euclidean distance matrix (row-major, f32), by row blocks of f64 GEMM on rayon.
-pub fn distance_matrix(p: &Points, cancel: &(dyn Fn() -> bool + Sync)) -> Result<Vec<f32>, Cancelled> {
+pub fn distance_matrix(
+    p: &Points,
+    cancel: &(dyn Fn() -> bool + Sync),
+) -> Result<Vec<f32>, Cancelled> {
     let (n, d) = (p.n, p.d);
     let x: Vec<f64> = p.data.iter().map(|&v| v as f64).collect();
     let norms: Vec<f64> = x.chunks(d).map(|r| r.iter().map(|v| v * v).sum()).collect();
     let mut m = vec![0f32; n * n];
     const B: usize = 128;
-    m.par_chunks_mut(B * n).enumerate().try_for_each(|(bi, block)| {
-        if cancel() {
-            return Err(Cancelled);
-        }
-        let r0 = bi * B;
-        let rows = block.len() / n;
-        let mut g = vec![0f64; rows * n];
-        // SAFETY: A is rows x d (row stride d), B = X^T is d x n (x read with row stride 1,
-        // column stride d), C is rows x n; all slices are large enough for these shapes.
-        unsafe {
-            matrixmultiply::dgemm(
-                rows, d, n, 1.0,
-                x[r0 * d..].as_ptr(), d as isize, 1,
-                x.as_ptr(), 1, d as isize,
-                0.0, g.as_mut_ptr(), n as isize, 1,
-            );
-        }
-        for i in 0..rows {
-            let a = r0 + i;
-            for j in 0..n {
-                let mut s = norms[a] + norms[j] - 2.0 * g[i * n + j];
-                // cancellation: when the squared distance is tiny next to the norms, the GEMM
-                // form has no correct digits left; recompute those few pairs directly.
-                if s < 1e-6 * (norms[a] + norms[j]) {
-                    s = x[a * d..(a + 1) * d]
-                        .iter()
-                        .zip(&x[j * d..(j + 1) * d])
-                        .map(|(u, v)| (u - v) * (u - v))
-                        .sum();
-                }
-                block[i * n + j] = s.max(0.0).sqrt() as f32;
+    m.par_chunks_mut(B * n)
+        .enumerate()
+        .try_for_each(|(bi, block)| {
+            if cancel() {
+                return Err(Cancelled);
             }
-        }
-        Ok(())
-    })?;
+            let r0 = bi * B;
+            let rows = block.len() / n;
+            let mut g = vec![0f64; rows * n];
+            // SAFETY: A is rows x d (row stride d), B = X^T is d x n (x read with row stride 1,
+            // column stride d), C is rows x n; all slices are large enough for these shapes.
+            unsafe {
+                matrixmultiply::dgemm(
+                    rows,
+                    d,
+                    n,
+                    1.0,
+                    x[r0 * d..].as_ptr(),
+                    d as isize,
+                    1,
+                    x.as_ptr(),
+                    1,
+                    d as isize,
+                    0.0,
+                    g.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
+            }
+            for i in 0..rows {
+                let a = r0 + i;
+                for j in 0..n {
+                    let mut s = norms[a] + norms[j] - 2.0 * g[i * n + j];
+                    // cancellation: when the squared distance is tiny next to the norms, the GEMM
+                    // form has no correct digits left; recompute those few pairs directly.
+                    if s < 1e-6 * (norms[a] + norms[j]) {
+                        s = x[a * d..(a + 1) * d]
+                            .iter()
+                            .zip(&x[j * d..(j + 1) * d])
+                            .map(|(u, v)| (u - v) * (u - v))
+                            .sum();
+                    }
+                    block[i * n + j] = s.max(0.0).sqrt() as f32;
+                }
+            }
+            Ok(())
+        })?;
     Ok(m)
 }
 
@@ -168,7 +183,11 @@ pub fn mst_prim_dense(
             }
         }
         in_tree[next] = true;
-        edges.push(Edge { a: from[next], b: next, w: nv });
+        edges.push(Edge {
+            a: from[next],
+            b: next,
+            w: nv,
+        });
         cur = next;
     }
     Ok(edges)
@@ -373,7 +392,12 @@ pub fn condense_tree(n: usize, merges: &[Merge], min_cluster_size: usize) -> Vec
 }
 
 /// Excess-of-mass selection; returns the selected cluster ids (>= n), ascending.
-pub fn select_eom(n: usize, tree: &[CondensedRow], allow_single_cluster: bool, max_cluster_size: Option<usize>) -> Vec<usize> {
+pub fn select_eom(
+    n: usize,
+    tree: &[CondensedRow],
+    allow_single_cluster: bool,
+    max_cluster_size: Option<usize>,
+) -> Vec<usize> {
     if tree.is_empty() {
         return Vec::new();
     }
@@ -437,7 +461,9 @@ pub fn select_leaf(n: usize, tree: &[CondensedRow]) -> Vec<usize> {
         has_child[r.parent] = true;
         is_node[r.child] = true;
     }
-    (n..=max_id).filter(|c| is_node[*c] && !has_child[*c]).collect()
+    (n..=max_id)
+        .filter(|c| is_node[*c] && !has_child[*c])
+        .collect()
 }
 
 /// Labels and probabilities from the condensed tree and the selected clusters.
@@ -523,7 +549,12 @@ pub fn hdbscan(
     let selected = if params.leaf {
         select_leaf(p.n, &tree)
     } else {
-        select_eom(p.n, &tree, params.allow_single_cluster, params.max_cluster_size)
+        select_eom(
+            p.n,
+            &tree,
+            params.allow_single_cluster,
+            params.max_cluster_size,
+        )
     };
     let (labels, probabilities) = label(p.n, &tree, &selected);
     Ok(Hdbscan {
@@ -598,9 +629,16 @@ mod tests {
         // despite the GEMM form's cancellation).
         let mut rng = crate::reduce::rng::Rng::new(7);
         let d = 48;
-        let centres: Vec<Vec<f32>> = (0..5).map(|_| (0..d).map(|_| rng.normal() as f32 * 3.0).collect()).collect();
+        let centres: Vec<Vec<f32>> = (0..5)
+            .map(|_| (0..d).map(|_| rng.normal() as f32 * 3.0).collect())
+            .collect();
         let mut rows: Vec<Vec<f32>> = (0..690)
-            .map(|i| centres[i % 5].iter().map(|c| c + rng.normal() as f32 * (0.3 + (i % 3) as f32 * 0.2)).collect())
+            .map(|i| {
+                centres[i % 5]
+                    .iter()
+                    .map(|c| c + rng.normal() as f32 * (0.3 + (i % 3) as f32 * 0.2))
+                    .collect()
+            })
             .collect();
         for i in 0..10 {
             rows.push(rows[i * 7].clone());
@@ -612,19 +650,33 @@ mod tests {
         for i in 0..p.n {
             for j in (0..p.n).step_by(37) {
                 let direct = euclidean(p.row(i), p.row(j));
-                assert!((m[i * p.n + j] as f64 - direct).abs() <= 1e-5 * direct.max(1e-3), "{i} {j}");
+                assert!(
+                    (m[i * p.n + j] as f64 - direct).abs() <= 1e-5 * direct.max(1e-3),
+                    "{i} {j}"
+                );
             }
         }
         let core_d = core_distances_dense(&m, p.n, 10);
         for (a, b) in core_s.iter().zip(&core_d) {
             assert!((a - b).abs() <= 1e-5 * a, "{a} {b}");
         }
-        let ws: f64 = mst_prim(&p, &core_s, &never).unwrap().iter().map(|e| e.w).sum();
-        let wd: f64 = mst_prim_dense(&m, p.n, &core_d, &never).unwrap().iter().map(|e| e.w).sum();
+        let ws: f64 = mst_prim(&p, &core_s, &never)
+            .unwrap()
+            .iter()
+            .map(|e| e.w)
+            .sum();
+        let wd: f64 = mst_prim_dense(&m, p.n, &core_d, &never)
+            .unwrap()
+            .iter()
+            .map(|e| e.w)
+            .sum();
         assert!((ws - wd).abs() <= 1e-5 * ws, "{ws} {wd}");
         // and whole runs agree (the dense path is what hdbscan() takes at this size)
         assert!(uses_dense(p.n, p.d) && !uses_dense(p.n, 5));
-        let params = HdbscanParams { min_cluster_size: 20, ..Default::default() };
+        let params = HdbscanParams {
+            min_cluster_size: 20,
+            ..Default::default()
+        };
         let dense = hdbscan(&p, params, &never).unwrap();
         let k = 20;
         let streamed = {
@@ -666,12 +718,23 @@ mod tests {
             }
         }
         let never = || false;
-        let leaf = HdbscanParams { min_cluster_size: 5, leaf: true, ..Default::default() };
+        let leaf = HdbscanParams {
+            min_cluster_size: 5,
+            leaf: true,
+            ..Default::default()
+        };
         let r = hdbscan(&Points::from_rows(&rows), leaf, &never).unwrap();
         assert_eq!(r.n_clusters, 3, "{:?}", r.labels);
         for b in 0..3 {
             let l = r.labels[b * 20];
-            assert!(l >= 0 && r.labels[b * 20..(b + 1) * 20].iter().filter(|x| **x == l).count() >= 18);
+            assert!(
+                l >= 0
+                    && r.labels[b * 20..(b + 1) * 20]
+                        .iter()
+                        .filter(|x| **x == l)
+                        .count()
+                        >= 18
+            );
         }
         let one = hdbscan(&Points::from_rows(&rows[..20].to_vec()), leaf, &never).unwrap();
         assert_eq!(one.n_clusters, 1);

@@ -149,7 +149,10 @@ pub fn classify(
     // what a taxonomy wants, so such clusters are not selectable (sklearn's max_cluster_size)
     // and their sub-clusters are considered instead.
     let max_cluster_size = if params.max_cluster_fraction < 1.0 {
-        Some(((space.n as f64 * params.max_cluster_fraction).ceil() as usize).max(params.min_cluster_size))
+        Some(
+            ((space.n as f64 * params.max_cluster_fraction).ceil() as usize)
+                .max(params.min_cluster_size),
+        )
     } else {
         None
     };

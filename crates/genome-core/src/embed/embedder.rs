@@ -5,8 +5,8 @@ use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::value::TensorRef;
 
 use super::config::{ModelConfig, Pooling};
-use super::pooling::{cls_pool, l2_normalize, mean_pool};
 use super::interrupt::{self, StopCheck};
+use super::pooling::{cls_pool, l2_normalize, mean_pool};
 use super::runtime::{ExecutionProvider, Runtime};
 use super::tokenize::TextTokenizer;
 use crate::{Error, Result};
@@ -58,7 +58,10 @@ pub fn build_session(runtime: &Runtime, onnx: &[u8], settings: SessionSettings) 
         // Constant folding computes at load, outside the capped arena: a ConstantOfShape of a
         // constant 16 GB shape would be allocated there. Folded or not, the results are the same.
         builder = builder
-            .with_config_entry("optimization.disable_specified_optimizers", "ConstantFolding")
+            .with_config_entry(
+                "optimization.disable_specified_optimizers",
+                "ConstantFolding",
+            )
             .map_err(model_err)?;
     }
     super::guard::check_self_contained(onnx)?;
@@ -155,48 +158,56 @@ impl TextEmbedder {
         let pooling = self.config.pooling;
         let normalize = self.config.normalize;
         let output_name = self.config.output_name.clone();
-        let mut vectors = interrupt::run(&mut self.session, inputs, self.settings.stop, |outputs| {
-            let value = outputs
-                .get(output_name.as_str())
-                .ok_or_else(|| Error::ModelMismatch(format!("output \"{output_name}\" missing")))?;
-            let arr = value.try_extract_array::<f32>().map_err(|e| {
-                Error::ModelMismatch(format!(
-                    "output \"{output_name}\" is not a float32 tensor: {e}"
-                ))
-            })?;
-            // The rank only: a shape computed by the graph could carry data, never echo it.
-            let rank = arr.ndim();
-            let bad_shape = |what: &str| {
-                Error::ModelMismatch(format!(
+        let mut vectors = interrupt::run(
+            &mut self.session,
+            inputs,
+            self.settings.stop,
+            |outputs| {
+                let value = outputs.get(output_name.as_str()).ok_or_else(|| {
+                    Error::ModelMismatch(format!("output \"{output_name}\" missing"))
+                })?;
+                let arr = value.try_extract_array::<f32>().map_err(|e| {
+                    Error::ModelMismatch(format!(
+                        "output \"{output_name}\" is not a float32 tensor: {e}"
+                    ))
+                })?;
+                // The rank only: a shape computed by the graph could carry data, never echo it.
+                let rank = arr.ndim();
+                let bad_shape = |what: &str| {
+                    Error::ModelMismatch(format!(
                     "output \"{output_name}\" is not {what} (it has {rank} dimensions; config: pooling {pooling:?}, dimension {dim})"
                 ))
-            };
-            let vectors = match pooling {
-                Pooling::Mean | Pooling::Cls => {
-                    let h = arr
-                        .into_dimensionality::<Ix3>()
-                        .map_err(|_| bad_shape("[batch, tokens, dimension]"))?;
-                    if h.dim().0 != texts.len() || h.dim().1 != enc.ids.dim().1 || h.dim().2 != dim {
-                        return Err(bad_shape("[batch, tokens, dimension]"));
+                };
+                let vectors = match pooling {
+                    Pooling::Mean | Pooling::Cls => {
+                        let h = arr
+                            .into_dimensionality::<Ix3>()
+                            .map_err(|_| bad_shape("[batch, tokens, dimension]"))?;
+                        if h.dim().0 != texts.len()
+                            || h.dim().1 != enc.ids.dim().1
+                            || h.dim().2 != dim
+                        {
+                            return Err(bad_shape("[batch, tokens, dimension]"));
+                        }
+                        if pooling == Pooling::Mean {
+                            mean_pool(h, enc.mask.view())
+                        } else {
+                            cls_pool(h)
+                        }
                     }
-                    if pooling == Pooling::Mean {
-                        mean_pool(h, enc.mask.view())
-                    } else {
-                        cls_pool(h)
+                    Pooling::None => {
+                        let h = arr
+                            .into_dimensionality::<Ix2>()
+                            .map_err(|_| bad_shape("[batch, dimension] as pooling none needs"))?;
+                        if h.dim() != (texts.len(), dim) {
+                            return Err(bad_shape("[batch, dimension] as pooling none needs"));
+                        }
+                        h.outer_iter().map(|r| r.to_vec()).collect()
                     }
-                }
-                Pooling::None => {
-                    let h = arr
-                        .into_dimensionality::<Ix2>()
-                        .map_err(|_| bad_shape("[batch, dimension] as pooling none needs"))?;
-                    if h.dim() != (texts.len(), dim) {
-                        return Err(bad_shape("[batch, dimension] as pooling none needs"));
-                    }
-                    h.outer_iter().map(|r| r.to_vec()).collect()
-                }
-            };
-            Ok(vectors)
-        })?;
+                };
+                Ok(vectors)
+            },
+        )?;
         if vectors.iter().flatten().any(|x| !x.is_finite()) {
             return Err(Error::Inference(
                 "model produced NaN or infinite values".into(),

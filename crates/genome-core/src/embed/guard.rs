@@ -134,10 +134,13 @@ const SHAPE_ONLY: [&[u8]; 3] = [b"Shape", b"Size", b"EyeLike"];
 /// or removed. A body without nodes, or whose outputs are constants or its inputs passed
 /// through, would iterate (up to 2^63 times) with no point at which a cancel could stop it.
 fn interruptible(formal_inputs: &[Vec<u8>], nodes: &[Summary], outputs: &[Vec<u8>]) -> bool {
-    let mut dependent: std::collections::HashSet<&[u8]> = formal_inputs.iter().map(Vec::as_slice).collect();
+    let mut dependent: std::collections::HashSet<&[u8]> =
+        formal_inputs.iter().map(Vec::as_slice).collect();
     let mut produced: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
     for n in nodes {
-        if !SHAPE_ONLY.contains(&n.op_type.as_slice()) && n.inputs.iter().any(|i| dependent.contains(i.as_slice())) {
+        if !SHAPE_ONLY.contains(&n.op_type.as_slice())
+            && n.inputs.iter().any(|i| dependent.contains(i.as_slice()))
+        {
             for o in &n.outputs {
                 dependent.insert(o);
                 produced.insert(o);
@@ -155,7 +158,8 @@ fn walk(b: &[u8], kind: Kind, depth: usize) -> Result<Summary> {
     let mut name: Option<&[u8]> = None;
     let mut external = false;
     let mut summary = Summary::default();
-    let (mut graph_inputs, mut graph_outputs, mut graph_nodes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut graph_inputs, mut graph_outputs, mut graph_nodes) =
+        (Vec::new(), Vec::new(), Vec::new());
     while pos < b.len() {
         let key = varint(b, &mut pos)?;
         let field = (key >> 3) as u32;
@@ -192,10 +196,18 @@ fn walk(b: &[u8], kind: Kind, depth: usize) -> Result<Summary> {
                                 (Kind::Graph, GRAPH_NODE) => graph_nodes.push(sub),
                                 (Kind::Graph, GRAPH_INPUT) => graph_inputs.push(sub.name),
                                 (Kind::Graph, GRAPH_OUTPUT) => graph_outputs.push(sub.name),
-                                (Kind::Attribute, ATTR_G) | (Kind::Attribute, ATTR_GRAPHS) | (Kind::Node, NODE_ATTRIBUTE) => {
-                                    let ok = if kind == Kind::Attribute { Some(sub.interruptible) } else { sub.subgraphs_interruptible };
+                                (Kind::Attribute, ATTR_G)
+                                | (Kind::Attribute, ATTR_GRAPHS)
+                                | (Kind::Node, NODE_ATTRIBUTE) => {
+                                    let ok = if kind == Kind::Attribute {
+                                        Some(sub.interruptible)
+                                    } else {
+                                        sub.subgraphs_interruptible
+                                    };
                                     if let Some(ok) = ok {
-                                        summary.subgraphs_interruptible = Some(summary.subgraphs_interruptible.unwrap_or(true) && ok);
+                                        summary.subgraphs_interruptible = Some(
+                                            summary.subgraphs_interruptible.unwrap_or(true) && ok,
+                                        );
                                     }
                                 }
                                 _ => {}
@@ -316,11 +328,17 @@ mod tests {
         let mut m = model(&[]);
         m.extend(f);
         assert!(check_self_contained(&m).is_err());
-        let f = msg(MODEL_FUNCTIONS, &msg(FUNCTION_ATTRIBUTE_PROTO, &msg(ATTR_T, &tensor(true, false))));
+        let f = msg(
+            MODEL_FUNCTIONS,
+            &msg(FUNCTION_ATTRIBUTE_PROTO, &msg(ATTR_T, &tensor(true, false))),
+        );
         let mut m = model(&[]);
         m.extend(f);
         assert!(check_self_contained(&m).is_err());
-        let s = msg(GRAPH_SPARSE_INITIALIZER, &msg(SPARSE_VALUES, &tensor(true, true)));
+        let s = msg(
+            GRAPH_SPARSE_INITIALIZER,
+            &msg(SPARSE_VALUES, &tensor(true, true)),
+        );
         assert!(check_self_contained(&model(&s)).is_err());
     }
 
@@ -362,10 +380,16 @@ mod tests {
         let refused = |b: &[u8]| check_self_contained(&model(&looping(b"Loop", b))).is_err();
         // empty; inputs passed through; outputs from constants only (folded at load)
         assert!(refused(&body(&[], &[b"cond", b"v"])));
-        let folded = [node_of(b"Constant", &[], &[b"a"]), node_of(b"Greater", &[b"a", b"a"], &[b"c2"])];
+        let folded = [
+            node_of(b"Constant", &[], &[b"a"]),
+            node_of(b"Greater", &[b"a", b"a"], &[b"c2"]),
+        ];
         assert!(refused(&body(&folded, &[b"c2", b"v"])));
         // through the shape of a carried value only: folded when the shape is static
-        let by_shape = [node_of(b"Shape", &[b"v"], &[b"s"]), node_of(b"Greater", &[b"s", b"s"], &[b"c2"])];
+        let by_shape = [
+            node_of(b"Shape", &[b"v"], &[b"s"]),
+            node_of(b"Greater", &[b"s", b"s"], &[b"c2"]),
+        ];
         assert!(refused(&body(&by_shape, &[b"c2", b"v"])));
         // a step on the carried value
         let add = [node_of(b"Add", &[b"v", b"one"], &[b"v2"])];

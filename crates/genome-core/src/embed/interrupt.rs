@@ -33,7 +33,10 @@ static WATCH: OnceLock<Arc<Watch>> = OnceLock::new();
 
 fn watch() -> &'static Arc<Watch> {
     WATCH.get_or_init(|| {
-        let w = Arc::new(Watch { current: Mutex::new(None), wake: Condvar::new() });
+        let w = Arc::new(Watch {
+            current: Mutex::new(None),
+            wake: Condvar::new(),
+        });
         let w2 = Arc::clone(&w);
         spawn_without_signals(move || loop {
             let mut cur = w2.current.lock().unwrap_or_else(|p| p.into_inner());
@@ -45,7 +48,10 @@ fn watch() -> &'static Arc<Watch> {
                     let _ = opts.terminate();
                 }
             }
-            let (_cur, _) = w2.wake.wait_timeout(cur, POLL).unwrap_or_else(|p| p.into_inner());
+            let (_cur, _) = w2
+                .wake
+                .wait_timeout(cur, POLL)
+                .unwrap_or_else(|p| p.into_inner());
         });
         w
     })
@@ -58,7 +64,9 @@ fn spawn_without_signals(f: impl FnOnce() + Send + 'static) {
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let r = std::thread::Builder::new().name("genome-watchdog".into()).spawn(f);
+        let r = std::thread::Builder::new()
+            .name("genome-watchdog".into())
+            .spawn(f);
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         r.expect("starting the model-run watchdog thread");
     }
@@ -73,7 +81,9 @@ pub fn run<'i, 'v: 'i, const N: usize, R>(
     f: impl FnOnce(SessionOutputs<'_>) -> Result<R>,
 ) -> Result<R> {
     let Some(check) = stop else {
-        let out = session.run(inputs).map_err(|e| Error::Inference(e.to_string()))?;
+        let out = session
+            .run(inputs)
+            .map_err(|e| Error::Inference(e.to_string()))?;
         return f(out);
     };
     if check() {

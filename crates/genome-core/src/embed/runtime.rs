@@ -86,7 +86,8 @@ impl Runtime {
             .map_err(|e| load_err(e.to_string()))?;
         let version = library_version(path).unwrap_or_else(|| "unknown".into());
         if let Some(bytes) = memory_limit {
-            register_capped_arena(&env, bytes).map_err(|e| load_err(format!("registering the memory-capped arena: {e}")))?;
+            register_capped_arena(&env, bytes)
+                .map_err(|e| load_err(format!("registering the memory-capped arena: {e}")))?;
         }
         let _ = RUNTIME.set(Runtime {
             path: path.to_string(),
@@ -128,7 +129,9 @@ fn register_capped_arena(env: &Environment, bytes: usize) -> std::result::Result
             return Ok(());
         }
         // SAFETY: a non-null status from the API, read once and released.
-        let msg = unsafe { std::ffi::CStr::from_ptr((api.GetErrorMessage)(s.0)) }.to_string_lossy().into_owned();
+        let msg = unsafe { std::ffi::CStr::from_ptr((api.GetErrorMessage)(s.0)) }
+            .to_string_lossy()
+            .into_owned();
         unsafe { (api.ReleaseStatus)(s.0) };
         Err(msg)
     };
@@ -139,7 +142,11 @@ fn register_capped_arena(env: &Environment, bytes: usize) -> std::result::Result
     check(unsafe { (api.CreateArenaCfgV2)(keys.as_ptr(), values.as_ptr(), keys.len(), &mut cfg) })?;
     let mut info = std::ptr::null_mut();
     let mut r = check(unsafe {
-        (api.CreateCpuMemoryInfo)(OrtAllocatorType::OrtArenaAllocator, OrtMemType::OrtMemTypeDefault, &mut info)
+        (api.CreateCpuMemoryInfo)(
+            OrtAllocatorType::OrtArenaAllocator,
+            OrtMemType::OrtMemTypeDefault,
+            &mut info,
+        )
     });
     if r.is_ok() {
         // SAFETY: the environment outlives the process's sessions (it is kept in RUNTIME).

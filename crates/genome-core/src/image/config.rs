@@ -60,7 +60,10 @@ impl ImageConfig {
             ));
         }
         if !(8..=2048).contains(&self.crop) {
-            return bad(format!("crop must be between 8 and 2048, got {}", self.crop));
+            return bad(format!(
+                "crop must be between 8 and 2048, got {}",
+                self.crop
+            ));
         }
         if self.resize_shorter < self.crop || self.resize_shorter > 4096 {
             return bad(format!(
@@ -101,7 +104,10 @@ mod tests {
         assert!(e(OK.replace("\"crop\":224", "\"crop\":300")).contains("resize_shorter must be"));
         assert!(e(OK.replace("[0.5,0.5,0.5]}", "[0.5,0,0.5]}")).contains("std"));
         assert!(e(OK.replace("\"kind\":\"image\"", "\"kind\":\"text\"")).contains("kind must be"));
-        assert!(e(OK.replace("\"crop\":224", "\"crop\":224,\"layout\":\"nhwc\"")).contains("unknown field `layout`"));
+        assert!(
+            e(OK.replace("\"crop\":224", "\"crop\":224,\"layout\":\"nhwc\""))
+                .contains("unknown field `layout`")
+        );
         assert!(e(OK.replace("1280", "0")).contains("dimension"));
     }
 }

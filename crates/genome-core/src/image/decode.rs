@@ -163,7 +163,10 @@ mod tests {
         let mut half = full[..full.len() / 2].to_vec();
         half.extend_from_slice(&[0xFF, 0xD9]);
         let e = decode(&half, &DecodeLimits::default()).unwrap_err();
-        assert!(matches!(e, Error::Image(_)) && e.to_string().contains("truncated"), "{e}");
+        assert!(
+            matches!(e, Error::Image(_)) && e.to_string().contains("truncated"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -173,7 +176,10 @@ mod tests {
         let e = decode(&j[..j.len() / 2], &d).unwrap_err().to_string();
         assert!(e.contains("truncated"), "{e}");
         let p = png(64, 48);
-        assert!(matches!(decode(&p[..p.len() - 20], &d), Err(Error::Image(_))));
+        assert!(matches!(
+            decode(&p[..p.len() - 20], &d),
+            Err(Error::Image(_))
+        ));
     }
 
     #[test]
@@ -187,10 +193,25 @@ mod tests {
         let e = decode(&b, &DecodeLimits::default()).unwrap_err();
         assert!(matches!(e, Error::ImageLimit(_)), "{e}");
         assert!(e.to_string().contains("20000x20000"), "{e}");
-        let e = decode(&png(100, 100), &DecodeLimits { max_pixels: 5000, max_bytes: 1 << 20 });
+        let e = decode(
+            &png(100, 100),
+            &DecodeLimits {
+                max_pixels: 5000,
+                max_bytes: 1 << 20,
+            },
+        );
         assert!(matches!(e, Err(Error::ImageLimit(_))));
-        let e = decode(&png(10, 10), &DecodeLimits { max_pixels: 5000, max_bytes: 10 });
-        assert!(e.unwrap_err().to_string().contains("genome.max_image_bytes"));
+        let e = decode(
+            &png(10, 10),
+            &DecodeLimits {
+                max_pixels: 5000,
+                max_bytes: 10,
+            },
+        );
+        assert!(e
+            .unwrap_err()
+            .to_string()
+            .contains("genome.max_image_bytes"));
     }
 
     pub(crate) fn crc32(data: &[u8]) -> u32 {
@@ -198,7 +219,11 @@ mod tests {
         for &b in data {
             c ^= b as u32;
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
         }
         !c

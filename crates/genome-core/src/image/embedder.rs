@@ -115,26 +115,29 @@ impl ImageEmbedder {
         let dim = self.config.dimension;
         let n = images.len();
         let inputs = vec![(self.config.input_name.clone(), input.into_dyn())];
-        let mut vectors = interrupt::run(&mut self.session, inputs, self.settings.stop, |outputs| {
-            let value = outputs
-                .get(name.as_str())
-                .ok_or_else(|| Error::ModelMismatch(format!("output \"{name}\" missing")))?;
-            let arr = value.try_extract_array::<f32>().map_err(|e| {
-                Error::ModelMismatch(format!("output \"{name}\" is not a float32 tensor: {e}"))
-            })?;
-            // the rank only: a shape computed by the graph could carry data, never echo it
-            let rank = arr.ndim();
-            let h = arr
-                .into_dimensionality::<Ix2>()
-                .ok()
-                .filter(|h| h.dim() == (n, dim))
-                .ok_or_else(|| {
-                    Error::ModelMismatch(format!(
-                        "output \"{name}\" is not [batch, {dim}] (it has {rank} dimensions)"
-                    ))
+        let mut vectors =
+            interrupt::run(&mut self.session, inputs, self.settings.stop, |outputs| {
+                let value = outputs
+                    .get(name.as_str())
+                    .ok_or_else(|| Error::ModelMismatch(format!("output \"{name}\" missing")))?;
+                let arr = value.try_extract_array::<f32>().map_err(|e| {
+                    Error::ModelMismatch(format!("output \"{name}\" is not a float32 tensor: {e}"))
                 })?;
-            Ok(h.outer_iter().map(|r| r.to_vec()).collect::<Vec<Vec<f32>>>())
-        })?;
+                // the rank only: a shape computed by the graph could carry data, never echo it
+                let rank = arr.ndim();
+                let h = arr
+                    .into_dimensionality::<Ix2>()
+                    .ok()
+                    .filter(|h| h.dim() == (n, dim))
+                    .ok_or_else(|| {
+                        Error::ModelMismatch(format!(
+                            "output \"{name}\" is not [batch, {dim}] (it has {rank} dimensions)"
+                        ))
+                    })?;
+                Ok(h.outer_iter()
+                    .map(|r| r.to_vec())
+                    .collect::<Vec<Vec<f32>>>())
+            })?;
         if vectors.iter().flatten().any(|x| !x.is_finite()) {
             return Err(Error::Inference(
                 "model produced NaN or infinite values".into(),
@@ -159,7 +162,9 @@ mod tests {
         )
         .unwrap();
         // 16 x 8: already the right height after resize to shorter side 8, width 16 -> crop 4..12.
-        let img = RgbImage::from_fn(16, 8, |x, _| image::Rgb([255, if x < 8 { 0 } else { 255 }, 51]));
+        let img = RgbImage::from_fn(16, 8, |x, _| {
+            image::Rgb([255, if x < 8 { 0 } else { 255 }, 51])
+        });
         let t = preprocess(&img, &cfg);
         assert_eq!(t.dim(), (3, 8, 8));
         // channel 0 is blue: 51/255 = 0.2, mean 0, std 1.

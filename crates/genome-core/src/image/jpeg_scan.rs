@@ -30,7 +30,11 @@ struct Huffman {
 
 impl Huffman {
     fn new(counts: &[u8; 16], symbols: Vec<u8>) -> Self {
-        let mut t = Huffman { maxcode: [-1; 17], symbols, ..Default::default() };
+        let mut t = Huffman {
+            maxcode: [-1; 17],
+            symbols,
+            ..Default::default()
+        };
         let (mut code, mut k) = (0i32, 0i32);
         for l in 1..=16 {
             let n = counts[l - 1] as i32;
@@ -58,7 +62,10 @@ struct Bits<'a> {
 impl Bits<'_> {
     fn bit(&mut self) -> Result<u32> {
         if self.n == 0 {
-            let byte = *self.b.get(self.pos).ok_or_else(|| truncated("no end-of-image marker"))?;
+            let byte = *self
+                .b
+                .get(self.pos)
+                .ok_or_else(|| truncated("no end-of-image marker"))?;
             if byte == 0xFF {
                 match self.b.get(self.pos + 1) {
                     Some(0x00) => self.pos += 2,
@@ -87,7 +94,11 @@ impl Bits<'_> {
             code = (code << 1) | self.bit()? as i32;
             if t.maxcode[l] >= 0 && code <= t.maxcode[l] && code >= t.mincode[l] {
                 let i = (t.valptr[l] + code - t.mincode[l]) as usize;
-                return t.symbols.get(i).copied().ok_or_else(|| truncated("bad Huffman table"));
+                return t
+                    .symbols
+                    .get(i)
+                    .copied()
+                    .ok_or_else(|| truncated("bad Huffman table"));
             }
         }
         Err(truncated("no Huffman code matches"))
@@ -134,7 +145,9 @@ pub fn check_complete(b: &[u8]) -> Result<()> {
             (Some(&hi), Some(&lo)) => ((hi as usize) << 8) | lo as usize,
             _ => return Err(truncated("a segment is cut")),
         };
-        let seg = b.get(pos + 2..pos + len).ok_or_else(|| truncated("a segment is cut"))?;
+        let seg = b
+            .get(pos + 2..pos + len)
+            .ok_or_else(|| truncated("a segment is cut"))?;
         pos += len;
         match m {
             0xC0 | 0xC1 => {
@@ -147,7 +160,11 @@ pub fn check_complete(b: &[u8]) -> Result<()> {
                 comps = seg[6..]
                     .chunks_exact(3)
                     .take(seg[5] as usize)
-                    .map(|c| Component { id: c[0], h: (c[1] >> 4).max(1) as usize, v: (c[1] & 15).max(1) as usize })
+                    .map(|c| Component {
+                        id: c[0],
+                        h: (c[1] >> 4).max(1) as usize,
+                        v: (c[1] & 15).max(1) as usize,
+                    })
                     .collect();
             }
             // progressive, lossless, arithmetic: not checked here
@@ -158,10 +175,17 @@ pub fn check_complete(b: &[u8]) -> Result<()> {
                     let (class, id) = ((s[0] >> 4) as usize, (s[0] & 15) as usize);
                     let counts: [u8; 16] = s[1..17].try_into().expect("16 bytes");
                     let n: usize = counts.iter().map(|c| *c as usize).sum();
-                    let syms = s.get(17..17 + n).ok_or_else(|| truncated("short Huffman table"))?.to_vec();
+                    let syms = s
+                        .get(17..17 + n)
+                        .ok_or_else(|| truncated("short Huffman table"))?
+                        .to_vec();
                     if id < 4 {
                         let t = Huffman::new(&counts, syms);
-                        if class == 0 { dc[id] = t } else { ac[id] = t }
+                        if class == 0 {
+                            dc[id] = t
+                        } else {
+                            ac[id] = t
+                        }
                     }
                     s = &s[17 + n..];
                 }
@@ -173,8 +197,15 @@ pub fn check_complete(b: &[u8]) -> Result<()> {
                 }
                 let n = *seg.first().ok_or_else(|| truncated("short scan header"))? as usize;
                 let mut scan = Vec::with_capacity(n);
-                for c in seg.get(1..1 + 2 * n).ok_or_else(|| truncated("short scan header"))?.chunks_exact(2) {
-                    let comp = *comps.iter().find(|x| x.id == c[0]).ok_or_else(|| truncated("unknown component"))?;
+                for c in seg
+                    .get(1..1 + 2 * n)
+                    .ok_or_else(|| truncated("short scan header"))?
+                    .chunks_exact(2)
+                {
+                    let comp = *comps
+                        .iter()
+                        .find(|x| x.id == c[0])
+                        .ok_or_else(|| truncated("unknown component"))?;
                     scan.push((comp, (c[1] >> 4) as usize & 3, (c[1] & 15) as usize & 3));
                 }
                 let hmax = comps.iter().map(|c| c.h).max().unwrap_or(1);
@@ -186,9 +217,17 @@ pub fn check_complete(b: &[u8]) -> Result<()> {
                     let ch = (height * c.v).div_ceil(vmax);
                     (cw.div_ceil(8) * ch.div_ceil(8), vec![1])
                 } else {
-                    (width.div_ceil(8 * hmax) * height.div_ceil(8 * vmax), scan.iter().map(|(c, _, _)| c.h * c.v).collect())
+                    (
+                        width.div_ceil(8 * hmax) * height.div_ceil(8 * vmax),
+                        scan.iter().map(|(c, _, _)| c.h * c.v).collect(),
+                    )
                 };
-                let mut bits = Bits { b, pos, acc: 0, n: 0 };
+                let mut bits = Bits {
+                    b,
+                    pos,
+                    acc: 0,
+                    n: 0,
+                };
                 for mcu in 0..mcus {
                     if restart_interval > 0 && mcu > 0 && mcu % restart_interval == 0 {
                         bits.restart()?;
@@ -217,7 +256,9 @@ pub fn check_complete(b: &[u8]) -> Result<()> {
                 }
                 pos = bits.pos;
                 // the rest of the scan's last byte is padding; skip to the next marker
-                while pos < b.len() && !(b[pos] == 0xFF && b.get(pos + 1).is_some_and(|x| *x != 0x00)) {
+                while pos < b.len()
+                    && !(b[pos] == 0xFF && b.get(pos + 1).is_some_and(|x| *x != 0x00))
+                {
                     pos += 1;
                 }
             }
@@ -232,7 +273,9 @@ mod tests {
     use image::{ImageEncoder, RgbImage};
 
     fn jpeg(w: u32, h: u32) -> Vec<u8> {
-        let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 3) as u8, (y * 2) as u8, ((x ^ y) % 251) as u8]));
+        let img = RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x * 3) as u8, (y * 2) as u8, ((x ^ y) % 251) as u8])
+        });
         let mut out = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
             .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
@@ -248,7 +291,11 @@ mod tests {
             for cut in [full.len() / 2, full.len() * 9 / 10] {
                 let mut part = full[..cut].to_vec();
                 part.extend_from_slice(&[0xFF, 0xD9]);
-                assert!(check_complete(&part).is_err(), "{w}x{h} cut at {cut} of {}", full.len());
+                assert!(
+                    check_complete(&part).is_err(),
+                    "{w}x{h} cut at {cut} of {}",
+                    full.len()
+                );
             }
         }
     }

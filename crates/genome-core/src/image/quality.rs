@@ -92,7 +92,12 @@ pub fn quality(img: &RgbImage) -> Quality {
     for &v in &l {
         hist[v as usize] += 1;
     }
-    let mean = hist.iter().enumerate().map(|(v, c)| v as f64 * *c as f64).sum::<f64>() / n;
+    let mean = hist
+        .iter()
+        .enumerate()
+        .map(|(v, c)| v as f64 * *c as f64)
+        .sum::<f64>()
+        / n;
     let var = hist
         .iter()
         .enumerate()
@@ -150,7 +155,11 @@ mod tests {
             image::Rgb([v, v, v])
         });
         let q = quality(&img);
-        assert!((q.sharpness - 1020.0f64.powi(2)).abs() < 1e-6, "{}", q.sharpness);
+        assert!(
+            (q.sharpness - 1020.0f64.powi(2)).abs() < 1e-6,
+            "{}",
+            q.sharpness
+        );
         assert!((q.contrast - 0.5).abs() < 1e-12);
         assert_eq!(q.clipped, 1.0);
         assert_eq!(q.exposure_score, 0.0);
@@ -168,7 +177,12 @@ mod tests {
             256,
         );
         let (a, b) = (quality(&sharp), quality(&blurred));
-        assert!(a.sharpness > 10.0 * b.sharpness, "{} vs {}", a.sharpness, b.sharpness);
+        assert!(
+            a.sharpness > 10.0 * b.sharpness,
+            "{} vs {}",
+            a.sharpness,
+            b.sharpness
+        );
         assert!(a.score > b.score);
     }
 

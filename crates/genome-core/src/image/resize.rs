@@ -50,7 +50,11 @@ fn coeffs(in_size: usize, out_size: usize, range: std::ops::Range<usize>) -> Coe
         for x in 0..n {
             let v = if ww != 0.0 { w[x] / ww } else { w[x] };
             let f = v * (1u32 << PRECISION_BITS) as f64;
-            k[j * ksize + x] = if v < 0.0 { (f - 0.5) as i32 } else { (f + 0.5) as i32 };
+            k[j * ksize + x] = if v < 0.0 {
+                (f - 0.5) as i32
+            } else {
+                (f + 0.5) as i32
+            };
         }
         bounds.push((xmin as usize, n));
     }
@@ -120,8 +124,19 @@ pub fn resize_bilinear(src: &RgbImage, out_w: u32, out_h: u32) -> RgbImage {
 /// the window and the source, never the full resized size (a 100000x1 strip resized to a
 /// shorter side of 256 would be 6.5 billion pixels).
 #[allow(clippy::too_many_arguments)]
-pub fn resize_bilinear_window(src: &RgbImage, out_w: u32, out_h: u32, left: u32, top: u32, cw: u32, ch: u32) -> RgbImage {
-    assert!(left + cw <= out_w && top + ch <= out_h, "window inside the resized image");
+pub fn resize_bilinear_window(
+    src: &RgbImage,
+    out_w: u32,
+    out_h: u32,
+    left: u32,
+    top: u32,
+    cw: u32,
+    ch: u32,
+) -> RgbImage {
+    assert!(
+        left + cw <= out_w && top + ch <= out_h,
+        "window inside the resized image"
+    );
     let (w, h) = src.dimensions();
     let tmp;
     let mid = if out_w != w || left != 0 || cw != w {
@@ -166,7 +181,9 @@ mod tests {
         // Pillow 13.0: Image.frombytes('RGB', (6, 1), bytes(r for x in range(6) for r in
         // (x * 50, 255 - x * 50, 7))).resize((4, 1), Image.BILINEAR)
         // gives (19, 236, 7), (89, 166, 7), (161, 94, 7), (231, 24, 7).
-        let g = RgbImage::from_fn(6, 1, |x, _| image::Rgb([(x * 50) as u8, (255 - x * 50) as u8, 7]));
+        let g = RgbImage::from_fn(6, 1, |x, _| {
+            image::Rgb([(x * 50) as u8, (255 - x * 50) as u8, 7])
+        });
         let r = resize_bilinear(&g, 4, 1);
         let reds: Vec<u8> = r.pixels().map(|p| p.0[0]).collect();
         let greens: Vec<u8> = r.pixels().map(|p| p.0[1]).collect();
@@ -176,7 +193,9 @@ mod tests {
 
     #[test]
     fn a_window_equals_the_crop_of_the_full_resize() {
-        let g = RgbImage::from_fn(37, 23, |x, y| image::Rgb([(x * 7) as u8, (y * 11) as u8, ((x * y) % 251) as u8]));
+        let g = RgbImage::from_fn(37, 23, |x, y| {
+            image::Rgb([(x * 7) as u8, (y * 11) as u8, ((x * y) % 251) as u8])
+        });
         for (ow, oh) in [(50, 31), (20, 12), (37, 23), (9, 60)] {
             let full = resize_bilinear(&g, ow, oh);
             let (l, t, cw, ch) = (ow / 4, oh / 3, ow / 2, oh / 2);

@@ -27,10 +27,7 @@ pub fn model_dir(name: &str) -> PathBuf {
 }
 
 pub fn fixture() -> PathBuf {
-    std::env::var("GENOME_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo().join("../shared/fixtures"))
-        .join("minilm-reference.jsonl")
+    repo().join("tests/fixtures/minilm-reference.jsonl")
 }
 
 pub fn runtime() -> &'static Runtime {
