@@ -29,4 +29,7 @@ pg_sharedir() { "$PG_CONFIG" --sharedir; }
 ORT_LIB_DIR() { echo "$(pg_pkglibdir)/pg_genome"; }
 MODEL_INSTALL_DIR() { echo "$(pg_sharedir)/pg_genome/models"; }
 
+# Earlier releases' install scripts and the upgrade scripts (pgrx installs only the current one).
+install_release_scripts() { cp "$REPO"/sql/install/*.sql "$REPO"/sql/upgrade/*.sql "$(pg_sharedir)/extension/"; }
+
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }

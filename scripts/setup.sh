@@ -103,8 +103,7 @@ so="$(pg_pkglibdir)/pg_genome.so"
 before=$(sha256sum "$so" 2>/dev/null | cut -c1-64 || true)
 (cd "$REPO" && cargo pgrx install --release --pg-config "$PG_CONFIG" 2>&1 | grep -E "Installing|Finished|error|warning: unused" || true)
 [ -f "$so" ] || { echo "pg_genome.so was not installed"; exit 1; }
-# Earlier versions' install scripts and the upgrade scripts (pgrx writes only the current one).
-cp "$REPO"/sql/pg_genome--0.1.0.sql "$REPO"/sql/pg_genome--0.2.0.sql "$REPO"/sql/pg_genome--0.3.0.sql "$REPO"/sql/pg_genome--*--*.sql "$("$PG_CONFIG" --sharedir)/extension/"
+install_release_scripts
 after=$(sha256sum "$so" | cut -c1-64)
 
 say "local cluster"

@@ -18,6 +18,7 @@ cargo pgrx test pg15 --runas postgres --pgdata "$STATE/pgrx-test/pgdata" 2>&1
 
 say "3/3 integration: pytest against the project's cluster (release build)"
 cargo pgrx install --release --pg-config "$PG_CONFIG" 2>&1 | grep -E "Installing|Finished" || true
+install_release_scripts
 cargo build --release -p genome-cli 2>&1 | grep -E "error|Finished" || true
 "$REPO/scripts/cluster.sh" start
 "$VENV/bin/pytest" -q -p no:cacheprovider "$REPO/tests/integration" 2>&1

@@ -17,6 +17,7 @@ pub mod owner;
 pub mod pets;
 pub mod progress;
 pub mod queue;
+pub mod search;
 pub mod vector;
 
 /// PostgreSQL's package library directory (`$libdir`).
@@ -71,8 +72,8 @@ pub extern "C-unwind" fn _PG_init() {
     queue::init();
 }
 
-extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
-extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+// What must come after every capability: event triggers and the privileges of internal functions.
+extension_sql_file!("finalize.sql", name = "finalize", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]

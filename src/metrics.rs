@@ -175,3 +175,6 @@ mod tests {
         assert!(t.contains("genome_counters_shared 1\n"));
     }
 }
+
+// The SQL objects of this capability, in their current shape: src/health.sql.
+extension_sql_file!("health.sql", name = "health", requires = ["queue", progress::progress_slots]);

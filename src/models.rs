@@ -593,3 +593,6 @@ pub fn loaded_models() -> TableIterator<
 pub fn onnxruntime_version() -> Option<String> {
     Runtime::loaded().map(|r| r.version.clone())
 }
+
+// The SQL objects of this capability, in their current shape: src/models.sql.
+extension_sql_file!("models.sql", name = "models");

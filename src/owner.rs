@@ -174,3 +174,6 @@ fn owner_exec(
         )
     })
 }
+
+// The SQL objects of this capability, in their current shape: src/owner.sql.
+extension_sql_file!("owner.sql", name = "owner", bootstrap);

@@ -139,3 +139,6 @@ pub fn hero_score_of(
         pose,
     )
 }
+
+// The SQL objects of this capability, in their current shape: src/pets.sql.
+extension_sql_file!("pets.sql", name = "pets", requires = ["models"]);

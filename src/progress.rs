@@ -156,7 +156,7 @@ impl Drop for Progress {
 
 /// The raw slots; `genome.progress` joins them with pg_stat_activity.
 #[pg_extern(volatile, parallel_safe)]
-fn progress_slots() -> TableIterator<
+pub fn progress_slots() -> TableIterator<
     'static,
     (
         name!(pid, i32),

@@ -384,3 +384,6 @@ fn runtime_info() -> pgrx::JsonB {
         "worker_databases": gucs::worker_databases(),
     }))
 }
+
+// The SQL objects of this capability, in their current shape: src/queue.sql.
+extension_sql_file!("queue.sql", name = "queue", requires = ["collections"]);

@@ -52,3 +52,9 @@ def reference():
 
 def postmaster_start(c):
     return c.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+
+
+def release_version():
+    """The version being built: the workspace's in Cargo.toml."""
+    import re
+    return re.search(r'^version = "([^"]+)"', (REPO / "Cargo.toml").read_text(), re.M).group(1)

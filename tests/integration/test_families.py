@@ -7,7 +7,8 @@ import time
 import psycopg
 import pytest
 
-from conftest import MODELS, REPO, connect
+import catalog
+from conftest import MODELS, REPO, connect, release_version
 
 PER_CATEGORY = 60
 
@@ -278,21 +279,27 @@ def test_pg_cron_job_runs_and_assigns_rows():
         c.execute("DROP SCHEMA it_cron CASCADE")
 
 
-def test_upgrade_from_0_1_0_through_0_5_0_matches_a_fresh_install(database):
-    q = """SELECT pg_describe_object(classid, objid, 0) FROM pg_depend
-            WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
-              AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_genome') ORDER BY 1"""
-    fq = """SELECT p.proname || '(' || pg_get_function_arguments(p.oid) || ') ' || pg_get_function_result(p.oid)
-                   || ' ' || md5(p.prosrc) || ' ' || coalesce(array_to_string(p.proconfig, ','), '')
-                   || ' ' || p.proisstrict::text || ' ' || p.provolatile::text || ' ' || p.prosecdef::text
-              FROM pg_proc p WHERE p.pronamespace = 'genome'::regnamespace ORDER BY 1"""
-    cq = """SELECT c.conrelid::regclass::text || ' ' || pg_get_constraintdef(c.oid) FROM pg_constraint c
-              JOIN pg_class r ON r.oid = c.conrelid WHERE r.relnamespace = 'genome'::regnamespace ORDER BY 1"""
-    with connect() as fresh:
-        want, want_f, want_c = fresh.execute(q).fetchall(), fresh.execute(fq).fetchall(), fresh.execute(cq).fetchall()
+# Every release, in order; the last is the current one (Cargo.toml). sql/README.md: a new release
+# is added here.
+RELEASES = ["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.4.1", "0.5.0", "0.6.0"]
+
+
+def scratch(name):
     with connect("postgres") as c:
-        c.execute("DROP DATABASE IF EXISTS genome_upgrade WITH (FORCE)")
-        c.execute("CREATE DATABASE genome_upgrade")
+        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        c.execute(f"CREATE DATABASE {name}")
+
+
+def drop(name):
+    with connect("postgres") as c:
+        c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_upgrade_chain_matches_a_fresh_install(database):
+    assert RELEASES[-1] == release_version()
+    with connect() as fresh:
+        want = catalog.describe(fresh)
+    scratch("genome_upgrade")
     try:
         with connect("genome_upgrade") as u:
             u.execute("CREATE EXTENSION vector")
@@ -304,17 +311,83 @@ def test_upgrade_from_0_1_0_through_0_5_0_matches_a_fresh_install(database):
             u.execute("SELECT genome.register_collection('old_docs', 'public.old_docs', 'id', 'body', model => 'tiny-bert')")
             u.execute("ALTER EXTENSION pg_genome UPDATE TO '0.3.0'")
             assert u.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'old_docs' AND indexdef LIKE '%USING hnsw%'").fetchone()[0] == 1
-            u.execute("ALTER EXTENSION pg_genome UPDATE TO '0.4.0'")
-            u.execute("ALTER EXTENSION pg_genome UPDATE TO '0.4.1'")
-            u.execute("ALTER EXTENSION pg_genome UPDATE TO '0.5.0'")
-            # registrations made before 0.5.0 are their table's owner's
-            assert u.execute("SELECT registered_by::text FROM genome.collections WHERE name = 'old_docs'").fetchone()[0] == "postgres"
-            assert u.execute(q).fetchall() == want
-            assert u.execute(fq).fetchall() == want_f
-            assert u.execute(cq).fetchall() == want_c
+            for v in RELEASES[4:]:
+                u.execute(f"ALTER EXTENSION pg_genome UPDATE TO '{v}'")
+                if v == "0.5.0":
+                    # registrations made before 0.5.0 are their table's owner's
+                    assert u.execute("SELECT registered_by::text FROM genome.collections WHERE name = 'old_docs'").fetchone()[0] == "postgres"
+            assert catalog.differences(catalog.describe(u), want) == []
             # image models (no tokenizer) register after the upgrade
             u.execute("SELECT genome.register_model_dir('efficientnet-lite0', '1', %s, task => 'image-embedding')",
                       (f"{MODELS}/efficientnet-lite0",))
     finally:
-        with connect("postgres") as c:
-            c.execute("DROP DATABASE genome_upgrade WITH (FORCE)")
+        drop("genome_upgrade")
+
+
+# pg_genome's tables and what identifies a row (bytea and vectors compared by digest).
+DATA = {
+    "models": "SELECT name, version, task, dimension, sha256, config::text FROM genome.models ORDER BY 1, 2",
+    "collections": "SELECT name, relid::text, model, dimension, generation, auto_embed, registered_by::text, attnums::text FROM genome.collections ORDER BY 1",
+    "runs": "SELECT id, collection, kind, status, n_rows, n_clusters, n_noise FROM genome.runs ORDER BY 1",
+    "families": "SELECT id, collection, label, md5(centroid::text), size, is_unclustered, exemplar_ids::text, threshold FROM genome.families ORDER BY 1",
+    "queue": "SELECT id, collection, target, row_id, status, attempts FROM genome.embed_queue_items ORDER BY 1",
+    "pet_media": "SELECT name, relid::text, model, registered_by::text, attnums::text FROM genome.pet_media ORDER BY 1",
+    "pet_photos": "SELECT media, image_id, pet_id, md5(embedding::text), quality, cluster_id, similarity, error FROM genome.pet_photos ORDER BY 1, 2",
+    "pet_clusters": "SELECT id, media, pet_id, md5(centroid::text), size FROM genome.pet_photo_clusters ORDER BY 1",
+    "pet_state": "SELECT media, pet_id, threshold FROM genome.pet_state ORDER BY 1, 2",
+    "app": "SELECT id, family_id, md5(embedding::text) FROM public.up_docs ORDER BY 1",
+}
+
+
+def test_a_database_with_data_upgrades_from_the_previous_release_intact(database):
+    """Real collections, families, queue rows and pets made by the previous release survive the
+    upgrade unchanged, and the upgraded database goes on working."""
+    import imageset
+    prev = RELEASES[-2]
+    rows = sample_rows()[:300]
+    x, y = imageset.fashion()
+    scratch("genome_upgrade_data")
+    try:
+        with connect("genome_upgrade_data") as u:
+            u.execute("SET client_min_messages = warning")
+            u.execute("CREATE EXTENSION vector")
+            u.execute(f"CREATE EXTENSION pg_genome VERSION '{prev}'")
+            u.execute("SELECT genome.register_model_dir('all-minilm-l6-v2', '1', %s)", (f"{MODELS}/all-minilm-l6-v2",))
+            u.execute("SELECT genome.register_model_dir('efficientnet-lite0', '1', %s, task => 'image-embedding')",
+                      (f"{MODELS}/efficientnet-lite0",))
+            u.execute("CREATE TABLE public.up_docs (id bigint PRIMARY KEY, body text, embedding vector(384), family_id bigint)")
+            with u.cursor().copy("COPY public.up_docs (id, body) FROM STDIN") as cp:
+                for i, _, body in rows[:280]:
+                    cp.write_row((i, body))
+            u.execute("SELECT genome.register_collection('up', 'public.up_docs', 'id', 'body', "
+                      "embedding_column => 'embedding', family_column => 'family_id')")
+            u.execute("SELECT genome.full_classify('up', min_cluster_size => 8)")
+            u.execute("SELECT genome.enable_auto_embed('up', backfill => false)")
+            with u.cursor().copy("COPY public.up_docs (id, body) FROM STDIN") as cp:
+                for i, _, body in rows[280:]:
+                    cp.write_row((i, body))
+            u.execute("CREATE TABLE public.up_photos (pet int, photo_id int PRIMARY KEY, img bytea, shot_at timestamptz)")
+            pid = 0
+            for pet, look in [(1, 1), (1, 7), (2, 8)]:
+                for i in [j for j in range(len(y)) if y[j] == look][:8]:
+                    pid += 1
+                    u.execute("INSERT INTO public.up_photos VALUES (%s, %s, %s, now() - %s * interval '1 day')",
+                              (pet, pid, imageset.png_of(x[i]), pid))
+            u.execute("SELECT genome.register_pet_media('public.up_photos', 'pet', 'photo_id', 'img', 'shot_at', name => 'up')")
+            u.execute("SELECT genome.cluster_pet(1), genome.cluster_pet(2)")
+            before = {k: u.execute(q).fetchall() for k, q in DATA.items()}
+            assert len(before["families"]) > 2 and len(before["queue"]) == 20 and len(before["pet_clusters"]) >= 2
+            for v in RELEASES[RELEASES.index(prev) + 1:]:
+                u.execute(f"ALTER EXTENSION pg_genome UPDATE TO '{v}'")
+            after = {k: u.execute(q).fetchall() for k, q in DATA.items()}
+            assert after == before
+            # and it goes on: the queue drains, assignment and search use the upgraded objects
+            assert u.execute("SELECT genome.process_embed_queue(32)").fetchone()[0] == 20
+            processed, assigned, unclustered = u.execute("SELECT * FROM genome.assign_family('up', min_pending => 0)").fetchone()
+            assert processed == 20 and assigned + unclustered == 20
+            hits = u.execute("SELECT count(*) FROM genome.search('up', %s, top_k => 5)", (rows[0][2],)).fetchone()[0]
+            assert hits == 5
+            u.execute("INSERT INTO public.up_photos VALUES (2, 999, %s, now())", (imageset.png_of(x[[j for j in range(len(y)) if y[j] == 8][9]]),))
+            assert u.execute("SELECT (genome.cluster_pet(2)->>'joined')::int").fetchone()[0] == 1
+    finally:
+        drop("genome_upgrade_data")

@@ -1,0 +1,1 @@
+-- pg_genome 0.5.0 -> 0.6.0: what the install script cannot say.

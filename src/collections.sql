@@ -1,0 +1,239 @@
+-- pg_genome collections: an app's own table registered once (id, text, embedding and family
+-- columns, the model), with the checks every use makes. Rust: src/collections.rs.
+
+-- Tables
+
+-- relid (regclass, dumped by name), not the name: a renamed table stays registered, and a
+-- dropped one is noticed (genome.on_sql_drop, and register_collection replaces a stale
+-- registration). attnums: the registered columns' numbers (id, text, embedding, family,
+-- created_at), so that a rename follows (genome.on_ddl_end); set by a trigger from the names.
+-- registered_by: the role that wrote the registration (set by a trigger); every use checks that
+-- it may still write the table.
+CREATE TABLE collections (
+    name              text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$'),
+    relid             regclass NOT NULL,
+    id_column         name NOT NULL,
+    text_column       name NOT NULL,
+    embedding_column  name NOT NULL,
+    family_column     name NOT NULL,
+    created_at_column name,
+    model             text NOT NULL,     -- name@version, fixed at registration
+    dimension         integer NOT NULL,
+    generation        bigint NOT NULL DEFAULT 0,   -- bumped by every full run (centroid caches)
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    auto_embed        boolean NOT NULL DEFAULT false,
+    reembed_model     text,              -- name@version being filled in, NULL when none
+    reembed_column    name,              -- the shadow column it is written to
+    registered_by     regrole,
+    attnums           smallint[]
+);
+COMMENT ON TABLE collections IS 'pg_genome collections: app tables whose rows are embedded and grouped into families';
+SELECT pg_catalog.pg_extension_config_dump('collections', '');
+
+-- Functions
+
+-- Register an existing table. Identifiers are checked against pg_attribute and always quoted
+-- (format %I / regclass); missing embedding/family columns are added.
+CREATE FUNCTION register_collection(name text, source regclass, id_column name, text_column name,
+                                    embedding_column name DEFAULT 'embedding', family_column name DEFAULT 'family_id',
+                                    created_at_column name DEFAULT NULL, model text DEFAULT NULL)
+RETURNS @extschema@.collections
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m record;
+    existing @extschema@.collections;
+    stale boolean := false;
+    result @extschema@.collections;
+    kind "char";
+    t text;
+    tm int;
+    ty oid;
+    vec oid := (SELECT d.objid FROM pg_depend d JOIN pg_type y ON y.oid = d.objid
+                 WHERE d.refclassid = 'pg_extension'::regclass AND d.classid = 'pg_type'::regclass
+                   AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'vector') AND y.typname = 'vector');
+BEGIN
+    IF name IS NULL OR source IS NULL OR id_column IS NULL OR text_column IS NULL
+       OR embedding_column IS NULL OR family_column IS NULL THEN
+        RAISE EXCEPTION 'pg_genome: register_collection arguments other than created_at_column and model must not be NULL'
+              USING ERRCODE = '22004';
+    END IF;
+    IF name !~ '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$' THEN
+        RAISE EXCEPTION 'pg_genome: invalid collection name "%"', name USING ERRCODE = '22023',
+              HINT = 'use 1 to 63 letters, digits, "_", "." or "-"';
+    END IF;
+    SELECT * INTO existing FROM @extschema@.collections c WHERE c.name = register_collection.name FOR UPDATE;
+    IF FOUND THEN
+        IF EXISTS (SELECT 1 FROM pg_class WHERE oid = existing.relid) THEN
+            RAISE EXCEPTION 'pg_genome: collection "%" is already registered (table %)', name, existing.relid::regclass
+                  USING ERRCODE = '42710', HINT = 'genome.unregister_collection(name) first';
+        END IF;
+        -- The table behind it is gone (dropped with event triggers off, or a registration restored
+        -- from a dump made before 0.5.0, when it was an OID): the registration is stale. Below,
+        -- registered again with the same model it keeps its families and runs (0.5.0).
+        stale := true;
+    END IF;
+    SELECT relkind INTO kind FROM pg_class WHERE oid = source;
+    IF kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'pg_genome: % is not a table', source USING ERRCODE = '42809';
+    END IF;
+    m := @extschema@.resolve_model(model);
+    FOREACH t IN ARRAY ARRAY[id_column, text_column] || CASE WHEN created_at_column IS NULL THEN '{}'::name[] ELSE ARRAY[created_at_column] END LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = source AND attname = t AND attnum > 0 AND NOT attisdropped) THEN
+            RAISE EXCEPTION 'pg_genome: column "%" does not exist in table %', t, source USING ERRCODE = '42703';
+        END IF;
+    END LOOP;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = source AND attname = text_column AND attnum > 0
+                   AND atttypid IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype)) THEN
+        RAISE EXCEPTION 'pg_genome: column "%" of % must be of type text or varchar', text_column, source USING ERRCODE = '42804';
+    END IF;
+    SELECT a.atttypid, a.atttypmod, format_type(a.atttypid, a.atttypmod) INTO ty, tm, t FROM pg_attribute a
+     WHERE a.attrelid = source AND a.attname = embedding_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s(%s)', source, embedding_column, vec::regtype, m.dimension);
+    ELSIF ty <> vec OR tm <> m.dimension THEN
+        RAISE EXCEPTION 'pg_genome: column "%" of % is %, the model % needs vector(%)', embedding_column, source, t,
+              m.name || '@' || m.version, m.dimension USING ERRCODE = '42804';
+    END IF;
+    SELECT a.atttypid, format_type(a.atttypid, a.atttypmod) INTO ty, t FROM pg_attribute a
+     WHERE a.attrelid = source AND a.attname = family_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I bigint', source, family_column);
+    ELSIF ty <> 'bigint'::regtype THEN
+        RAISE EXCEPTION 'pg_genome: column "%" of % is %, family ids need bigint', family_column, source, t USING ERRCODE = '42804';
+    END IF;
+    -- pending rows are found by "family IS NULL"; a partial index keeps that cheap
+    EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s (%I) WHERE %I IS NULL',
+                   left('genome_pending_' || name, 63), source, id_column, family_column);
+    IF stale AND existing.model = m.name || '@' || m.version THEN
+        UPDATE @extschema@.collections c
+           SET relid = source, id_column = register_collection.id_column, text_column = register_collection.text_column,
+               embedding_column = register_collection.embedding_column, family_column = register_collection.family_column,
+               created_at_column = register_collection.created_at_column, auto_embed = false, reembed_model = NULL,
+               reembed_column = NULL, generation = c.generation + 1
+         WHERE c.name = register_collection.name
+        RETURNING * INTO result;
+    ELSE
+        -- another model: the families' centroids are in another space and cannot carry over
+        DELETE FROM @extschema@.collections c WHERE c.name = register_collection.name;
+        INSERT INTO @extschema@.collections (name, relid, id_column, text_column, embedding_column, family_column,
+                                             created_at_column, model, dimension)
+        VALUES (name, source, id_column, text_column, embedding_column, family_column, created_at_column,
+                m.name || '@' || m.version, m.dimension)
+        RETURNING * INTO result;
+        INSERT INTO @extschema@.families (collection, label, is_unclustered) VALUES (name, 'Unclustered', true);
+    END IF;
+    -- genome.search goes through a pgvector HNSW index (since 0.3.0)
+    PERFORM @extschema@.create_search_index(name);
+    -- TRUNCATE empties the families' exemplars and sizes (0.5.0)
+    PERFORM @extschema@._truncate_trigger(name, true);
+    RETURN result;
+END $$;
+COMMENT ON FUNCTION register_collection IS 'register an app table as a pg_genome collection (adds embedding and family columns if missing)';
+
+CREATE FUNCTION unregister_collection(name text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF to_regnamespace('cron') IS NOT NULL THEN
+        PERFORM @extschema@.unschedule(name);
+    END IF;
+    -- the background-embedding triggers go too (since 0.3.0), and the TRUNCATE one (0.5.0)
+    IF EXISTS (SELECT 1 FROM @extschema@.collections c JOIN pg_class k ON k.oid = c.relid
+                WHERE c.name = unregister_collection.name) THEN
+        PERFORM @extschema@._set_triggers(name, false);
+        PERFORM @extschema@._truncate_trigger(name, false);
+    END IF;
+    DELETE FROM @extschema@.collections c WHERE c.name = unregister_collection.name;
+    RETURN FOUND;
+END $$;
+COMMENT ON FUNCTION unregister_collection IS 'forget a collection and its families and runs (the table and its columns stay)';
+
+-- The collection's table, after the checks every use makes (0.5.0): it still exists, and the
+-- role that registered it (genome.collections.registered_by, set by a trigger to the writing role)
+-- may still read and write it. A row written into genome.collections by other means names a
+-- table its writer cannot write, and is refused here: registrations grant nothing.
+CREATE FUNCTION collection_relation(collection text) RETURNS regclass
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE r oid; who regrole;
+BEGIN
+    SELECT c.relid, c.registered_by INTO r, who FROM @extschema@.collections c WHERE c.name = collection;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pg_genome: collection "%" is not registered', collection USING ERRCODE = '42704',
+              HINT = 'see genome.collections; register with genome.register_collection(...)';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = r) THEN
+        RAISE EXCEPTION 'pg_genome: the table of collection "%" no longer exists', collection USING ERRCODE = '42P01';
+    END IF;
+    PERFORM @extschema@._check_registrant('collection', collection, r, who);
+    RETURN r::regclass;
+END $$;
+
+CREATE FUNCTION pending_count(collection text) RETURNS bigint
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE c @extschema@.collections; n bigint;
+BEGIN
+    PERFORM @extschema@.collection_relation(collection);
+    SELECT * INTO c FROM @extschema@.collections x WHERE x.name = collection;
+    -- as the table's owner when the caller is more privileged (0.5.0), see genome._owner_value
+    n := @extschema@._owner_value(c.relid, format('SELECT to_jsonb(count(*)) FROM %s WHERE %I IS NULL',
+                                                 c.relid::regclass, c.family_column));
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION pending_count IS 'rows of the collection without a family yet';
+
+-- Private functions
+
+-- After TRUNCATE of a collection's table its families keep their ids and centroids (rows
+-- loaded again are assigned to them) but no longer name deleted rows as exemplars, nor count
+-- them. SECURITY DEFINER: whoever truncates the app's table needs no rights on pg_genome's
+-- tables; it acts only on the table registered under its argument and runs none of its code.
+CREATE FUNCTION _collection_truncated() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE @extschema@.families f SET size = 0, exemplar_ids = '{}', updated_at = now()
+      FROM @extschema@.collections c
+     WHERE c.name = TG_ARGV[0] AND c.relid = TG_RELID AND f.collection = c.name;
+    DELETE FROM @extschema@.embed_queue_items q USING @extschema@.collections c
+     WHERE c.name = TG_ARGV[0] AND c.relid = TG_RELID AND q.collection = c.name;
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION _truncate_trigger(collection text, present boolean) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE rel regclass := (SELECT c.relid FROM @extschema@.collections c WHERE c.name = collection);
+        trg text := left('genome_truncate_' || collection, 63);
+BEGIN
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trg, rel);
+    IF present THEN
+        EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %I._collection_truncated(%L)',
+                       trg, rel, '@extschema@', collection);
+    END IF;
+END $$;
+
+-- Triggers
+
+CREATE TRIGGER collections_registrant BEFORE INSERT OR UPDATE OF relid, registered_by, id_column, text_column,
+    embedding_column, family_column, model, reembed_column ON collections
+    FOR EACH ROW EXECUTE FUNCTION _stamp_registrant();
+
+CREATE TRIGGER collections_columns BEFORE INSERT OR UPDATE OF relid, id_column, text_column, embedding_column, family_column,
+    created_at_column ON collections FOR EACH ROW EXECUTE FUNCTION _track_columns();
+
+-- Policies
+
+-- A registration can be written only for a table its writer owns: a role with DML on this table
+-- cannot point pg_genome at another role's table, nor change another application's
+-- registration. Every role may read it (names and columns).
+ALTER TABLE collections ENABLE ROW LEVEL SECURITY;
+CREATE POLICY collections_read ON collections FOR SELECT USING (true);
+CREATE POLICY collections_insert ON collections FOR INSERT WITH CHECK (@extschema@._owns(relid));
+-- a stale registration (its table gone: NULL) only by whoever registered it
+CREATE POLICY collections_update ON collections FOR UPDATE
+    USING (coalesce(@extschema@._owns(relid), pg_has_role(registered_by::oid, 'USAGE')))
+    WITH CHECK (@extschema@._owns(relid));
+CREATE POLICY collections_delete ON collections FOR DELETE
+    USING (coalesce(@extschema@._owns(relid), pg_has_role(registered_by::oid, 'USAGE')));
+
+-- Grants
+
+GRANT SELECT ON collections TO genome_monitor;
+GRANT SELECT, INSERT, UPDATE, DELETE ON collections TO genome_user;

@@ -1,0 +1,91 @@
+-- pg_genome models: the registry of ONNX models (text and image embedding). Registration,
+-- session building and embedding are in src/models.rs, src/embed.rs and src/images.rs.
+
+-- Tables
+
+CREATE TABLE models (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name        text NOT NULL,
+    version     text NOT NULL,
+    task        text NOT NULL DEFAULT 'text-embedding' CHECK (task IN ('text-embedding', 'image-embedding')),
+    dimension   integer NOT NULL CHECK (dimension BETWEEN 1 AND 16000),
+    onnx        bytea,                 -- the ONNX model itself ...
+    onnx_path   text,                  -- ... or an absolute path on the database server
+    tokenizer   text,                  -- Hugging Face tokenizer.json (text models)
+    config      jsonb NOT NULL,        -- pooling, normalize, max_tokens, output_name, input_names, dimension
+    sha256      text NOT NULL,         -- of the ONNX bytes
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (name, version),
+    CHECK ((onnx IS NULL) <> (onnx_path IS NULL)),
+    CHECK ((config->>'dimension')::int = dimension)
+);
+COMMENT ON TABLE models IS 'pg_genome model registry: one row per model version; nothing is downloaded at call time';
+-- Rows are user data: pg_dump keeps them, and the identity sequence (restored ids never collide).
+SELECT pg_catalog.pg_extension_config_dump('models', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('models', 'id')::regclass, '');
+GRANT SELECT ON models TO genome_monitor;
+GRANT SELECT, INSERT, UPDATE, DELETE ON models TO genome_admin;
+
+-- Functions
+
+-- Registers model.onnx, tokenizer.json and genome.json from a directory on the database server.
+-- Reading server files is for superusers and pg_read_server_files: pg_read_binary_file and
+-- pg_read_file perform that check themselves (SECURITY INVOKER).
+CREATE FUNCTION register_model_dir(name text, version text, dir text,
+                                   task text DEFAULT 'text-embedding', copy boolean DEFAULT true)
+RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg jsonb := pg_read_file(dir || '/genome.json')::jsonb;
+    -- image models have no tokenizer
+    tok text := CASE WHEN task = 'text-embedding' THEN pg_read_file(dir || '/tokenizer.json') END;
+BEGIN
+    IF copy THEN
+        RETURN @extschema@.register_model(name, version, pg_read_binary_file(dir || '/model.onnx'), tok, cfg, task);
+    END IF;
+    RETURN @extschema@.register_model_path(name, version, dir || '/model.onnx', tok, cfg, task);
+END $$;
+COMMENT ON FUNCTION register_model_dir IS 'register a model from a server directory holding model.onnx, genome.json and (text models) tokenizer.json';
+
+-- The model a spec names (name or name@version; NULL = genome.default_model), as resolve() in
+-- Rust does it: the newest registered version when none is given.
+CREATE FUNCTION resolve_model(spec text DEFAULT NULL, OUT name text, OUT version text, OUT dimension integer)
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s text := coalesce(spec, nullif(current_setting('genome.default_model'), ''));
+    n text := btrim(split_part(s, '@', 1));
+    v text := nullif(btrim(substr(s, length(split_part(s, '@', 1)) + 2)), '');
+BEGIN
+    IF s IS NULL THEN
+        RAISE EXCEPTION 'pg_genome: no model given and genome.default_model is empty' USING ERRCODE = '22023';
+    END IF;
+    SELECT m.name, m.version, m.dimension INTO name, version, dimension
+      FROM @extschema@.models m
+     WHERE m.name = n AND (v IS NULL OR m.version = v)
+     ORDER BY m.created_at DESC, m.id DESC LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pg_genome: model "%" is not registered', s USING ERRCODE = '42704',
+              HINT = 'register it with genome.register_model_dir(...); see genome.models';
+    END IF;
+END $$;
+
+-- Private functions
+
+-- A model read from a server path is a server file read: whoever writes onnx_path into the
+-- registry, by register_model_path or by DML, must be a superuser or a member of
+-- pg_read_server_files (genome_admin alone may write the bytes, not a path).
+CREATE FUNCTION _models_path_check() RETURNS trigger
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.onnx_path IS NOT NULL AND NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user)
+       AND NOT pg_has_role('pg_read_server_files', 'USAGE') THEN
+        RAISE EXCEPTION 'pg_genome: a model''s onnx_path may be set only by superusers and members of pg_read_server_files'
+              USING ERRCODE = '42501';
+    END IF;
+    RETURN NEW;
+END $$;
+
+-- Triggers
+
+CREATE TRIGGER models_path_check BEFORE INSERT OR UPDATE OF onnx_path ON models
+    FOR EACH ROW EXECUTE FUNCTION _models_path_check();
+
