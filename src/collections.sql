@@ -147,26 +147,6 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION unregister_collection IS 'forget a collection and its families and runs (the table and its columns stay)';
 
--- The collection's table, after the checks every use makes (0.5.0): it still exists, and the
--- role that registered it (genome.collections.registered_by, set by a trigger to the writing role)
--- may still read and write it. A row written into genome.collections by other means names a
--- table its writer cannot write, and is refused here: registrations grant nothing.
-CREATE FUNCTION collection_relation(collection text) RETURNS regclass
-LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE r oid; who regrole;
-BEGIN
-    SELECT c.relid, c.registered_by INTO r, who FROM @extschema@.collections c WHERE c.name = collection;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'pg_genome: collection "%" is not registered', collection USING ERRCODE = '42704',
-              HINT = 'see genome.collections; register with genome.register_collection(...)';
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = r) THEN
-        RAISE EXCEPTION 'pg_genome: the table of collection "%" no longer exists', collection USING ERRCODE = '42P01';
-    END IF;
-    PERFORM @extschema@._check_registrant('collection', collection, r, who);
-    RETURN r::regclass;
-END $$;
-
 CREATE FUNCTION pending_count(collection text) RETURNS bigint
 LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE c @extschema@.collections; n bigint;

@@ -87,3 +87,15 @@ impl<T> OrReport<T> for genome_core::Result<T> {
         self.unwrap_or_else(|e| report(e))
     }
 }
+
+/// The one way pg_genome handles a failed SPI call: an ERROR that says what was being done. Never
+/// a default value in its place (a failed lock attempt is not "another job holds the lock").
+pub fn spi<T>(doing: &str, r: Result<T, pgrx::spi::SpiError>) -> T {
+    r.unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("{doing} failed: {e}"),
+            None,
+        )
+    })
+}

@@ -414,6 +414,9 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    // genome.* is ours: a mistyped setting (genome.batchsize) is an error, not a silent placeholder
+    // SAFETY: a static C string; called once from _PG_init.
+    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"genome".as_ptr()) };
 }
 
 /// Databases the embedding workers serve.

@@ -10,6 +10,9 @@ COMMENT ON VIEW progress IS 'full classifications and assignments running now: s
 
 -- Functions
 
+-- Defined in Rust (src/progress.rs):
+COMMENT ON FUNCTION progress_slots IS 'the raw progress slots of running jobs; genome.progress joins them with pg_stat_activity';
+
 -- Health: one jsonb for a dashboard or a probe.
 CREATE FUNCTION health() RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$

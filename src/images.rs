@@ -4,11 +4,11 @@
 
 use genome_core::image::{decode, preprocess, quality, DecodeLimits, ImageConfig};
 use genome_core::Error;
+use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::{pg_sys, PgSqlErrorCode};
 
 use crate::embed::resolve_cached;
-use crate::errors::{raise, report_in, OrReport};
+use crate::errors::{report_in, OrReport};
 use crate::gucs;
 use crate::models::{with_image_embedder, ModelRow};
 use crate::vector::Vector;
@@ -21,16 +21,7 @@ pub fn limits() -> DecodeLimits {
 }
 
 fn image_model(fcinfo: pg_sys::FunctionCallInfo, model: Option<&str>) -> ModelRow {
-    let spec = model
-        .map(str::to_string)
-        .or_else(|| gucs::string(&gucs::DEFAULT_IMAGE_MODEL))
-        .unwrap_or_else(|| {
-            raise(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                "no model given and genome.default_image_model is empty".into(),
-                None,
-            )
-        });
+    let spec = crate::models::spec_or_default(model, true);
     resolve_cached(fcinfo, Some(&spec))
 }
 

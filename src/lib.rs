@@ -5,16 +5,19 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+pub mod assign;
 pub mod collections;
 pub mod embed;
 pub mod errors;
 pub mod families;
 pub mod gucs;
 pub mod images;
+pub mod locks;
 pub mod metrics;
 pub mod models;
 pub mod owner;
 pub mod pets;
+pub mod plans;
 pub mod progress;
 pub mod queue;
 pub mod search;

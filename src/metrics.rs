@@ -1,15 +1,12 @@
 //! Counters behind `genome.metrics()`: texts embedded, model calls, errors, a latency histogram
-//! and the background workers' batches. In shared memory when the library is preloaded (one set
-//! for the whole cluster, what a Prometheus scrape wants); otherwise per backend, and
-//! `genome.health()` says so.
+//! and the background workers' batches. In shared memory (pg_genome is always preloaded): one set
+//! for the whole cluster, what a Prometheus scrape wants.
 
 use pgrx::lwlock::PgLwLock;
+use pgrx::pg_shmem_init;
 use pgrx::prelude::*;
 use pgrx::shmem::*;
-use pgrx::{pg_shmem_init, pg_sys};
-use std::cell::RefCell;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the latency histogram's buckets; one model call is one observation.
@@ -31,37 +28,18 @@ pub struct Counters {
 unsafe impl PGRXSharedMemory for Counters {}
 
 static SHARED: PgLwLock<Counters> = unsafe { PgLwLock::new(c"pg_genome_metrics") };
-static READY: AtomicBool = AtomicBool::new(false);
-thread_local! {
-    static LOCAL: RefCell<Counters> = RefCell::new(Counters::default());
-}
-
-/// From _PG_init: shared memory can only be requested while preloading.
+/// From _PG_init, while shared_preload_libraries is processed (the only time an extension may
+/// ask for shared memory; _PG_init refuses to load otherwise).
 pub fn init() {
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        pg_shmem_init!(SHARED);
-        READY.store(true, Ordering::Relaxed);
-    }
-}
-
-pub fn shared() -> bool {
-    READY.load(Ordering::Relaxed)
+    pg_shmem_init!(SHARED);
 }
 
 fn update(f: impl FnOnce(&mut Counters)) {
-    if shared() {
-        f(&mut SHARED.exclusive());
-    } else {
-        LOCAL.with(|c| f(&mut c.borrow_mut()));
-    }
+    f(&mut SHARED.exclusive());
 }
 
 fn snapshot() -> Counters {
-    if shared() {
-        *SHARED.share()
-    } else {
-        LOCAL.with(|c| *c.borrow())
-    }
+    *SHARED.share()
 }
 
 /// One model call over `n` texts.
@@ -94,7 +72,7 @@ pub fn record_worker_batch(completed: u64, failed: u64) {
 
 /// The counters as Prometheus text exposition (genome.metrics() appends the gauges it reads
 /// from tables).
-pub fn exposition(c: &Counters, shared: bool) -> String {
+pub fn exposition(c: &Counters) -> String {
     let mut o = String::new();
     let mut counter = |name: &str, help: &str, v: u64| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
@@ -150,16 +128,16 @@ pub fn exposition(c: &Counters, shared: bool) -> String {
     let _ = writeln!(o, "genome_embed_latency_seconds_count {}", c.embed_calls);
     let _ = writeln!(
         o,
-        "# HELP genome_counters_shared 1 when the counters above are cluster-wide (shared memory), 0 when they are this backend's.\n\
-         # TYPE genome_counters_shared gauge\ngenome_counters_shared {}",
-        shared as i32
+        // always 1 since the preload became mandatory (0.4.1); kept for existing dashboards
+        "# HELP genome_counters_shared 1: the counters above are cluster-wide (shared memory).\n\
+         # TYPE genome_counters_shared gauge\ngenome_counters_shared 1"
     );
     o
 }
 
 #[pg_extern(volatile, parallel_safe, name = "_metrics_counters")]
 fn metrics_counters() -> String {
-    exposition(&snapshot(), shared())
+    exposition(&snapshot())
 }
 
 #[cfg(test)]
@@ -169,7 +147,7 @@ mod tests {
         let mut c = super::Counters::default();
         c.embed_calls = 2;
         c.latency_buckets = [0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2];
-        let t = super::exposition(&c, true);
+        let t = super::exposition(&c);
         assert!(t.contains("genome_embed_latency_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(t.contains("genome_embed_latency_seconds_bucket{le=\"+Inf\"} 2\n"));
         assert!(t.contains("genome_counters_shared 1\n"));
@@ -177,4 +155,8 @@ mod tests {
 }
 
 // The SQL objects of this capability, in their current shape: src/health.sql.
-extension_sql_file!("health.sql", name = "health", requires = ["queue", progress::progress_slots]);
+extension_sql_file!(
+    "health.sql",
+    name = "health",
+    requires = ["queue", progress::progress_slots]
+);

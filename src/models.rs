@@ -48,18 +48,34 @@ thread_local! {
         RefCell::new(lru::LruCache::new(NonZeroUsize::new(64).unwrap()));
 }
 
-/// `name` or `name@version`; NULL means `genome.default_model`.
-pub fn parse_spec(spec: Option<&str>) -> (String, Option<String>) {
-    let spec = spec
-        .map(str::to_string)
-        .or_else(|| gucs::string(&gucs::DEFAULT_MODEL))
+/// The model a call means: the spec given, else the task's default setting
+/// (`genome.default_model`, or `genome.default_image_model` for images). The one place the
+/// defaults are read: SQL reaches it through `genome._resolve_model`.
+pub fn spec_or_default(spec: Option<&str>, image: bool) -> String {
+    let setting = if image {
+        &gucs::DEFAULT_IMAGE_MODEL
+    } else {
+        &gucs::DEFAULT_MODEL
+    };
+    spec.map(str::to_string)
+        .or_else(|| gucs::string(setting))
         .unwrap_or_else(|| {
+            let name = if image {
+                "genome.default_image_model"
+            } else {
+                "genome.default_model"
+            };
             raise(
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                "no model given and genome.default_model is empty".into(),
+                format!("no model given and {name} is empty"),
                 None,
             )
-        });
+        })
+}
+
+/// `name` or `name@version`; NULL means `genome.default_model`.
+pub fn parse_spec(spec: Option<&str>) -> (String, Option<String>) {
+    let spec = spec_or_default(spec, false);
     match spec.split_once('@') {
         Some((n, v)) => (n.trim().to_string(), Some(v.trim().to_string())),
         None => (spec.trim().to_string(), None),
@@ -550,6 +566,13 @@ pub fn register_model_path(
     )
 }
 
+/// The registry id of the model a spec names (`name` or `name@version`, the newest version when
+/// none is given; NULL: the task's default setting): model-spec resolution for the SQL side.
+#[pg_extern(stable, parallel_safe)]
+pub fn _resolve_model(spec: Option<&str>, image: default!(bool, false)) -> i64 {
+    resolve(Some(&spec_or_default(spec, image))).id
+}
+
 /// Drop every cached session of this backend (they reload on next use).
 #[pg_extern(volatile)]
 pub fn clear_model_cache() -> i64 {
@@ -595,4 +618,20 @@ pub fn onnxruntime_version() -> Option<String> {
 }
 
 // The SQL objects of this capability, in their current shape: src/models.sql.
-extension_sql_file!("models.sql", name = "models");
+extension_sql_file!(
+    "models.sql",
+    name = "models",
+    requires = [
+        _resolve_model,
+        register_model,
+        register_model_path,
+        clear_model_cache,
+        loaded_models,
+        onnxruntime_version,
+        embed::embed,
+        embed::embed_batch,
+        images::embed_image,
+        images::embed_images,
+        images::image_quality
+    ]
+);

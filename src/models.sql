@@ -46,27 +46,24 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION register_model_dir IS 'register a model from a server directory holding model.onnx, genome.json and (text models) tokenizer.json';
 
--- The model a spec names (name or name@version; NULL = genome.default_model), as resolve() in
--- Rust does it: the newest registered version when none is given.
+-- Defined in Rust (src/models.rs, src/embed.rs, src/images.rs):
+COMMENT ON FUNCTION register_model IS 'register a model from its ONNX bytes, tokenizer and config (superuser or genome_admin); returns its id';
+COMMENT ON FUNCTION register_model_path IS 'register a model whose ONNX file stays on the server, read at load time (also needs pg_read_server_files); returns its id';
+COMMENT ON FUNCTION clear_model_cache IS 'drop every model session this backend has cached (they reload on next use)';
+COMMENT ON FUNCTION loaded_models IS 'the model sessions this backend has loaded, with the row version they were built from';
+COMMENT ON FUNCTION onnxruntime_version IS 'the ONNX Runtime version this backend loaded (NULL before the first model run)';
+COMMENT ON FUNCTION embed IS 'embed one text with a registered model (default genome.default_model); NULL gives NULL';
+COMMENT ON FUNCTION embed_batch IS 'embed many texts in order, genome.batch_size per model call; NULL elements give NULL';
+COMMENT ON FUNCTION embed_image IS 'embed one image (JPEG, PNG or WebP bytes) with an image model (default genome.default_image_model)';
+COMMENT ON FUNCTION embed_images IS 'embed many images in order, genome.batch_size per model call; a bad image is an ERROR naming its position';
+COMMENT ON FUNCTION image_quality IS 'photo quality of an image: sharpness, exposure, contrast, resolution and a combined 0..1 score';
+
+-- The model a spec names (name or name@version, the newest version when none is given; NULL =
+-- genome.default_model). The rule is Rust's (genome._resolve_model, src/models.rs).
 CREATE FUNCTION resolve_model(spec text DEFAULT NULL, OUT name text, OUT version text, OUT dimension integer)
-LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    s text := coalesce(spec, nullif(current_setting('genome.default_model'), ''));
-    n text := btrim(split_part(s, '@', 1));
-    v text := nullif(btrim(substr(s, length(split_part(s, '@', 1)) + 2)), '');
-BEGIN
-    IF s IS NULL THEN
-        RAISE EXCEPTION 'pg_genome: no model given and genome.default_model is empty' USING ERRCODE = '22023';
-    END IF;
-    SELECT m.name, m.version, m.dimension INTO name, version, dimension
-      FROM @extschema@.models m
-     WHERE m.name = n AND (v IS NULL OR m.version = v)
-     ORDER BY m.created_at DESC, m.id DESC LIMIT 1;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'pg_genome: model "%" is not registered', s USING ERRCODE = '42704',
-              HINT = 'register it with genome.register_model_dir(...); see genome.models';
-    END IF;
-END $$;
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT m.name, m.version, m.dimension FROM @extschema@.models m WHERE m.id = @extschema@._resolve_model(spec)
+$$;
 
 -- Private functions
 

@@ -22,20 +22,35 @@
 
 use std::ffi::CString;
 
+use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
+use pgrx::datum::Datum;
 use pgrx::prelude::*;
-use pgrx::{pg_sys, PgSqlErrorCode};
+use pgrx::{pg_sys, FromDatum, IntoDatum, PgSqlErrorCode};
 
 use crate::errors::raise;
 
 /// The owner of a relation (ERROR if it is gone).
+/// The owner of a relation, None when it does not exist (from the system cache).
+pub fn relowner_opt(rel: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    // SAFETY: a syscache lookup by OID; the tuple is released before returning.
+    unsafe {
+        let tup = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::RELOID as i32,
+            pg_sys::Datum::from(rel),
+        );
+        if tup.is_null() {
+            None
+        } else {
+            let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(tup);
+            let owner = (*form).relowner;
+            pg_sys::ReleaseSysCache(tup);
+            Some(owner)
+        }
+    }
+}
+
 fn relowner(rel: pg_sys::Oid) -> pg_sys::Oid {
-    Spi::get_one_with_args::<pg_sys::Oid>(
-        "SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1",
-        &[rel.into()],
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| {
+    relowner_opt(rel).unwrap_or_else(|| {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
             format!("relation with OID {} does not exist", rel.to_u32()),
@@ -173,6 +188,122 @@ fn owner_exec(
             None,
         )
     })
+}
+
+/// A `regrole` value: a role's OID.
+#[derive(Clone, Copy, Debug)]
+pub struct RegRole(pub pg_sys::Oid);
+
+pgrx::impl_sql_translatable!(RegRole, "regrole");
+
+impl FromDatum for RegRole {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _oid: pg_sys::Oid,
+    ) -> Option<Self> {
+        // SAFETY: a regrole datum is an OID by value
+        unsafe { pg_sys::Oid::from_polymorphic_datum(datum, is_null, pg_sys::OIDOID) }.map(RegRole)
+    }
+}
+
+impl IntoDatum for RegRole {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        self.0.into_datum()
+    }
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::REGROLEOID
+    }
+}
+
+unsafe impl<'fcx> ArgAbi<'fcx> for RegRole {
+    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
+        let index = arg.index();
+        unsafe {
+            arg.unbox_arg_using_from_datum()
+                .unwrap_or_else(|| panic!("argument {index} must not be null"))
+        }
+    }
+}
+
+/// A `regclass` result: a relation's OID.
+#[derive(Clone, Copy, Debug)]
+pub struct RegClass(pub pg_sys::Oid);
+
+pgrx::impl_sql_translatable!(RegClass, "regclass");
+
+impl IntoDatum for RegClass {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        self.0.into_datum()
+    }
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::REGCLASSOID
+    }
+}
+
+unsafe impl BoxRet for RegClass {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> Datum<'fcx> {
+        // SAFETY: an OID by value
+        unsafe { fcinfo.return_raw_datum(pg_sys::Datum::from(self.0)) }
+    }
+}
+
+/// The registrant rule: whether `who` (a registration's registered_by) has the privileges of
+/// `rel`'s owner (is the owner or a member of its role). False when either is gone. Every use of
+/// a collection or pet media checks it (`check_registrant`); health() reports it.
+pub fn owned_by(rel: pg_sys::Oid, who: Option<pg_sys::Oid>) -> bool {
+    match (who, relowner_opt(rel)) {
+        // SAFETY: two role OIDs; has_privs_of_role is pg_has_role(..., 'USAGE')
+        (Some(who), Some(owner)) => unsafe { pg_sys::has_privs_of_role(who, owner) },
+        _ => false,
+    }
+}
+
+/// Refuse a registration whose registering role no longer has the privileges of the table's
+/// owner. Ownership, not a grant: pg_genome works on the table as its owner (triggers, DDL of a
+/// re-embedding, rows the owner's row-level security would hide from a grantee).
+pub fn check_registrant(kind: &str, name: &str, rel: pg_sys::Oid, who: Option<pg_sys::Oid>) {
+    if owned_by(rel, who) {
+        return;
+    }
+    let names = with_safe_search_path(|| {
+        Spi::get_two_with_args::<String, String>(
+            "SELECT $1::regrole::text, $2::regclass::text",
+            &[who.map(RegRole).into(), rel.into()],
+        )
+    });
+    let (role, table) = crate::errors::spi("naming the registrant", names);
+    raise(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!(
+            "{kind} \"{name}\" was registered by {}, which does not own table {}",
+            role.unwrap_or_else(|| "an unknown role".into()),
+            table.unwrap_or_default()
+        ),
+        Some("register it again as the table's owner (or a member of the owning role)".into()),
+    )
+}
+
+/// SQL face of [`owned_by`].
+#[pg_extern(stable, parallel_safe)]
+fn _owned_by(rel: Option<pg_sys::Oid>, who: Option<RegRole>) -> bool {
+    rel.is_some_and(|rel| owned_by(rel, who.map(|w| w.0)))
+}
+
+/// SQL face of [`check_registrant`].
+#[pg_extern(stable, parallel_safe)]
+fn _check_registrant(
+    kind: Option<&str>,
+    name: Option<&str>,
+    rel: Option<pg_sys::Oid>,
+    who: Option<RegRole>,
+) {
+    check_registrant(
+        kind.unwrap_or_default(),
+        name.unwrap_or_default(),
+        rel.unwrap_or(pg_sys::InvalidOid),
+        who.map(|w| w.0),
+    )
 }
 
 // The SQL objects of this capability, in their current shape: src/owner.sql.

@@ -116,21 +116,6 @@ BEGIN
     RETURN n;
 END $$;
 
--- Refuses a registration whose registering role no longer has the privileges of the table's
--- owner (is not the owner or a member of its role): every use of a collection or pet media goes
--- through it. Ownership, not a grant: pg_genome works on the table as its owner (triggers, DDL
--- of a re-embedding, rows the owner's row-level security would hide from a grantee).
-CREATE FUNCTION _check_registrant(kind text, name text, rel oid, who regrole) RETURNS void
-LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF NOT @extschema@._owned_by(rel, who) THEN
-        RAISE EXCEPTION 'pg_genome: % "%" was registered by %, which does not own table %', kind, name,
-              coalesce(who::text, 'an unknown role'), rel::regclass
-              USING ERRCODE = '42501',
-                    HINT = 'register it again as the table''s owner (or a member of the owning role)';
-    END IF;
-END $$;
-
 -- Row-level security helpers (policies below): whether the current role has the privileges of a
 -- table's owner, may read a table, or only monitors pg_genome. NULL for a table that is gone.
 CREATE FUNCTION _owns(rel oid) RETURNS boolean
@@ -142,13 +127,6 @@ CREATE FUNCTION _may_read(rel oid) RETURNS boolean
 LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
     SELECT has_table_privilege(rel, 'SELECT') AND has_schema_privilege(k.relnamespace, 'USAGE')
       FROM pg_class k WHERE k.oid = rel
-$$;
-
--- Whether a role (a registration's registered_by) has the privileges of a table's owner: the
--- one rule _check_registrant enforces and health() reports.
-CREATE FUNCTION _owned_by(rel oid, who regrole) RETURNS boolean
-LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(pg_has_role(who::oid, (SELECT k.relowner FROM pg_class k WHERE k.oid = rel), 'USAGE'), false)
 $$;
 
 CREATE FUNCTION _monitor_only() RETURNS boolean

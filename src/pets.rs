@@ -141,4 +141,8 @@ pub fn hero_score_of(
 }
 
 // The SQL objects of this capability, in their current shape: src/pets.sql.
-extension_sql_file!("pets.sql", name = "pets", requires = ["models"]);
+extension_sql_file!(
+    "pets.sql",
+    name = "pets",
+    requires = ["models", hero_score_of]
+);

@@ -130,12 +130,9 @@ BEGIN
                   USING ERRCODE = '42804';
         END IF;
     END IF;
-    -- as genome.embed_image does (0.4.0 fell back to a copy of the setting's default here)
-    model := coalesce(model, nullif(current_setting('genome.default_image_model'), ''));
-    IF model IS NULL THEN
-        RAISE EXCEPTION 'pg_genome: no model given and genome.default_image_model is empty' USING ERRCODE = '22023';
-    END IF;
-    SELECT * INTO mm FROM @extschema@.resolve_model(model);
+    -- the model genome.embed_image would use
+    SELECT x.name, x.version, x.dimension INTO mm FROM @extschema@.models x
+     WHERE x.id = @extschema@._resolve_model(model, image => true);
     IF (SELECT x.task FROM @extschema@.models x WHERE x.name = mm.name AND x.version = mm.version) <> 'image-embedding' THEN
         RAISE EXCEPTION 'pg_genome: model "%@%" is not an image-embedding model', mm.name, mm.version USING ERRCODE = '42809';
     END IF;
@@ -205,7 +202,7 @@ BEGIN
     END IF;
     rel := m.relid::regclass;
     SELECT format_type(a.atttypid, a.atttypmod) INTO pet_type FROM pg_attribute a WHERE a.attrelid = m.relid AND a.attname = m.pet_column;
-    PERFORM pg_advisory_xact_lock(1734700657, hashtext(m.name || '/' || pid));
+    PERFORM pg_advisory_xact_lock(@extschema@._lock_key('pet'), hashtext(m.name || '/' || pid));
     -- consumed first: a write committed while this runs marks the pet again (see pet_dirty)
     DELETE FROM @extschema@.pet_dirty d WHERE d.media = m.name AND d.pet_id = pid;
     -- The pet's photos in the app's table, read as the table's owner when the caller is more
@@ -304,7 +301,7 @@ BEGIN
     FOR d IN SELECT x.media, x.pet_id FROM @extschema@.pet_dirty x
               WHERE (cluster_dirty_pets.media IS NULL OR x.media = cluster_dirty_pets.media)
               ORDER BY x.marked_at, x.media, x.pet_id LIMIT max_pets LOOP
-        IF NOT pg_try_advisory_xact_lock(1734700657, hashtext(d.media || '/' || d.pet_id)) THEN
+        IF NOT pg_try_advisory_xact_lock(@extschema@._lock_key('pet'), hashtext(d.media || '/' || d.pet_id)) THEN
             skipped := skipped + 1;
             CONTINUE;
         END IF;
@@ -426,6 +423,9 @@ BEGIN
     RETURN res;
 END $$;
 COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
+
+-- Defined in Rust (src/pets.rs):
+COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
 
 -- Private functions
 

@@ -1,12 +1,11 @@
 //! Progress of long jobs, visible to other sessions while the job's transaction is still open:
-//! a small array of slots in shared memory (needs `shared_preload_libraries = 'pg_genome'`;
-//! without it progress is only reported as NOTICEs). Read through the `genome.progress` view.
+//! a small array of slots in shared memory (pg_genome is always preloaded: `_PG_init` refuses
+//! otherwise), and a NOTICE per stage for the caller. Read through the `genome.progress` view.
 
 use pgrx::lwlock::PgLwLock;
 use pgrx::prelude::*;
 use pgrx::shmem::*;
 use pgrx::{pg_shmem_init, pg_sys};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 const SLOTS: usize = 32;
 const TEXT: usize = 64;
@@ -49,15 +48,11 @@ impl Default for Slots {
 unsafe impl PGRXSharedMemory for Slots {}
 
 static PROGRESS: PgLwLock<Slots> = unsafe { PgLwLock::new(c"pg_genome_progress") };
-static READY: AtomicBool = AtomicBool::new(false);
 
-/// Called from _PG_init: only while shared_preload_libraries is being processed can an
-/// extension ask for shared memory.
+/// From _PG_init, while shared_preload_libraries is processed (the only time an extension may
+/// ask for shared memory; _PG_init refuses to load otherwise).
 pub fn init() {
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        pg_shmem_init!(PROGRESS);
-        READY.store(true, Ordering::Relaxed);
-    }
+    pg_shmem_init!(PROGRESS);
 }
 
 fn put(dst: &mut [u8], s: &str) {
@@ -95,7 +90,7 @@ impl Progress {
             job,
             collection: collection.to_string(),
         };
-        if READY.load(Ordering::Relaxed) {
+        {
             let pid = unsafe { pg_sys::MyProcPid };
             let mut g = PROGRESS.exclusive();
             // our own stale slot first (an earlier job of this backend), else a free one
@@ -170,7 +165,7 @@ pub fn progress_slots() -> TableIterator<
     ),
 > {
     let mut rows = Vec::new();
-    if READY.load(Ordering::Relaxed) {
+    {
         let now = now_us();
         for s in PROGRESS.share().0.iter().filter(|s| s.pid != 0) {
             rows.push((

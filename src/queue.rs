@@ -23,7 +23,6 @@ use pgrx::{
     PgXactCallbackEvent,
 };
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::gucs;
@@ -49,18 +48,14 @@ impl Default for Slots {
 unsafe impl PGRXSharedMemory for Slots {}
 
 static SLOTS: PgLwLock<Slots> = unsafe { PgLwLock::new(c"pg_genome_workers") };
-static READY: AtomicBool = AtomicBool::new(false);
 thread_local! {
     static WAKE_REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// From _PG_init, after the GUCs: shared memory and the launcher, only when preloading.
+/// From _PG_init (always preloading: it refuses otherwise), after the GUCs: shared memory and
+/// the launcher.
 pub fn init() {
-    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        return;
-    }
     pg_shmem_init!(SLOTS);
-    READY.store(true, Ordering::Relaxed);
     if gucs::EMBED_WORKERS.get() <= 0 || gucs::worker_databases().is_empty() {
         return;
     }
@@ -153,7 +148,7 @@ pub extern "C-unwind" fn genome_worker_launcher_main(_arg: pg_sys::Datum) {
 /// Ask this database's workers to look at the queue once the current transaction commits.
 #[pg_extern(volatile, parallel_unsafe)]
 fn wake_embed_workers() {
-    if !READY.load(Ordering::Relaxed) || WAKE_REGISTERED.with(|w| w.replace(true)) {
+    if WAKE_REGISTERED.with(|w| w.replace(true)) {
         return;
     }
     register_xact_callback(PgXactCallbackEvent::Commit, || {
@@ -378,12 +373,17 @@ fn runtime_info() -> pgrx::JsonB {
         "execution_provider": gucs::provider_name(),
         "intra_op_threads": gucs::INTRA_OP_THREADS.get(),
         "model_memory_limit_mb": cap,
-        "preloaded": READY.load(Ordering::Relaxed),
-        "counters": if crate::metrics::shared() { "shared memory (cluster-wide)" } else { "this backend only (not preloaded)" },
+        // always so since 0.4.1 (_PG_init refuses to load otherwise); kept in the report's shape
+        "preloaded": true,
+        "counters": "shared memory (cluster-wide)",
         "embed_workers_per_database": gucs::EMBED_WORKERS.get(),
         "worker_databases": gucs::worker_databases(),
     }))
 }
 
 // The SQL objects of this capability, in their current shape: src/queue.sql.
-extension_sql_file!("queue.sql", name = "queue", requires = ["collections"]);
+extension_sql_file!(
+    "queue.sql",
+    name = "queue",
+    requires = ["collections", wake_embed_workers]
+);

@@ -189,6 +189,9 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION reembed IS 're-embed a collection with another model in the background; switches over atomically when every row is done';
 
+-- Defined in Rust (src/queue.rs):
+COMMENT ON FUNCTION wake_embed_workers IS 'ask this database''s embedding workers to look at the queue once the current transaction commits';
+
 -- Private functions
 
 -- Queue rows of a collection (ids as text) for the targets its state asks for.
@@ -425,8 +428,8 @@ DECLARE c @extschema@.collections; rel regclass; m record; q float8; nsp name; v
 BEGIN
     -- no full classification or assignment of this collection meanwhile (their lock), and no
     -- search between reading the collection's model and querying its column (the swap lock)
-    PERFORM pg_advisory_xact_lock(1734700655, hashtext(collection));
-    PERFORM pg_advisory_xact_lock(1734700656, hashtext(collection));
+    PERFORM pg_advisory_xact_lock(@extschema@._lock_key('collection'), hashtext(collection));
+    PERFORM pg_advisory_xact_lock(@extschema@._lock_key('embedding'), hashtext(collection));
     SELECT * INTO c FROM @extschema@.collections x WHERE x.name = collection FOR UPDATE;
     rel := c.relid::regclass;
     SELECT n.nspname INTO nsp FROM pg_class k JOIN pg_namespace n ON n.oid = k.relnamespace WHERE k.oid = rel;

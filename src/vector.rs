@@ -96,3 +96,26 @@ pub fn vector_type_oid() -> pg_sys::Oid {
     VECTOR_OID.with(|c| c.set(oid));
     oid
 }
+
+/// The schema pgvector's type lives in, for schema-qualified operators (`OPERATOR(s.<=>)`).
+/// From the system caches: no query.
+pub fn vector_schema() -> String {
+    let typ = vector_type_oid();
+    // SAFETY: syscache lookups by OID; the tuple is released before returning, the name is a
+    // palloc'd C string copied out.
+    unsafe {
+        let tup = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::TYPEOID as i32,
+            pg_sys::Datum::from(typ),
+        );
+        if tup.is_null() {
+            pgrx::error!("pgvector's type \"vector\" (oid {}) is gone", typ.to_u32());
+        }
+        let nsp = (*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_type>(tup)).typnamespace;
+        pg_sys::ReleaseSysCache(tup);
+        let name = pg_sys::get_namespace_name(nsp);
+        std::ffi::CStr::from_ptr(name)
+            .to_string_lossy()
+            .into_owned()
+    }
+}

@@ -4,19 +4,317 @@
 -- sql/fragments/0.5.0--0.6.0.sql
 -- pg_genome 0.5.0 -> 0.6.0: what the install script cannot say.
 
+-- genome.search is Rust now (src/search.rs); its PL/pgSQL helper goes.
+DROP FUNCTION IF EXISTS _search(text, text, integer, real, jsonb);
+
 -- functions new or changed since the archived install script, views, comments
+CREATE OR REPLACE FUNCTION "_check_registrant"(
+	"kind" TEXT, /* Option < & str > */
+	"name" TEXT, /* Option < & str > */
+	"rel" oid, /* Option < pg_sys :: Oid > */
+	"who" regrole /* Option < RegRole > */
+) RETURNS void
+STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_check_registrant_wrapper';
+
+CREATE OR REPLACE FUNCTION "_lock_key"(
+	"kind" TEXT /* & str */
+) RETURNS INT /* i32 */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_lock_key_wrapper';
+
+CREATE OR REPLACE FUNCTION "_owned_by"(
+	"rel" oid, /* Option < pg_sys :: Oid > */
+	"who" regrole /* Option < RegRole > */
+) RETURNS bool /* bool */
+STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_owned_by_wrapper';
+
+CREATE OR REPLACE FUNCTION "_resolve_model"(
+	"spec" TEXT, /* Option < & str > */
+	"image" bool DEFAULT false /* bool */
+) RETURNS bigint /* i64 */
+STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_resolve_model_wrapper';
+
+CREATE OR REPLACE FUNCTION "collection_relation"(
+	"collection" TEXT /* Option < & str > */
+) RETURNS regclass /* crate :: owner :: RegClass */
+STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'collection_relation_wrapper';
+
 COMMENT ON FUNCTION register_model_dir IS 'register a model from a server directory holding model.onnx, genome.json and (text models) tokenizer.json';
+COMMENT ON FUNCTION register_model IS 'register a model from its ONNX bytes, tokenizer and config (superuser or genome_admin); returns its id';
+COMMENT ON FUNCTION register_model_path IS 'register a model whose ONNX file stays on the server, read at load time (also needs pg_read_server_files); returns its id';
+COMMENT ON FUNCTION clear_model_cache IS 'drop every model session this backend has cached (they reload on next use)';
+COMMENT ON FUNCTION loaded_models IS 'the model sessions this backend has loaded, with the row version they were built from';
+COMMENT ON FUNCTION onnxruntime_version IS 'the ONNX Runtime version this backend loaded (NULL before the first model run)';
+COMMENT ON FUNCTION embed IS 'embed one text with a registered model (default genome.default_model); NULL gives NULL';
+COMMENT ON FUNCTION embed_batch IS 'embed many texts in order, genome.batch_size per model call; NULL elements give NULL';
+COMMENT ON FUNCTION embed_image IS 'embed one image (JPEG, PNG or WebP bytes) with an image model (default genome.default_image_model)';
+COMMENT ON FUNCTION embed_images IS 'embed many images in order, genome.batch_size per model call; a bad image is an ERROR naming its position';
+COMMENT ON FUNCTION image_quality IS 'photo quality of an image: sharpness, exposure, contrast, resolution and a combined 0..1 score';
+CREATE OR REPLACE FUNCTION resolve_model(spec text DEFAULT NULL, OUT name text, OUT version text, OUT dimension integer)
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT m.name, m.version, m.dimension FROM @extschema@.models m WHERE m.id = @extschema@._resolve_model(spec)
+$$;
+
+CREATE OR REPLACE FUNCTION register_pet_media(source regclass, pet_column name, image_id_column name, image_column name,
+                                   taken_at_column name, pose_column name DEFAULT NULL,
+                                   name text DEFAULT NULL, model text DEFAULT NULL)
+RETURNS @extschema@.pet_media
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    mname text := coalesce(name, (SELECT c.relname FROM pg_class c WHERE c.oid = source));
+    mm record;
+    result @extschema@.pet_media;
+    col name;
+    ty oid;
+    kind "char";
+BEGIN
+    IF source IS NULL OR pet_column IS NULL OR image_id_column IS NULL OR image_column IS NULL OR taken_at_column IS NULL THEN
+        RAISE EXCEPTION 'pg_genome: source, pet_column, image_id_column, image_column and taken_at_column are required'
+              USING ERRCODE = '22004';
+    END IF;
+    SELECT c.relkind INTO kind FROM pg_class c WHERE c.oid = source;
+    IF kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'pg_genome: "%" is not a table', source USING ERRCODE = '42809';
+    END IF;
+    FOREACH col IN ARRAY ARRAY[pet_column, image_id_column, image_column, taken_at_column, pose_column] LOOP
+        CONTINUE WHEN col IS NULL;
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = source AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped) THEN
+            RAISE EXCEPTION 'pg_genome: column "%" does not exist in "%"', col, source USING ERRCODE = '42703';
+        END IF;
+    END LOOP;
+    SELECT a.atttypid INTO ty FROM pg_attribute a WHERE a.attrelid = source AND a.attname = image_column;
+    IF ty <> 'bytea'::regtype THEN
+        RAISE EXCEPTION 'pg_genome: image column "%" is %, not bytea', image_column, format_type(ty, NULL) USING ERRCODE = '42804';
+    END IF;
+    SELECT a.atttypid INTO ty FROM pg_attribute a WHERE a.attrelid = source AND a.attname = taken_at_column;
+    IF ty NOT IN ('timestamptz'::regtype, 'timestamp'::regtype, 'date'::regtype) THEN
+        RAISE EXCEPTION 'pg_genome: taken_at column "%" is %, not a timestamp or date', taken_at_column, format_type(ty, NULL)
+              USING ERRCODE = '42804';
+    END IF;
+    IF pose_column IS NOT NULL THEN
+        SELECT a.atttypid INTO ty FROM pg_attribute a WHERE a.attrelid = source AND a.attname = pose_column;
+        IF ty NOT IN ('real'::regtype, 'double precision'::regtype, 'numeric'::regtype, 'smallint'::regtype, 'integer'::regtype) THEN
+            RAISE EXCEPTION 'pg_genome: pose column "%" is %, not a number (a pose score 0..1)', pose_column, format_type(ty, NULL)
+                  USING ERRCODE = '42804';
+        END IF;
+    END IF;
+    -- the model genome.embed_image would use
+    SELECT x.name, x.version, x.dimension INTO mm FROM @extschema@.models x
+     WHERE x.id = @extschema@._resolve_model(model, image => true);
+    IF (SELECT x.task FROM @extschema@.models x WHERE x.name = mm.name AND x.version = mm.version) <> 'image-embedding' THEN
+        RAISE EXCEPTION 'pg_genome: model "%@%" is not an image-embedding model', mm.name, mm.version USING ERRCODE = '42809';
+    END IF;
+    IF EXISTS (SELECT 1 FROM @extschema@.pet_media x WHERE x.name = mname AND x.relid <> source) THEN
+        RAISE EXCEPTION 'pg_genome: pet media "%" is registered for another table', mname USING ERRCODE = '42710',
+              HINT = 'pass another name, or genome.unregister_pet_media(...) first';
+    END IF;
+    INSERT INTO @extschema@.pet_media AS x (name, relid, pet_column, image_id_column, image_column, taken_at_column, pose_column, model, dimension)
+    VALUES (mname, source, pet_column, image_id_column, image_column, taken_at_column, pose_column, mm.name || '@' || mm.version, mm.dimension)
+    ON CONFLICT ON CONSTRAINT pet_media_pkey DO UPDATE SET pet_column = EXCLUDED.pet_column, image_id_column = EXCLUDED.image_id_column,
+        image_column = EXCLUDED.image_column, taken_at_column = EXCLUDED.taken_at_column, pose_column = EXCLUDED.pose_column
+    RETURNING * INTO result;
+    IF result.model <> mm.name || '@' || mm.version THEN
+        RAISE EXCEPTION 'pg_genome: pet media "%" is embedded with %; it cannot switch models in place', mname, result.model
+              USING ERRCODE = '55000', HINT = 'unregister it and register it again to re-embed every photo';
+    END IF;
+    PERFORM @extschema@._pet_triggers(result, true);
+    INSERT INTO @extschema@.pet_dirty (media, pet_id)
+    SELECT DISTINCT mname, x FROM jsonb_array_elements_text(@extschema@._owner_value(source,
+        format('SELECT coalesce(jsonb_agg(DISTINCT format(''%%s'', %I)), ''[]'') FROM %s WHERE %I IS NOT NULL',
+               pet_column, source, pet_column))) x
+    ON CONFLICT (media, pet_id) DO NOTHING;
+    RETURN result;
+END $$;
+
+COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
+CREATE OR REPLACE FUNCTION cluster_pet(pet_id anycompatible, media text DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m @extschema@.pet_media := @extschema@._pet_media(media);
+    pid text := pet_id::text;
+    rel regclass;
+    pet_type text;
+    t0 timestamptz := clock_timestamp();
+    r record;
+    added int := 0; failed int := 0; removed int := 0;
+    ids text[]; embs real[]; cls bigint[]; present text[];
+    thr double precision;
+    plan jsonb;
+    new_ids bigint[] := '{}';
+    k int;
+    nid bigint;
+    res jsonb;
+BEGIN
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'pg_genome: pet_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    rel := m.relid::regclass;
+    SELECT format_type(a.atttypid, a.atttypmod) INTO pet_type FROM pg_attribute a WHERE a.attrelid = m.relid AND a.attname = m.pet_column;
+    PERFORM pg_advisory_xact_lock(@extschema@._lock_key('pet'), hashtext(m.name || '/' || pid));
+    -- consumed first: a write committed while this runs marks the pet again (see pet_dirty)
+    DELETE FROM @extschema@.pet_dirty d WHERE d.media = m.name AND d.pet_id = pid;
+    -- The pet's photos in the app's table, read as the table's owner when the caller is more
+    -- privileged (0.5.0, genome._owner_value): ids first, then one photo's bytes at a time.
+    present := ARRAY(SELECT jsonb_array_elements_text(@extschema@._owner_value(m.relid, format(
+        'SELECT coalesce(jsonb_agg(format(''%%s'', s.%I)), ''[]'') FROM %s s WHERE s.%I OPERATOR(pg_catalog.=) ($1[1])::%s',
+        m.image_id_column, rel, m.pet_column, pet_type), ARRAY[pid])));
+    DELETE FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid AND p.image_id <> ALL (present);
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    FOR r IN SELECT (ph ->> 'image_id') AS image_id, decode(substr(ph ->> 'img', 3), 'hex') AS img,
+                    (ph ->> 'taken_at')::timestamptz AS taken_at, (ph ->> 'pose')::real AS pose
+               FROM (SELECT u.image_id FROM unnest(present) AS u(image_id)
+                      WHERE NOT EXISTS (SELECT 1 FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.image_id = u.image_id)) i
+              CROSS JOIN LATERAL (SELECT @extschema@._owner_value(m.relid, format(
+                  'SELECT to_jsonb(x) FROM (SELECT format(''%%s'', s.%1$I) AS image_id, s.%2$I AS img, s.%3$I::timestamptz AS taken_at, %4$s AS pose
+                     FROM %5$s s WHERE s.%6$I OPERATOR(pg_catalog.=) ($1[1])::%7$s AND format(''%%s'', s.%1$I) OPERATOR(pg_catalog.=) $1[2]
+                    ORDER BY s.%3$I LIMIT 1) x',
+                  m.image_id_column, m.image_column, m.taken_at_column,
+                  CASE WHEN m.pose_column IS NULL THEN 'NULL::real' ELSE format('s.%I::real', m.pose_column) END,
+                  rel, m.pet_column, pet_type), ARRAY[pid, i.image_id]) AS ph) q
+              WHERE ph IS NOT NULL
+              ORDER BY (ph ->> 'taken_at')::timestamptz, i.image_id LOOP
+        IF r.img IS NULL THEN
+            INSERT INTO @extschema@.pet_photos (media, image_id, pet_id, taken_at, pose, error)
+            VALUES (m.name, r.image_id, pid, r.taken_at, r.pose, 'the image is NULL');
+            failed := failed + 1;
+            CONTINUE;
+        END IF;
+        BEGIN
+            INSERT INTO @extschema@.pet_photos (media, image_id, pet_id, embedding, quality, taken_at, pose)
+            VALUES (m.name, r.image_id, pid, @extschema@.embed_image(r.img, m.model),
+                    (@extschema@.image_quality(r.img) ->> 'score')::real, r.taken_at, r.pose);
+            added := added + 1;
+        EXCEPTION WHEN OTHERS THEN
+            -- a corrupt or oversized photo is recorded and skipped; the pet's other photos go on
+            -- (cancellation is not caught by OTHERS)
+            INSERT INTO @extschema@.pet_photos (media, image_id, pet_id, taken_at, pose, error)
+            VALUES (m.name, r.image_id, pid, r.taken_at, r.pose, SQLERRM);
+            failed := failed + 1;
+        END;
+    END LOOP;
+    SELECT s.threshold INTO thr FROM @extschema@.pet_state s WHERE s.media = m.name AND s.pet_id = pid;
+    SELECT array_agg(p.image_id ORDER BY p.taken_at NULLS LAST, p.image_id),
+           array_agg(p.embedding::real[] ORDER BY p.taken_at NULLS LAST, p.image_id),
+           array_agg(p.cluster_id ORDER BY p.taken_at NULLS LAST, p.image_id)
+      INTO ids, embs, cls
+      FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid AND p.embedding IS NOT NULL
+       -- photos too poor to place (blurred, dark: their features follow the defect, not the look)
+       -- neither form nor join clusters; they stay unassigned
+       AND coalesce(p.quality, 0) >= current_setting('genome.pet_min_quality')::real;
+    IF ids IS NOT NULL THEN
+        plan := @extschema@._pet_plan(embs, cls, thr);
+        FOR k IN 1 .. jsonb_array_length(plan -> 'new_clusters') LOOP
+            INSERT INTO @extschema@.pet_photo_clusters (media, pet_id) VALUES (m.name, pid) RETURNING id INTO nid;
+            new_ids := new_ids || nid;
+        END LOOP;
+        UPDATE @extschema@.pet_photos p
+           SET cluster_id = coalesce((a ->> 1)::bigint, new_ids[(a ->> 2)::int]), similarity = (a ->> 3)::real
+          FROM jsonb_array_elements(plan -> 'assign') a
+         WHERE p.media = m.name AND p.image_id = ids[(a ->> 0)::int];
+        thr := (plan ->> 'threshold')::double precision;
+    END IF;
+    PERFORM @extschema@._use_vector_schema();
+    UPDATE @extschema@.pet_photo_clusters c
+       SET centroid = s.centroid, size = s.n, first_taken_at = s.f, last_taken_at = s.l, updated_at = now()
+      FROM (SELECT p.cluster_id, avg(p.embedding) AS centroid, count(*)::int AS n, min(p.taken_at) AS f, max(p.taken_at) AS l
+              FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid AND p.cluster_id IS NOT NULL
+             GROUP BY p.cluster_id) s
+     WHERE c.id = s.cluster_id AND c.media = m.name AND c.pet_id = pid
+       AND (c.size IS DISTINCT FROM s.n OR c.centroid IS NULL OR c.last_taken_at IS DISTINCT FROM s.l OR c.first_taken_at IS DISTINCT FROM s.f);
+    DELETE FROM @extschema@.pet_photo_clusters c WHERE c.media = m.name AND c.pet_id = pid
+       AND NOT EXISTS (SELECT 1 FROM @extschema@.pet_photos p WHERE p.cluster_id = c.id);
+    INSERT INTO @extschema@.pet_state AS s (media, pet_id, threshold) VALUES (m.name, pid, thr)
+    ON CONFLICT ON CONSTRAINT pet_state_pkey DO UPDATE SET threshold = EXCLUDED.threshold, updated_at = now();
+    SELECT jsonb_build_object(
+             'media', m.name, 'pet_id', pid, 'added', added, 'failed', failed, 'removed', removed,
+             'joined', (SELECT count(*) FROM jsonb_array_elements(plan -> 'assign') a WHERE a ->> 1 IS NOT NULL),
+             'new_clusters', coalesce(jsonb_array_length(plan -> 'new_clusters'), 0),
+             'clusters', (SELECT count(*) FROM @extschema@.pet_photo_clusters c WHERE c.media = m.name AND c.pet_id = pid),
+             'photos', count(*), 'clustered', count(p.cluster_id),
+             'unassigned', count(*) FILTER (WHERE p.cluster_id IS NULL AND p.embedding IS NOT NULL),
+             'threshold', thr, 'ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000::numeric))
+      INTO res
+      FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid;
+    RETURN res;
+END $$;
+
+COMMENT ON FUNCTION cluster_pet IS 'update one pet''s photo clusters incrementally: new photos join the nearest cluster or, once enough gather, form new ones';
+CREATE OR REPLACE FUNCTION cluster_dirty_pets(media text DEFAULT NULL, max_pets integer DEFAULT 100) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE d record; done int := 0; errors int := 0; skipped int := 0; err text; t0 timestamptz := clock_timestamp();
+BEGIN
+    FOR d IN SELECT x.media, x.pet_id FROM @extschema@.pet_dirty x
+              WHERE (cluster_dirty_pets.media IS NULL OR x.media = cluster_dirty_pets.media)
+              ORDER BY x.marked_at, x.media, x.pet_id LIMIT max_pets LOOP
+        IF NOT pg_try_advisory_xact_lock(@extschema@._lock_key('pet'), hashtext(d.media || '/' || d.pet_id)) THEN
+            skipped := skipped + 1;
+            CONTINUE;
+        END IF;
+        BEGIN
+            PERFORM @extschema@.cluster_pet(d.pet_id, d.media);
+            done := done + 1;
+        EXCEPTION WHEN OTHERS THEN
+            err := SQLERRM;
+            UPDATE @extschema@.pet_dirty x SET attempts = x.attempts + 1, last_error = err
+             WHERE x.media = d.media AND x.pet_id = d.pet_id;
+            RAISE WARNING 'pg_genome: updating pet % of "%" failed: %', d.pet_id, d.media, err;
+            errors := errors + 1;
+        END;
+    END LOOP;
+    RETURN jsonb_build_object('pets', done, 'errors', errors, 'skipped_locked', skipped,
+                              'still_dirty', (SELECT count(*) FROM @extschema@.pet_dirty),
+                              'ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000::numeric));
+END $$;
+
+COMMENT ON FUNCTION cluster_dirty_pets IS 'update the clusters of pets with new or removed photos (the pg_cron job''s body)';
+COMMENT ON FUNCTION schedule_pet_clustering IS 'create or update the pg_cron job that keeps pets with new photos up to date';
+COMMENT ON FUNCTION select_heroes IS 'top n photos per cluster of a pet by hero score (quality, centrality, recency, pose)';
+COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
+COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
 COMMENT ON FUNCTION register_collection IS 'register an app table as a pg_genome collection (adds embedding and family columns if missing)';
 COMMENT ON FUNCTION unregister_collection IS 'forget a collection and its families and runs (the table and its columns stay)';
 COMMENT ON FUNCTION pending_count IS 'rows of the collection without a family yet';
 COMMENT ON FUNCTION schedule IS 'create or update the pg_cron jobs of a collection: weekly full classification, 10-minute assignment';
 COMMENT ON FUNCTION unschedule IS 'remove the pg_cron jobs of a collection; returns how many were removed';
-COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
-COMMENT ON FUNCTION cluster_pet IS 'update one pet''s photo clusters incrementally: new photos join the nearest cluster or, once enough gather, form new ones';
-COMMENT ON FUNCTION cluster_dirty_pets IS 'update the clusters of pets with new or removed photos (the pg_cron job''s body)';
-COMMENT ON FUNCTION schedule_pet_clustering IS 'create or update the pg_cron job that keeps pets with new photos up to date';
-COMMENT ON FUNCTION select_heroes IS 'top n photos per cluster of a pet by hero score (quality, centrality, recency, pose)';
-COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
+CREATE OR REPLACE FUNCTION "search"(
+	"collection" TEXT, /* Option < & str > */
+	"query" TEXT, /* Option < & str > */
+	"top_k" INT DEFAULT 10, /* Option < i32 > */
+	"score_threshold" real DEFAULT 0.5, /* Option < f32 > */
+	"filter" jsonb DEFAULT NULL /* Option < JsonB > */
+) RETURNS TABLE (
+	"id" TEXT,  /* String */
+	"score" real,  /* f32 */
+	"row" jsonb  /* Option < RawJsonb > */
+)
+VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'search_text_wrapper';
+
+CREATE OR REPLACE FUNCTION "search"(
+	"collection" TEXT, /* Option < & str > */
+	"query_vector" vector, /* Option < Vector > */
+	"top_k" INT DEFAULT 10, /* Option < i32 > */
+	"score_threshold" real DEFAULT 0.5, /* Option < f32 > */
+	"filter" jsonb DEFAULT NULL /* Option < JsonB > */
+) RETURNS TABLE (
+	"id" TEXT,  /* String */
+	"score" real,  /* f32 */
+	"row" jsonb  /* Option < RawJsonb > */
+)
+VOLATILE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'search_vector_wrapper';
+
 CREATE OR REPLACE VIEW embed_queue AS
 SELECT c.name AS collection, c.auto_embed, c.model, c.reembed_model,
        count(q.id) FILTER (WHERE q.status = 'pending')    AS pending,
@@ -39,12 +337,62 @@ COMMENT ON FUNCTION enable_auto_embed IS 'embed inserted rows and rows whose tex
 COMMENT ON FUNCTION disable_auto_embed IS 'stop background embedding of a collection; returns queued rows dropped (rows being embedded finish)';
 COMMENT ON FUNCTION process_embed_queue IS 'embed one batch of queued rows in this transaction (the background worker does this by itself)';
 COMMENT ON FUNCTION reembed IS 're-embed a collection with another model in the background; switches over atomically when every row is done';
+COMMENT ON FUNCTION wake_embed_workers IS 'ask this database''s embedding workers to look at the queue once the current transaction commits';
+CREATE OR REPLACE FUNCTION _reembed_finish(collection text) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE c @extschema@.collections; rel regclass; m record; q float8; nsp name; vs name := @extschema@._vector_schema();
+        idx text := left('genome_hnsw_' || collection, 63);
+        tmp text := left('genome_hnsw_next_' || collection, 63);
+BEGIN
+    -- no full classification or assignment of this collection meanwhile (their lock), and no
+    -- search between reading the collection's model and querying its column (the swap lock)
+    PERFORM pg_advisory_xact_lock(@extschema@._lock_key('collection'), hashtext(collection));
+    PERFORM pg_advisory_xact_lock(@extschema@._lock_key('embedding'), hashtext(collection));
+    SELECT * INTO c FROM @extschema@.collections x WHERE x.name = collection FOR UPDATE;
+    rel := c.relid::regclass;
+    SELECT n.nspname INTO nsp FROM pg_class k JOIN pg_namespace n ON n.oid = k.relnamespace WHERE k.oid = rel;
+    m := @extschema@.resolve_model(c.reembed_model);
+    -- the new column's index first (readers go on meanwhile); the old one goes with its column
+    EXECUTE format('DROP INDEX IF EXISTS %I.%I', nsp, tmp);
+    EXECUTE format('CREATE INDEX %I ON %s USING hnsw (%I %I.vector_cosine_ops)', tmp, rel, c.reembed_column,
+                   @extschema@._vector_schema());
+    EXECUTE format('ALTER TABLE %s DROP COLUMN %I', rel, c.embedding_column);
+    EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', rel, c.reembed_column, c.embedding_column);
+    EXECUTE format('ALTER INDEX %I.%I RENAME TO %I', nsp, tmp, idx);
+    -- (embedding_column set again: the column has a new number now, see _track_columns)
+    UPDATE @extschema@.collections x
+       SET model = c.reembed_model, dimension = m.dimension, reembed_model = NULL, reembed_column = NULL,
+           generation = x.generation + 1, embedding_column = x.embedding_column
+     WHERE x.name = collection;
+    -- families keep their members and ids; centroids and thresholds move to the new space
+    q := current_setting('genome.threshold_quantile')::float8;
+    -- read as the table's owner (0.5.0), with pgvector's objects named by schema
+    EXECUTE format('UPDATE @extschema@.families f SET centroid = (s ->> ''centroid'')::%I.vector, threshold = (s ->> ''threshold'')::real,
+                           updated_at = now()
+                      FROM jsonb_array_elements($2) s
+                     WHERE f.collection = $1 AND f.id = (s ->> ''fid'')::bigint AND NOT f.is_unclustered', vs)
+      USING collection, @extschema@._owner_value(rel, format(
+        'SELECT coalesce(jsonb_agg(s), ''[]'') FROM (SELECT m.fid, m.centroid::text AS centroid,
+                percentile_cont(($1[1])::float8) WITHIN GROUP (ORDER BY 1 - (t.%1$I OPERATOR(%4$I.<=>) m.centroid))::real AS threshold
+           FROM (SELECT %2$I AS fid, %4$I.l2_normalize(%4$I.avg(%1$I)) AS centroid FROM %3$s
+                  WHERE %1$I IS NOT NULL AND %2$I IS NOT NULL GROUP BY 1) m
+           JOIN %3$s t ON t.%2$I OPERATOR(pg_catalog.=) m.fid AND t.%1$I IS NOT NULL
+          GROUP BY m.fid, m.centroid) s', c.embedding_column, c.family_column, rel, vs), ARRAY[q::text]);
+    -- families without embedded members cannot be placed in the new space
+    UPDATE @extschema@.families f SET retired_at = now(), updated_at = now()
+     WHERE f.collection = c.name AND NOT f.is_unclustered AND f.retired_at IS NULL AND f.updated_at < now();
+    -- the triggers again, for the columns as they are now (or none without auto_embed)
+    PERFORM @extschema@._set_triggers(collection, c.auto_embed);
+    RAISE LOG 'pg_genome: collection "%" now uses % (re-embedding finished)', collection, c.reembed_model;
+END $$;
+
+COMMENT ON VIEW progress IS 'full classifications and assignments running now: stage, rows done of total';
+COMMENT ON FUNCTION progress_slots IS 'the raw progress slots of running jobs; genome.progress joins them with pg_stat_activity';
+COMMENT ON FUNCTION health IS 'versions, ONNX Runtime, workers, pg_cron jobs, queue depth and pending assignments as jsonb';
+COMMENT ON FUNCTION metrics IS 'Prometheus text exposition of pg_genome counters and gauges';
 COMMENT ON FUNCTION create_search_index IS 'create the pgvector HNSW (cosine) index genome.search uses, unless the embedding column has one';
 COMMENT ON FUNCTION search(text, text, integer, real, jsonb) IS 'semantic search: rows of a collection most similar to a text (cosine), best first, with optional equality filters';
 COMMENT ON FUNCTION search(text, vector, integer, real, jsonb) IS 'semantic search with a precomputed query vector';
-COMMENT ON VIEW progress IS 'full classifications and assignments running now: stage, rows done of total';
-COMMENT ON FUNCTION health IS 'versions, ONNX Runtime, workers, pg_cron jobs, queue depth and pending assignments as jsonb';
-COMMENT ON FUNCTION metrics IS 'Prometheus text exposition of pg_genome counters and gauges';
 
 -- src/finalize.sql, privileges
 -- Privileges

@@ -3,10 +3,16 @@
 //! The pgrx extension (the workspace root) is a thin layer over this crate: it reads
 //! arguments and GUCs, fetches model rows with SPI and maps [`Error`] to PostgreSQL ERRORs.
 //! Everything here is tested with plain `cargo test`.
+//!
+//! Modules import downwards only: [`base`] (points, vector maths, `Cancelled`) at the bottom,
+//! then [`reduce`], then [`cluster`], then [`families`] and [`pets`] (the plans the jobs write);
+//! the models ([`embed`], [`image`]) take only normalisation from `base`.
 
+pub mod base;
 pub mod cluster;
 pub mod embed;
 pub mod error;
+pub mod families;
 pub mod image;
 pub mod pets;
 pub mod reduce;

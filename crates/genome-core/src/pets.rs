@@ -14,9 +14,8 @@
 //!    it (the bar a joining photo must pass) and forms only if `min_cluster_size` remain; the
 //!    others stay unassigned and may join later.
 
-use crate::cluster::families::{cosine, quantile_of as quantile};
-use crate::cluster::hdbscan::{hdbscan, Cancelled, HdbscanParams};
-use crate::cluster::Points;
+use crate::base::{cosine, l2_normalize, quantile_of as quantile, Cancelled, Points};
+use crate::cluster::hdbscan::{hdbscan, HdbscanParams};
 
 #[derive(Debug, Clone, Copy)]
 pub struct PetParams {
@@ -122,7 +121,7 @@ pub fn update_pet(
                     .zip(&mean)
                     .map(|(a, m)| (*a as f64 - m) as f32)
                     .collect();
-                crate::embed::pooling::l2_normalize(&mut c);
+                l2_normalize(&mut c);
                 c
             })
             .collect::<Vec<_>>();
@@ -350,7 +349,7 @@ mod tests {
         (0..n)
             .map(|_| {
                 let mut v: Vec<f32> = center.iter().map(|c| c + spread * rnd()).collect();
-                crate::embed::pooling::l2_normalize(&mut v);
+                l2_normalize(&mut v);
                 v
             })
             .collect()
@@ -531,7 +530,7 @@ mod tests {
     fn too_few_pending_photos_wait() {
         let d = 8;
         let vecs = blob(&axis(d, 0), 5, 0.2, 9);
-        let u = update_pet(&vecs, &vec![None; 5], None, &PetParams::default(), NEVER).unwrap();
+        let u = update_pet(&vecs, &[None; 5], None, &PetParams::default(), NEVER).unwrap();
         assert!(u.assignments.is_empty() && u.new_clusters.is_empty() && u.threshold.is_none());
     }
 

@@ -58,7 +58,7 @@ fn check(case: &str) {
     let k_want = want
         .iter()
         .filter(|l| **l >= 0)
-        .map(|l| *l)
+        .copied()
         .collect::<std::collections::BTreeSet<_>>()
         .len();
     eprintln!(

@@ -6,9 +6,9 @@
 //! is measured (ARI) in tests and in the benchmark.
 
 use super::hdbscan::{
-    condense_tree, label, select_eom, single_linkage, Cancelled, Edge, Hdbscan, HdbscanParams,
+    condense_tree, label, select_eom, single_linkage, Edge, Hdbscan, HdbscanParams,
 };
-use super::{euclidean, Points};
+use crate::base::{euclidean, Cancelled, Points};
 use crate::reduce::knn::{knn, KnnMethod, Metric};
 
 /// Neighbours per point used for candidate edges (at least min_samples).

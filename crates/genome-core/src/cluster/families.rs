@@ -1,9 +1,11 @@
-//! From cluster labels to families: centroids (in the embedding space), exemplars, calibrated
-//! per-family thresholds, stable ids across runs, nearest-centroid assignment and keyword labels.
+//! From cluster labels to families, the building blocks: centroids (in the embedding space),
+//! member similarities (exemplars, calibrated per-family thresholds), stable ids across runs,
+//! keyword labels and the reason a run found none; `crate::families::plan` puts them together.
+//! Also the nearest-centroid assignment of new rows ([`CentroidSet`], for assign_family).
 
 use std::collections::HashMap;
 
-use super::Points;
+use crate::base::{cosine, quantile_of, Points};
 
 /// Unit-length mean of the (L2-normalised) members of each cluster 0..k-1.
 pub fn centroids(emb: &Points, labels: &[i32], k: usize) -> Vec<Vec<f32>> {
@@ -31,22 +33,6 @@ pub fn centroids(emb: &Points, labels: &[i32], k: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
-#[inline]
-pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        let (x, y) = (*x as f64, *y as f64);
-        ab += x * y;
-        aa += x * x;
-        bb += y * y;
-    }
-    if aa == 0.0 || bb == 0.0 {
-        0.0
-    } else {
-        ab / (aa.sqrt() * bb.sqrt())
-    }
-}
-
 /// Per cluster: the members' cosine to the centroid, highest first, with member indices.
 pub fn member_similarities(
     emb: &Points,
@@ -70,18 +56,6 @@ pub fn member_similarities(
 /// typical of the family's own members.
 pub fn quantile(sims_desc: &[(f64, usize)], q: f64) -> f64 {
     quantile_of(sims_desc.iter().map(|s| s.0).collect(), q).unwrap_or(1.0)
-}
-
-/// The `q` quantile of `v` with linear interpolation between order statistics (numpy's default);
-/// None for no values.
-pub fn quantile_of(mut v: Vec<f64>, q: f64) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    Some(v[lo] + (v[hi] - v[lo]) * (pos - lo as f64))
 }
 
 /// Stable ids: pair new clusters with old families by centroid cosine, greedily from the most
@@ -112,14 +86,18 @@ pub fn match_families(old: &[Vec<f32>], new: &[Vec<f32>], min_cosine: f64) -> Ve
 /// Centroids as one row-major matrix, for the assignment step (cached per process).
 #[derive(Debug, Clone)]
 pub struct CentroidSet {
+    /// Dimension.
     pub d: usize,
+    /// Family id of each centroid.
     pub ids: Vec<i64>,
+    /// The unit-length centroids, row after row.
     pub matrix: Vec<f32>,
     /// Calibrated per-family thresholds (used when no explicit threshold is given).
     pub thresholds: Vec<f32>,
 }
 
 impl CentroidSet {
+    /// No centroids yet, of dimension `d`.
     pub fn new(d: usize) -> Self {
         Self {
             d,
@@ -128,6 +106,7 @@ impl CentroidSet {
             thresholds: Vec::new(),
         }
     }
+    /// Add family `id` (its centroid is normalised here) with its calibrated threshold.
     pub fn push(&mut self, id: i64, centroid: &[f32], threshold: f32) {
         assert_eq!(centroid.len(), self.d);
         let norm = centroid
@@ -140,9 +119,11 @@ impl CentroidSet {
         self.matrix.extend(centroid.iter().map(|x| x / norm));
         self.thresholds.push(threshold);
     }
+    /// Number of centroids.
     pub fn len(&self) -> usize {
         self.ids.len()
     }
+    /// Whether there is no centroid.
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }

@@ -10,11 +10,12 @@
 //!   to avoid cancellation) and stored as f32; core distances and Prim then only read it. GEMM does
 //!   the O(n^2 d) part at near-peak FLOP rate, which the pairwise loops cannot.
 //! - streaming (larger n): distances are recomputed rather than stored, O(n) memory.
+//!
 //! The heavy loops run on rayon; `cancel` is polled between stages and inside the long loops.
 
 use rayon::prelude::*;
 
-use super::{euclidean, Points};
+use crate::base::{euclidean, Cancelled, Points};
 
 #[derive(Debug, Clone, Copy)]
 pub struct HdbscanParams {
@@ -57,10 +58,6 @@ pub struct Edge {
     pub b: usize,
     pub w: f64,
 }
-
-/// Error raised when `cancel` returns true.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cancelled;
 
 /// Largest distance matrix the exact path keeps in memory (2 GiB: 23,170 points).
 pub const DENSE_MAX_BYTES: usize = 2 << 30;
@@ -736,7 +733,7 @@ mod tests {
                         >= 18
             );
         }
-        let one = hdbscan(&Points::from_rows(&rows[..20].to_vec()), leaf, &never).unwrap();
+        let one = hdbscan(&Points::from_rows(&rows[..20]), leaf, &never).unwrap();
         assert_eq!(one.n_clusters, 1);
     }
 }

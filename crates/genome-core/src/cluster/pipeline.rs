@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use super::approx::{hdbscan_knn, DEFAULT_GRAPH_K};
-use super::hdbscan::{hdbscan, Cancelled, Hdbscan, HdbscanParams};
-use super::Points;
+use super::hdbscan::{hdbscan, Hdbscan, HdbscanParams};
+use crate::base::{Cancelled, Points};
 use crate::reduce::{knn, umap, Init, KnnMethod, Metric, UmapParams};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,9 +6,10 @@ use ort::value::TensorRef;
 
 use super::config::{ModelConfig, Pooling};
 use super::interrupt::{self, StopCheck};
-use super::pooling::{cls_pool, l2_normalize, mean_pool};
+use super::pooling::{cls_pool, mean_pool};
 use super::runtime::{ExecutionProvider, Runtime};
 use super::tokenize::TextTokenizer;
+use crate::base::l2_normalize;
 use crate::{Error, Result};
 
 /// How to build a session. Backends share the machine's cores, so the default is one

@@ -1,4 +1,4 @@
-//! Pooling token vectors into sentence vectors, and L2 normalisation.
+//! Pooling token vectors into sentence vectors (L2 normalisation is `base`'s).
 
 use ndarray::{ArrayView2, ArrayView3};
 
@@ -35,11 +35,8 @@ pub fn cls_pool(hidden: ArrayView3<f32>) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// Scale to unit length; a zero vector stays zero (sentence-transformers clamps the norm at 1e-12).
-pub fn l2_normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    v.iter_mut().for_each(|x| *x /= norm);
-}
+/// L2 normalisation lives in `base`; re-exported under its old path (the pgrx layer uses it).
+pub use crate::base::l2_normalize;
 
 #[cfg(test)]
 mod tests {
@@ -72,15 +69,5 @@ mod tests {
     fn cls_takes_first_token() {
         let h = Array3::from_shape_vec((1, 2, 2), vec![7., 8., 9., 10.]).unwrap();
         assert_eq!(cls_pool(h.view()), vec![vec![7., 8.]]);
-    }
-
-    #[test]
-    fn normalize_gives_unit_length_and_keeps_zero() {
-        let mut v = vec![3f32, 4.];
-        l2_normalize(&mut v);
-        assert!((v[0] - 0.6).abs() < 1e-7 && (v[1] - 0.8).abs() < 1e-7);
-        let mut z = vec![0f32; 4];
-        l2_normalize(&mut z);
-        assert!(z.iter().all(|x| *x == 0.0));
     }
 }

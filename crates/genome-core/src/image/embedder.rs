@@ -7,9 +7,9 @@ use ort::value::TensorRef;
 
 use super::config::{ChannelOrder, ImageConfig};
 use super::resize::{resize_bilinear_window, shorter_side_size};
+use crate::base::l2_normalize;
 use crate::embed::embedder::build_session;
 use crate::embed::interrupt;
-use crate::embed::pooling::l2_normalize;
 use crate::embed::{Runtime, SessionSettings};
 use crate::{Error, Result};
 

@@ -42,9 +42,9 @@ fn coeffs(in_size: usize, out_size: usize, range: std::ops::Range<usize>) -> Coe
         let xmax = ((center + support + 0.5) as i64).min(in_size as i64) - xmin;
         let n = xmax.max(0) as usize;
         let mut ww = 0.0;
-        for x in 0..n {
+        for (x, wx) in w[..n].iter_mut().enumerate() {
             let v = bilinear((x as f64 + xmin as f64 - center + 0.5) * ss);
-            w[x] = v;
+            *wx = v;
             ww += v;
         }
         for x in 0..n {

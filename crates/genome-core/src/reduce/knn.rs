@@ -5,8 +5,7 @@
 use hnsw_rs::prelude::{Distance, Hnsw};
 use rayon::prelude::*;
 
-use crate::cluster::hdbscan::Cancelled;
-use crate::cluster::Points;
+use crate::base::{dot, sq_l2, Cancelled, Points};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Metric {
@@ -43,42 +42,6 @@ impl Knn {
             &self.dists[i * self.k..(i + 1) * self.k],
         )
     }
-}
-
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent accumulators over exact chunks: the compiler turns this into SIMD.
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
-
-#[inline]
-pub fn sq_l2(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            let t = x[l] - y[l];
-            acc[l] += t * t;
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += (x - y) * (x - y);
-    }
-    s
 }
 
 #[inline]

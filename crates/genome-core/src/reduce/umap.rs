@@ -7,8 +7,7 @@
 use super::knn::Knn;
 use super::linalg::top_eigenvectors;
 use super::rng::Rng;
-use crate::cluster::hdbscan::Cancelled;
-use crate::cluster::Points;
+use crate::base::{Cancelled, Points};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Init {
@@ -197,7 +196,7 @@ pub fn fuzzy_simplicial_set(knn: &Knn) -> Graph {
         }
     }
     // A kNN list may name the same neighbour twice (HNSW padding); keep one.
-    entries.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    entries.sort_by_key(|a| (a.0, a.1));
     entries.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
     let mut directed: std::collections::HashMap<(u32, u32), f32> =
         std::collections::HashMap::with_capacity(entries.len());
@@ -217,7 +216,7 @@ pub fn fuzzy_simplicial_set(knn: &Knn) -> Graph {
             pairs.push((j, i, u));
         }
     }
-    pairs.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    pairs.sort_by_key(|a| (a.0, a.1));
     for (i, j, w) in pairs {
         if w > 0.0 {
             head.push(i);

@@ -1,0 +1,182 @@
+//! The ground floor every other module builds on, and which imports none of them: the point
+//! matrix ([`Points`]), vector maths (dot product, distances, cosine, L2 normalisation, quantiles)
+//! and the [`Cancelled`] error that long computations return when asked to stop.
+//!
+//! Layers: `base` <- `reduce` <- `cluster` <- `families`, `pets`; `embed` and `image` use `base`
+//! only for normalisation. Nothing imports upwards.
+
+/// Error returned by a computation whose `cancel` callback returned true.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancelled;
+
+/// Row-major n x d matrix of f32 points.
+#[derive(Debug, Clone)]
+pub struct Points {
+    /// Number of points (rows).
+    pub n: usize,
+    /// Dimension (columns).
+    pub d: usize,
+    /// The coordinates, row after row (n * d values).
+    pub data: Vec<f32>,
+}
+
+impl Points {
+    /// Points of dimension `d` from their coordinates, row after row.
+    pub fn new(d: usize, data: Vec<f32>) -> Self {
+        assert!(
+            d > 0 && data.len().is_multiple_of(d),
+            "data length must be a multiple of the dimension"
+        );
+        Self {
+            n: data.len() / d,
+            d,
+            data,
+        }
+    }
+    /// Points from one vector per row (all of the same length).
+    pub fn from_rows(rows: &[Vec<f32>]) -> Self {
+        let d = rows.first().map_or(1, |r| r.len());
+        Self::new(d, rows.iter().flatten().copied().collect())
+    }
+    /// Row `i`.
+    #[inline]
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.d..(i + 1) * self.d]
+    }
+    /// Scale every row to unit length: Euclidean distance then orders pairs as cosine does.
+    pub fn l2_normalized(mut self) -> Self {
+        for r in self.data.chunks_mut(self.d) {
+            l2_normalize(r);
+        }
+        self
+    }
+}
+
+/// Dot product, summed in f32 with eight independent accumulators (the compiler turns this
+/// into SIMD).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// Squared Euclidean distance, summed as [`dot`] is.
+#[inline]
+pub fn sq_l2(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            let t = x[l] - y[l];
+            acc[l] += t * t;
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += (x - y) * (x - y);
+    }
+    s
+}
+
+/// Euclidean distance. Summed in f32 with SIMD-friendly accumulators (3x faster than f64
+/// here); labels still match scikit-learn's float64 ones on the committed fixtures.
+#[inline]
+pub fn euclidean(a: &[f32], b: &[f32]) -> f64 {
+    (sq_l2(a, b) as f64).sqrt()
+}
+
+/// Cosine similarity, summed in f64; 0 when either vector is zero.
+#[inline]
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (*x as f64, *y as f64);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    if aa == 0.0 || bb == 0.0 {
+        0.0
+    } else {
+        ab / (aa.sqrt() * bb.sqrt())
+    }
+}
+
+/// Scale to unit length; a zero vector stays zero (sentence-transformers clamps the norm at 1e-12).
+pub fn l2_normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
+}
+
+/// The `q` quantile of `v` with linear interpolation between order statistics (numpy's default);
+/// None for no values.
+pub fn quantile_of(mut v: Vec<f64>, q: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    Some(v[lo] + (v[hi] - v[lo]) * (pos - lo as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_gives_unit_length_and_keeps_zero() {
+        let mut v = vec![3f32, 4.];
+        l2_normalize(&mut v);
+        assert!((v[0] - 0.6).abs() < 1e-7 && (v[1] - 0.8).abs() < 1e-7);
+        let mut z = vec![0f32; 4];
+        l2_normalize(&mut z);
+        assert!(z.iter().all(|x| *x == 0.0));
+    }
+
+    #[test]
+    fn distances_and_cosine_on_small_vectors() {
+        // 11 coordinates: one full chunk of eight and a remainder of three
+        let a: Vec<f32> = (1..=11).map(|x| x as f32).collect();
+        let b = vec![1f32; 11];
+        assert_eq!(dot(&a, &b), 66.0);
+        assert_eq!(sq_l2(&[0.0, 0.0], &[3.0, 4.0]), 25.0);
+        assert_eq!(euclidean(&[1.0, 1.0], &[4.0, 5.0]), 5.0);
+        assert!((cosine(&[1.0, 0.0], &[1.0, 1.0]) - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-12);
+        assert_eq!(cosine(&[0.0, 0.0], &[1.0, 1.0]), 0.0);
+    }
+
+    #[test]
+    fn points_rows_and_normalisation() {
+        let p = Points::from_rows(&[vec![3.0, 4.0], vec![0.0, 2.0]]);
+        assert_eq!((p.n, p.d), (2, 2));
+        assert_eq!(p.row(1), &[0.0, 2.0]);
+        let u = p.l2_normalized();
+        assert_eq!(u.row(1), &[0.0, 1.0]);
+        assert!((u.row(0)[0] - 0.6).abs() < 1e-7);
+    }
+
+    #[test]
+    fn quantiles_interpolate_linearly() {
+        assert_eq!(quantile_of(vec![], 0.5), None);
+        assert_eq!(quantile_of(vec![3.0, 1.0, 2.0], 0.5), Some(2.0));
+        assert_eq!(quantile_of(vec![0.0, 10.0], 0.25), Some(2.5));
+        assert_eq!(
+            quantile_of(vec![0.0, 10.0], 7.0),
+            Some(10.0),
+            "q is clamped to 0..1"
+        );
+    }
+}
