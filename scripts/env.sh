@@ -32,4 +32,18 @@ MODEL_INSTALL_DIR() { echo "$(pg_sharedir)/pg_genome/models"; }
 # Earlier releases' install scripts and the upgrade scripts (pgrx installs only the current one).
 install_release_scripts() { cp "$REPO"/sql/install/*.sql "$REPO"/sql/upgrade/*.sql "$(pg_sharedir)/extension/"; }
 
-say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+GENOME_T0=${GENOME_T0:-$SECONDS}
+say() { printf '\n\033[1m==> %s\033[0m   (%d s)\n' "$*" "$((SECONDS - GENOME_T0))"; }
+
+# A long cargo build, shown as it goes: one line per crate compiled, with the seconds elapsed,
+# so a 15-minute release build never looks hung. Fails when cargo does.
+cargo_progress() {
+  local t=$SECONDS n=0 line
+  set -o pipefail
+  "$@" 2>&1 | while IFS= read -r line; do
+    case "$line" in
+      *Compiling*) n=$((n + 1)); printf '  [%4d s] %3d crates  %s\n' "$((SECONDS - t))" "$n" "${line#"${line%%[![:space:]]*}"}" ;;
+      *Finished*|*Installing*|*Installed*|*error*|*warning:*|*Copying*) printf '  [%4d s] %s\n' "$((SECONDS - t))" "${line#"${line%%[![:space:]]*}"}" ;;
+    esac
+  done
+}

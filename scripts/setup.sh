@@ -44,7 +44,8 @@ fi
 
 say "cargo-pgrx 0.18.1"
 if cargo pgrx --version 2>/dev/null | grep -q "0.18.1"; then echo "already installed"; else
-  cargo install cargo-pgrx --version 0.18.1 --locked
+  echo "about 5 minutes on 2 cores, a line per crate below"
+  cargo_progress cargo install cargo-pgrx --version 0.18.1 --locked
 fi
 if ! grep -qs "pg15" "$HOME/.pgrx/config.toml"; then cargo pgrx init --pg15="$PG_CONFIG"; fi
 
@@ -101,7 +102,8 @@ echo "ok: $(MODEL_INSTALL_DIR)"
 say "build and install the pg_genome extension"
 so="$(pg_pkglibdir)/pg_genome.so"
 before=$(sha256sum "$so" 2>/dev/null | cut -c1-64 || true)
-(cd "$REPO" && cargo pgrx install --release --pg-config "$PG_CONFIG" 2>&1 | grep -E "Installing|Finished|error|warning: unused" || true)
+echo "a release build: about 15 minutes the first time on 2 cores, a line per crate below"
+(cd "$REPO" && cargo_progress cargo pgrx install --release --pg-config "$PG_CONFIG")
 [ -f "$so" ] || { echo "pg_genome.so was not installed"; exit 1; }
 install_release_scripts
 after=$(sha256sum "$so" | cut -c1-64)

@@ -16,6 +16,7 @@ use pgrx::prelude::*;
 use crate::collections::{
     count_pending, embed_and_store, load, lock_pending, try_lock, write_assignments, Collection,
 };
+use crate::errors::OrRaise;
 use crate::families::check_arg;
 use crate::progress::Progress;
 use crate::vector::Vector;
@@ -57,7 +58,7 @@ fn with_centroids<R>(c: &Collection, f: impl FnOnce(&CentroidSet) -> R) -> R {
             }
             Ok::<_, pgrx::spi::SpiError>(())
         })
-        .unwrap_or_else(|e| error!("pg_genome: reading centroids failed: {e}"));
+        .or_raise("reading centroids");
         CENTROIDS.with(|m| m.borrow_mut().insert(c.name.clone(), Cached { key, set }));
     }
     CENTROIDS.with(|m| f(&m.borrow()[&c.name].set))
@@ -119,8 +120,7 @@ pub fn assign_family(
         "SELECT count(*) FROM genome.families WHERE collection = $1 AND NOT is_unclustered AND retired_at IS NULL",
         &[c.name.as_str().into()],
     )
-    .ok()
-    .flatten()
+    .or_raise("counting rows")
     .unwrap_or(0);
     if live == 0 {
         notice!(
@@ -183,7 +183,7 @@ pub fn assign_family(
            FROM unnest($1::int8[], $2::int8[]) AS u(id, n), l WHERE f.id = u.id AND l.id = u.id",
         &[fids.into(), ns.into()],
     )
-    .unwrap_or_else(|e| error!("pg_genome: updating family sizes failed: {e}"));
+    .or_raise("updating family sizes");
     let unc = counts.get(&c.unclustered_id).copied().unwrap_or(0);
     let processed = rows.len() as i64;
     TableIterator::once((processed, processed - unc, unc))

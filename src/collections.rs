@@ -6,7 +6,7 @@
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
-use crate::errors::raise;
+use crate::errors::{raise, OrRaise};
 
 #[derive(Debug, Clone)]
 pub struct Collection {
@@ -68,7 +68,7 @@ pub fn load(name: &str) -> Collection {
         }
         Ok::<_, pgrx::spi::SpiError>(out)
     }))
-    .unwrap_or_else(|e| error!("pg_genome: reading genome.collections failed: {e}"));
+    .or_raise("reading genome.collections");
     let c = row.unwrap_or_else(|| {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
@@ -181,6 +181,83 @@ use crate::vector::Vector;
 /// Rows per UPDATE when writing assignments back.
 const WRITE_CHUNK: usize = 20_000;
 
+/// Write embeddings to a collection's rows: the one way pg_genome does it (full runs, assignment,
+/// the background queue through `genome._write_embeddings`). As the table's owner, and only
+/// where the row's text is still the text that was embedded: a concurrent edit keeps its new
+/// text and gets its embedding later (the queue re-queued the row; a full run or assignment
+/// embeds it next time). A NULL vector writes nothing. Returns the rows written.
+pub fn write_embeddings(
+    c: &Collection,
+    column: &str,
+    ids: Vec<String>,
+    texts: Vec<Option<String>>,
+    vectors: pgrx::datum::DatumWithOid<'_>,
+) -> i64 {
+    let sql = format!(
+        "UPDATE {rel} t SET {col} = u.v FROM unnest($1::text[], $2, $3::text[]) AS u(rid, v, txt) \
+          WHERE t.{id} OPERATOR(pg_catalog.=) u.rid::{ty} AND t.{txtcol} IS NOT DISTINCT FROM u.txt \
+            AND u.v IS NOT NULL",
+        rel = c.rel,
+        col = ident(column),
+        id = ident(&c.id_col),
+        ty = c.id_type,
+        txtcol = ident(&c.text_col),
+    );
+    c.as_owner(|| {
+        Spi::connect_mut(|client| {
+            client
+                .update(&sql, None, &[ids.into(), vectors, texts.into()])
+                .map(|t| t.len() as i64)
+        })
+    })
+    .or_raise("writing embeddings")
+}
+
+/// SQL face of [`write_embeddings`] for the queue's PL/pgSQL: `target` 'embedding' (the
+/// collection's embedding column) or 'reembed' (the shadow column of a re-embedding).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _write_embeddings(
+    collection: &str,
+    target: &str,
+    ids: Vec<Option<String>>,
+    texts: Vec<Option<String>>,
+    vectors: pgrx::AnyArray,
+) -> i64 {
+    let c = load(collection);
+    let column = match target {
+        "embedding" => c.emb_col.clone(),
+        "reembed" => Spi::get_one_with_args::<String>(
+            "SELECT reembed_column::text FROM genome.collections WHERE name = $1",
+            &[collection.into()],
+        )
+        .or_raise("reading the re-embedding column")
+        .unwrap_or_else(|| {
+            raise(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("collection \"{collection}\" has no re-embedding in progress"),
+                None,
+            )
+        }),
+        _ => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("target must be 'embedding' or 'reembed', not \"{target}\""),
+            None,
+        ),
+    };
+    let ids = ids.into_iter().map(Option::unwrap_or_default).collect();
+    if vectors.oid() != crate::vector::vector_array_type_oid() {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            "vectors must be a vector[]".into(),
+            None,
+        );
+    }
+    // the array as it came, straight into the statement: no element is converted
+    // SAFETY: a vector[] datum (checked above), valid for this call
+    let vectors = unsafe { pgrx::datum::DatumWithOid::new(vectors.datum(), vectors.oid()) };
+    write_embeddings(&c, &column, ids, texts, vectors)
+}
+
 /// Embed `texts` with the collection's model and write them to the rows `ids`; returns the
 /// vectors. Progress advances from `done0`.
 pub fn embed_and_store(
@@ -199,20 +276,9 @@ pub fn embed_and_store(
         let vecs = embed_by_length(&row, &slice);
         let lo = k * 256;
         let idchunk: Vec<String> = ids[lo..lo + chunk.len()].to_vec();
-        let vv: Vec<Vector> = vecs.iter().cloned().map(Vector).collect();
-        c.as_owner(|| {
-            Spi::run_with_args(
-                &format!(
-                    "UPDATE {rel} t SET {emb} = u.e FROM unnest($1::text[], $2) AS u(id, e) WHERE t.{id} = u.id::{ty}",
-                    rel = c.rel,
-                    emb = ident(&c.emb_col),
-                    id = ident(&c.id_col),
-                    ty = c.id_type
-                ),
-                &[idchunk.into(), vv.into()],
-            )
-        })
-        .unwrap_or_else(|e| error!("pg_genome: writing embeddings failed: {e}"));
+        let vv: Vec<Option<Vector>> = vecs.iter().cloned().map(|v| Some(Vector(v))).collect();
+        let tx: Vec<Option<String>> = chunk.iter().cloned().map(Some).collect();
+        write_embeddings(c, &c.emb_col, idchunk, tx, vv.into());
         out.extend(vecs);
         prog.advance(done0 + out.len() as i64);
     }
@@ -241,7 +307,7 @@ pub fn embed_missing(c: &Collection, prog: &mut Progress) -> i64 {
                 Ok::<_, pgrx::spi::SpiError>((ids, texts))
             })
         })
-        .unwrap_or_else(|e| error!("pg_genome: reading rows to embed failed: {e}"));
+        .or_raise("reading rows to embed");
     prog.stage("embed", ids.len() as i64);
     embed_and_store(c, &ids, &texts, prog, 0);
     ids.len() as i64
@@ -258,8 +324,7 @@ pub fn load_embeddings(c: &Collection, prog: &mut Progress) -> (Vec<String>, Poi
                 ident(&c.emb_col)
             ))
         })
-        .ok()
-        .flatten()
+        .or_raise("counting rows")
         .unwrap_or(0);
     prog.stage("load", total);
     let sql = format!(
@@ -295,7 +360,7 @@ pub fn load_embeddings(c: &Collection, prog: &mut Progress) -> (Vec<String>, Poi
         }
         Ok::<_, pgrx::spi::SpiError>(())
     }))
-    .unwrap_or_else(|e| error!("pg_genome: reading embeddings failed: {e}"));
+    .or_raise("reading embeddings");
     let d = c.dimension.max(1);
     (
         ids,
@@ -327,7 +392,7 @@ pub fn texts_of(c: &Collection, ids: &[String]) -> HashMap<String, String> {
             Ok::<_, pgrx::spi::SpiError>(m)
         })
     })
-    .unwrap_or_else(|e| error!("pg_genome: reading texts failed: {e}"))
+    .or_raise("reading texts")
 }
 
 /// Write family ids to the rows, in chunks, skipping rows that already carry the right one.
@@ -347,7 +412,7 @@ pub fn write_assignments(c: &Collection, ids: &[String], fams: &[i64], prog: &mu
     {
         pg_sys::check_for_interrupts!();
         c.as_owner(|| Spi::run_with_args(&sql, &[ic.to_vec().into(), fc.to_vec().into()]))
-            .unwrap_or_else(|e| error!("pg_genome: writing family ids failed: {e}"));
+            .or_raise("writing family ids");
         prog.advance(((k + 1) * WRITE_CHUNK).min(ids.len()) as i64);
     }
 }
@@ -369,7 +434,7 @@ pub fn unclustered_without_embedding(c: &Collection) -> i64 {
                 .map(|t| t.len() as i64)
         })
     })
-    .unwrap_or_else(|e| error!("pg_genome: assigning rows without text failed: {e}"))
+    .or_raise("assigning rows without text")
 }
 
 /// Rows of the collection in Unclustered.
@@ -384,7 +449,7 @@ pub fn count_unclustered(c: &Collection) -> i64 {
             &[c.unclustered_id.into()],
         )
     })
-    .unwrap_or_else(|e| error!("pg_genome: counting Unclustered failed: {e}"))
+    .or_raise("counting Unclustered")
     .unwrap_or(0)
 }
 
@@ -397,7 +462,7 @@ pub fn count_pending(c: &Collection) -> i64 {
             ident(&c.fam_col)
         ))
     })
-    .unwrap_or_else(|e| error!("pg_genome: counting pending rows failed: {e}"))
+    .or_raise("counting pending rows")
     .unwrap_or(0)
 }
 
@@ -436,5 +501,5 @@ pub fn lock_pending(c: &Collection, limit: i64) -> Vec<PendingRow> {
             Ok::<_, pgrx::spi::SpiError>(v)
         })
     })
-    .unwrap_or_else(|e| error!("pg_genome: reading pending rows failed: {e}"))
+    .or_raise("reading pending rows")
 }

@@ -13,7 +13,13 @@ struct CallSite {
     row: ModelRow,
 }
 
-pub(crate) fn resolve_cached(fcinfo: pg_sys::FunctionCallInfo, spec: Option<&str>) -> ModelRow {
+/// # Safety
+/// `fcinfo` is the current call's (pgrx passes it to the `#[pg_extern]`): its `flinfo`, when not
+/// NULL, is valid for the whole statement and owns `fn_extra` and `fn_mcxt`.
+pub(crate) unsafe fn resolve_cached(
+    fcinfo: pg_sys::FunctionCallInfo,
+    spec: Option<&str>,
+) -> ModelRow {
     unsafe {
         let flinfo = (*fcinfo).flinfo;
         if !flinfo.is_null() {
@@ -39,13 +45,14 @@ pub(crate) fn resolve_cached(fcinfo: pg_sys::FunctionCallInfo, spec: Option<&str
 /// STABLE (not IMMUTABLE: the model behind a name can change), so that
 /// `ORDER BY embedding <=> genome.embed('query')` can use a pgvector index.
 #[pg_extern(stable, parallel_safe)]
-pub fn embed(
+fn embed(
     input: Option<&str>,
     model: default!(Option<&str>, "NULL"),
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> Option<Vector> {
     let text = input?;
-    let row = resolve_cached(fcinfo, model);
+    // SAFETY: the fcinfo pgrx passed to this call
+    let row = unsafe { resolve_cached(fcinfo, model) };
     let mut out = embed_texts(&row, &[text]);
     Some(Vector(out.pop().expect("one vector per text")))
 }
@@ -54,7 +61,7 @@ pub fn embed(
 /// texts at a time (texts of similar length together, which wastes less padding), and a
 /// cancel (statement_timeout, pg_cancel_backend) is honoured between batches.
 #[pg_extern(stable, parallel_safe)]
-pub fn embed_batch(
+fn embed_batch(
     inputs: Option<Array<&str>>,
     model: default!(Option<&str>, "NULL"),
     fcinfo: pg_sys::FunctionCallInfo,
@@ -66,7 +73,8 @@ pub fn embed_batch(
     if present.is_empty() {
         return Some(result);
     }
-    let row = resolve_cached(fcinfo, model);
+    // SAFETY: the fcinfo pgrx passed to this call
+    let row = unsafe { resolve_cached(fcinfo, model) };
     let slice: Vec<&str> = present.iter().map(|i| texts[*i].unwrap()).collect();
     for (i, v) in present.iter().zip(embed_by_length(&row, &slice)) {
         result[*i] = Some(Vector(v));

@@ -99,3 +99,26 @@ pub fn spi<T>(doing: &str, r: Result<T, pgrx::spi::SpiError>) -> T {
         )
     })
 }
+
+/// [`spi`] as a method: `Spi::get_one(...).or_raise("reading X")`.
+pub trait OrRaise<T> {
+    fn or_raise(self, doing: &str) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T, pgrx::spi::SpiError> {
+    fn or_raise(self, doing: &str) -> T {
+        spi(doing, self)
+    }
+}
+
+/// A value a statement must return (a count, an INSERT's RETURNING): an ERROR when it returned
+/// none, never a default.
+pub fn required<T>(doing: &str, r: Result<Option<T>, pgrx::spi::SpiError>) -> T {
+    spi(doing, r).unwrap_or_else(|| {
+        raise(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("{doing} returned no value"),
+            None,
+        )
+    })
+}

@@ -24,7 +24,7 @@ use crate::collections::{
     count_unclustered, embed_missing, load, load_embeddings, texts_of, try_lock,
     unclustered_without_embedding, write_assignments, Collection,
 };
-use crate::errors::raise;
+use crate::errors::{raise, OrRaise};
 use crate::gucs;
 use crate::progress::Progress;
 use crate::vector::Vector;
@@ -263,7 +263,7 @@ fn live_families(c: &Collection) -> Vec<LiveFamily> {
         }
         Ok::<_, pgrx::spi::SpiError>(v)
     })
-    .unwrap_or_else(|e| error!("pg_genome: reading families failed: {e}"))
+    .or_raise("reading families")
 }
 
 /// Write the planned families (in plan order: new ones get their ids in that order) under the
@@ -281,7 +281,7 @@ fn write_families(c: &Collection, p: &FamilyPlan, ids: &[String], run_id: i64) -
                                 run_id = $7, updated_at = now() WHERE id = $1",
                         &[id.into(), label.into(), cent.into(), size.into(), exemplars.into(), f.threshold.into(), run_id.into()],
                     )
-                    .unwrap_or_else(|e| error!("pg_genome: updating a family failed: {e}"));
+                    .or_raise("updating a family");
                     id
                 }
                 None => Spi::get_one_with_args::<i64>(
@@ -289,9 +289,8 @@ fn write_families(c: &Collection, p: &FamilyPlan, ids: &[String], run_id: i64) -
                      VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
                     &[c.name.as_str().into(), label.into(), cent.into(), size.into(), exemplars.into(), f.threshold.into(), run_id.into()],
                 )
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| error!("pg_genome: inserting a family failed")),
+                .or_raise("inserting a family")
+                .unwrap_or_else(|| error!("pg_genome: inserting a family returned no row")),
             }
         })
         .collect()
@@ -337,9 +336,8 @@ fn insert_run(c: &Collection, kind: RunKind, started: Option<TimestampWithTimeZo
         "INSERT INTO genome.runs (collection, kind, status, started_at) VALUES ($1, $2, 'succeeded', $3) RETURNING id",
         &[c.name.as_str().into(), kind.as_str().into(), started.into()],
     )
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| error!("pg_genome: recording the run failed"))
+    .or_raise("recording the run")
+    .unwrap_or_else(|| error!("pg_genome: recording the run returned no row"))
 }
 
 /// Every row re-assigned (members to their family, noise to Unclustered; with full_classify,
@@ -366,18 +364,18 @@ fn write_rows(
         "UPDATE genome.families SET retired_at = now(), updated_at = now(), size = 0, run_id = $2 WHERE id = ANY($1)",
         &[p.retired.clone().into(), run_id.into()],
     )
-    .unwrap_or_else(|e| error!("pg_genome: retiring families failed: {e}"));
+    .or_raise("retiring families");
     let unclustered = count_unclustered(c);
     Spi::run_with_args(
         "UPDATE genome.families SET size = $3, run_id = $2, updated_at = now() WHERE id = $1",
         &[c.unclustered_id.into(), run_id.into(), unclustered.into()],
     )
-    .unwrap_or_else(|e| error!("pg_genome: updating Unclustered failed: {e}"));
+    .or_raise("updating Unclustered");
     Spi::run_with_args(
         "UPDATE genome.collections SET generation = generation + 1 WHERE name = $1",
         &[c.name.as_str().into()],
     )
-    .unwrap_or_else(|e| error!("pg_genome: updating the collection failed: {e}"));
+    .or_raise("updating the collection");
     textless
 }
 
@@ -401,7 +399,7 @@ fn record_run(s: &RunSummary, record: serde_json::Value, timings: &Timings) {
             timings.json().into(),
         ],
     )
-    .unwrap_or_else(|e| error!("pg_genome: recording the run failed: {e}"));
+    .or_raise("recording the run");
 }
 
 /// A full run: read, classify, plan, write.
@@ -420,8 +418,7 @@ fn run(kind: RunKind, args: RunArgs) -> RunSummary {
         );
     }
     let started = Spi::get_one::<TimestampWithTimeZone>("SELECT clock_timestamp()")
-        .ok()
-        .flatten();
+        .or_raise("reading the clock");
     let mut prog = Progress::start(kind.as_str(), &c.name);
     let mut timings = Timings::start();
 

@@ -446,7 +446,7 @@ pub fn string(s: &GucSetting<Option<CString>>) -> Option<String> {
 /// genome.model_memory_limit in bytes, None when 0 (no cap).
 pub fn model_memory_limit() -> Option<usize> {
     let mb = MODEL_MEMORY_LIMIT.get().max(0) as usize;
-    (mb > 0).then(|| mb << 20)
+    (mb > 0).then_some(mb << 20)
 }
 
 pub fn onnxruntime_library() -> String {

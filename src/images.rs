@@ -22,7 +22,8 @@ pub fn limits() -> DecodeLimits {
 
 fn image_model(fcinfo: pg_sys::FunctionCallInfo, model: Option<&str>) -> ModelRow {
     let spec = crate::models::spec_or_default(model, true);
-    resolve_cached(fcinfo, Some(&spec))
+    // SAFETY: the fcinfo pgrx passed to the calling #[pg_extern]
+    unsafe { resolve_cached(fcinfo, Some(&spec)) }
 }
 
 /// Report an error naming the image (its position in a batch, 1-based as SQL arrays).
@@ -47,7 +48,7 @@ fn prepare(bytes: &[u8], cfg: &ImageConfig, which: Option<usize>) -> ndarray::Ar
 /// Embed one image (JPEG, PNG or WebP bytes). NULL image gives NULL; NULL model means
 /// `genome.default_image_model`. STABLE like genome.embed, never IMMUTABLE.
 #[pg_extern(stable, parallel_safe)]
-pub fn embed_image(
+fn embed_image(
     image: Option<&[u8]>,
     model: default!(Option<&str>, "NULL"),
     fcinfo: pg_sys::FunctionCallInfo,
@@ -63,7 +64,7 @@ pub fn embed_image(
 /// Embed many images, in order; NULL elements give NULL. Runs `genome.batch_size` images per
 /// model call and honours a cancel between calls. A bad image is an ERROR naming its position.
 #[pg_extern(stable, parallel_safe)]
-pub fn embed_images(
+fn embed_images(
     images: Option<Array<&[u8]>>,
     model: default!(Option<&str>, "NULL"),
     fcinfo: pg_sys::FunctionCallInfo,

@@ -144,9 +144,11 @@ fn metrics_counters() -> String {
 mod tests {
     #[test]
     fn histogram_buckets_are_cumulative() {
-        let mut c = super::Counters::default();
-        c.embed_calls = 2;
-        c.latency_buckets = [0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2];
+        let c = super::Counters {
+            embed_calls: 2,
+            latency_buckets: [0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2],
+            ..Default::default()
+        };
         let t = super::exposition(&c);
         assert!(t.contains("genome_embed_latency_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(t.contains("genome_embed_latency_seconds_bucket{le=\"+Inf\"} 2\n"));

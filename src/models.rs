@@ -14,7 +14,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use sha2::{Digest, Sha256};
 
-use crate::errors::{raise, OrReport};
+use crate::errors::{raise, OrRaise, OrReport};
 use crate::gucs;
 
 /// One registry row, without the (large) model bytes.
@@ -30,7 +30,9 @@ pub struct ModelRow {
     pub row_version: String,
 }
 
-/// A loaded model of either task.
+/// A loaded model of either task. Held once per cached session (never moved around in bulk),
+/// so the size difference between the variants costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 pub enum Embedder {
     Text(TextEmbedder),
     Image(ImageEmbedder),
@@ -107,15 +109,14 @@ pub fn resolve(spec: Option<&str>) -> ModelRow {
         }
         Ok::<_, pgrx::spi::SpiError>(out)
     })
-    .unwrap_or_else(|e| error!("pg_genome: reading genome.models failed: {e}"));
+    .or_raise("reading genome.models");
     match row {
         Some(r) => r,
         None => {
             let names = Spi::get_one::<String>(
                 "SELECT string_agg(DISTINCT name || '@' || version, ', ') FROM genome.models",
             )
-            .ok()
-            .flatten();
+            .or_raise("reading genome.models");
             let what = match &version {
                 Some(v) => format!("model \"{name}\" version \"{v}\" is not registered"),
                 None => format!("model \"{name}\" is not registered"),
@@ -265,7 +266,7 @@ fn load_embedder(row: &ModelRow, settings: SessionSettings) -> Embedder {
         }
         Ok::<_, pgrx::spi::SpiError>(out)
     })
-    .unwrap_or_else(|e| error!("pg_genome: reading genome.models failed: {e}"));
+    .or_raise("reading genome.models");
     let onnx = match (onnx, path) {
         (Some(b), _) => b,
         (None, Some(p)) => read_model_file(&p).unwrap_or_else(|e| {
@@ -415,7 +416,7 @@ fn ensure_new(name: &str, version: &str) {
         "SELECT EXISTS (SELECT 1 FROM genome.models WHERE name = $1 AND version = $2)",
         &[name.into(), version.into()],
     )
-    .unwrap_or_default()
+    .or_raise("reading genome.models")
     .unwrap_or(false);
     if exists {
         raise(
@@ -456,7 +457,7 @@ fn insert(
             sha.into(),
         ],
     )
-    .unwrap_or_else(|e| error!("pg_genome: registering the model failed: {e}"))
+    .or_raise("registering the model")
     .expect("INSERT ... RETURNING gives a row")
 }
 

@@ -34,7 +34,7 @@ pub fn _pet_plan(
         })
         .collect();
     let n = clusters.len();
-    if n == 0 || flat.len() % n != 0 {
+    if n == 0 || !flat.len().is_multiple_of(n) {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!(

@@ -25,6 +25,7 @@ use pgrx::{
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+use crate::errors::OrRaise;
 use crate::gucs;
 
 pub const MAX_WORKERS: usize = 64;
@@ -185,9 +186,12 @@ fn log_line(fields: serde_json::Value) {
     log!("pg_genome worker: {fields}");
 }
 
+/// # Safety
+/// Installed as a signal handler only; PostgreSQL's `die` is async-signal-safe.
 unsafe extern "C-unwind" fn on_sigterm(signal: i32) {
     // PostgreSQL's own handler for backends: sets ProcDiePending and the latch
-    pg_sys::die(signal)
+    // SAFETY: called from a signal handler, as `die` is meant to be
+    unsafe { pg_sys::die(signal) }
 }
 
 /// The worker's entry point (bgw_function_name).
@@ -252,16 +256,14 @@ fn step(db: &str) -> bool {
             "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_genome') \
                     AND to_regprocedure('genome._embed_claim(integer)') IS NOT NULL",
         )
-        .ok()
-        .flatten()
+        .or_raise("checking that pg_genome is installed")
         .unwrap_or(false);
         if !installed {
             return Vec::new();
         }
         let _ = Spi::run("SELECT genome._embed_recover()");
         Spi::get_one_with_args::<Vec<i64>>("SELECT genome._embed_claim($1)", &[batch.into()])
-            .ok()
-            .flatten()
+            .or_raise("claiming queued rows")
             .unwrap_or_default()
     });
     if ids.is_empty() {
@@ -276,8 +278,7 @@ fn step(db: &str) -> bool {
                 "SELECT genome._embed_process($1)",
                 &[ids.clone().into()],
             )
-            .ok()
-            .flatten()
+            .or_raise("embedding a batch")
         });
         match r {
             Ok(j) => j,

@@ -307,8 +307,8 @@ CREATE FUNCTION _embed_process(ids bigint[]) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     g record; c @extschema@.collections; rel regclass; col name; model text; idtype text; vtype text;
-    qids bigint[]; rids text[]; texts text[]; vecs text[]; ok bigint[]; done bigint[];
-    i int; t0 timestamptz; embed_ms float8; failed int; upd text; out jsonb := '[]';
+    qids bigint[]; rids text[]; texts text[]; e record; ok bigint[]; done bigint[];
+    i int; t0 timestamptz; embed_ms float8; failed int; out jsonb := '[]';
     rd text; keep_q bigint[]; keep_r text[]; nbad int;
 BEGIN
     FOR g IN SELECT q.collection, q.target FROM @extschema@.embed_queue_items q
@@ -378,7 +378,8 @@ BEGIN
         END;
         t0 := clock_timestamp();
         BEGIN
-            vecs := @extschema@.embed_batch(texts, model)::text[];
+            -- a record keeps the vectors' type (vector[]) without naming pgvector's schema
+            SELECT @extschema@.embed_batch(texts, model) AS v INTO e;
         EXCEPTION WHEN OTHERS THEN
             PERFORM @extschema@._embed_failed(qids, SQLERRM);
             out := out || jsonb_build_object('collection', c.name, 'target', g.target, 'model', model, 'rows', cardinality(qids),
@@ -386,20 +387,16 @@ BEGIN
             CONTINUE;
         END;
         embed_ms := extract(epoch FROM clock_timestamp() - t0) * 1000;
-        -- only if the text is still the one embedded: a concurrent edit re-queued the row.
-        -- Written as the table's owner: its triggers and constraints never run with the worker's
-        -- rights (0.5.0).
-        upd := format('UPDATE %s t SET %I = u.v::%s FROM unnest($1::text[], $2::text[], $3::text[]) u(rid, v, txt) '
-                      'WHERE t.%I OPERATOR(pg_catalog.=) u.rid::%s AND t.%I IS NOT DISTINCT FROM u.txt AND u.v IS NOT NULL',
-                      rel, col, vtype, c.id_column, idtype, c.text_column);
+        -- only where the text is still the one embedded (a concurrent edit re-queued the row), as
+        -- the table's owner: genome._write_embeddings, the one way embeddings are written
         done := qids; failed := nbad;
         BEGIN
-            PERFORM @extschema@._owner_exec(rel, upd, rids, vecs, texts);
+            PERFORM @extschema@._write_embeddings(c.name, g.target, rids, texts, e.v);
         EXCEPTION WHEN OTHERS THEN
             done := '{}';
             FOR i IN 1 .. cardinality(qids) LOOP
                 BEGIN
-                    PERFORM @extschema@._owner_exec(rel, upd, ARRAY[rids[i]], ARRAY[vecs[i]], ARRAY[texts[i]]);
+                    PERFORM @extschema@._write_embeddings(c.name, g.target, ARRAY[rids[i]], ARRAY[texts[i]], (e.v)[i:i]);
                     done := done || qids[i];
                 EXCEPTION WHEN OTHERS THEN
                     PERFORM @extschema@._embed_failed(ARRAY[qids[i]], SQLERRM);

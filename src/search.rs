@@ -19,7 +19,7 @@ use crate::collections::{checked_relation, ident};
 use crate::errors::{raise, spi};
 use crate::locks::LockKey;
 use crate::models::{embed_texts, resolve};
-use crate::plans::with_plan;
+use crate::plans::{select_fresh, with_plan};
 use crate::vector::{vector_type_oid, Vector};
 
 extension_sql_file!(
@@ -88,41 +88,41 @@ fn target(collection: Option<&str>) -> Target {
     const SQL: &str = "SELECT c.relid::oid, c.registered_by::oid, c.id_column::text, \
               c.embedding_column::text, c.dimension, c.model, c.relid::regclass::text \
          FROM genome.collections c WHERE c.name = $1";
-    let (row, t) = Spi::connect(|client| {
-        with_plan(client, SQL, &[PgOid::from(pg_sys::TEXTOID)], |stmt| {
-            let rows = spi(
-                "reading the collection",
-                client.select(stmt, None, &[collection.into()]),
-            );
-            let mut found = None;
-            for r in rows {
-                let get = |i| spi("reading the collection", r.get::<String>(i)).unwrap_or_default();
-                let rel = spi("reading the collection", r.get::<pg_sys::Oid>(1));
-                let who = spi("reading the collection", r.get::<pg_sys::Oid>(2));
-                found = rel.map(|rel| {
-                    (
-                        (rel, who),
-                        Target {
-                            rel,
-                            id_col: get(3),
-                            emb_col: get(4),
-                            dimension: spi("reading the collection", r.get::<i32>(5))
-                                .unwrap_or_default(),
-                            model: get(6),
-                            vector_schema: crate::vector::vector_schema(),
-                            name: get(7),
-                            payload: String::new(),
-                        },
-                    )
-                });
-            }
-            found.unzip()
+    // read with a snapshot taken after the lock: a switch-over that committed while we waited
+    // is seen (the column and model it made current)
+    let text = |d: Option<pg_sys::Datum>| {
+        // SAFETY: text columns of the row being read
+        d.and_then(|d| unsafe { String::from_datum(d, false) })
+            .unwrap_or_default()
+    };
+    let found = Spi::connect(|_| {
+        select_fresh(SQL, &[pg_sys::TEXTOID], &[collection.into_datum()], |get| {
+            // SAFETY: the columns' types as the statement states them
+            let oid = |i| get(i).map(|d| unsafe { pg_sys::Oid::from_datum(d, false) }.unwrap());
+            let rel = oid(1).unwrap_or(pg_sys::InvalidOid);
+            (
+                (rel, oid(2)),
+                Target {
+                    rel,
+                    id_col: text(get(3)),
+                    emb_col: text(get(4)),
+                    dimension: get(5)
+                        .and_then(|d| unsafe { i32::from_datum(d, false) })
+                        .unwrap_or_default(),
+                    model: text(get(6)),
+                    vector_schema: String::new(),
+                    name: text(get(7)),
+                    payload: String::new(),
+                },
+            )
         })
     });
+    let (row, t) = found.into_iter().next().unzip();
     // the checks every use makes (not registered, table gone, registrant no longer the owner)
     checked_relation(collection, row);
     let mut t = t.expect("checked_relation raises when there is no registration");
     t.payload = payload_of(t.rel, &t.emb_col);
+    t.vector_schema = crate::vector::vector_schema();
     t
 }
 
@@ -176,11 +176,19 @@ fn filter_conditions(rel: pg_sys::Oid, name: &str, filter: &serde_json::Value) -
     };
     let mut conds = String::new();
     for (k, v) in map {
-        let ty = Spi::get_one_with_args::<String>(
-            "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a \
-              WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-            &[rel.into(), k.as_str().into()],
-        );
+        let ty = Spi::connect(|client| {
+            let t = client.select(
+                "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a \
+                  WHERE a.attrelid = $1 AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+                None,
+                &[rel.into(), k.as_str().into()],
+            )?;
+            let mut ty = None;
+            for r in t {
+                ty = r.get::<String>(1)?;
+            }
+            Ok::<_, pgrx::spi::SpiError>(ty)
+        });
         let Some(ty) = spi("reading the filter's column types", ty) else {
             raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,

@@ -39,7 +39,7 @@ impl IntoDatum for Vector {
     fn into_datum(self) -> Option<pg_sys::Datum> {
         let dim = self.0.len();
         assert!(
-            dim >= 1 && dim <= MAX_DIM,
+            (1..=MAX_DIM).contains(&dim),
             "vector dimension {dim} out of range"
         );
         let size = HEADER + 4 * dim;
@@ -118,4 +118,10 @@ pub fn vector_schema() -> String {
             .to_string_lossy()
             .into_owned()
     }
+}
+
+/// The array type of pgvector's `vector` (`vector[]`).
+pub fn vector_array_type_oid() -> pg_sys::Oid {
+    // SAFETY: a catalog lookup by OID
+    unsafe { pg_sys::get_array_type(vector_type_oid()) }
 }

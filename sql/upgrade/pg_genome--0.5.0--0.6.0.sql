@@ -41,6 +41,17 @@ STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_resolve_model_wrapper';
 
+CREATE OR REPLACE FUNCTION "_write_embeddings"(
+	"collection" TEXT, /* & str */
+	"target" TEXT, /* & str */
+	"ids" TEXT[], /* Vec < Option < String > > */
+	"texts" TEXT[], /* Vec < Option < String > > */
+	"vectors" anyarray /* pgrx :: AnyArray */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_write_embeddings_wrapper';
+
 CREATE OR REPLACE FUNCTION "collection_relation"(
 	"collection" TEXT /* Option < & str > */
 ) RETURNS regclass /* crate :: owner :: RegClass */
@@ -338,6 +349,120 @@ COMMENT ON FUNCTION disable_auto_embed IS 'stop background embedding of a collec
 COMMENT ON FUNCTION process_embed_queue IS 'embed one batch of queued rows in this transaction (the background worker does this by itself)';
 COMMENT ON FUNCTION reembed IS 're-embed a collection with another model in the background; switches over atomically when every row is done';
 COMMENT ON FUNCTION wake_embed_workers IS 'ask this database''s embedding workers to look at the queue once the current transaction commits';
+CREATE OR REPLACE FUNCTION _embed_process(ids bigint[]) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    g record; c @extschema@.collections; rel regclass; col name; model text; idtype text; vtype text;
+    qids bigint[]; rids text[]; texts text[]; e record; ok bigint[]; done bigint[];
+    i int; t0 timestamptz; embed_ms float8; failed int; out jsonb := '[]';
+    rd text; keep_q bigint[]; keep_r text[]; nbad int;
+BEGIN
+    FOR g IN SELECT q.collection, q.target FROM @extschema@.embed_queue_items q
+              WHERE q.id = ANY (ids) AND q.status = 'processing' AND q.worker_pid = pg_backend_pid()
+              GROUP BY 1, 2 LOOP
+        SELECT * INTO c FROM @extschema@.collections x WHERE x.name = g.collection;
+        IF g.target = 'embedding' THEN col := c.embedding_column; model := c.model;
+        ELSE col := c.reembed_column; model := c.reembed_model; END IF;
+        SELECT array_agg(q.id ORDER BY q.id), array_agg(q.row_id ORDER BY q.id) INTO qids, rids
+          FROM @extschema@.embed_queue_items q
+         WHERE q.id = ANY (ids) AND q.collection = g.collection AND q.target = g.target
+           AND q.status = 'processing' AND q.worker_pid = pg_backend_pid();
+        IF col IS NULL THEN
+            -- the re-embedding was finished or abandoned meanwhile: nothing to write
+            UPDATE @extschema@.embed_queue_items q SET status = 'completed', completed_at = now() WHERE q.id = ANY (qids);
+            CONTINUE;
+        END IF;
+        BEGIN
+            -- The checks of every use (table there, registrant may still write it) and the
+            -- columns. Since 0.5.0 an error here (a column renamed or dropped, a registration
+            -- that grants nothing) fails these rows with its message instead of ending the worker.
+            rel := @extschema@.collection_relation(c.name);
+            SELECT format_type(a.atttypid, a.atttypmod) INTO idtype FROM pg_attribute a
+             WHERE a.attrelid = rel AND a.attname = c.id_column AND a.attnum > 0 AND NOT a.attisdropped;
+            SELECT format_type(a.atttypid, a.atttypmod) INTO vtype FROM pg_attribute a
+             WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+            IF idtype IS NULL OR vtype IS NULL OR NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = rel
+                   AND a.attname = c.text_column AND a.attnum > 0 AND NOT a.attisdropped) THEN
+                RAISE EXCEPTION 'pg_genome: a column of collection "%" (%, % or %) no longer exists in %',
+                      c.name, c.id_column, c.text_column, col, rel USING ERRCODE = '42703';
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM @extschema@._embed_failed(qids, SQLERRM);
+            out := out || jsonb_build_object('collection', c.name, 'target', g.target, 'model', model, 'rows', cardinality(qids),
+                                             'completed', 0, 'failed', cardinality(qids), 'error', SQLERRM);
+            CONTINUE;
+        END;
+        -- the current texts, read as the table's owner (a row deleted meanwhile gives NULL:
+        -- nothing to embed, nothing to write)
+        rd := format('SELECT jsonb_agg(t.%I ORDER BY u.o) FROM unnest($1::text[]) WITH ORDINALITY u(rid, o) '
+                     'LEFT JOIN %s t ON t.%I OPERATOR(pg_catalog.=) u.rid::%s', c.text_column, rel, c.id_column, idtype);
+        nbad := 0;
+        BEGIN
+            SELECT array_agg(x ORDER BY o) INTO texts
+              FROM jsonb_array_elements_text(@extschema@._owner_value(rel, rd, rids)) WITH ORDINALITY e(x, o);
+        EXCEPTION WHEN OTHERS THEN
+            -- narrowed down to the rows that cause it (an id that does not cast to the id
+            -- column's type), each failed with its own message; the others go on (0.5.0)
+            keep_q := '{}'; keep_r := '{}'; texts := '{}';
+            FOR i IN 1 .. cardinality(qids) LOOP
+                BEGIN
+                    texts := texts || (SELECT e.x FROM jsonb_array_elements_text(@extschema@._owner_value(rel, rd, ARRAY[rids[i]])) e(x));
+                    keep_q := keep_q || qids[i];
+                    keep_r := keep_r || rids[i];
+                EXCEPTION WHEN OTHERS THEN
+                    PERFORM @extschema@._embed_failed(ARRAY[qids[i]], SQLERRM);
+                    nbad := nbad + 1;
+                END;
+            END LOOP;
+            qids := keep_q;
+            rids := keep_r;
+            IF cardinality(qids) = 0 THEN
+                out := out || jsonb_build_object('collection', c.name, 'target', g.target, 'model', model, 'rows', nbad,
+                                                 'completed', 0, 'failed', nbad, 'error', 'no row could be read');
+                CONTINUE;
+            END IF;
+        END;
+        t0 := clock_timestamp();
+        BEGIN
+            -- a record keeps the vectors' type (vector[]) without naming pgvector's schema
+            SELECT @extschema@.embed_batch(texts, model) AS v INTO e;
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM @extschema@._embed_failed(qids, SQLERRM);
+            out := out || jsonb_build_object('collection', c.name, 'target', g.target, 'model', model, 'rows', cardinality(qids),
+                                             'completed', 0, 'failed', cardinality(qids), 'error', SQLERRM);
+            CONTINUE;
+        END;
+        embed_ms := extract(epoch FROM clock_timestamp() - t0) * 1000;
+        -- only where the text is still the one embedded (a concurrent edit re-queued the row), as
+        -- the table's owner: genome._write_embeddings, the one way embeddings are written
+        done := qids; failed := nbad;
+        BEGIN
+            PERFORM @extschema@._write_embeddings(c.name, g.target, rids, texts, e.v);
+        EXCEPTION WHEN OTHERS THEN
+            done := '{}';
+            FOR i IN 1 .. cardinality(qids) LOOP
+                BEGIN
+                    PERFORM @extschema@._write_embeddings(c.name, g.target, ARRAY[rids[i]], ARRAY[texts[i]], (e.v)[i:i]);
+                    done := done || qids[i];
+                EXCEPTION WHEN OTHERS THEN
+                    PERFORM @extschema@._embed_failed(ARRAY[qids[i]], SQLERRM);
+                    failed := failed + 1;
+                END;
+            END LOOP;
+        END;
+        UPDATE @extschema@.embed_queue_items q SET status = 'completed', completed_at = now(), last_error = NULL, worker_pid = NULL
+         WHERE q.id = ANY (done) AND q.status = 'processing' AND q.worker_pid = pg_backend_pid();
+        out := out || jsonb_build_object('collection', c.name, 'target', g.target, 'model', model, 'rows', cardinality(qids) + nbad,
+                                         'completed', cardinality(done), 'failed', failed, 'embed_ms', round(embed_ms::numeric, 1));
+        IF g.target = 'reembed' AND NOT EXISTS (SELECT 1 FROM @extschema@.embed_queue_items q
+                                                 WHERE q.collection = c.name AND q.target = 'reembed'
+                                                   AND q.status IN ('pending', 'processing')) THEN
+            PERFORM @extschema@._reembed_finish(c.name);
+        END IF;
+    END LOOP;
+    RETURN out;
+END $$;
+
 CREATE OR REPLACE FUNCTION _reembed_finish(collection text) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE c @extschema@.collections; rel regclass; m record; q float8; nsp name; vs name := @extschema@._vector_schema();

@@ -7,6 +7,12 @@
 //! Modules import downwards only: [`base`] (points, vector maths, `Cancelled`) at the bottom,
 //! then [`reduce`], then [`cluster`], then [`families`] and [`pets`] (the plans the jobs write);
 //! the models ([`embed`], [`image`]) take only normalisation from `base`.
+//!
+//! No unsafe code, but where C is called or raw pointers are required: ONNX Runtime's allocator
+//! API and its library loader (`embed::runtime`), the model-run watchdog's signal mask
+//! (`embed::interrupt`) and the distance matrix's GEMM (`cluster::hdbscan`), which allow it for
+//! that reason.
+#![deny(unsafe_code)]
 
 pub mod base;
 pub mod cluster;

@@ -92,6 +92,7 @@ pub fn distance_matrix(
             let mut g = vec![0f64; rows * n];
             // SAFETY: A is rows x d (row stride d), B = X^T is d x n (x read with row stride 1,
             // column stride d), C is rows x n; all slices are large enough for these shapes.
+            #[allow(unsafe_code)] // matrixmultiply's GEMM takes raw pointers
             unsafe {
                 matrixmultiply::dgemm(
                     rows,

@@ -8,6 +8,7 @@
 //! `ProcDiePending`) every [`POLL`] and, when it says so, sets the run's terminate flag. ONNX
 //! Runtime then fails the run at its next kernel (inside `Loop`/`Scan`/`If` bodies too), and the
 //! host raises its own cancel ERROR. The watchdog never calls into the host: it only reads flags.
+#![allow(unsafe_code)] // pthread_sigmask for the watchdog thread
 
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;

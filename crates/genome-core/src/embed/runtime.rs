@@ -3,6 +3,7 @@
 //! `ort` is built with `load-dynamic`: the library is dlopen()ed from a path chosen at run time
 //! (the `genome.onnxruntime_library` GUC), so a wrong path is an error we can report instead of
 //! a failed link. A process can load only one runtime; later calls reuse it.
+#![allow(unsafe_code)] // ONNX Runtime C API (arena allocator) and loading its library
 
 use std::sync::{Mutex, OnceLock};
 
