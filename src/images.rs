@@ -93,6 +93,20 @@ fn embed_images(
     Some(out)
 }
 
+/// One image decoded once: its embedding with `model` (an image model; name or name@version)
+/// and its quality score as `image_quality` gives it (rounded to 4 decimals). For cluster_pet,
+/// which needs both for every new photo.
+pub fn embed_with_quality(bytes: &[u8], model: &str) -> (Vec<f32>, f32) {
+    let row = crate::models::resolve(Some(model));
+    let cfg = config_of(&row);
+    let img = decode(bytes, &limits()).unwrap_or_else(|e| image_error(e, None));
+    let score = (quality(&img).score * 1e4).round() / 1e4;
+    let t = preprocess(&img, &cfg);
+    drop(img);
+    let mut v = with_image_embedder(&row, |e| e.embed(&[t])).or_report();
+    (v.pop().expect("one vector per image"), score as f32)
+}
+
 /// Photo quality of an image: sharpness (variance of the Laplacian), exposure, contrast,
 /// resolution and a combined 0..1 `score` (see genome-core's image::quality for the formulas,
 /// also in the README). STABLE: the size limits are settings.

@@ -1,5 +1,22 @@
 //! pg_genome: the pgrx layer. Arguments, SPI, GUCs and errors live here; models and algorithms
 //! live in `genome-core` (no PostgreSQL dependency, tested with plain `cargo test`).
+//!
+//! One module per capability, its hand-written SQL beside it (`models.rs` + `models.sql`, ...),
+//! included with `extension_sql_file!`; `owner.sql` comes first and `finalize.sql` last.
+//!
+//! Where a job is orchestrated (the rule, one for all capabilities):
+//! - **Bulk jobs orchestrate in Rust**: read -> core -> write. The core returns a plan
+//!   (`genome_core::families::plan -> FamilyPlan`, `genome_core::pets::update_pet -> PetUpdate`),
+//!   this layer reads the rows, calls it and writes the plan (full classification, assignment,
+//!   search).
+//! - **Per-item transactional loops may stay in PL/pgSQL**, for their subtransactions: one bad
+//!   photo or queued row fails alone (`cluster_pet`, `_embed_process`). They call Rust for every
+//!   rule (`_write_embeddings`, `_resolve_model`, `_check_registrant`, `_lock_key`) and pass typed
+//!   values (vectors as `vector[]`), never JSON or text stand-ins.
+//! - One source per rule: model specs and defaults (`models::spec_or_default`, `resolve`), the
+//!   registrant rule (`owner::owned_by`), a collection's checks (`collections::checked_relation`),
+//!   advisory-lock keys (`locks`), the cancel check (`errors::interrupt_pending`), writing a
+//!   collection's embeddings (`collections::write_embeddings`), SPI failures (`errors::spi`).
 
 use pgrx::prelude::*;
 

@@ -176,7 +176,7 @@ BEGIN
 END $$;
 
 -- Update one pet's clusters: forget photos gone from the app's table, embed and score new ones,
--- then join them to clusters or form new ones (genome._pet_plan, HDBSCAN on that pet's photos
+-- then join them to clusters or form new ones (genome._pet_update, HDBSCAN on that pet's photos
 -- only). Reads and writes only this pet's rows, under a per-pet lock, in the caller's
 -- transaction. pet_id: any type, a quoted literal is text (cast to the pet column's type, so the app's index is used).
 CREATE FUNCTION cluster_pet(pet_id anycompatible, media text DEFAULT NULL) RETURNS jsonb
@@ -189,12 +189,8 @@ DECLARE
     t0 timestamptz := clock_timestamp();
     r record;
     added int := 0; failed int := 0; removed int := 0;
-    ids text[]; embs real[]; cls bigint[]; present text[];
-    thr double precision;
-    plan jsonb;
-    new_ids bigint[] := '{}';
-    k int;
-    nid bigint;
+    present text[];
+    upd record;
     res jsonb;
 BEGIN
     IF pid IS NULL THEN
@@ -232,9 +228,10 @@ BEGIN
             CONTINUE;
         END IF;
         BEGIN
+            -- one decode gives the embedding and the quality
             INSERT INTO @extschema@.pet_photos (media, image_id, pet_id, embedding, quality, taken_at, pose)
-            VALUES (m.name, r.image_id, pid, @extschema@.embed_image(r.img, m.model),
-                    (@extschema@.image_quality(r.img) ->> 'score')::real, r.taken_at, r.pose);
+            SELECT m.name, r.image_id, pid, e.embedding, e.quality, r.taken_at, r.pose
+              FROM @extschema@._embed_photo(r.img, m.model) e;
             added := added + 1;
         EXCEPTION WHEN OTHERS THEN
             -- a corrupt or oversized photo is recorded and skipped; the pet's other photos go on
@@ -244,47 +241,28 @@ BEGIN
             failed := failed + 1;
         END;
     END LOOP;
-    SELECT s.threshold INTO thr FROM @extschema@.pet_state s WHERE s.media = m.name AND s.pet_id = pid;
-    SELECT array_agg(p.image_id ORDER BY p.taken_at NULLS LAST, p.image_id),
-           array_agg(p.embedding::real[] ORDER BY p.taken_at NULLS LAST, p.image_id),
-           array_agg(p.cluster_id ORDER BY p.taken_at NULLS LAST, p.image_id)
-      INTO ids, embs, cls
-      FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid AND p.embedding IS NOT NULL
-       -- photos too poor to place (blurred, dark: their features follow the defect, not the look)
-       -- neither form nor join clusters; they stay unassigned
-       AND coalesce(p.quality, 0) >= current_setting('genome.pet_min_quality')::real;
-    IF ids IS NOT NULL THEN
-        plan := @extschema@._pet_plan(embs, cls, thr);
-        FOR k IN 1 .. jsonb_array_length(plan -> 'new_clusters') LOOP
-            INSERT INTO @extschema@.pet_photo_clusters (media, pet_id) VALUES (m.name, pid) RETURNING id INTO nid;
-            new_ids := new_ids || nid;
-        END LOOP;
-        UPDATE @extschema@.pet_photos p
-           SET cluster_id = coalesce((a ->> 1)::bigint, new_ids[(a ->> 2)::int]), similarity = (a ->> 3)::real
-          FROM jsonb_array_elements(plan -> 'assign') a
-         WHERE p.media = m.name AND p.image_id = ids[(a ->> 0)::int];
-        thr := (plan ->> 'threshold')::double precision;
-    END IF;
-    PERFORM @extschema@._use_vector_schema();
+    -- the plan, made by genome-core and written by Rust: photos join or form clusters, and
+    -- every cluster gets the core's centroid (genome._pet_update, src/pets.rs); photos too poor
+    -- to place (genome.pet_min_quality) neither form nor join clusters
+    SELECT * INTO upd FROM @extschema@._pet_update(m.name, pid);
     UPDATE @extschema@.pet_photo_clusters c
-       SET centroid = s.centroid, size = s.n, first_taken_at = s.f, last_taken_at = s.l, updated_at = now()
-      FROM (SELECT p.cluster_id, avg(p.embedding) AS centroid, count(*)::int AS n, min(p.taken_at) AS f, max(p.taken_at) AS l
+       SET size = s.n, first_taken_at = s.f, last_taken_at = s.l, updated_at = now()
+      FROM (SELECT p.cluster_id, count(*)::int AS n, min(p.taken_at) AS f, max(p.taken_at) AS l
               FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid AND p.cluster_id IS NOT NULL
              GROUP BY p.cluster_id) s
      WHERE c.id = s.cluster_id AND c.media = m.name AND c.pet_id = pid
-       AND (c.size IS DISTINCT FROM s.n OR c.centroid IS NULL OR c.last_taken_at IS DISTINCT FROM s.l OR c.first_taken_at IS DISTINCT FROM s.f);
+       AND (c.size IS DISTINCT FROM s.n OR c.last_taken_at IS DISTINCT FROM s.l OR c.first_taken_at IS DISTINCT FROM s.f);
     DELETE FROM @extschema@.pet_photo_clusters c WHERE c.media = m.name AND c.pet_id = pid
        AND NOT EXISTS (SELECT 1 FROM @extschema@.pet_photos p WHERE p.cluster_id = c.id);
-    INSERT INTO @extschema@.pet_state AS s (media, pet_id, threshold) VALUES (m.name, pid, thr)
+    INSERT INTO @extschema@.pet_state AS s (media, pet_id, threshold) VALUES (m.name, pid, upd.threshold)
     ON CONFLICT ON CONSTRAINT pet_state_pkey DO UPDATE SET threshold = EXCLUDED.threshold, updated_at = now();
     SELECT jsonb_build_object(
              'media', m.name, 'pet_id', pid, 'added', added, 'failed', failed, 'removed', removed,
-             'joined', (SELECT count(*) FROM jsonb_array_elements(plan -> 'assign') a WHERE a ->> 1 IS NOT NULL),
-             'new_clusters', coalesce(jsonb_array_length(plan -> 'new_clusters'), 0),
+             'joined', upd.joined, 'new_clusters', upd.new_clusters,
              'clusters', (SELECT count(*) FROM @extschema@.pet_photo_clusters c WHERE c.media = m.name AND c.pet_id = pid),
              'photos', count(*), 'clustered', count(p.cluster_id),
              'unassigned', count(*) FILTER (WHERE p.cluster_id IS NULL AND p.embedding IS NOT NULL),
-             'threshold', thr, 'ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000::numeric))
+             'threshold', upd.threshold, 'ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000::numeric))
       INTO res
       FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid;
     RETURN res;

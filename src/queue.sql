@@ -307,7 +307,7 @@ CREATE FUNCTION _embed_process(ids bigint[]) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     g record; c @extschema@.collections; rel regclass; col name; model text; idtype text; vtype text;
-    qids bigint[]; rids text[]; texts text[]; e record; ok bigint[]; done bigint[];
+    qids bigint[]; rids text[]; texts text[]; batch record; ok bigint[]; done bigint[];
     i int; t0 timestamptz; embed_ms float8; failed int; out jsonb := '[]';
     rd text; keep_q bigint[]; keep_r text[]; nbad int;
 BEGIN
@@ -379,7 +379,7 @@ BEGIN
         t0 := clock_timestamp();
         BEGIN
             -- a record keeps the vectors' type (vector[]) without naming pgvector's schema
-            SELECT @extschema@.embed_batch(texts, model) AS v INTO e;
+            SELECT @extschema@.embed_batch(texts, model) AS v INTO batch;
         EXCEPTION WHEN OTHERS THEN
             PERFORM @extschema@._embed_failed(qids, SQLERRM);
             out := out || jsonb_build_object('collection', c.name, 'target', g.target, 'model', model, 'rows', cardinality(qids),
@@ -391,12 +391,12 @@ BEGIN
         -- the table's owner: genome._write_embeddings, the one way embeddings are written
         done := qids; failed := nbad;
         BEGIN
-            PERFORM @extschema@._write_embeddings(c.name, g.target, rids, texts, e.v);
+            PERFORM @extschema@._write_embeddings(c.name, g.target, rids, texts, batch.v);
         EXCEPTION WHEN OTHERS THEN
             done := '{}';
             FOR i IN 1 .. cardinality(qids) LOOP
                 BEGIN
-                    PERFORM @extschema@._write_embeddings(c.name, g.target, ARRAY[rids[i]], ARRAY[texts[i]], (e.v)[i:i]);
+                    PERFORM @extschema@._write_embeddings(c.name, g.target, ARRAY[rids[i]], ARRAY[texts[i]], (batch.v)[i:i]);
                     done := done || qids[i];
                 EXCEPTION WHEN OTHERS THEN
                     PERFORM @extschema@._embed_failed(ARRAY[qids[i]], SQLERRM);

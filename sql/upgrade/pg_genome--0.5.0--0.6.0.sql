@@ -7,6 +7,10 @@
 -- genome.search is Rust now (src/search.rs); its PL/pgSQL helper goes.
 DROP FUNCTION IF EXISTS _search(text, text, integer, real, jsonb);
 
+-- cluster_pet's plan step is Rust end to end now (genome._pet_update: rows, not JSON, and the
+-- core's centroids); the JSON one goes.
+DROP FUNCTION IF EXISTS _pet_plan(real[], bigint[], double precision);
+
 -- functions new or changed since the archived install script, views, comments
 CREATE OR REPLACE FUNCTION "_check_registrant"(
 	"kind" TEXT, /* Option < & str > */
@@ -17,6 +21,17 @@ CREATE OR REPLACE FUNCTION "_check_registrant"(
 STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_check_registrant_wrapper';
+
+CREATE OR REPLACE FUNCTION "_embed_photo"(
+	"image" bytea, /* & [u8] */
+	"model" TEXT /* & str */
+) RETURNS TABLE (
+	"embedding" vector,  /* Vector */
+	"quality" real  /* f32 */
+)
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_embed_photo_wrapper';
 
 CREATE OR REPLACE FUNCTION "_lock_key"(
 	"kind" TEXT /* & str */
@@ -32,6 +47,18 @@ CREATE OR REPLACE FUNCTION "_owned_by"(
 STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_owned_by_wrapper';
+
+CREATE OR REPLACE FUNCTION "_pet_update"(
+	"media" TEXT, /* & str */
+	"pet_id" TEXT /* & str */
+) RETURNS TABLE (
+	"joined" INT,  /* i32 */
+	"new_clusters" INT,  /* i32 */
+	"threshold" double precision  /* Option < f64 > */
+)
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_pet_update_wrapper';
 
 CREATE OR REPLACE FUNCTION "_resolve_model"(
 	"spec" TEXT, /* Option < & str > */
@@ -75,6 +102,11 @@ LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
     SELECT m.name, m.version, m.dimension FROM @extschema@.models m WHERE m.id = @extschema@._resolve_model(spec)
 $$;
 
+COMMENT ON FUNCTION register_collection IS 'register an app table as a pg_genome collection (adds embedding and family columns if missing)';
+COMMENT ON FUNCTION unregister_collection IS 'forget a collection and its families and runs (the table and its columns stay)';
+COMMENT ON FUNCTION pending_count IS 'rows of the collection without a family yet';
+COMMENT ON FUNCTION schedule IS 'create or update the pg_cron jobs of a collection: weekly full classification, 10-minute assignment';
+COMMENT ON FUNCTION unschedule IS 'remove the pg_cron jobs of a collection; returns how many were removed';
 CREATE OR REPLACE FUNCTION register_pet_media(source regclass, pet_column name, image_id_column name, image_column name,
                                    taken_at_column name, pose_column name DEFAULT NULL,
                                    name text DEFAULT NULL, model text DEFAULT NULL)
@@ -157,12 +189,8 @@ DECLARE
     t0 timestamptz := clock_timestamp();
     r record;
     added int := 0; failed int := 0; removed int := 0;
-    ids text[]; embs real[]; cls bigint[]; present text[];
-    thr double precision;
-    plan jsonb;
-    new_ids bigint[] := '{}';
-    k int;
-    nid bigint;
+    present text[];
+    upd record;
     res jsonb;
 BEGIN
     IF pid IS NULL THEN
@@ -200,9 +228,10 @@ BEGIN
             CONTINUE;
         END IF;
         BEGIN
+            -- one decode gives the embedding and the quality
             INSERT INTO @extschema@.pet_photos (media, image_id, pet_id, embedding, quality, taken_at, pose)
-            VALUES (m.name, r.image_id, pid, @extschema@.embed_image(r.img, m.model),
-                    (@extschema@.image_quality(r.img) ->> 'score')::real, r.taken_at, r.pose);
+            SELECT m.name, r.image_id, pid, e.embedding, e.quality, r.taken_at, r.pose
+              FROM @extschema@._embed_photo(r.img, m.model) e;
             added := added + 1;
         EXCEPTION WHEN OTHERS THEN
             -- a corrupt or oversized photo is recorded and skipped; the pet's other photos go on
@@ -212,47 +241,28 @@ BEGIN
             failed := failed + 1;
         END;
     END LOOP;
-    SELECT s.threshold INTO thr FROM @extschema@.pet_state s WHERE s.media = m.name AND s.pet_id = pid;
-    SELECT array_agg(p.image_id ORDER BY p.taken_at NULLS LAST, p.image_id),
-           array_agg(p.embedding::real[] ORDER BY p.taken_at NULLS LAST, p.image_id),
-           array_agg(p.cluster_id ORDER BY p.taken_at NULLS LAST, p.image_id)
-      INTO ids, embs, cls
-      FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid AND p.embedding IS NOT NULL
-       -- photos too poor to place (blurred, dark: their features follow the defect, not the look)
-       -- neither form nor join clusters; they stay unassigned
-       AND coalesce(p.quality, 0) >= current_setting('genome.pet_min_quality')::real;
-    IF ids IS NOT NULL THEN
-        plan := @extschema@._pet_plan(embs, cls, thr);
-        FOR k IN 1 .. jsonb_array_length(plan -> 'new_clusters') LOOP
-            INSERT INTO @extschema@.pet_photo_clusters (media, pet_id) VALUES (m.name, pid) RETURNING id INTO nid;
-            new_ids := new_ids || nid;
-        END LOOP;
-        UPDATE @extschema@.pet_photos p
-           SET cluster_id = coalesce((a ->> 1)::bigint, new_ids[(a ->> 2)::int]), similarity = (a ->> 3)::real
-          FROM jsonb_array_elements(plan -> 'assign') a
-         WHERE p.media = m.name AND p.image_id = ids[(a ->> 0)::int];
-        thr := (plan ->> 'threshold')::double precision;
-    END IF;
-    PERFORM @extschema@._use_vector_schema();
+    -- the plan, made by genome-core and written by Rust: photos join or form clusters, and
+    -- every cluster gets the core's centroid (genome._pet_update, src/pets.rs); photos too poor
+    -- to place (genome.pet_min_quality) neither form nor join clusters
+    SELECT * INTO upd FROM @extschema@._pet_update(m.name, pid);
     UPDATE @extschema@.pet_photo_clusters c
-       SET centroid = s.centroid, size = s.n, first_taken_at = s.f, last_taken_at = s.l, updated_at = now()
-      FROM (SELECT p.cluster_id, avg(p.embedding) AS centroid, count(*)::int AS n, min(p.taken_at) AS f, max(p.taken_at) AS l
+       SET size = s.n, first_taken_at = s.f, last_taken_at = s.l, updated_at = now()
+      FROM (SELECT p.cluster_id, count(*)::int AS n, min(p.taken_at) AS f, max(p.taken_at) AS l
               FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid AND p.cluster_id IS NOT NULL
              GROUP BY p.cluster_id) s
      WHERE c.id = s.cluster_id AND c.media = m.name AND c.pet_id = pid
-       AND (c.size IS DISTINCT FROM s.n OR c.centroid IS NULL OR c.last_taken_at IS DISTINCT FROM s.l OR c.first_taken_at IS DISTINCT FROM s.f);
+       AND (c.size IS DISTINCT FROM s.n OR c.last_taken_at IS DISTINCT FROM s.l OR c.first_taken_at IS DISTINCT FROM s.f);
     DELETE FROM @extschema@.pet_photo_clusters c WHERE c.media = m.name AND c.pet_id = pid
        AND NOT EXISTS (SELECT 1 FROM @extschema@.pet_photos p WHERE p.cluster_id = c.id);
-    INSERT INTO @extschema@.pet_state AS s (media, pet_id, threshold) VALUES (m.name, pid, thr)
+    INSERT INTO @extschema@.pet_state AS s (media, pet_id, threshold) VALUES (m.name, pid, upd.threshold)
     ON CONFLICT ON CONSTRAINT pet_state_pkey DO UPDATE SET threshold = EXCLUDED.threshold, updated_at = now();
     SELECT jsonb_build_object(
              'media', m.name, 'pet_id', pid, 'added', added, 'failed', failed, 'removed', removed,
-             'joined', (SELECT count(*) FROM jsonb_array_elements(plan -> 'assign') a WHERE a ->> 1 IS NOT NULL),
-             'new_clusters', coalesce(jsonb_array_length(plan -> 'new_clusters'), 0),
+             'joined', upd.joined, 'new_clusters', upd.new_clusters,
              'clusters', (SELECT count(*) FROM @extschema@.pet_photo_clusters c WHERE c.media = m.name AND c.pet_id = pid),
              'photos', count(*), 'clustered', count(p.cluster_id),
              'unassigned', count(*) FILTER (WHERE p.cluster_id IS NULL AND p.embedding IS NOT NULL),
-             'threshold', thr, 'ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000::numeric))
+             'threshold', upd.threshold, 'ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000::numeric))
       INTO res
       FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid;
     RETURN res;
@@ -291,11 +301,6 @@ COMMENT ON FUNCTION schedule_pet_clustering IS 'create or update the pg_cron job
 COMMENT ON FUNCTION select_heroes IS 'top n photos per cluster of a pet by hero score (quality, centrality, recency, pose)';
 COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
 COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
-COMMENT ON FUNCTION register_collection IS 'register an app table as a pg_genome collection (adds embedding and family columns if missing)';
-COMMENT ON FUNCTION unregister_collection IS 'forget a collection and its families and runs (the table and its columns stay)';
-COMMENT ON FUNCTION pending_count IS 'rows of the collection without a family yet';
-COMMENT ON FUNCTION schedule IS 'create or update the pg_cron jobs of a collection: weekly full classification, 10-minute assignment';
-COMMENT ON FUNCTION unschedule IS 'remove the pg_cron jobs of a collection; returns how many were removed';
 CREATE OR REPLACE FUNCTION "search"(
 	"collection" TEXT, /* Option < & str > */
 	"query" TEXT, /* Option < & str > */
@@ -353,7 +358,7 @@ CREATE OR REPLACE FUNCTION _embed_process(ids bigint[]) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     g record; c @extschema@.collections; rel regclass; col name; model text; idtype text; vtype text;
-    qids bigint[]; rids text[]; texts text[]; e record; ok bigint[]; done bigint[];
+    qids bigint[]; rids text[]; texts text[]; batch record; ok bigint[]; done bigint[];
     i int; t0 timestamptz; embed_ms float8; failed int; out jsonb := '[]';
     rd text; keep_q bigint[]; keep_r text[]; nbad int;
 BEGIN
@@ -425,7 +430,7 @@ BEGIN
         t0 := clock_timestamp();
         BEGIN
             -- a record keeps the vectors' type (vector[]) without naming pgvector's schema
-            SELECT @extschema@.embed_batch(texts, model) AS v INTO e;
+            SELECT @extschema@.embed_batch(texts, model) AS v INTO batch;
         EXCEPTION WHEN OTHERS THEN
             PERFORM @extschema@._embed_failed(qids, SQLERRM);
             out := out || jsonb_build_object('collection', c.name, 'target', g.target, 'model', model, 'rows', cardinality(qids),
@@ -437,12 +442,12 @@ BEGIN
         -- the table's owner: genome._write_embeddings, the one way embeddings are written
         done := qids; failed := nbad;
         BEGIN
-            PERFORM @extschema@._write_embeddings(c.name, g.target, rids, texts, e.v);
+            PERFORM @extschema@._write_embeddings(c.name, g.target, rids, texts, batch.v);
         EXCEPTION WHEN OTHERS THEN
             done := '{}';
             FOR i IN 1 .. cardinality(qids) LOOP
                 BEGIN
-                    PERFORM @extschema@._write_embeddings(c.name, g.target, ARRAY[rids[i]], ARRAY[texts[i]], (e.v)[i:i]);
+                    PERFORM @extschema@._write_embeddings(c.name, g.target, ARRAY[rids[i]], ARRAY[texts[i]], (batch.v)[i:i]);
                     done := done || qids[i];
                 EXCEPTION WHEN OTHERS THEN
                     PERFORM @extschema@._embed_failed(ARRAY[qids[i]], SQLERRM);

@@ -78,6 +78,10 @@ pub struct PetUpdate {
     /// Sizes of the clusters HDBSCAN formed this time.
     pub new_clusters: Vec<usize>,
     pub threshold: Option<f64>,
+    /// Every cluster with members after this update (existing ones, then the new ones in
+    /// order) and its centroid as stored: the mean of its members' vectors as given to
+    /// [`update_pet`] (not centered, not re-normalised), the photos that joined included.
+    pub centroids: Vec<(Target, Vec<f32>)>,
 }
 
 /// Unit-length copy of a sum of vectors (a centroid).
@@ -105,6 +109,7 @@ pub fn update_pet(
 ) -> Result<PetUpdate, Cancelled> {
     assert_eq!(vectors.len(), clusters.len());
     let d = vectors.first().map_or(1, |v| v.len());
+    let given = vectors;
     let centered;
     let vectors = if p.center && vectors.len() > 1 {
         let mut mean = vec![0f64; d];
@@ -146,6 +151,7 @@ pub fn update_pet(
         assignments: Vec::new(),
         new_clusters: Vec::new(),
         threshold,
+        centroids: Vec::new(),
     };
     // 2. join the nearest cluster.
     let mut pending = Vec::new();
@@ -284,7 +290,43 @@ pub fn update_pet(
         }
     }
     out.threshold = threshold;
+    out.centroids = stored_centroids(given, clusters, &out);
     Ok(out)
+}
+
+/// The centroid each cluster is stored with: the plain mean of its members' vectors (the
+/// members it had, and those this update gave it), for every cluster that has members.
+fn stored_centroids(
+    given: &[Vec<f32>],
+    clusters: &[Option<i64>],
+    plan: &PetUpdate,
+) -> Vec<(Target, Vec<f32>)> {
+    let d = given.first().map_or(0, |v| v.len());
+    let mut member_of: Vec<Option<Target>> =
+        clusters.iter().map(|c| c.map(Target::Existing)).collect();
+    for a in &plan.assignments {
+        member_of[a.photo] = Some(a.target);
+    }
+    let mut targets: Vec<Target> = member_of.iter().flatten().copied().collect();
+    targets.sort_by_key(|t| match t {
+        Target::Existing(id) => (0, *id),
+        Target::New(k) => (1, *k as i64),
+    });
+    targets.dedup();
+    targets
+        .into_iter()
+        .map(|t| {
+            let mut sum = vec![0f64; d];
+            let mut n = 0usize;
+            for (v, m) in given.iter().zip(&member_of) {
+                if *m == Some(t) {
+                    sum.iter_mut().zip(v).for_each(|(a, b)| *a += *b as f64);
+                    n += 1;
+                }
+            }
+            (t, sum.iter().map(|x| (x / n as f64) as f32).collect())
+        })
+        .collect()
 }
 
 /// Weights of the hero score; they are normalised by their sum over the parts present
@@ -422,6 +464,29 @@ mod tests {
             t2,
             vec![(22, Target::Existing(9)), (23, Target::Existing(7))]
         );
+    }
+
+    #[test]
+    fn stored_centroids_are_the_plain_means_of_the_members_joined_ones_included() {
+        // Cluster 4: two photos on axes 0 and 1; a third photo halfway joins it. Cluster 6: one
+        // photo on axis 3. Hand-computed means: (1/3 + 0.7071/3, 1/3 + 0.7071/3, 0, 0) and axis 3.
+        let h = std::f32::consts::FRAC_1_SQRT_2;
+        let vecs = vec![axis(4, 0), axis(4, 1), vec![h, h, 0.0, 0.0], axis(4, 3)];
+        let clusters = vec![Some(4), Some(4), None, Some(6)];
+        let p = PetParams {
+            join_margin: 0.0,
+            ..PetParams::default()
+        };
+        let u = update_pet(&vecs, &clusters, Some(0.5), &p, NEVER).unwrap();
+        assert_eq!(u.assignments.len(), 1, "{u:?}");
+        assert_eq!(u.assignments[0].target, Target::Existing(4));
+        let m = (1.0 + h as f64) / 3.0;
+        assert_eq!(u.centroids.len(), 2);
+        assert_eq!(u.centroids[0].0, Target::Existing(4));
+        for (got, want) in u.centroids[0].1.iter().zip([m, m, 0.0, 0.0]) {
+            assert!((*got as f64 - want).abs() < 1e-6, "{:?}", u.centroids[0]);
+        }
+        assert_eq!(u.centroids[1], (Target::Existing(6), axis(4, 3)));
     }
 
     #[test]
