@@ -325,21 +325,32 @@ fn embed_images_names_the_bad_element() {
 }
 
 #[pg_test]
-fn hero_score_and_pet_plan_edges() {
+fn hero_score_and_pet_update_edges() {
     // (0.4 * 0.8 + 0.3 * 0.9 + 0.2 * 0.5) / 0.9 with the default weights and 90-day half-life
     let s = one::<f64>("SELECT genome.hero_score_of(0.8, 0.9, 90)").unwrap();
     assert!((s - (0.4 * 0.8 + 0.3 * 0.9 + 0.2 * 0.5) / 0.9).abs() < 1e-12, "{s}");
-    let p = one::<pgrx::JsonB>(
-        "SELECT genome._pet_plan(ARRAY[[1,0],[0.9,0.1],[0,1]]::real[], ARRAY[NULL,NULL,NULL]::bigint[], NULL)",
+    // a pet with no photos: nothing to plan
+    assert_eq!(
+        one::<i32>("SELECT joined + new_clusters FROM genome._pet_update('none', '1')"),
+        Some(0)
+    );
+    // three photos, fewer than genome.pet_min_pending: nothing happens yet, nothing is written
+    Spi::run("CREATE TABLE ph (pet int, id int, img bytea, at timestamptz)").unwrap();
+    Spi::run(
+        "INSERT INTO genome.pet_media (name, relid, pet_column, image_id_column, image_column, taken_at_column, model, dimension)
+         VALUES ('m', 'ph', 'pet', 'id', 'img', 'at', 'x@1', 2)",
     )
-    .unwrap()
-    .0;
-    // fewer photos than genome.pet_min_pending: nothing happens yet
-    assert_eq!(p["assign"].as_array().map(|a| a.len()), Some(0));
-    assert!(p["threshold"].is_null());
-}
-
-#[pg_test(error = "pg_genome: 3 embedding values do not split into 2 photos")]
-fn pet_plan_rejects_mismatched_arrays() {
-    Spi::run("SELECT genome._pet_plan(ARRAY[1,2,3]::real[], ARRAY[NULL,NULL]::bigint[], NULL)").unwrap();
+    .unwrap();
+    Spi::run(
+        "INSERT INTO genome.pet_photos (media, image_id, pet_id, embedding, quality, taken_at)
+         VALUES ('m', 'a', '1', '[1,0]', 1, now()), ('m', 'b', '1', '[0.9,0.1]', 1, now()), ('m', 'c', '1', '[0,1]', 1, now())",
+    )
+    .unwrap();
+    let r = Spi::get_three::<i32, i32, f64>("SELECT * FROM genome._pet_update('m', '1')").unwrap();
+    assert_eq!(r, (Some(0), Some(0), None));
+    assert_eq!(
+        one::<i64>("SELECT count(*) FROM genome.pet_photos WHERE cluster_id IS NOT NULL"),
+        Some(0)
+    );
+    assert_eq!(one::<i64>("SELECT count(*) FROM genome.pet_photo_clusters"), Some(0));
 }

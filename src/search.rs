@@ -362,6 +362,23 @@ fn with_search_settings<R>(top_k: i32, generic: bool, f: impl FnOnce() -> R) -> 
     f()
 }
 
+/// Both forms of `genome.search`: the collection read after the lock, the query vector from
+/// `query` (given the collection: its model), the search, rows back.
+fn search(
+    collection: Option<&str>,
+    top_k: Option<i32>,
+    score_threshold: Option<f32>,
+    filter: Option<JsonB>,
+    query: impl FnOnce(&Target) -> Option<Vec<f32>>,
+) -> Vec<Hit> {
+    let top_k = top_k.unwrap_or(0);
+    with_search_settings(top_k, filter.is_none(), || {
+        let t = target(collection);
+        let q = query(&t);
+        run(collection, &t, q, top_k, score_threshold, filter)
+    })
+}
+
 /// Semantic search: the rows of a collection most similar to a text (cosine), best first, with
 /// optional equality filters. The text is embedded with the collection's model.
 #[pg_extern(volatile, name = "search")]
@@ -379,25 +396,14 @@ pub fn search_text(
         name!(row, Option<RawJsonb>),
     ),
 > {
-    let generic = filter.is_none();
-    let hits = with_search_settings(top_k.unwrap_or(0), generic, || {
-        let t = target(collection);
-        let q = query.map(|text| {
-            let model = resolve(Some(&t.model));
+    TableIterator::new(search(collection, top_k, score_threshold, filter, |t| {
+        let model = resolve(Some(&t.model));
+        query.map(|text| {
             embed_texts(&model, &[text])
                 .pop()
                 .expect("one vector per text")
-        });
-        run(
-            collection,
-            &t,
-            q,
-            top_k.unwrap_or(0),
-            score_threshold,
-            filter,
-        )
-    });
-    TableIterator::new(hits)
+        })
+    }))
 }
 
 /// Semantic search with a precomputed query vector (the collection's dimension).
@@ -416,17 +422,7 @@ pub fn search_vector(
         name!(row, Option<RawJsonb>),
     ),
 > {
-    let generic = filter.is_none();
-    let hits = with_search_settings(top_k.unwrap_or(0), generic, || {
-        let t = target(collection);
-        run(
-            collection,
-            &t,
-            query_vector.map(|v| v.0),
-            top_k.unwrap_or(0),
-            score_threshold,
-            filter,
-        )
-    });
-    TableIterator::new(hits)
+    TableIterator::new(search(collection, top_k, score_threshold, filter, |_| {
+        query_vector.map(|v| v.0)
+    }))
 }
