@@ -8,7 +8,7 @@
    re-normalised), HNSW index, top 10, p50/p99 over Q queries:
    genome.search(text) (embeds the query), genome.search(vector), each with and without a filter,
    vs a plain pgvector query with the precomputed vector (same filter, same iterative scan).
-usage: benches/queue_bench.py [--texts 2000] [--rows 100000] [--queries 200]
+usage: benches/queue_bench.py [--texts 2000] [--rows 100000] [--queries 200] [--search-only] [--keep]
 Needs the project's cluster (scripts/cluster.sh start) with its embedding worker for "genome".
 """
 import argparse, io, os, statistics, time

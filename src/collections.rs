@@ -1,5 +1,6 @@
-//! Collections as the Rust side sees them. Registration itself is SQL (sql/finalize.sql):
-//! `register_collection`, `unregister_collection`, `pending_count`, the drop event trigger.
+//! Collections as the Rust side sees them. Registration itself is SQL (src/collections.sql):
+//! `register_collection`, `unregister_collection`, `pending_count`; the checks every use makes
+//! are here (`checked_relation`, `genome.collection_relation`).
 //! At the end: reading and writing the collection's own table (embeddings, texts, family ids)
 //! for the jobs, always as the table's owner.
 

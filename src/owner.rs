@@ -17,7 +17,7 @@
 //! transaction and subtransaction abort restore the user id, security context and GUC nest level
 //! they started with.
 //!
-//! From SQL (PL/pgSQL functions such as `_embed_process` and `_search`), the same switch is
+//! From SQL (PL/pgSQL functions such as `_embed_process` and `cluster_pet`), the same switch is
 //! `genome._owner_value(rel, stmt, args...)` and `genome._owner_exec(rel, stmt, args...)`.
 
 use std::ffi::CString;

@@ -2,7 +2,7 @@
 //! `genome._runtime_info()` for `genome.health()`.
 //!
 //! The queue logic itself is SQL (`_embed_claim`, `_embed_process`, `_embed_recover` in
-//! finalize.sql), so that a worker, `genome.process_embed_queue()` and the tests run the same
+//! src/queue.sql: per-row subtransactions), so that a worker, `genome.process_embed_queue()` and the tests run the same
 //! code. A worker is a loop of short transactions: put back rows of dead workers, claim a batch
 //! (committed: the rows show as 'processing' with the worker's pid), embed and write it (second
 //! transaction). Killed in between, its rows are found by the next loop of any worker.
