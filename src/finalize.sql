@@ -30,5 +30,7 @@ BEGIN
 END $grants$;
 GRANT EXECUTE ON FUNCTION progress_slots(), _runtime_info(), _metrics_counters(), _vector_schema(),
     _check_registrant(text, text, oid, regrole), _owner_value(oid, text, text[], text[], text[]) TO genome_monitor;
+-- resolve_model (open to all, as before 0.6.0) calls it; it reads genome.models as the caller
+GRANT EXECUTE ON FUNCTION _resolve_model(text, boolean) TO PUBLIC;
 -- row-level security policies call these as the querying role; they only answer privilege questions
 GRANT EXECUTE ON FUNCTION _owns(oid), _may_read(oid), _owned_by(oid, regrole), _monitor_only() TO PUBLIC;
