@@ -30,11 +30,34 @@ extension_sql_file!(
 
 /// A jsonb value handed from the search statement to the caller as it is: no parse into
 /// serde_json and no re-serialisation (those cost about 30 us per hit). The datum is copied out
-/// of SPI's memory (pgrx reads SPI values into the context above SPI's, which outlives the
-/// set-returning function's calls).
+/// of SPI's memory into the set-returning function's own context (`HITS_CONTEXT`, set by `run`
+/// for the duration of its query): it lives while the rows are returned and goes with the call,
+/// so a long transaction searching many times holds no hits of earlier calls.
 pub struct RawJsonb(pg_sys::Datum);
 
+thread_local! {
+    static HITS_CONTEXT: std::cell::Cell<pg_sys::MemoryContext> =
+        const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
 impl FromDatum for RawJsonb {
+    unsafe fn from_datum_in_memory_context(
+        memory_context: pgrx::PgMemoryContexts,
+        datum: pg_sys::Datum,
+        is_null: bool,
+        typoid: pg_sys::Oid,
+    ) -> Option<Self> {
+        let target = HITS_CONTEXT.with(|c| c.get());
+        let mut cx = if target.is_null() {
+            memory_context
+        } else {
+            pgrx::PgMemoryContexts::For(target)
+        };
+        // SAFETY: as FromDatum's contract; the copy is made in `cx`, a live context (the SRF's
+        // multi-call context while `run` queries, else the one pgrx chose)
+        unsafe { cx.switch_to(|_| Self::from_polymorphic_datum(datum, is_null, typoid)) }
+    }
+
     unsafe fn from_polymorphic_datum(
         datum: pg_sys::Datum,
         is_null: bool,
@@ -282,6 +305,16 @@ fn run(
     let threshold = score_threshold.map_or(-1.0, f64::from);
     let query = |order: &str| -> (Vec<Hit>, usize) {
         let sql = statement(order);
+        // hits are copied into the context this call runs in (the SRF's), see RawJsonb
+        let outer = unsafe { pg_sys::CurrentMemoryContext };
+        let previous = HITS_CONTEXT.with(|c| c.replace(outer));
+        struct Reset(pg_sys::MemoryContext);
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                HITS_CONTEXT.with(|c| c.set(self.0));
+            }
+        }
+        let _reset = Reset(previous);
         crate::owner::as_table_owner(t.rel, || {
             Spi::connect(|client| {
                 with_plan(client, &sql, &types, |stmt| {

@@ -102,6 +102,11 @@ LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
     SELECT m.name, m.version, m.dimension FROM @extschema@.models m WHERE m.id = @extschema@._resolve_model(spec)
 $$;
 
+COMMENT ON FUNCTION register_collection IS 'register an app table as a pg_genome collection (adds embedding and family columns if missing)';
+COMMENT ON FUNCTION unregister_collection IS 'forget a collection and its families and runs (the table and its columns stay)';
+COMMENT ON FUNCTION pending_count IS 'rows of the collection without a family yet';
+COMMENT ON FUNCTION schedule IS 'create or update the pg_cron jobs of a collection: weekly full classification, 10-minute assignment';
+COMMENT ON FUNCTION unschedule IS 'remove the pg_cron jobs of a collection; returns how many were removed';
 CREATE OR REPLACE FUNCTION register_pet_media(source regclass, pet_column name, image_id_column name, image_column name,
                                    taken_at_column name, pose_column name DEFAULT NULL,
                                    name text DEFAULT NULL, model text DEFAULT NULL)
@@ -296,11 +301,6 @@ COMMENT ON FUNCTION schedule_pet_clustering IS 'create or update the pg_cron job
 COMMENT ON FUNCTION select_heroes IS 'top n photos per cluster of a pet by hero score (quality, centrality, recency, pose)';
 COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
 COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
-COMMENT ON FUNCTION register_collection IS 'register an app table as a pg_genome collection (adds embedding and family columns if missing)';
-COMMENT ON FUNCTION unregister_collection IS 'forget a collection and its families and runs (the table and its columns stay)';
-COMMENT ON FUNCTION pending_count IS 'rows of the collection without a family yet';
-COMMENT ON FUNCTION schedule IS 'create or update the pg_cron jobs of a collection: weekly full classification, 10-minute assignment';
-COMMENT ON FUNCTION unschedule IS 'remove the pg_cron jobs of a collection; returns how many were removed';
 CREATE OR REPLACE FUNCTION "search"(
 	"collection" TEXT, /* Option < & str > */
 	"query" TEXT, /* Option < & str > */
@@ -516,13 +516,13 @@ BEGIN
     RAISE LOG 'pg_genome: collection "%" now uses % (re-embedding finished)', collection, c.reembed_model;
 END $$;
 
-COMMENT ON FUNCTION create_search_index IS 'create the pgvector HNSW (cosine) index genome.search uses, unless the embedding column has one';
-COMMENT ON FUNCTION search(text, text, integer, real, jsonb) IS 'semantic search: rows of a collection most similar to a text (cosine), best first, with optional equality filters';
-COMMENT ON FUNCTION search(text, vector, integer, real, jsonb) IS 'semantic search with a precomputed query vector';
 COMMENT ON VIEW progress IS 'full classifications and assignments running now: stage, rows done of total';
 COMMENT ON FUNCTION progress_slots IS 'the raw progress slots of running jobs; genome.progress joins them with pg_stat_activity';
 COMMENT ON FUNCTION health IS 'versions, ONNX Runtime, workers, pg_cron jobs, queue depth and pending assignments as jsonb';
 COMMENT ON FUNCTION metrics IS 'Prometheus text exposition of pg_genome counters and gauges';
+COMMENT ON FUNCTION create_search_index IS 'create the pgvector HNSW (cosine) index genome.search uses, unless the embedding column has one';
+COMMENT ON FUNCTION search(text, text, integer, real, jsonb) IS 'semantic search: rows of a collection most similar to a text (cosine), best first, with optional equality filters';
+COMMENT ON FUNCTION search(text, vector, integer, real, jsonb) IS 'semantic search with a precomputed query vector';
 
 -- src/finalize.sql, privileges
 -- Privileges
