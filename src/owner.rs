@@ -82,34 +82,49 @@ impl Drop for Restore {
     }
 }
 
-fn push_safe_path() -> i32 {
+/// The safe search_path every statement pg_genome builds runs under.
+const SAFE_PATH: (&str, &str) = ("search_path", "pg_catalog, pg_temp");
+
+/// Open a GUC nest level and make `settings` in it (GUC_ACTION_SAVE: `Restore` / AtEOXact_GUC
+/// puts the previous values back, also those code run inside changed). Returns the level.
+fn push_settings(settings: &[(&str, &str)]) -> i32 {
+    // SAFETY: valid C strings; the level is closed by `Restore` or by (sub)transaction abort.
     unsafe {
         let nest = pg_sys::NewGUCNestLevel();
-        let name = CString::new("search_path").unwrap();
-        let value = CString::new("pg_catalog, pg_temp").unwrap();
-        pg_sys::set_config_option(
-            name.as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
+        for (name, value) in settings {
+            let (n, v) = (CString::new(*name).unwrap(), CString::new(*value).unwrap());
+            pg_sys::set_config_option(
+                n.as_ptr(),
+                v.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
         nest
     }
+}
+
+/// Run `f` with `settings` made for its duration only (every setting made inside is restored
+/// after too), and the safe search_path first.
+pub fn with_settings<R>(settings: &[(&str, &str)], f: impl FnOnce() -> R) -> R {
+    let mut all = vec![SAFE_PATH];
+    all.extend_from_slice(settings);
+    let _restore = Restore {
+        user: None,
+        nest: push_settings(&all),
+    };
+    f()
 }
 
 /// Run `f` with `search_path = pg_catalog, pg_temp` (so that regclass and format_type output is
 /// schema-qualified, and no operator or function resolves to a user schema); every setting made
 /// inside is restored after.
 pub fn with_safe_search_path<R>(f: impl FnOnce() -> R) -> R {
-    let _restore = Restore {
-        user: None,
-        nest: push_safe_path(),
-    };
-    f()
+    with_settings(&[], f)
 }
 
 /// Run `f` (statements on the table `rel`) with the safe search path, and as the table's owner
@@ -123,7 +138,7 @@ pub fn as_table_owner<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     // membership (which in PostgreSQL 15 includes SET ROLE), not just inherited privileges: the
     // caller could become the owner itself, so running as the owner gives it nothing new
     let switch = uid != owner && unsafe { pg_sys::is_member_of_role(uid, owner) };
-    let nest = push_safe_path();
+    let nest = push_settings(&[SAFE_PATH]);
     if switch {
         unsafe {
             pg_sys::SetUserIdAndSecContext(

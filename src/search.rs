@@ -8,8 +8,6 @@
 //! a re-embedding makes a new text, and PostgreSQL's plan cache replans a kept plan when a
 //! table it reads changes.
 
-use std::ffi::CString;
-
 use pgrx::callconv::{BoxRet, FcInfo};
 use pgrx::datum::Datum;
 use pgrx::prelude::*;
@@ -303,7 +301,7 @@ fn run(
         PgOid::from(pg_sys::JSONBOID),
     ];
     let threshold = score_threshold.map_or(-1.0, f64::from);
-    let query = |order: &str| -> (Vec<Hit>, usize) {
+    let query = |order: &str| -> Vec<Hit> {
         let sql = statement(order);
         // hits are copied into the context this call runs in (the SRF's), see RawJsonb
         let outer = unsafe { pg_sys::CurrentMemoryContext };
@@ -333,66 +331,41 @@ fn run(
                             spi("reading a hit", r.get::<RawJsonb>(3)),
                         ));
                     }
-                    (out, 0)
+                    out
                 })
             })
         })
     };
-    let (hits, _) = query(&dist);
+    let hits = query(&dist);
     if filter.is_some() && hits.len() < top_k as usize {
         // fewer than asked though more rows may pass the filter: an exact scan over the rows
         // that pass it ("+ 0" keeps the planner off the index)
-        let (all, _) = query(&format!("({dist}) OPERATOR(pg_catalog.+) 0, 1"));
-        return all;
+        return query(&format!("({dist}) OPERATOR(pg_catalog.+) 0, 1"));
     }
     hits
 }
 
-/// Settings for this call only: the safe search_path; pgvector's HNSW settings (at least top_k
+/// Settings for this call only (owner::with_settings): the safe search_path; pgvector's HNSW settings (at least top_k
 /// candidates per scan, as pgvector returns at most ef_search rows per scan; iterative scans so
 /// a filter that rejects many candidates still fills the result); and, without a filter, the
 /// kept generic plan (an HNSW index scan whatever the vector and the limit) instead of planning
 /// each call again for its values (custom plans: about 0.3 ms of a 0.45 ms search at 100k rows).
 /// With a filter the values matter to the plan (how many rows pass), so PostgreSQL chooses.
 fn with_search_settings<R>(top_k: i32, generic: bool, f: impl FnOnce() -> R) -> R {
-    struct Restore(i32);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            if !std::thread::panicking() {
-                // SAFETY: the nest level was made by NewGUCNestLevel below, in this call.
-                unsafe { pg_sys::AtEOXact_GUC(true, self.0) };
-            }
-        }
-    }
-    let nest = unsafe { pg_sys::NewGUCNestLevel() };
-    let _restore = Restore(nest);
+    let ef_search = top_k.max(40).to_string();
     let plans = if generic {
         "force_generic_plan"
     } else {
         "auto"
     };
-    for (name, value) in [
-        ("search_path", "pg_catalog, pg_temp".to_string()),
-        ("hnsw.ef_search", top_k.max(40).to_string()),
-        ("hnsw.iterative_scan", "relaxed_order".to_string()),
-        ("plan_cache_mode", plans.to_string()),
-    ] {
-        let (n, v) = (CString::new(name).unwrap(), CString::new(value).unwrap());
-        // SAFETY: valid C strings; GUC_ACTION_SAVE makes AtEOXact_GUC restore the old value.
-        unsafe {
-            pg_sys::set_config_option(
-                n.as_ptr(),
-                v.as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-        }
-    }
-    f()
+    crate::owner::with_settings(
+        &[
+            ("hnsw.ef_search", &ef_search),
+            ("hnsw.iterative_scan", "relaxed_order"),
+            ("plan_cache_mode", plans),
+        ],
+        f,
+    )
 }
 
 /// Both forms of `genome.search`: the collection read after the lock, the query vector from
