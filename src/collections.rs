@@ -165,7 +165,7 @@ pub fn try_lock(name: &str, shared: bool) -> bool {
 extension_sql_file!(
     "collections.sql",
     name = "collections",
-    requires = ["models"]
+    requires = ["models", collection_relation]
 );
 
 // ---- the app table: embeddings, texts and family ids ------------------------------------------

@@ -160,6 +160,9 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION pending_count IS 'rows of the collection without a family yet';
 
+-- Defined in Rust (src/collections.rs):
+COMMENT ON FUNCTION collection_relation IS 'a collection''s table, after the checks every use makes: registered, table present, registrant still its owner';
+
 -- Private functions
 
 -- After TRUNCATE of a collection's table its families keep their ids and centroids (rows

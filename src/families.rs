@@ -554,5 +554,11 @@ full_run!(
 extension_sql_file!(
     "families.sql",
     name = "families",
-    requires = ["collections"]
+    requires = [
+        "collections",
+        full_classify,
+        hdbscan_recluster,
+        assign::assign_family,
+        assign::cached_centroids
+    ]
 );

@@ -64,6 +64,7 @@ EXCEPTION WHEN OTHERS THEN
     VALUES (collection, 'full_classify', 'failed', jsonb_build_object('min_cluster_size', min_cluster_size), SQLERRM, t0);
     RAISE WARNING 'pg_genome: full classification of "%" failed: %', collection, SQLERRM;
 END $$;
+COMMENT ON FUNCTION run_full_job IS 'the weekly pg_cron job of a collection: a full classification, its failure recorded in genome.runs';
 
 CREATE FUNCTION schedule(collection text, full_cron text DEFAULT '0 0 * * 0', incremental_cron text DEFAULT '*/10 * * * *',
                          batch_size integer DEFAULT 500, min_pending integer DEFAULT 500,
@@ -103,6 +104,12 @@ BEGIN
     RETURN @extschema@._cron_unschedule(ARRAY['genome_full:' || collection, 'genome_assign:' || collection]);
 END $$;
 COMMENT ON FUNCTION unschedule IS 'remove the pg_cron jobs of a collection; returns how many were removed';
+
+-- Defined in Rust (src/families.rs, src/assign.rs):
+COMMENT ON FUNCTION full_classify IS 'the weekly job: embed missing rows, reduce (UMAP-style), cluster (HDBSCAN) and write families with stable ids';
+COMMENT ON FUNCTION hdbscan_recluster IS 'full classification of the rows already embedded (no embedding step); same arguments and result as full_classify';
+COMMENT ON FUNCTION assign_family IS 'the 10-minute job: give rows without a family the nearest family whose centroid reaches its threshold, else Unclustered';
+COMMENT ON FUNCTION cached_centroids IS 'the collections whose centroids this backend has cached, with their generation (tests and health)';
 
 -- Policies
 

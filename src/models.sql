@@ -64,6 +64,7 @@ CREATE FUNCTION resolve_model(spec text DEFAULT NULL, OUT name text, OUT version
 LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
     SELECT m.name, m.version, m.dimension FROM @extschema@.models m WHERE m.id = @extschema@._resolve_model(spec)
 $$;
+COMMENT ON FUNCTION resolve_model IS 'the registered model a spec names (name or name@version, newest version when none; NULL: genome.default_model)';
 
 -- Private functions
 

@@ -55,6 +55,7 @@ BEGIN
         PERFORM @extschema@._cron_unschedule(jobs);
     END IF;
 END $$;
+COMMENT ON FUNCTION on_sql_drop IS 'event trigger: forgets registrations (and unschedules their pg_cron jobs) of dropped tables';
 
 -- After an ALTER TABLE on a registered table: the names of its registered columns, by number.
 -- SECURITY DEFINER: whoever alters the app's table needs no rights on pg_genome's tables; it
@@ -98,6 +99,7 @@ BEGIN
         END;
     END LOOP;
 END $$;
+COMMENT ON FUNCTION on_ddl_end IS 'event trigger: keeps registered column names in step with renames';
 
 -- Private functions
 

@@ -174,6 +174,7 @@ BEGIN
     DELETE FROM @extschema@.pet_media x WHERE x.name = media;   -- photos, clusters, state cascade
     RETURN true;
 END $$;
+COMMENT ON FUNCTION unregister_pet_media IS 'forget a photo table: its photos, clusters and triggers (the app''s table is untouched)';
 
 -- Update one pet's clusters: forget photos gone from the app's table, embed and score new ones,
 -- then join them to clusters or form new ones (genome._pet_update, HDBSCAN on that pet's photos
@@ -322,6 +323,7 @@ LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
 BEGIN
     RETURN @extschema@._cron_unschedule(ARRAY['genome_pets:' || media]);
 END $$;
+COMMENT ON FUNCTION unschedule_pet_clustering IS 'remove the pg_cron job of a photo table; returns how many were removed';
 
 -- Per cluster, the top n photos by hero score (genome.hero_score_of; formula in the README):
 -- quality, centrality (cosine to the centroid), recency (half-life decay from the pet's newest

@@ -90,6 +90,7 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
+COMMENT ON FUNCTION auto_embed_enqueue IS 'trigger: queues inserted rows and rows whose text changed for background embedding';
 
 -- The text changed: its old embedding(s) no longer describe it. SECURITY INVOKER since 0.5.0:
 -- the columns to clear come as trigger arguments (embedding column, then the re-embedding's
@@ -103,6 +104,7 @@ BEGIN
     END IF;
     RETURN NEW;
 END $$;
+COMMENT ON FUNCTION auto_embed_clear IS 'trigger: clears the embedding of a row whose text changed (it no longer describes it)';
 
 CREATE FUNCTION enable_auto_embed(collection text, backfill boolean DEFAULT true) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$

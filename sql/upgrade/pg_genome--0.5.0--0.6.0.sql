@@ -12,6 +12,8 @@ DROP FUNCTION IF EXISTS _search(text, text, integer, real, jsonb);
 DROP FUNCTION IF EXISTS _pet_plan(real[], bigint[], double precision);
 
 -- functions new or changed since the archived install script, views, comments
+COMMENT ON FUNCTION on_sql_drop IS 'event trigger: forgets registrations (and unschedules their pg_cron jobs) of dropped tables';
+COMMENT ON FUNCTION on_ddl_end IS 'event trigger: keeps registered column names in step with renames';
 CREATE OR REPLACE FUNCTION "_check_registrant"(
 	"kind" TEXT, /* Option < & str > */
 	"name" TEXT, /* Option < & str > */
@@ -102,11 +104,7 @@ LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
     SELECT m.name, m.version, m.dimension FROM @extschema@.models m WHERE m.id = @extschema@._resolve_model(spec)
 $$;
 
-COMMENT ON FUNCTION register_collection IS 'register an app table as a pg_genome collection (adds embedding and family columns if missing)';
-COMMENT ON FUNCTION unregister_collection IS 'forget a collection and its families and runs (the table and its columns stay)';
-COMMENT ON FUNCTION pending_count IS 'rows of the collection without a family yet';
-COMMENT ON FUNCTION schedule IS 'create or update the pg_cron jobs of a collection: weekly full classification, 10-minute assignment';
-COMMENT ON FUNCTION unschedule IS 'remove the pg_cron jobs of a collection; returns how many were removed';
+COMMENT ON FUNCTION resolve_model IS 'the registered model a spec names (name or name@version, newest version when none; NULL: genome.default_model)';
 CREATE OR REPLACE FUNCTION register_pet_media(source regclass, pet_column name, image_id_column name, image_column name,
                                    taken_at_column name, pose_column name DEFAULT NULL,
                                    name text DEFAULT NULL, model text DEFAULT NULL)
@@ -179,6 +177,7 @@ BEGIN
 END $$;
 
 COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
+COMMENT ON FUNCTION unregister_pet_media IS 'forget a photo table: its photos, clusters and triggers (the app''s table is untouched)';
 CREATE OR REPLACE FUNCTION cluster_pet(pet_id anycompatible, media text DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -298,9 +297,21 @@ END $$;
 
 COMMENT ON FUNCTION cluster_dirty_pets IS 'update the clusters of pets with new or removed photos (the pg_cron job''s body)';
 COMMENT ON FUNCTION schedule_pet_clustering IS 'create or update the pg_cron job that keeps pets with new photos up to date';
+COMMENT ON FUNCTION unschedule_pet_clustering IS 'remove the pg_cron job of a photo table; returns how many were removed';
 COMMENT ON FUNCTION select_heroes IS 'top n photos per cluster of a pet by hero score (quality, centrality, recency, pose)';
 COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
 COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
+COMMENT ON FUNCTION register_collection IS 'register an app table as a pg_genome collection (adds embedding and family columns if missing)';
+COMMENT ON FUNCTION unregister_collection IS 'forget a collection and its families and runs (the table and its columns stay)';
+COMMENT ON FUNCTION pending_count IS 'rows of the collection without a family yet';
+COMMENT ON FUNCTION collection_relation IS 'a collection''s table, after the checks every use makes: registered, table present, registrant still its owner';
+COMMENT ON FUNCTION run_full_job IS 'the weekly pg_cron job of a collection: a full classification, its failure recorded in genome.runs';
+COMMENT ON FUNCTION schedule IS 'create or update the pg_cron jobs of a collection: weekly full classification, 10-minute assignment';
+COMMENT ON FUNCTION unschedule IS 'remove the pg_cron jobs of a collection; returns how many were removed';
+COMMENT ON FUNCTION full_classify IS 'the weekly job: embed missing rows, reduce (UMAP-style), cluster (HDBSCAN) and write families with stable ids';
+COMMENT ON FUNCTION hdbscan_recluster IS 'full classification of the rows already embedded (no embedding step); same arguments and result as full_classify';
+COMMENT ON FUNCTION assign_family IS 'the 10-minute job: give rows without a family the nearest family whose centroid reaches its threshold, else Unclustered';
+COMMENT ON FUNCTION cached_centroids IS 'the collections whose centroids this backend has cached, with their generation (tests and health)';
 CREATE OR REPLACE FUNCTION "search"(
 	"collection" TEXT, /* Option < & str > */
 	"query" TEXT, /* Option < & str > */
@@ -349,6 +360,8 @@ SELECT c.name AS collection, c.auto_embed, c.model, c.reembed_model,
  GROUP BY c.name, c.auto_embed, c.model, c.reembed_model;
 
 COMMENT ON VIEW embed_queue IS 'background embedding per collection: rows by status, oldest waiting, throughput over the last minute, newest error';
+COMMENT ON FUNCTION auto_embed_enqueue IS 'trigger: queues inserted rows and rows whose text changed for background embedding';
+COMMENT ON FUNCTION auto_embed_clear IS 'trigger: clears the embedding of a row whose text changed (it no longer describes it)';
 COMMENT ON FUNCTION enable_auto_embed IS 'embed inserted rows and rows whose text changed in the background (queues rows without embedding when backfill); returns rows queued';
 COMMENT ON FUNCTION disable_auto_embed IS 'stop background embedding of a collection; returns queued rows dropped (rows being embedded finish)';
 COMMENT ON FUNCTION process_embed_queue IS 'embed one batch of queued rows in this transaction (the background worker does this by itself)';

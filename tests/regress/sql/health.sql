@@ -10,3 +10,7 @@ SELECT (genome.health() ->> 'extension_version') = (SELECT extversion FROM pg_ex
 SELECT DISTINCT split_part(split_part(l, ' ', 1), '{', 1) AS metric
   FROM unnest(string_to_array(genome.metrics(), E'\n')) l
  WHERE l <> '' AND l NOT LIKE '#%' ORDER BY 1;
+-- every public function of the extension has a COMMENT (psql \df+ shows what it is for)
+SELECT p.oid::regprocedure AS uncommented FROM pg_proc p
+ WHERE p.pronamespace = 'genome'::regnamespace AND p.proname !~ '^_'
+   AND obj_description(p.oid, 'pg_proc') IS NULL ORDER BY 1;
