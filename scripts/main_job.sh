@@ -154,3 +154,49 @@ SELECT h.cluster_id, h.rank, h.image_id, round(h.score::numeric, 3) AS score, ro
 \echo The API payload for luna (trimmed)
 SELECT jsonb_pretty(p - 'clusters' || jsonb_build_object('first_cluster', p->'clusters'->0)) FROM genome.pet_clusters('luna', 'pet_photos') p;
 SQL
+
+say "main job, part 5: capability ranking — the cheat sheets of PyPI 'cheat' as a catalog, rankings before and after training"
+"$VENV/bin/python" "$REPO/tools/cheat_catalog.py" "$STATE/data/cheat"
+psql -v ON_ERROR_STOP=1 -q <<SQL
+-- An app's own tables: capabilities (one per cheat sheet) and the tools their commands use.
+-- Dropping them also drops the catalog's registration, features, logs and rankers (event trigger).
+DROP TABLE IF EXISTS public.cheat_links, public.cheat_capabilities, public.cheat_intents;
+CREATE TABLE public.cheat_capabilities (name text PRIMARY KEY, description text NOT NULL);
+CREATE TABLE public.cheat_links (capability text NOT NULL REFERENCES public.cheat_capabilities ON DELETE CASCADE, tool text NOT NULL);
+CREATE TABLE public.cheat_intents (intent text NOT NULL, capability text NOT NULL, split text NOT NULL);
+\copy public.cheat_capabilities FROM '$STATE/data/cheat/capabilities.tsv' WITH (FORMAT csv, DELIMITER E'\t', HEADER true, QUOTE E'\x01')
+\copy public.cheat_links FROM '$STATE/data/cheat/links.tsv' WITH (FORMAT csv, DELIMITER E'\t', HEADER true, QUOTE E'\x01')
+\copy public.cheat_intents FROM '$STATE/data/cheat/intents.tsv' WITH (FORMAT csv, DELIMITER E'\t', HEADER true, QUOTE E'\x01')
+CREATE VIEW public.cheat_train AS SELECT intent, capability FROM public.cheat_intents WHERE split = 'train';
+CREATE VIEW public.cheat_test AS SELECT intent, capability FROM public.cheat_intents WHERE split = 'test';
+SELECT count(*) AS capabilities, (SELECT count(DISTINCT tool) FROM public.cheat_links) AS tools,
+       (SELECT count(*) FROM public.cheat_intents WHERE split = 'train') AS train_intents,
+       (SELECT count(*) FROM public.cheat_intents WHERE split = 'test') AS test_intents FROM public.cheat_capabilities;
+SELECT name, model FROM genome.register_catalog('cheat', 'public.cheat_capabilities', 'name', 'description',
+                                                'public.cheat_links', 'capability', 'tool');
+\timing on
+SELECT genome.refresh_catalog('cheat') AS capabilities_embedded;
+\timing off
+\echo Rankings before any training (fused HNSW + BM25 retrieval; no model, no confidence):
+SELECT q.intent, r.rank, r.capability, round(r.score::numeric, 4) AS score, r.confidence, r.model_version
+  FROM (VALUES ('extract a compressed archive'), ('find files larger than 100 MB'), ('show which process listens on a port')) q(intent)
+  CROSS JOIN LATERAL genome.rank_capabilities(q.intent, top_k => 3, catalog => 'cheat') r ORDER BY q.intent, r.rank;
+SELECT round((m->>'mrr')::numeric, 3) AS test_mrr, round((m->>'hit_at_10')::numeric, 3) AS test_hit_at_10
+  FROM genome.evaluate_ranker('cheat', 'public.cheat_test') m;
+\echo Training a ranker on the train intents (imported as successful experiences):
+\timing on
+SELECT version, stage, examples, dev_examples, round(dev_mrr::numeric, 3) AS dev_mrr, round(dev_ece::numeric, 3) AS dev_ece
+  FROM genome.train_ranker('cheat', 'public.cheat_train');
+\timing off
+\echo Rankings after training (calibrated confidence, model version; every call is logged):
+SELECT q.intent, r.rank, r.capability, round(r.score::numeric, 3) AS score, round(r.confidence::numeric, 3) AS confidence, r.model_version
+  FROM (VALUES ('extract a compressed archive'), ('find files larger than 100 MB'), ('show which process listens on a port')) q(intent)
+  CROSS JOIN LATERAL genome.rank_capabilities(q.intent, top_k => 3, catalog => 'cheat') r ORDER BY q.intent, r.rank;
+\echo Held-out test intents, after training:
+SELECT round((m->>'mrr')::numeric, 3) AS test_mrr, round((m->>'hit_at_10')::numeric, 3) AS test_hit_at_10,
+       round((m->>'ece')::numeric, 3) AS ece FROM genome.evaluate_ranker('cheat', 'public.cheat_test') m;
+\echo An outcome comes back for the last ranking:
+SELECT genome.record_outcome(k.id, k.candidates[1], 'success', execution_ms => 40) AS experience_id
+  FROM genome.rankings k WHERE k.catalog = 'cheat' ORDER BY k.id DESC LIMIT 1;
+SELECT catalog, version, stage, round(dev_mrr::numeric, 3) AS dev_mrr FROM genome.ranker_versions WHERE catalog = 'cheat';
+SQL

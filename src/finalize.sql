@@ -34,3 +34,4 @@ GRANT EXECUTE ON FUNCTION progress_slots(), _runtime_info(), _metrics_counters()
 GRANT EXECUTE ON FUNCTION _resolve_model(text, boolean) TO PUBLIC;
 -- row-level security policies call these as the querying role; they only answer privilege questions
 GRANT EXECUTE ON FUNCTION _owns(oid), _may_read(oid), _owned_by(oid, regrole), _monitor_only() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION _catalog_readable(text), _catalog_owned(text) TO PUBLIC;

@@ -28,6 +28,8 @@ pub static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 // Measured (1 thread, real texts sorted by length): batch 1-8 run at the same speed, 16 is 10% and
 // 32 is 30% slower with more memory; 8 keeps cancellation checks frequent.
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(8);
+/// Days of outcomes and rankings kept by prune_experiences (0 = all).
+pub static EXPERIENCE_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(90);
 pub static EXECUTION_PROVIDER: GucSetting<Provider> = GucSetting::<Provider>::new(Provider::Cpu);
 pub static MODEL_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// 0 = one per CPU core.
@@ -87,6 +89,16 @@ pub fn init() {
         c"Path of the ONNX Runtime shared library (libonnxruntime.so).",
         c"$libdir expands to PostgreSQL's package library directory. Loaded once per backend, on first use.",
         &ONNXRUNTIME_LIBRARY,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"genome.experience_retention_days",
+        c"Days of logged outcomes and rankings that genome.prune_experiences keeps.",
+        c"0 keeps everything; imported labelled examples are never pruned.",
+        &EXPERIENCE_RETENTION_DAYS,
+        0,
+        36500,
         GucContext::Suset,
         GucFlags::default(),
     );

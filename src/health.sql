@@ -77,7 +77,12 @@ BEGIN
                         CROSS JOIN LATERAL (SELECT count(*) AS n, count(*) FILTER (WHERE p.error IS NOT NULL) AS failed
                                               FROM @extschema@.pet_photos p WHERE p.media = pm.name) ph
                         CROSS JOIN LATERAL (SELECT count(*) AS n, min(d.marked_at) AS oldest
-                                              FROM @extschema@.pet_dirty d WHERE d.media = pm.name) dt))
+                                              FROM @extschema@.pet_dirty d WHERE d.media = pm.name) dt),
+        -- ranking catalogs the caller may read (0.7.0): features, drift, online figures
+        'ranking', (SELECT coalesce(jsonb_agg(@extschema@.ranking_monitor(c.name) ORDER BY c.name), '[]')
+                      FROM @extschema@.catalogs c
+                     WHERE @extschema@._catalog_readable(c.name)
+                       AND @extschema@._owned_by(c.relid, c.registered_by) AND @extschema@._owned_by(c.links, c.registered_by)))
       INTO h;
     RETURN h;
 END $$;
@@ -113,6 +118,21 @@ BEGIN
     FOR r IN SELECT DISTINCT ON (x.collection) x.collection, x.n_clusters FROM @extschema@.runs x
               WHERE x.status = 'succeeded' ORDER BY x.collection, x.id DESC LOOP
         out := out || format(E'genome_last_run_clusters{collection="%s"} %s\n', r.collection, coalesce(r.n_clusters, 0));
+    END LOOP;
+    -- ranking (0.7.0), catalogs the caller may read
+    out := out || E'# HELP genome_rank_online Recent (1 day) ranking figures per catalog: p50/p99 latency (ms), fallback and error rates, MRR of the production ranker on logged outcomes, drift flags (1 = drift), features ok.\n# TYPE genome_rank_online gauge\n';
+    FOR r IN SELECT c.name, @extschema@.ranking_monitor(c.name) AS m FROM @extschema@.catalogs c
+              WHERE @extschema@._catalog_readable(c.name) AND c.feature_version > 0
+                AND @extschema@._owned_by(c.relid, c.registered_by) AND @extschema@._owned_by(c.links, c.registered_by)
+              ORDER BY 1 LOOP
+        out := out || (SELECT coalesce(string_agg(format(E'genome_rank_online{catalog="%s",figure="%s"} %s\n', r.name, k, v), '' ORDER BY k), '')
+                         FROM (VALUES ('p50_ms', r.m #>> '{online,p50_ms}'), ('p99_ms', r.m #>> '{online,p99_ms}'),
+                                      ('fallback_rate', r.m #>> '{online,fallback_rate}'), ('error_rate', r.m #>> '{online,error_rate}'),
+                                      ('mrr_logged', r.m #>> '{online,mrr_logged}'),
+                                      ('intent_drift', (r.m #>> '{drift,intent_drift}')::boolean::int::text),
+                                      ('score_drift', (r.m #>> '{drift,score_drift}')::boolean::int::text),
+                                      ('features_ok', (r.m #>> '{features,ok}')::boolean::int::text)) f(k, v)
+                        WHERE v IS NOT NULL);
     END LOOP;
     out := out || E'# HELP genome_workers_alive Background embedding workers running in this cluster.\n# TYPE genome_workers_alive gauge\n'
                || format(E'genome_workers_alive %s\n', (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_genome embed worker'));

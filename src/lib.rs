@@ -37,6 +37,7 @@ pub mod pets;
 pub mod plans;
 pub mod progress;
 pub mod queue;
+pub mod ranking;
 pub mod search;
 pub mod vector;
 

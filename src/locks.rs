@@ -19,6 +19,8 @@ pub enum LockKey {
     Collection = 0x6765_6e6f,
     Embedding = 0x6765_6e70,
     Pet = 0x6765_6e71,
+    /// A catalog's feature refresh, training and ranker stages (since 0.7.0).
+    Ranking = 0x6765_6e72,
 }
 
 impl LockKey {
@@ -27,6 +29,7 @@ impl LockKey {
             "collection" => Some(LockKey::Collection),
             "embedding" => Some(LockKey::Embedding),
             "pet" => Some(LockKey::Pet),
+            "ranking" => Some(LockKey::Ranking),
             _ => None,
         }
     }

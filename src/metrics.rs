@@ -24,6 +24,12 @@ pub struct Counters {
     pub worker_batches: u64,
     pub worker_rows_completed: u64,
     pub worker_rows_failed: u64,
+    /// rank_capabilities calls, those served by the fused retrieval (no ranker), and their
+    /// latency (the whole call, intent embedding included).
+    pub rank_calls: u64,
+    pub rank_fallbacks: u64,
+    pub rank_latency_buckets: [u64; 12],
+    pub rank_latency_sum_us: u64,
 }
 unsafe impl PGRXSharedMemory for Counters {}
 
@@ -51,13 +57,20 @@ pub fn record_embed(n: usize, elapsed: Duration, ok: bool) {
         } else {
             c.embed_errors += 1;
         }
-        let s = elapsed.as_secs_f64();
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if s <= *le {
-                c.latency_buckets[i] += 1;
-            }
-        }
-        c.latency_sum_us += elapsed.as_micros() as u64;
+        observe(&mut c.latency_buckets, &mut c.latency_sum_us, elapsed);
+    });
+}
+
+/// One rank_capabilities call.
+pub fn record_ranking(elapsed: Duration, fallback: bool) {
+    update(|c| {
+        c.rank_calls += 1;
+        c.rank_fallbacks += fallback as u64;
+        observe(
+            &mut c.rank_latency_buckets,
+            &mut c.rank_latency_sum_us,
+            elapsed,
+        );
     });
 }
 
@@ -68,6 +81,28 @@ pub fn record_worker_batch(completed: u64, failed: u64) {
         c.worker_rows_completed += completed;
         c.worker_rows_failed += failed;
     });
+}
+
+/// A latency histogram in Prometheus text exposition (cumulative buckets of [`BUCKETS`]).
+fn histogram(o: &mut String, name: &str, help: &str, buckets: &[u64; 12], sum_us: u64, count: u64) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (i, le) in BUCKETS.iter().enumerate() {
+        let _ = writeln!(o, "{name}_bucket{{le=\"{le}\"}} {}", buckets[i]);
+    }
+    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(o, "{name}_sum {}", sum_us as f64 / 1e6);
+    let _ = writeln!(o, "{name}_count {count}");
+}
+
+/// Count one observation into a histogram's buckets and sum.
+fn observe(buckets: &mut [u64; 12], sum_us: &mut u64, elapsed: Duration) {
+    let s = elapsed.as_secs_f64();
+    for (i, le) in BUCKETS.iter().enumerate() {
+        if s <= *le {
+            buckets[i] += 1;
+        }
+    }
+    *sum_us += elapsed.as_micros() as u64;
 }
 
 /// The counters as Prometheus text exposition (genome.metrics() appends the gauges it reads
@@ -104,28 +139,28 @@ pub fn exposition(c: &Counters) -> String {
          genome_worker_rows_total{{result=\"completed\"}} {}\ngenome_worker_rows_total{{result=\"failed\"}} {}",
         c.worker_rows_completed, c.worker_rows_failed
     );
-    let _ = writeln!(
-        o,
-        "# HELP genome_embed_latency_seconds Latency of one model call.\n# TYPE genome_embed_latency_seconds histogram"
-    );
-    for (i, le) in BUCKETS.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "genome_embed_latency_seconds_bucket{{le=\"{le}\"}} {}",
-            c.latency_buckets[i]
-        );
-    }
-    let _ = writeln!(
-        o,
-        "genome_embed_latency_seconds_bucket{{le=\"+Inf\"}} {}",
-        c.embed_calls
+    histogram(
+        &mut o,
+        "genome_embed_latency_seconds",
+        "Latency of one model call.",
+        &c.latency_buckets,
+        c.latency_sum_us,
+        c.embed_calls,
     );
     let _ = writeln!(
         o,
-        "genome_embed_latency_seconds_sum {}",
-        c.latency_sum_us as f64 / 1e6
+        "# HELP genome_rank_fallbacks_total rank_capabilities calls served by the fused retrieval score (no trained ranker).\n\
+         # TYPE genome_rank_fallbacks_total counter\ngenome_rank_fallbacks_total {}",
+        c.rank_fallbacks
     );
-    let _ = writeln!(o, "genome_embed_latency_seconds_count {}", c.embed_calls);
+    histogram(
+        &mut o,
+        "genome_rank_latency_seconds",
+        "Latency of rank_capabilities.",
+        &c.rank_latency_buckets,
+        c.rank_latency_sum_us,
+        c.rank_calls,
+    );
     let _ = writeln!(
         o,
         // always 1 since the preload became mandatory (0.4.1); kept for existing dashboards

@@ -84,14 +84,16 @@ pub fn parse_spec(spec: Option<&str>) -> (String, Option<String>) {
     }
 }
 
-/// Find the registry row for a model spec; the newest version when none is given.
+/// Find the registry row for a model spec; when no version is given, the production version,
+/// else the newest that is not archived.
 pub fn resolve(spec: Option<&str>) -> ModelRow {
     let (name, version) = parse_spec(spec);
     let row = Spi::connect(|client| {
         let t = client.select(
             "SELECT id, name, version, task, dimension, config::text, xmin::text || ':' || ctid::text \
                FROM genome.models WHERE name = $1 AND ($2::text IS NULL OR version = $2) \
-              ORDER BY created_at DESC, id DESC LIMIT 1",
+              ORDER BY CASE stage WHEN 'production' THEN 0 WHEN 'archived' THEN 2 ELSE 1 END, \
+                       created_at DESC, id DESC LIMIT 1",
             None,
             &[name.as_str().into(), version.clone().into()],
         )?;

@@ -15,6 +15,10 @@ CREATE TABLE models (
     config      jsonb NOT NULL,        -- pooling, normalize, max_tokens, output_name, input_names, dimension
     sha256      text NOT NULL,         -- of the ONNX bytes
     created_at  timestamptz NOT NULL DEFAULT now(),
+    -- lifecycle (0.7.0): NULL = unmanaged; a name given without a version resolves to its
+    -- production version, else its newest version that is not archived
+    stage       text CHECK (stage IN ('staging', 'production', 'archived')),
+    promoted_at timestamptz,
     UNIQUE (name, version),
     CHECK ((onnx IS NULL) <> (onnx_path IS NULL)),
     CHECK ((config->>'dimension')::int = dimension)
@@ -27,6 +31,39 @@ GRANT SELECT ON models TO genome_monitor;
 GRANT SELECT, INSERT, UPDATE, DELETE ON models TO genome_admin;
 
 -- Functions
+
+-- Lifecycle of registry models (text and image): promote a version to production (the previous
+-- production version is archived), roll back to the previous one. Writes genome.models, which
+-- needs genome_admin (SECURITY INVOKER).
+CREATE FUNCTION promote_model(name text, version text) RETURNS @extschema@.models
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE r @extschema@.models;
+BEGIN
+    PERFORM pg_advisory_xact_lock(@extschema@._lock_key('ranking'), hashtext('model:' || name));
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.models m WHERE m.name = promote_model.name AND m.version = promote_model.version) THEN
+        RAISE EXCEPTION 'pg_genome: model "%" version "%" is not registered', name, version USING ERRCODE = '42704';
+    END IF;
+    UPDATE @extschema@.models m SET stage = 'archived'
+     WHERE m.name = promote_model.name AND m.stage = 'production' AND m.version <> promote_model.version;
+    UPDATE @extschema@.models m SET stage = 'production', promoted_at = now()
+     WHERE m.name = promote_model.name AND m.version = promote_model.version RETURNING * INTO r;
+    RETURN r;
+END $$;
+COMMENT ON FUNCTION promote_model IS 'make a model version the one its name resolves to (production); the previous production version is archived';
+
+CREATE FUNCTION rollback_model(name text) RETURNS @extschema@.models
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE v text;
+BEGIN
+    SELECT m.version INTO v FROM @extschema@.models m
+     WHERE m.name = rollback_model.name AND m.stage = 'archived' AND m.promoted_at IS NOT NULL
+     ORDER BY m.promoted_at DESC LIMIT 1;
+    IF v IS NULL THEN
+        RAISE EXCEPTION 'pg_genome: model "%" has no earlier production version to roll back to', name USING ERRCODE = '55000';
+    END IF;
+    RETURN @extschema@.promote_model(name, v);
+END $$;
+COMMENT ON FUNCTION rollback_model IS 'make the previous production version of a model the production one again';
 
 -- Registers model.onnx, tokenizer.json and genome.json from a directory on the database server.
 -- Reading server files is for superusers and pg_read_server_files: pg_read_binary_file and

@@ -241,11 +241,32 @@ unsafe impl<'fcx> ArgAbi<'fcx> for RegRole {
     }
 }
 
-/// A `regclass` result: a relation's OID.
+/// A `regclass` argument or result: a relation's OID.
 #[derive(Clone, Copy, Debug)]
 pub struct RegClass(pub pg_sys::Oid);
 
 pgrx::impl_sql_translatable!(RegClass, "regclass");
+
+impl FromDatum for RegClass {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _oid: pg_sys::Oid,
+    ) -> Option<Self> {
+        // SAFETY: a regclass datum is an OID by value
+        unsafe { pg_sys::Oid::from_polymorphic_datum(datum, is_null, pg_sys::OIDOID) }.map(RegClass)
+    }
+}
+
+unsafe impl<'fcx> ArgAbi<'fcx> for RegClass {
+    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
+        let index = arg.index();
+        unsafe {
+            arg.unbox_arg_using_from_datum()
+                .unwrap_or_else(|| panic!("argument {index} must not be null"))
+        }
+    }
+}
 
 impl IntoDatum for RegClass {
     fn into_datum(self) -> Option<pg_sys::Datum> {

@@ -36,7 +36,7 @@ END $roles$;
 -- table may not own the registry; the function only deletes rows naming the dropped relation.
 CREATE FUNCTION on_sql_drop() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE jobs text[];
+DECLARE jobs text[]; catalogs text[]; c text;
 BEGIN
     WITH gone AS (DELETE FROM @extschema@.collections
                    WHERE relid IN (SELECT objid FROM pg_event_trigger_dropped_objects()
@@ -49,6 +49,16 @@ BEGIN
                                     WHERE classid = 'pg_class'::regclass AND objsubid = 0)
                   RETURNING name)
     SELECT coalesce(jobs, '{}') || coalesce(array_agg('genome_pets:' || name), '{}') INTO jobs FROM gone;
+    -- ranking catalogs on any of their tables (0.7.0): features, logs and rankers go with them
+    WITH gone AS (DELETE FROM @extschema@.catalogs
+                   WHERE relid IN (SELECT objid FROM pg_event_trigger_dropped_objects() WHERE classid = 'pg_class'::regclass AND objsubid = 0)
+                      OR links IN (SELECT objid FROM pg_event_trigger_dropped_objects() WHERE classid = 'pg_class'::regclass AND objsubid = 0)
+                      OR tools IN (SELECT objid FROM pg_event_trigger_dropped_objects() WHERE classid = 'pg_class'::regclass AND objsubid = 0)
+                  RETURNING name)
+    SELECT coalesce(jobs, '{}') || coalesce(array_agg('genome_catalog:' || name), '{}'), array_agg(name) INTO jobs, catalogs FROM gone;
+    FOREACH c IN ARRAY coalesce(catalogs, '{}') LOOP
+        PERFORM @extschema@._catalog_index(c, false);
+    END LOOP;
     -- and their pg_cron jobs (0.5.0): a job left behind would run under the same name on
     -- whatever table is registered next under it
     IF cardinality(jobs) > 0 THEN

@@ -6,6 +6,9 @@
 //!   genome cluster-pets [--media NAME] [--pet ID] [--max-pets 100]
 //!   genome pet ID [--media NAME] [--heroes 3]
 //!   genome status
+//!   genome rank "INTENT" [--catalog NAME] [--top-k 10] [--context-tool TOOL ...]
+//!   genome train-ranker --catalog NAME [--examples TABLE] [--dev TABLE] [--epochs 8] [--no-promote]
+//!   genome models
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -82,6 +85,36 @@ enum Cmd {
     },
     /// Collections, pending counts, families, pet media, last runs, scheduled jobs.
     Status,
+    /// Rank a catalog's capabilities for an intent (genome.rank_capabilities).
+    Rank {
+        intent: String,
+        #[arg(long)]
+        catalog: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        top_k: i32,
+        /// Tools already in use (repeat the option).
+        #[arg(long)]
+        context_tool: Vec<String>,
+    },
+    /// Train a ranker version (genome.train_ranker), with progress; Ctrl-C cancels and leaves
+    /// the production ranker serving.
+    TrainRanker {
+        #[arg(long)]
+        catalog: String,
+        /// Table of labelled (intent, capability) pairs to import as successes.
+        #[arg(long)]
+        examples: Option<String>,
+        /// Table of labelled pairs for early stopping and calibration.
+        #[arg(long)]
+        dev: Option<String>,
+        #[arg(long, default_value_t = 8)]
+        epochs: i32,
+        /// Register the version as staging instead of promoting it to production.
+        #[arg(long)]
+        no_promote: bool,
+    },
+    /// Registered models (text and image) and ranker versions with their stages.
+    Models,
 }
 
 fn connect(url: &Option<String>) -> Client {
@@ -414,6 +447,144 @@ fn status(url: &Option<String>) {
     }
 }
 
+fn rank(
+    url: &Option<String>,
+    intent: &str,
+    catalog: &Option<String>,
+    top_k: i32,
+    tools: &[String],
+) {
+    let mut c = connect(url);
+    let tools: Option<Vec<String>> = (!tools.is_empty()).then(|| tools.to_vec());
+    let rows = c
+        .query(
+            "SELECT rank, capability, score, confidence, model_version, ranking_id
+               FROM genome.rank_capabilities($1, $2, $3, $4)",
+            &[&intent, &tools, &top_k, catalog],
+        )
+        .unwrap_or_else(|e| fail(e));
+    let version = rows
+        .first()
+        .and_then(|r| r.get::<_, Option<String>>(4))
+        .unwrap_or_else(|| "none (fused retrieval)".into());
+    let id: i64 = rows.first().map(|r| r.get(5)).unwrap_or(0);
+    println!("ranker {version}, ranking_id {id}");
+    for r in rows {
+        let (k, cap, score, conf): (i32, String, f32, Option<f32>) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let conf = conf.map_or("-".to_string(), |p| format!("{:.1}%", p * 100.0));
+        println!("  {k:>3}  {cap:<32} score {score:>9.4}  confidence {conf}");
+    }
+}
+
+fn train_ranker(
+    url: &Option<String>,
+    catalog: &str,
+    examples: &Option<String>,
+    dev: &Option<String>,
+    epochs: i32,
+    promote: bool,
+) {
+    let mut c = connect(url);
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap_or_else(|e| fail(e))
+        .get(0);
+    let cancel_token = c.cancel_token();
+    let url2 = url.clone();
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let flag = cancelled.clone();
+    ctrlc::set_handler(move || {
+        flag.store(true, Ordering::SeqCst);
+        let _ = cancel_token.cancel_query(NoTls);
+    })
+    .expect("Ctrl-C handler");
+    let catalog_s = catalog.to_string();
+    let done = Arc::new(AtomicBool::new(false));
+    let done2 = done.clone();
+    // progress from genome.progress, read on a second connection
+    let watcher = std::thread::spawn(move || {
+        let mut w = connect(&url2);
+        let mut last = String::new();
+        while !done2.load(Ordering::SeqCst) {
+            if let Ok(rows) = w.query(
+                "SELECT stage, done, total FROM genome.progress WHERE pid = $1",
+                &[&pid],
+            ) {
+                for r in rows {
+                    let (st, d, t): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
+                    let line = format!("train-ranker {catalog_s}: {st} {d}/{t}");
+                    if line != last {
+                        eprintln!("{line}");
+                        last = line;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1000));
+        }
+    });
+    let started = Instant::now();
+    let res = c.query_one(
+        "SELECT version, stage, examples, dev_examples, dev_mrr, dev_hit_at_10, dev_ece
+           FROM genome.train_ranker($1, $2::text::regclass, dev => $3::text::regclass, epochs => $4, promote => $5)",
+        &[&catalog, examples, dev, &epochs, &promote],
+    );
+    done.store(true, Ordering::SeqCst);
+    let _ = watcher.join();
+    match res {
+        Ok(r) => {
+            let (v, st, n, nd, mrr, h10, ece): (String, String, i64, i64, f32, f32, f32) = (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+            );
+            println!(
+                "ranker {v} ({st}): {n} examples, dev {nd}: MRR {mrr:.3}, Hit@10 {h10:.3}, ECE {ece:.3}; {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Err(_) if cancelled.load(Ordering::SeqCst) => {
+            eprintln!("genome: training cancelled; the production ranker still serves");
+            std::process::exit(130)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn models(url: &Option<String>) {
+    let mut c = connect(url);
+    println!("models:");
+    for r in c
+        .query(
+            "SELECT name, version, task, dimension, coalesce(stage, '-') FROM genome.models ORDER BY name, created_at",
+            &[],
+        )
+        .unwrap_or_else(|e| fail(e))
+    {
+        let (n, v, t, d, st): (String, String, String, i32, String) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        println!("  {n}@{v:<12} {t:<16} {d:>5} dimensions  stage {st}");
+    }
+    println!("rankers:");
+    for r in c
+        .query(
+            "SELECT catalog, version, stage, coalesce(canary_share, 0)::float8, coalesce(dev_mrr, 0)::float8,
+                    coalesce(dev_hit_at_10, 0)::float8, to_char(trained_at, 'YYYY-MM-DD HH24:MI')
+               FROM genome.ranker_versions ORDER BY catalog, trained_at",
+            &[],
+        )
+        .unwrap_or_else(|e| fail(e))
+    {
+        let (cat, v, st, share, mrr, h10, at): (String, String, String, f64, f64, f64, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6));
+        let canary = if share > 0.0 { format!(" (canary {:.0}%)", share * 100.0) } else { String::new() };
+        println!("  {cat:<16} {v:<6} {st:<10}{canary} dev MRR {mrr:.3}, Hit@10 {h10:.3}, trained {at}");
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     match &cli.cmd {
@@ -456,5 +627,19 @@ fn main() {
             heroes,
         } => pet(&cli.url, p, media, *heroes),
         Cmd::Status => status(&cli.url),
+        Cmd::Rank {
+            intent,
+            catalog,
+            top_k,
+            context_tool,
+        } => rank(&cli.url, intent, catalog, *top_k, context_tool),
+        Cmd::TrainRanker {
+            catalog,
+            examples,
+            dev,
+            epochs,
+            no_promote,
+        } => train_ranker(&cli.url, catalog, examples, dev, *epochs, !*no_promote),
+        Cmd::Models => models(&cli.url),
     }
 }

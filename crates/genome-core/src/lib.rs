@@ -21,6 +21,7 @@ pub mod error;
 pub mod families;
 pub mod image;
 pub mod pets;
+pub mod rank;
 pub mod reduce;
 
 pub use error::{Error, Result};

@@ -1,0 +1,1060 @@
+//! The ranker as data: a catalog's features ([`Catalog`]), the memory of past successful intents
+//! ([`Memory`]), candidates and features for one intent ([`candidates`], [`features`]), the
+//! training loop ([`train`]) and the trained model ([`Ranker`]).
+//!
+//! Serving and training share [`features`]: PostgreSQL finds the dense (HNSW) and lexical
+//! (full-text) candidates when serving, [`candidates`] finds them exactly when training; both
+//! add the memory's candidates and score them with the same feature vector.
+
+use std::collections::{HashMap, HashSet};
+
+use rayon::prelude::*;
+
+use crate::base::{dot, l2_normalize, Cancelled};
+use crate::reduce::rng::Rng;
+
+use super::adapter::{train_adapter, Adapter, AdapterConfig, Prototypes};
+use super::metrics::{self, RankingMetrics};
+use super::replay::{td_lambda_targets, PrioritizedReplay};
+use super::scorer::{cosine_lr, listwise_loss, Adam, Candidate, Scorer, ScorerConfig};
+use super::text::Bm25;
+
+/// The scorer's per-candidate features, in order (their names are stored with each model).
+pub const FEATURES: [&str; 17] = [
+    "dense_cosine",
+    "bm25",
+    "memory_max_cosine",
+    "memory_top3_cosine",
+    "memory_count",
+    "dense_rr",
+    "bm25_rr",
+    "memory_rr",
+    "tool_count",
+    "pagerank",
+    "clustering",
+    "usage_30d",
+    "success_rate",
+    "context_overlap",
+    "adapter_cosine",
+    "adapter_rr",
+    "memory_kernel",
+];
+/// Temperature of the memory's kernel density feature, log sum exp((cosine - 1) / tau).
+const KERNEL_TAU: f32 = 0.1;
+/// Number of per-candidate features.
+pub const N_FEATURES: usize = FEATURES.len();
+
+/// Per capability statistics from the graph and the outcome log.
+#[derive(Debug, Clone, Default)]
+pub struct CapabilityStats {
+    pub tool_count: f32,
+    /// PageRank times the number of nodes (1 = average).
+    pub pagerank: f32,
+    pub clustering: f32,
+    pub usage_30d: f32,
+    /// Successes / outcomes over 30 days, smoothed: (s + 1) / (n + 2).
+    pub success_rate: f32,
+}
+
+/// A catalog's features as the ranker reads them.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pub names: Vec<String>,
+    pub text_dim: usize,
+    /// n x text_dim unit text embeddings.
+    pub text: Vec<f32>,
+    pub graph_dim: usize,
+    /// n x graph_dim Node2Vec embeddings of the capabilities (zero rows when isolated).
+    pub graph: Vec<f32>,
+    /// Node2Vec embeddings of the tools, n_tools x graph_dim.
+    pub tool_graph: Vec<f32>,
+    /// Tools of each capability (indices into tool_graph).
+    pub cap_tools: Vec<Vec<u32>>,
+    pub stats: Vec<CapabilityStats>,
+    pub bm25: Bm25,
+}
+
+impl Catalog {
+    /// Number of capabilities.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+    /// Whether the catalog has no capability.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+    /// Row `i` of the text embeddings.
+    pub fn text_row(&self, i: usize) -> &[f32] {
+        &self.text[i * self.text_dim..(i + 1) * self.text_dim]
+    }
+    /// The hybrid embedding of capability `i`: sqrt(w) * text ++ sqrt(1 - w) * graph (both unit),
+    /// L2-normalised; text only when the capability has no graph embedding.
+    pub fn hybrid(&self, i: usize, text_weight: f32) -> Vec<f32> {
+        hybrid(
+            self.text_row(i),
+            &self.graph[i * self.graph_dim..(i + 1) * self.graph_dim],
+            text_weight,
+        )
+    }
+    /// The `k` capabilities with the best BM25 scores for a text (lexical candidates).
+    pub fn lexical(&self, text: &str, k: usize) -> Vec<u32> {
+        self.bm25
+            .scores(text)
+            .into_iter()
+            .take(k)
+            .map(|x| x.0)
+            .collect()
+    }
+    /// The tool embeddings of capability `i`, row after row.
+    pub fn tool_rows(&self, i: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.cap_tools[i].len() * self.graph_dim);
+        for t in &self.cap_tools[i] {
+            let t = *t as usize;
+            out.extend_from_slice(&self.tool_graph[t * self.graph_dim..(t + 1) * self.graph_dim]);
+        }
+        out
+    }
+}
+
+/// The normalised weighted combination of a text and a graph embedding (see [`Catalog::hybrid`]).
+pub fn hybrid(text: &[f32], graph: &[f32], text_weight: f32) -> Vec<f32> {
+    let w = text_weight.clamp(0.0, 1.0);
+    let mut t = text.to_vec();
+    l2_normalize(&mut t);
+    let mut g = graph.to_vec();
+    l2_normalize(&mut g);
+    let has_graph = g.iter().any(|x| *x != 0.0);
+    let (a, b) = if has_graph {
+        (w.sqrt(), (1.0 - w).sqrt())
+    } else {
+        (1.0, 0.0)
+    };
+    let mut out: Vec<f32> = t
+        .iter()
+        .map(|x| x * a)
+        .chain(g.iter().map(|x| x * b))
+        .collect();
+    l2_normalize(&mut out);
+    out
+}
+
+/// Past successful intents: their embeddings and the capability each chose; with the ranker's
+/// intent adapter and the capabilities' prototypes (text plus remembered intents).
+#[derive(Debug, Clone, Default)]
+pub struct Memory {
+    pub dim: usize,
+    pub emb: Vec<f32>,
+    pub cap: Vec<u32>,
+    pub protos: Prototypes,
+    pub adapter: Option<Adapter>,
+}
+
+/// Per capability, what the memory says about a query: the best three cosines (descending),
+/// the number of remembered intents and the kernel sum of exp((cosine - 1) / tau).
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryHit {
+    pub best: [f32; 3],
+    pub count: u32,
+    pub kernel: f32,
+}
+
+impl Memory {
+    /// Number of remembered intents.
+    pub fn len(&self) -> usize {
+        self.cap.len()
+    }
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.cap.is_empty()
+    }
+    /// Per capability: the best three cosines of the query with its remembered intents
+    /// (descending) and their count, skipping memory row `exclude` (the query itself in training).
+    pub fn best(&self, q: &[f32], exclude: Option<usize>) -> HashMap<u32, MemoryHit> {
+        let mut out: HashMap<u32, MemoryHit> = HashMap::new();
+        if self.dim == 0 {
+            return out;
+        }
+        for (i, row) in self.emb.chunks_exact(self.dim).enumerate() {
+            if Some(i) == exclude {
+                continue;
+            }
+            let s = dot(q, row);
+            let e = out.entry(self.cap[i]).or_insert(MemoryHit {
+                best: [-1.0; 3],
+                count: 0,
+                kernel: 0.0,
+            });
+            e.count += 1;
+            e.kernel += ((s - 1.0) / KERNEL_TAU).exp();
+            let b = &mut e.best;
+            if s > b[2] {
+                b[2] = s;
+                if b[2] > b[1] {
+                    b.swap(1, 2);
+                }
+                if b[1] > b[0] {
+                    b.swap(0, 1);
+                }
+            }
+        }
+        out
+    }
+
+    /// Set the prototypes (from the catalog's unit text embeddings and the remembered intents)
+    /// and the adapter.
+    pub fn with_model(mut self, text: &[f32], adapter: Option<Adapter>) -> Self {
+        self.protos = Prototypes::new(self.dim, text, &self.emb, &self.cap);
+        self.adapter = adapter;
+        self
+    }
+
+    /// The adapted query, when there is an adapter.
+    pub fn adapt(&self, q: &[f32]) -> Option<Vec<f32>> {
+        self.adapter
+            .as_ref()
+            .filter(|a| a.dim == q.len() && !self.protos.unit.is_empty())
+            .map(|a| a.apply(q))
+    }
+
+    /// Cosine of the adapted query with each candidate's prototype (its own intent, memory row
+    /// `exclude`, left out of its capability's prototype).
+    pub fn adapter_cosines(&self, aq: &[f32], cands: &[u32], exclude: Option<usize>) -> Vec<f32> {
+        let d = self.dim;
+        let own = exclude.map(|i| (self.cap[i], &self.emb[i * d..(i + 1) * d]));
+        cands
+            .iter()
+            .map(|c| match own {
+                Some((oc, x)) if oc == *c => self.protos.cosine(aq, *c as usize, Some(x)),
+                _ => self.protos.cosine(aq, *c as usize, None),
+            })
+            .collect()
+    }
+}
+
+/// An intent to rank: its unit embedding, its text (for BM25) and the context tools in use.
+#[derive(Debug, Clone)]
+pub struct Query<'a> {
+    pub emb: &'a [f32],
+    pub text: &'a str,
+    pub context: &'a [u32],
+}
+
+/// How many candidates each source contributes.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct CandidateCounts {
+    pub dense: usize,
+    pub lexical: usize,
+    pub memory: usize,
+    #[serde(default)]
+    pub adapter: usize,
+}
+
+impl Default for CandidateCounts {
+    fn default() -> Self {
+        Self {
+            dense: 40,
+            lexical: 20,
+            memory: 40,
+            adapter: 40,
+        }
+    }
+}
+
+fn top_by<T: Copy>(mut v: Vec<(T, f32)>, k: usize) -> Vec<T> {
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v.truncate(k);
+    v.into_iter().map(|x| x.0).collect()
+}
+
+/// Exact candidates for a query (training and evaluation without PostgreSQL): the top dense
+/// cosines, the top BM25 scores, the capabilities of the best remembered intents; union, in
+/// that order.
+pub fn candidates(
+    cat: &Catalog,
+    mem: &Memory,
+    q: &Query,
+    counts: CandidateCounts,
+    exclude: Option<usize>,
+) -> Vec<u32> {
+    let dense: Vec<(u32, f32)> = (0..cat.len())
+        .map(|i| (i as u32, dot(q.emb, cat.text_row(i))))
+        .collect();
+    memory_candidates_then(
+        top_by(dense, counts.dense),
+        cat.lexical(q.text, counts.lexical),
+        mem,
+        q,
+        counts,
+        exclude,
+    )
+}
+
+/// The union of dense and lexical candidates (found by the caller), the capabilities of the
+/// best remembered intents and the best prototypes under the adapter.
+pub fn memory_candidates_then(
+    dense: Vec<u32>,
+    lexical: Vec<u32>,
+    mem: &Memory,
+    q: &Query,
+    counts: CandidateCounts,
+    exclude: Option<usize>,
+) -> Vec<u32> {
+    let best = mem.best(q.emb, exclude);
+    let by_mem = top_by(
+        best.into_iter().map(|(c, h)| (c, h.best[0])).collect(),
+        counts.memory,
+    );
+    let by_adapter = match mem.adapt(q.emb) {
+        Some(aq) if counts.adapter > 0 => {
+            let all: Vec<u32> = (0..(mem.protos.unit.len() / mem.dim) as u32).collect();
+            let s = mem.adapter_cosines(&aq, &all, exclude);
+            top_by(all.into_iter().zip(s).collect(), counts.adapter)
+        }
+        _ => vec![],
+    };
+    let mut seen = HashSet::new();
+    dense
+        .into_iter()
+        .chain(lexical)
+        .chain(by_mem)
+        .chain(by_adapter)
+        .filter(|c| seen.insert(*c))
+        .collect()
+}
+
+fn reciprocal_ranks(scores: &[f32]) -> Vec<f32> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
+    let mut rr = vec![0f32; scores.len()];
+    for (r, i) in order.into_iter().enumerate() {
+        if scores[i] > 0.0 {
+            rr[i] = 1.0 / (r as f32 + 1.0);
+        }
+    }
+    rr
+}
+
+/// The feature matrix (candidates x [`N_FEATURES`], row-major) of a query's candidates.
+pub fn features(
+    cat: &Catalog,
+    mem: &Memory,
+    q: &Query,
+    cands: &[u32],
+    exclude: Option<usize>,
+) -> Vec<f32> {
+    let best = mem.best(q.emb, exclude);
+    let dense: Vec<f32> = cands
+        .iter()
+        .map(|c| dot(q.emb, cat.text_row(*c as usize)))
+        .collect();
+    let bm25: Vec<f32> = cat
+        .bm25
+        .score_docs(q.text, cands)
+        .into_iter()
+        .map(|x| x as f32)
+        .collect();
+    let memory: Vec<MemoryHit> = cands
+        .iter()
+        .map(|c| {
+            best.get(c).copied().unwrap_or(MemoryHit {
+                best: [0.0; 3],
+                count: 0,
+                kernel: 0.0,
+            })
+        })
+        .collect();
+    let mem_max: Vec<f32> = memory
+        .iter()
+        .map(|h| if h.count > 0 { h.best[0].max(0.0) } else { 0.0 })
+        .collect();
+    let adapted: Vec<f32> = match mem.adapt(q.emb) {
+        Some(aq) => mem.adapter_cosines(&aq, cands, exclude),
+        None => vec![0.0; cands.len()],
+    };
+    let (rr_d, rr_l, rr_m, rr_a) = (
+        reciprocal_ranks(&dense.iter().map(|x| x + 1.0).collect::<Vec<_>>()),
+        reciprocal_ranks(&bm25),
+        reciprocal_ranks(&mem_max),
+        reciprocal_ranks(&adapted.iter().map(|x| x + 1.0).collect::<Vec<_>>()),
+    );
+    let context: HashSet<u32> = q.context.iter().copied().collect();
+    let mut out = Vec::with_capacity(cands.len() * N_FEATURES);
+    for (j, c) in cands.iter().enumerate() {
+        let c = *c as usize;
+        let (b, n) = (memory[j].best, memory[j].count);
+        let top3 = if n == 0 {
+            0.0
+        } else {
+            let k = (n as usize).min(3);
+            b[..k].iter().map(|x| x.max(0.0)).sum::<f32>() / k as f32
+        };
+        let s = &cat.stats[c];
+        let overlap = if context.is_empty() {
+            0.0
+        } else {
+            cat.cap_tools[c]
+                .iter()
+                .filter(|t| context.contains(t))
+                .count() as f32
+                / context.len() as f32
+        };
+        let row = [
+            dense[j],
+            (1.0 + bm25[j]).ln(),
+            mem_max[j],
+            top3,
+            (1.0 + n as f32).ln(),
+            rr_d[j],
+            rr_l[j],
+            rr_m[j],
+            (1.0 + s.tool_count).ln(),
+            (1.0 + s.pagerank).ln(),
+            s.clustering,
+            (1.0 + s.usage_30d).ln(),
+            s.success_rate,
+            overlap,
+            adapted[j],
+            if mem.adapter.is_some() { rr_a[j] } else { 0.0 },
+            // the text embedding counts as one remembered intent, so that the feature exists
+            // for capabilities without memory: log(sum exp((cos - 1) / tau))
+            (memory[j].kernel + ((dense[j] - 1.0) / KERNEL_TAU).exp()).ln(),
+        ];
+        // NaN in a stored feature must not poison the score: it reads as 0
+        out.extend(row.iter().map(|x| if x.is_finite() { *x } else { 0.0 }));
+    }
+    out
+}
+
+/// One experience of the log: the state (intent, context), the action (the chosen
+/// capability) and the reward; `session`/`step` order a multi-step session.
+#[derive(Debug, Clone)]
+pub struct Experience {
+    pub emb: Vec<f32>,
+    pub text: String,
+    pub context: Vec<u32>,
+    pub chosen: u32,
+    pub reward: f32,
+    pub session: Option<String>,
+    pub step: i32,
+}
+
+/// A labelled intent for early stopping and evaluation.
+#[derive(Debug, Clone)]
+pub struct Labelled {
+    pub emb: Vec<f32>,
+    pub text: String,
+    pub context: Vec<u32>,
+    pub label: u32,
+}
+
+/// Training settings (stored with the model).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub patience: usize,
+    pub batch: usize,
+    pub learning_rate: f32,
+    pub min_learning_rate: f32,
+    pub weight_decay: f32,
+    pub gamma: f64,
+    pub lambda: f64,
+    pub replay_capacity: usize,
+    pub text_weight: f32,
+    pub candidates: CandidateCounts,
+    pub seed: u64,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub hidden: [usize; 3],
+    /// Successful experiences (reward >= this) are remembered for the memory features.
+    pub memory_min_reward: f32,
+    /// The intent adapter's training (epochs 0: no adapter).
+    #[serde(default)]
+    pub adapter: AdapterConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 8,
+            patience: 2,
+            batch: 32,
+            learning_rate: 1e-3,
+            min_learning_rate: 1e-5,
+            weight_decay: 1e-4,
+            gamma: 0.99,
+            lambda: 0.95,
+            replay_capacity: 100_000,
+            text_weight: 0.3,
+            candidates: CandidateCounts::default(),
+            seed: 42,
+            heads: 4,
+            head_dim: 16,
+            hidden: [256, 128, 64],
+            memory_min_reward: 0.5,
+            adapter: AdapterConfig::default(),
+        }
+    }
+}
+
+/// A trained ranker: the scorer, its calibration and how it was trained.
+#[derive(Debug, Clone)]
+pub struct Ranker {
+    pub scorer: Scorer,
+    /// The intent adapter (the memory's prototypes are computed where the ranker is loaded).
+    pub adapter: Option<Adapter>,
+    pub temperature: f64,
+    pub config: TrainConfig,
+    /// Dev metrics of the kept epoch, and per epoch (MRR, mean loss).
+    pub dev: RankingMetrics,
+    pub dev_ece: f64,
+    pub dev_brier: f64,
+    pub history: Vec<(f64, f64)>,
+    pub best_epoch: usize,
+    pub examples: usize,
+}
+
+/// Progress of training: stage name, done, total. Returns true to cancel.
+pub type Progress<'a> = dyn FnMut(&str, usize, usize) -> bool + 'a;
+
+/// One prepared example: candidates, their features, the chosen one's position.
+struct Prepared {
+    cands: Vec<u32>,
+    feats: Vec<f32>,
+    chosen: Option<usize>,
+}
+
+fn prepare(
+    cat: &Catalog,
+    mem: &Memory,
+    q: &Query,
+    counts: CandidateCounts,
+    exclude: Option<usize>,
+    label: u32,
+    force_label: bool,
+) -> Prepared {
+    let mut cands = candidates(cat, mem, q, counts, exclude);
+    let mut chosen = cands.iter().position(|c| *c == label);
+    if chosen.is_none() && force_label {
+        cands.push(label);
+        chosen = Some(cands.len() - 1);
+    }
+    let feats = features(cat, mem, q, &cands, exclude);
+    Prepared {
+        cands,
+        feats,
+        chosen,
+    }
+}
+
+/// The scorer's inputs for a prepared example.
+struct Inputs {
+    hybrid: Vec<Vec<f32>>,
+    tools: Vec<Vec<f32>>,
+}
+
+fn inputs(cat: &Catalog, text_weight: f32) -> Inputs {
+    Inputs {
+        hybrid: (0..cat.len()).map(|i| cat.hybrid(i, text_weight)).collect(),
+        tools: (0..cat.len()).map(|i| cat.tool_rows(i)).collect(),
+    }
+}
+
+fn cands_of<'a>(inp: &'a Inputs, p: &'a Prepared) -> Vec<Candidate<'a>> {
+    p.cands
+        .iter()
+        .enumerate()
+        .map(|(j, c)| Candidate {
+            tools: &inp.tools[*c as usize],
+            cap: &inp.hybrid[*c as usize],
+            features: &p.feats[j * N_FEATURES..(j + 1) * N_FEATURES],
+        })
+        .collect()
+}
+
+/// Scores of every labelled example's candidates under `scorer`; returns per example the
+/// scores and the label's position (None when the label is not a candidate).
+fn score_all(
+    scorer: &Scorer,
+    inp: &Inputs,
+    queries: &[&[f32]],
+    prepared: &[Prepared],
+) -> Vec<Vec<f32>> {
+    prepared
+        .par_iter()
+        .zip(queries.par_iter())
+        .map(|(p, q)| scorer.scores(q, &cands_of(inp, p)))
+        .collect()
+}
+
+/// 1-based rank of the label among candidates by score (ties broken against the label).
+pub fn rank_of(scores: &[f32], label: Option<usize>) -> Option<usize> {
+    let l = label?;
+    let s = scores[l];
+    Some(
+        1 + scores
+            .iter()
+            .enumerate()
+            .filter(|(j, x)| *j != l && **x >= s)
+            .count(),
+    )
+}
+
+/// Train a ranker on `experiences` (the log plus imported labelled pairs), stopping early on
+/// the MRR of `dev`. Memory features leave each experience itself out.
+pub fn train(
+    cat: &Catalog,
+    experiences: &[Experience],
+    dev: &[Labelled],
+    cfg: &TrainConfig,
+    progress: &mut Progress,
+) -> Result<Ranker, Cancelled> {
+    let dim = cat.text_dim;
+    // memory: successful experiences; row i of memory <-> experience mem_of[i]
+    let mut mem = Memory {
+        dim,
+        ..Default::default()
+    };
+    let mut mem_row = vec![None; experiences.len()];
+    for (i, e) in experiences.iter().enumerate() {
+        if e.reward >= cfg.memory_min_reward {
+            mem_row[i] = Some(mem.cap.len());
+            mem.emb.extend_from_slice(&e.emb);
+            mem.cap.push(e.chosen);
+        }
+    }
+    // stage 1: the intent adapter against the capabilities' prototypes. Cross-fitted: the
+    // features of a training experience come from an adapter that did not see it (two folds by
+    // memory row), so that the scorer learns how much the adapter's cosine is worth on intents
+    // it has not seen; the adapter kept (dev, serving) is trained on all of the memory.
+    mem = mem.with_model(&cat.text, None);
+    let fit =
+        |rows: &dyn Fn(usize) -> bool, progress: &mut Progress| -> Result<Adapter, Cancelled> {
+            let (mut emb, mut cap) = (Vec::new(), Vec::new());
+            for i in (0..mem.len()).filter(|i| rows(*i)) {
+                emb.extend_from_slice(&mem.emb[i * dim..(i + 1) * dim]);
+                cap.push(mem.cap[i]);
+            }
+            train_adapter(&mem.protos, &emb, &cap, &cfg.adapter, &mut |done, total| {
+                progress("adapter", done, total)
+            })
+        };
+    let folds: Option<[Adapter; 2]> = if cfg.adapter.epochs > 0 && mem.len() >= 20 {
+        Some([
+            fit(&|i| i % 2 == 1, progress)?,
+            fit(&|i| i % 2 == 0, progress)?,
+        ])
+    } else {
+        None
+    };
+    let adapter = if cfg.adapter.epochs > 0 {
+        Some(fit(&|_| true, progress)?)
+    } else {
+        None
+    };
+    let fold_mem: Vec<Memory> = match &folds {
+        Some(f) => f
+            .iter()
+            .map(|a| {
+                let mut m = mem.clone();
+                m.adapter = Some(a.clone());
+                m
+            })
+            .collect(),
+        None => vec![],
+    };
+    mem.adapter = adapter.clone();
+    let inp = inputs(cat, cfg.text_weight);
+    // candidates and features, once
+    let total = experiences.len() + dev.len();
+    let chunk = 512;
+    let mut train_p: Vec<Prepared> = Vec::with_capacity(experiences.len());
+    for (k, block) in experiences.chunks(chunk).enumerate() {
+        if progress("features", k * chunk, total) {
+            return Err(Cancelled);
+        }
+        let base = k * chunk;
+        train_p.par_extend(block.par_iter().enumerate().map(|(j, e)| {
+            let q = Query {
+                emb: &e.emb,
+                text: &e.text,
+                context: &e.context,
+            };
+            let row = mem_row[base + j];
+            // the fold whose adapter did not see this row (rows without memory: either)
+            let m = match (&folds, row) {
+                (Some(_), Some(r)) => &fold_mem[r % 2],
+                (Some(_), None) => &fold_mem[(base + j) % 2],
+                (None, _) => &mem,
+            };
+            prepare(cat, m, &q, cfg.candidates, row, e.chosen, true)
+        }));
+    }
+    let mut dev_p: Vec<Prepared> = Vec::with_capacity(dev.len());
+    for (k, block) in dev.chunks(chunk).enumerate() {
+        if progress("features", experiences.len() + k * chunk, total) {
+            return Err(Cancelled);
+        }
+        dev_p.par_extend(block.par_iter().map(|d| {
+            let q = Query {
+                emb: &d.emb,
+                text: &d.text,
+                context: &d.context,
+            };
+            prepare(cat, &mem, &q, cfg.candidates, None, d.label, false)
+        }));
+    }
+    let train_q: Vec<&[f32]> = experiences.iter().map(|e| e.emb.as_slice()).collect();
+    let dev_q: Vec<&[f32]> = dev.iter().map(|d| d.emb.as_slice()).collect();
+
+    let scfg = ScorerConfig {
+        query_dim: dim,
+        tool_dim: cat.graph_dim,
+        cap_dim: dim + cat.graph_dim,
+        n_features: N_FEATURES,
+        heads: cfg.heads,
+        head_dim: cfg.head_dim,
+        hidden: cfg.hidden,
+        seed: cfg.seed,
+    };
+    let mut scorer = Scorer::new(scfg);
+    let mut adam = Adam::new(scorer.n_params(), cfg.learning_rate);
+    adam.weight_decay = cfg.weight_decay;
+    let mut replay = PrioritizedReplay::new(cfg.replay_capacity.max(1));
+    for i in 0..experiences.len() {
+        replay.push(i as u32);
+    }
+    // sessions: experience indices in step order, for TD(lambda) targets
+    let mut sessions: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, e) in experiences.iter().enumerate() {
+        if let Some(s) = &e.session {
+            sessions.entry(s.as_str()).or_default().push(i);
+        }
+    }
+    for v in sessions.values_mut() {
+        v.sort_by_key(|i| experiences[*i].step);
+    }
+    let mut sessions: Vec<Vec<usize>> = sessions.into_values().filter(|v| v.len() > 1).collect();
+    sessions.sort();
+
+    let mut rng = Rng::new(cfg.seed ^ 0x5eed);
+    let steps_per_epoch = experiences.len().div_ceil(cfg.batch).max(1);
+    let total_steps = steps_per_epoch * cfg.epochs.max(1);
+    let mut best: Option<(f64, Scorer, usize)> = None;
+    let mut history = Vec::new();
+    let mut since_best = 0;
+    let mut step = 0;
+    let n_params = scorer.n_params();
+    for epoch in 0..cfg.epochs.max(1) {
+        // TD targets from the current model: V(next step) = p(chosen) at that step
+        let mut target: Vec<f32> = experiences.iter().map(|e| e.reward).collect();
+        for s in &sessions {
+            let v: Vec<f64> = s
+                .iter()
+                .map(|i| {
+                    let p = &train_p[*i];
+                    let sc = scorer.scores(train_q[*i], &cands_of(&inp, p));
+                    let pr = metrics::softmax_with_temperature(&sc, 1.0);
+                    p.chosen.map_or(0.0, |c| pr[c])
+                })
+                .collect();
+            let r: Vec<f64> = s.iter().map(|i| experiences[*i].reward as f64).collect();
+            let v_next: Vec<f64> = (0..s.len())
+                .map(|t| *v.get(t + 1).unwrap_or(&0.0))
+                .collect();
+            for (t, g) in td_lambda_targets(&r, &v_next, cfg.gamma, cfg.lambda)
+                .into_iter()
+                .enumerate()
+            {
+                target[s[t]] = g.clamp(0.0, 1.0) as f32;
+            }
+        }
+        let mut loss_sum = 0.0;
+        for b in 0..steps_per_epoch {
+            if b % 20 == 0 && progress(&format!("epoch {}", epoch + 1), b, steps_per_epoch) {
+                return Err(Cancelled);
+            }
+            let batch = replay.sample(cfg.batch, &mut rng);
+            // per-thread gradient buffers in a fixed split: reproducible for a seed
+            let parts: Vec<(Vec<f32>, f64, Vec<(usize, f64)>)> = batch
+                .par_chunks(cfg.batch.div_ceil(2).max(1))
+                .map(|part| {
+                    let mut g = vec![0f32; n_params];
+                    let mut loss = 0.0;
+                    let mut td = Vec::with_capacity(part.len());
+                    for (slot, item, w) in part {
+                        let i = *item as usize;
+                        let p = &train_p[i];
+                        let Some(chosen) = p.chosen else { continue };
+                        let y = target[i];
+                        let mut pr = 0.0;
+                        let mut l = 0.0;
+                        scorer.forward_backward(
+                            train_q[i],
+                            &cands_of(&inp, p),
+                            &mut |s: &[f32]| {
+                                let (li, d, pc) = listwise_loss(s, chosen, y, *w as f32);
+                                l = li;
+                                pr = pc;
+                                d
+                            },
+                            &mut g,
+                        );
+                        loss += l as f64;
+                        td.push((*slot, (y - pr) as f64));
+                    }
+                    (g, loss, td)
+                })
+                .collect();
+            let mut grad = vec![0f32; n_params];
+            for (g, l, td) in parts {
+                for (a, b) in grad.iter_mut().zip(g) {
+                    *a += b;
+                }
+                loss_sum += l;
+                for (slot, e) in td {
+                    replay.update(slot, e);
+                }
+            }
+            let scale = 1.0 / cfg.batch as f32;
+            grad.iter_mut().for_each(|x| *x *= scale);
+            let lr = cosine_lr(cfg.learning_rate, cfg.min_learning_rate, step, total_steps);
+            adam.step(&mut scorer.params, &grad, lr);
+            step += 1;
+        }
+        let mrr = if dev.is_empty() {
+            0.0
+        } else {
+            let sc = score_all(&scorer, &inp, &dev_q, &dev_p);
+            let ranks: Vec<Option<usize>> = sc
+                .iter()
+                .zip(&dev_p)
+                .map(|(s, p)| rank_of(s, p.chosen))
+                .collect();
+            metrics::ranking_metrics(&ranks).mrr
+        };
+        history.push((mrr, loss_sum / experiences.len().max(1) as f64));
+        if best.as_ref().is_none_or(|b| mrr > b.0) {
+            best = Some((mrr, scorer.clone(), epoch + 1));
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if since_best >= cfg.patience {
+                break;
+            }
+        }
+    }
+    let (_, scorer, best_epoch) = best.expect("at least one epoch");
+    // calibration and the kept model's dev metrics
+    let sc = score_all(&scorer, &inp, &dev_q, &dev_p);
+    let ranks: Vec<Option<usize>> = sc
+        .iter()
+        .zip(&dev_p)
+        .map(|(s, p)| rank_of(s, p.chosen))
+        .collect();
+    let (logits, labels): (Vec<Vec<f32>>, Vec<usize>) = sc
+        .iter()
+        .zip(&dev_p)
+        .filter_map(|(s, p)| p.chosen.map(|c| (s.clone(), c)))
+        .unzip();
+    let temperature = if logits.is_empty() {
+        1.0
+    } else {
+        metrics::fit_temperature(&logits, &labels)
+    };
+    let (conf, correct) = top1_confidence(&sc, &dev_p, temperature);
+    Ok(Ranker {
+        scorer,
+        adapter,
+        temperature,
+        config: cfg.clone(),
+        dev: metrics::ranking_metrics(&ranks),
+        dev_ece: if conf.is_empty() {
+            0.0
+        } else {
+            metrics::ece(&conf, &correct, 15)
+        },
+        dev_brier: if conf.is_empty() {
+            0.0
+        } else {
+            metrics::brier(&conf, &correct)
+        },
+        history,
+        best_epoch,
+        examples: experiences.len(),
+    })
+}
+
+fn top1_confidence(sc: &[Vec<f32>], p: &[Prepared], t: f64) -> (Vec<f64>, Vec<bool>) {
+    sc.iter()
+        .zip(p)
+        .filter(|(s, _)| !s.is_empty())
+        .map(|(s, p)| {
+            let pr = metrics::softmax_with_temperature(s, t);
+            let top = (0..s.len())
+                .max_by(|a, b| s[*a].total_cmp(&s[*b]))
+                .unwrap_or(0);
+            (pr[top], p.chosen == Some(top))
+        })
+        .unzip()
+}
+
+impl Ranker {
+    /// Scores and calibrated confidences of a query's candidates.
+    pub fn score(
+        &self,
+        cat: &Catalog,
+        mem: &Memory,
+        q: &Query,
+        cands: &[u32],
+    ) -> (Vec<f32>, Vec<f64>) {
+        if cands.is_empty() {
+            return (vec![], vec![]);
+        }
+        let feats = features(cat, mem, q, cands, None);
+        let hyb: Vec<Vec<f32>> = cands
+            .iter()
+            .map(|c| cat.hybrid(*c as usize, self.config.text_weight))
+            .collect();
+        let tools: Vec<Vec<f32>> = cands.iter().map(|c| cat.tool_rows(*c as usize)).collect();
+        let cs: Vec<Candidate> = (0..cands.len())
+            .map(|j| Candidate {
+                tools: &tools[j],
+                cap: &hyb[j],
+                features: &feats[j * N_FEATURES..(j + 1) * N_FEATURES],
+            })
+            .collect();
+        let s = self.scorer.scores(q.emb, &cs);
+        let p = metrics::softmax_with_temperature(&s, self.temperature);
+        (s, p)
+    }
+
+    /// The model as bytes: a JSON header (temperature, config, dev metrics) and the scorer.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let header = serde_json::json!({
+            "format": "pg_genome-ranker-2",
+            "temperature": self.temperature,
+            "config": self.config,
+            "features": FEATURES,
+        })
+        .to_string();
+        let mut out = Vec::new();
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        // the adapter: dimension (u32, 0 = none) and its weights
+        match &self.adapter {
+            Some(a) => {
+                out.extend_from_slice(&(a.dim as u32).to_le_bytes());
+                a.w.iter()
+                    .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+            }
+            None => out.extend_from_slice(&0u32.to_le_bytes()),
+        }
+        out.extend_from_slice(&self.scorer.to_bytes());
+        out
+    }
+
+    /// Read a model written by [`Ranker::to_bytes`]; metrics are not kept in the bytes.
+    pub fn from_bytes(b: &[u8]) -> Result<Ranker, String> {
+        let n = u32::from_le_bytes(
+            b.get(..4)
+                .ok_or("truncated ranker")?
+                .try_into()
+                .map_err(|_| "truncated ranker")?,
+        ) as usize;
+        let head = b.get(4..4 + n).ok_or("truncated ranker header")?;
+        let h: serde_json::Value =
+            serde_json::from_slice(head).map_err(|e| format!("ranker header: {e}"))?;
+        if h["format"] != "pg_genome-ranker-2" {
+            return Err("not a pg_genome ranker".into());
+        }
+        if h["features"] != serde_json::json!(FEATURES) {
+            return Err("the ranker was trained on other features".into());
+        }
+        let config: TrainConfig = serde_json::from_value(h["config"].clone())
+            .map_err(|e| format!("ranker config: {e}"))?;
+        let temperature = h["temperature"].as_f64().ok_or("ranker temperature")?;
+        let rest = &b[4 + n..];
+        let d = u32::from_le_bytes(
+            rest.get(..4)
+                .ok_or("truncated ranker adapter")?
+                .try_into()
+                .map_err(|_| "truncated ranker adapter")?,
+        ) as usize;
+        let end = 4 + d * d * 4;
+        let w: Vec<f32> = rest
+            .get(4..end)
+            .ok_or("truncated ranker adapter")?
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if w.iter().any(|x| !x.is_finite()) {
+            return Err("the ranker's adapter holds non-finite weights".into());
+        }
+        let adapter = (d > 0).then_some(Adapter { dim: d, w });
+        let scorer = Scorer::from_bytes(&rest[end..])?;
+        Ok(Ranker {
+            scorer,
+            adapter,
+            temperature,
+            config,
+            dev: metrics::ranking_metrics(&[]),
+            dev_ece: 0.0,
+            dev_brier: 0.0,
+            history: vec![],
+            best_epoch: 0,
+            examples: 0,
+        })
+    }
+}
+
+/// Memory of the successful experiences (reward >= `min_reward`), with the catalog's prototypes
+/// and an adapter: what a ranker trained on `experiences` remembers.
+pub fn memory_of(
+    cat: &Catalog,
+    experiences: &[Experience],
+    min_reward: f32,
+    adapter: Option<Adapter>,
+) -> Memory {
+    let mut mem = Memory {
+        dim: cat.text_dim,
+        ..Default::default()
+    };
+    for e in experiences.iter().filter(|e| e.reward >= min_reward) {
+        mem.emb.extend_from_slice(&e.emb);
+        mem.cap.push(e.chosen);
+    }
+    mem.with_model(&cat.text, adapter)
+}
+
+/// Ranks (1-based; None when not a candidate) of each labelled intent's capability: under the
+/// ranker over exact candidates, or by dense cosine over the whole catalog without one.
+pub fn evaluate(
+    cat: &Catalog,
+    mem: &Memory,
+    ranker: Option<&Ranker>,
+    tests: &[Labelled],
+) -> Vec<Option<usize>> {
+    tests
+        .par_iter()
+        .map(|t| {
+            let q = Query {
+                emb: &t.emb,
+                text: &t.text,
+                context: &t.context,
+            };
+            match ranker {
+                Some(r) => {
+                    let cands = candidates(cat, mem, &q, r.config.candidates, None);
+                    let (s, _) = r.score(cat, mem, &q, &cands);
+                    rank_of(&s, cands.iter().position(|c| *c == t.label))
+                }
+                None => {
+                    let s: Vec<f32> = (0..cat.len())
+                        .map(|i| dot(&t.emb, cat.text_row(i)))
+                        .collect();
+                    rank_of(&s, Some(t.label as usize))
+                }
+            }
+        })
+        .collect()
+}
