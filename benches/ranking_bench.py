@@ -174,7 +174,8 @@ def peer_latency(intents, n):
         c.execute("SELECT genome.embed('warm up')")
         out = {}
         for name, sql in (("pgvector HNSW (embed + top 10)",
-                           "SELECT capability FROM peer_caps ORDER BY emb <=> genome.embed(%s)::vector(384) LIMIT 10"),
+                           "WITH q AS MATERIALIZED (SELECT genome.embed(%s)::vector(384) AS v) "
+                           "SELECT capability FROM peer_caps, q ORDER BY emb <=> q.v LIMIT 10"),
                           ("full-text (top 10)",
                            "SELECT capability FROM peer_caps WHERE tsv @@ to_tsquery('english', replace(plainto_tsquery('english', %s)::text, '&', '|')) "
                            "ORDER BY ts_rank_cd(tsv, to_tsquery('english', replace(plainto_tsquery('english', %s)::text, '&', '|'))) DESC LIMIT 10")):

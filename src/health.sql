@@ -79,7 +79,7 @@ BEGIN
                         CROSS JOIN LATERAL (SELECT count(*) AS n, min(d.marked_at) AS oldest
                                               FROM @extschema@.pet_dirty d WHERE d.media = pm.name) dt),
         -- ranking catalogs the caller may read (0.7.0): features, drift, online figures
-        'ranking', (SELECT coalesce(jsonb_agg(@extschema@.ranking_monitor(c.name) ORDER BY c.name), '[]')
+        'ranking', (SELECT coalesce(jsonb_agg(@extschema@._ranking_monitor_or_skip(c.name) ORDER BY c.name), '[]')
                       FROM @extschema@.catalogs c
                      WHERE @extschema@._catalog_readable(c.name)
                        AND @extschema@._owned_by(c.relid, c.registered_by) AND @extschema@._owned_by(c.links, c.registered_by)))
@@ -121,7 +121,7 @@ BEGIN
     END LOOP;
     -- ranking (0.7.0), catalogs the caller may read
     out := out || E'# HELP genome_rank_online Recent (1 day) ranking figures per catalog: p50/p99 latency (ms), fallback and error rates, MRR of the production ranker on logged outcomes, drift flags (1 = drift), features ok.\n# TYPE genome_rank_online gauge\n';
-    FOR r IN SELECT c.name, @extschema@.ranking_monitor(c.name) AS m FROM @extschema@.catalogs c
+    FOR r IN SELECT c.name, @extschema@._ranking_monitor_or_skip(c.name) AS m FROM @extschema@.catalogs c
               WHERE @extschema@._catalog_readable(c.name) AND c.feature_version > 0
                 AND @extschema@._owned_by(c.relid, c.registered_by) AND @extschema@._owned_by(c.links, c.registered_by)
               ORDER BY 1 LOOP

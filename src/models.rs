@@ -14,7 +14,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use sha2::{Digest, Sha256};
 
-use crate::errors::{raise, OrRaise, OrReport};
+use crate::errors::{raise, spi, OrRaise, OrReport};
 use crate::gucs;
 
 /// One registry row, without the (large) model bytes.
@@ -85,18 +85,30 @@ pub fn parse_spec(spec: Option<&str>) -> (String, Option<String>) {
 }
 
 /// Find the registry row for a model spec; when no version is given, the production version,
-/// else the newest that is not archived.
+/// else the newest that is not archived. A database still on an install script older than 0.7.0
+/// (created or upgraded with this library) has no `stage` column: then the newest.
 pub fn resolve(spec: Option<&str>) -> ModelRow {
     let (name, version) = parse_spec(spec);
+    let has_stage = spi(
+        "reading genome.models",
+        Spi::get_one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = 'genome.models'::regclass \
+                              AND attname = 'stage' AND NOT attisdropped)",
+        ),
+    )
+    .unwrap_or(false);
+    let order = if has_stage {
+        "CASE stage WHEN 'production' THEN 0 WHEN 'archived' THEN 2 ELSE 1 END, created_at DESC, id DESC"
+    } else {
+        "created_at DESC, id DESC"
+    };
+    let sql = format!(
+        "SELECT id, name, version, task, dimension, config::text, xmin::text || ':' || ctid::text \
+           FROM genome.models WHERE name = $1 AND ($2::text IS NULL OR version = $2) \
+          ORDER BY {order} LIMIT 1"
+    );
     let row = Spi::connect(|client| {
-        let t = client.select(
-            "SELECT id, name, version, task, dimension, config::text, xmin::text || ':' || ctid::text \
-               FROM genome.models WHERE name = $1 AND ($2::text IS NULL OR version = $2) \
-              ORDER BY CASE stage WHEN 'production' THEN 0 WHEN 'archived' THEN 2 ELSE 1 END, \
-                       created_at DESC, id DESC LIMIT 1",
-            None,
-            &[name.as_str().into(), version.clone().into()],
-        )?;
+        let t = client.select(&sql, None, &[name.as_str().into(), version.clone().into()])?;
         let mut out = None;
         for r in t {
             out = Some(ModelRow {

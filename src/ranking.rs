@@ -422,7 +422,7 @@ pub fn refresh_catalog(catalog: &str) -> i64 {
     let dim = emb.dim;
     prog.stage("writing features", app.ids.len() as i64);
     let version = c.feature_version + 1;
-    let vs = crate::vector::vector_schema();
+    let vs = ident(&crate::vector::vector_schema());
     Spi::connect_mut(|client| {
         client.update(
             "DELETE FROM genome.capability_features f WHERE f.catalog = $1 AND f.capability <> ALL($2)",
@@ -584,12 +584,15 @@ fn loaded_catalog(row: CatalogRow) -> Arc<LoadedCatalog> {
         let mut tool_index = HashMap::new();
         let mut tool_graph = Vec::new();
         let mut graph_dim = 0;
+        // rows written by other means than refresh_catalog are checked, not trusted
+        let mut consistent = true;
         for r in client.select(
             "SELECT tool, graph_embedding FROM genome.tool_features WHERE catalog = $1 ORDER BY tool",
             None,
             &[row.name.as_str().into()],
         )? {
             let g: Vec<f32> = r.get::<Vec<Option<f32>>>(2)?.unwrap_or_default().into_iter().map(|x| x.unwrap_or(0.0)).collect();
+            consistent &= graph_dim == 0 || g.len() == graph_dim;
             graph_dim = g.len();
             tool_index.insert(r.get::<String>(1)?.unwrap_or_default(), tool_index.len() as u32);
             tool_graph.extend(g);
@@ -612,12 +615,14 @@ fn loaded_catalog(row: CatalogRow) -> Arc<LoadedCatalog> {
             contents.push(r.get::<String>(2)?.unwrap_or_default());
             let mut t = r.get::<Vector>(3)?.map(|v| v.0).unwrap_or_default();
             genome_core::base::l2_normalize(&mut t);
+            consistent &= t.len() == row.dimension;
             text_dim = t.len();
             text.extend(t);
             let mut g: Vec<f32> = r.get::<Vec<Option<f32>>>(4)?.unwrap_or_default().into_iter().map(|x| x.unwrap_or(0.0)).collect();
             if graph_dim == 0 {
                 graph_dim = g.len();
             }
+            consistent &= g.len() == graph_dim;
             g.resize(graph_dim, 0.0);
             graph.extend(g);
             let tools: Vec<u32> = r
@@ -638,6 +643,16 @@ fn loaded_catalog(row: CatalogRow) -> Arc<LoadedCatalog> {
                 // smoothed towards 1/2 by one success and one failure
                 success_rate: (rate.unwrap_or(0.5) * usage + 1.0) / (usage + 2.0),
             });
+        }
+        if !consistent {
+            raise(
+                PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                format!(
+                    "the features of catalog \"{}\" are inconsistent (embedding dimensions differ between rows or from the model's {})",
+                    row.name, row.dimension
+                ),
+                Some(format!("run SELECT genome.refresh_catalog('{}')", row.name)),
+            );
         }
         Ok::<_, pgrx::spi::SpiError>((names, contents, text, text_dim, graph, graph_dim, tool_graph, cap_tools, stats, tool_index))
     })
@@ -739,9 +754,9 @@ fn loaded_ranker(lc: &LoadedCatalog, id: i64, xmin: &str) -> Arc<LoadedRanker> {
     }) {
         return r;
     }
-    let (version, bytes, upto) = Spi::connect(|client| {
+    let (version, bytes) = Spi::connect(|client| {
         let t = client.select(
-            "SELECT version, weights, memory_upto FROM genome.rankers WHERE id = $1",
+            "SELECT version, weights FROM genome.rankers WHERE id = $1",
             None,
             &[id.into()],
         )?;
@@ -749,7 +764,6 @@ fn loaded_ranker(lc: &LoadedCatalog, id: i64, xmin: &str) -> Arc<LoadedRanker> {
         Ok::<_, pgrx::spi::SpiError>((
             r.get::<String>(1)?.unwrap_or_default(),
             r.get::<Vec<u8>>(2)?.unwrap_or_default(),
-            r.get::<i64>(3)?.unwrap_or_default(),
         ))
     })
     .or_raise("reading a ranker");
@@ -763,8 +777,33 @@ fn loaded_ranker(lc: &LoadedCatalog, id: i64, xmin: &str) -> Arc<LoadedRanker> {
             Some("train a new version, or roll back with genome.rollback_ranker(catalog)".into()),
         )
     });
-    let memory = load_memory(lc, upto, ranker.config.memory_min_reward)
-        .with_model(&lc.cat.text, ranker.adapter.clone());
+    // weights written by other means than train_ranker are checked against the catalog
+    let c = &ranker.scorer.cfg;
+    let fits = c.query_dim == lc.cat.text_dim
+        && c.tool_dim == lc.cat.graph_dim
+        && c.cap_dim == lc.cat.text_dim + lc.cat.graph_dim
+        && c.n_features == rt::N_FEATURES
+        && c.hidden.iter().all(|h| *h <= 4096)
+        && c.heads * c.head_dim <= 1024
+        && ranker
+            .adapter
+            .as_ref()
+            .is_none_or(|a| a.dim == lc.cat.text_dim)
+        && {
+            let k = ranker.config.candidates;
+            k.dense + k.lexical + k.memory + k.adapter <= 2000
+        };
+    if !fits {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!(
+                "ranker {version} of catalog \"{}\" does not fit its features",
+                lc.row.name
+            ),
+            Some("train a new version, or roll back with genome.rollback_ranker(catalog)".into()),
+        );
+    }
+    let memory = load_memory(lc, id).with_model(&lc.cat.text, ranker.adapter.clone());
     let lr = Arc::new(LoadedRanker {
         version,
         ranker,
@@ -780,19 +819,18 @@ fn loaded_ranker(lc: &LoadedCatalog, id: i64, xmin: &str) -> Arc<LoadedRanker> {
     lr
 }
 
-/// The remembered successful intents up to experience `upto` whose capability is still in the
+/// What a ranker version remembers (genome.ranker_memory), for the capabilities still in the
 /// catalog.
-fn load_memory(lc: &LoadedCatalog, upto: i64, min_reward: f32) -> Memory {
+fn load_memory(lc: &LoadedCatalog, ranker: i64) -> Memory {
     let mut mem = Memory {
         dim: lc.cat.text_dim,
         ..Default::default()
     };
     Spi::connect(|client| {
         for r in client.select(
-            "SELECT intent_embedding, capability FROM genome.experiences
-              WHERE catalog = $1 AND id <= $2 AND reward >= $3 ORDER BY id",
+            "SELECT embedding, capability FROM genome.ranker_memory WHERE ranker = $1 ORDER BY ctid",
             None,
-            &[lc.row.name.as_str().into(), upto.into(), min_reward.into()],
+            &[ranker.into()],
         )? {
             let cap = r.get::<String>(2)?.unwrap_or_default();
             let Some(ci) = lc.index.get(&cap) else {
@@ -861,7 +899,7 @@ fn intent_embeddings(model: &str, intents: &[&str]) -> Vec<Arc<Vec<f32>>> {
 
 /// Dense candidates from the HNSW index of the catalog's feature table.
 fn dense_candidates(lc: &LoadedCatalog, q: &[f32], k: usize) -> Vec<u32> {
-    let vs = crate::vector::vector_schema();
+    let vs = ident(&crate::vector::vector_schema());
     let d = lc.row.dimension;
     let sql = format!(
         "SELECT capability FROM genome.capability_features WHERE catalog = {lit}
@@ -987,6 +1025,18 @@ pub fn rank_capabilities(
             None,
         );
     }
+    let ctx_names: Vec<String> = context_tools
+        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .collect();
+    if ctx_names.len() > 1000 || session_id.is_some_and(|s| s.len() > 1000) {
+        raise(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            "at most 1000 context tools and a session id of at most 1000 bytes".into(),
+            None,
+        );
+    }
     let row = catalog_row(catalog);
     require_readable(&row);
     let lc = loaded_catalog(row);
@@ -1000,11 +1050,6 @@ pub fn rank_capabilities(
     };
     let ranker = chosen.map(|(id, xmin)| loaded_ranker(&lc, id, &xmin));
     let emb = intent_embeddings(&lc.row.model, &[intent]).remove(0);
-    let ctx_names: Vec<String> = context_tools
-        .unwrap_or_default()
-        .into_iter()
-        .flatten()
-        .collect();
     let ctx: Vec<u32> = ctx_names
         .iter()
         .filter_map(|t| lc.tool_index.get(t).copied())
@@ -1042,7 +1087,7 @@ pub fn rank_capabilities(
     let latency = started.elapsed().as_secs_f64() * 1000.0;
     let shown: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
     let scores: Vec<f32> = rows.iter().map(|r| r.1).collect();
-    let vs = crate::vector::vector_schema();
+    let vs = ident(&crate::vector::vector_schema());
     let ranking_id: i64 = required(
         "logging the ranking",
         Spi::get_one_with_args::<i64>(
@@ -1087,14 +1132,19 @@ fn visible_capabilities(
         "SELECT ({id})::text FROM {rel} t WHERE ({id})::text = ANY($1) AND ($2::jsonb IS NULL OR pg_catalog.to_jsonb(t) @> $2)",
         id = ident(&row.id_col)
     );
-    Spi::connect(|client| {
-        let mut out = HashSet::new();
-        for r in client.select(&sql, None, &[names.to_vec().into(), filter.into()])? {
-            if let Some(s) = r.get::<String>(1)? {
-                out.insert(s);
+    // as the table's owner when the caller is a member of it or a superuser (the owner's casts and
+    // policies never run with the caller's privileges), else as the caller: its own privileges
+    // and row-level security decide what it sees
+    crate::owner::as_table_owner(row.relid, || {
+        Spi::connect(|client| {
+            let mut out = HashSet::new();
+            for r in client.select(&sql, None, &[names.to_vec().into(), filter.into()])? {
+                if let Some(s) = r.get::<String>(1)? {
+                    out.insert(s);
+                }
             }
-        }
-        Ok::<_, pgrx::spi::SpiError>(out)
+            Ok::<_, pgrx::spi::SpiError>(out)
+        })
     })
     .or_raise("reading the catalog's capabilities")
 }
@@ -1174,7 +1224,7 @@ fn import_examples(lc: &LoadedCatalog, pairs: &[(String, String)], prog: &mut Pr
     }
     prog.stage("embedding labelled intents", new.len() as i64);
     let row = models::resolve(Some(&lc.row.model));
-    let vs = crate::vector::vector_schema();
+    let vs = ident(&crate::vector::vector_schema());
     let mut added = 0i64;
     for chunk in new.chunks(512) {
         let texts: Vec<&str> = chunk.iter().map(|p| p.0.as_str()).collect();
@@ -1415,14 +1465,14 @@ pub fn train_ranker(
         "seconds": seconds, "peak_rss_mb": peak_rss_mb(),
     });
     let config_json = serde_json::to_value(&ranker.config).unwrap_or_default();
-    let version: String = spi(
+    let (ranker_id, version): (Option<i64>, Option<String>) = spi(
         "registering the ranker",
-        Spi::get_one_with_args::<String>(
+        Spi::get_two_with_args::<i64, String>(
             "INSERT INTO genome.rankers (catalog, version, weights, memory_upto, metrics, config, feature_version)
              SELECT $1, 'v' || (coalesce(max(substr(r.version, 2)::int) FILTER (WHERE r.version ~ '^v[0-9]+$'), 0) + 1),
                     $2, $3, $4, $5, $6
                FROM genome.rankers r WHERE r.catalog = $1
-             RETURNING version",
+             RETURNING id, version",
             &[
                 lc.row.name.as_str().into(),
                 ranker.to_bytes().into(),
@@ -1432,8 +1482,23 @@ pub fn train_ranker(
                 lc.row.feature_version.into(),
             ],
         ),
-    )
-    .unwrap_or_default();
+    );
+    let (ranker_id, version) = (ranker_id.unwrap_or_default(), version.unwrap_or_default());
+    // its memory: the successful experiences it was trained on
+    spi(
+        "writing the ranker's memory",
+        Spi::run_with_args(
+            "INSERT INTO genome.ranker_memory (ranker, catalog, capability, embedding)
+             SELECT $1, e.catalog, e.capability, e.intent_embedding FROM genome.experiences e
+              WHERE e.catalog = $2 AND e.id <= $3 AND e.reward >= $4 ORDER BY e.id",
+            &[
+                ranker_id.into(),
+                lc.row.name.as_str().into(),
+                upto.into(),
+                ranker.config.memory_min_reward.into(),
+            ],
+        ),
+    );
     let stage = if promote {
         spi(
             "promoting the ranker",
@@ -1824,7 +1889,7 @@ pub fn temporal_validation(
     epochs: default!(i32, 4),
 ) -> JsonB {
     let row = catalog_row(Some(catalog));
-    require_readable(&row);
+    require_owned(&row, "validate a ranker on its log");
     let lc = loaded_catalog(row);
     let split: String = match split_at {
         Some(t) => t.to_string(),

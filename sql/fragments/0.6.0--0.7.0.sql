@@ -1,7 +1,8 @@
 -- pg_genome 0.6.0 -> 0.7.0: capability ranking (src/ranking.sql): the catalog registrations,
 -- the feature store, the ranking and experience logs and the rankers, with their triggers,
--- policies and grants. The functions come after this fragment (release.py); those that the
--- policies, triggers and view below need are created here first, as in src/ranking.sql.
+-- policies and grants; and stages for registry models (src/models.sql). The functions come
+-- after this fragment (release.py); those that the policies, triggers and view below need are
+-- created here first, as in src/ranking.sql.
 
 -- Tables
 
@@ -26,7 +27,8 @@ CREATE TABLE catalogs (
     tool_text_column       name,
     model                  text NOT NULL,     -- name@version, fixed at registration
     dimension              integer NOT NULL,
-    text_weight            real NOT NULL DEFAULT 0.3 CHECK (text_weight BETWEEN 0 AND 1),
+    -- the hybrid embedding's text share; 0 by dev MRR on the tldr data (benches/README.md)
+    text_weight            real NOT NULL DEFAULT 0 CHECK (text_weight BETWEEN 0 AND 1),
     feature_version        bigint NOT NULL DEFAULT 0,
     changed_at             timestamptz,
     refreshed_at           timestamptz,
@@ -45,8 +47,8 @@ CREATE TABLE capability_features (
     content           text NOT NULL,
     content_hash      text NOT NULL,
     text_embedding    vector NOT NULL,
-    graph_embedding   real[] NOT NULL,
-    tools             text[] NOT NULL DEFAULT '{}',
+    graph_embedding   real[] NOT NULL CHECK (cardinality(graph_embedding) <= 1024),
+    tools             text[] NOT NULL DEFAULT '{}' CHECK (cardinality(tools) <= 10000),
     tool_count        integer NOT NULL DEFAULT 0,
     pagerank          real NOT NULL DEFAULT 0,
     clustering        real NOT NULL DEFAULT 0,
@@ -64,7 +66,7 @@ COMMENT ON TABLE capability_features IS 'pg_genome feature store: per capability
 CREATE TABLE tool_features (
     catalog         text NOT NULL REFERENCES catalogs ON DELETE CASCADE ON UPDATE CASCADE,
     tool            text NOT NULL,
-    graph_embedding real[] NOT NULL,
+    graph_embedding real[] NOT NULL CHECK (cardinality(graph_embedding) <= 1024),
     n_capabilities  integer NOT NULL,
     pagerank        real NOT NULL,
     feature_version bigint NOT NULL,
@@ -86,7 +88,8 @@ CREATE TABLE rankings (
     latency_ms       real NOT NULL,
     session_id       text,
     created_at       timestamptz NOT NULL DEFAULT now(),
-    created_by       regrole NOT NULL DEFAULT current_user::regrole
+    created_by       regrole NOT NULL DEFAULT current_user::regrole,
+    UNIQUE (catalog, id)
 );
 CREATE INDEX rankings_catalog_time ON rankings (catalog, created_at);
 COMMENT ON TABLE rankings IS 'pg_genome ranking log: one row per rank_capabilities call';
@@ -101,7 +104,7 @@ SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('ra
 CREATE TABLE experiences (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     catalog          text NOT NULL REFERENCES catalogs ON DELETE CASCADE ON UPDATE CASCADE,
-    ranking_id       bigint REFERENCES rankings ON DELETE SET NULL,
+    ranking_id       bigint,
     intent           text NOT NULL,
     intent_embedding vector NOT NULL,
     context_tools    text[],
@@ -116,9 +119,12 @@ CREATE TABLE experiences (
     step             integer NOT NULL DEFAULT 1,
     source           text NOT NULL DEFAULT 'outcome' CHECK (source IN ('outcome', 'import')),
     created_at       timestamptz NOT NULL DEFAULT now(),
-    created_by       regrole NOT NULL DEFAULT current_user::regrole
+    created_by       regrole NOT NULL DEFAULT current_user::regrole,
+    -- an outcome names a ranking of its own catalog; a pruned ranking leaves the outcome
+    FOREIGN KEY (catalog, ranking_id) REFERENCES rankings (catalog, id) ON DELETE SET NULL (ranking_id)
 );
 CREATE INDEX experiences_catalog ON experiences (catalog, id);
+CREATE INDEX experiences_ranking ON experiences (ranking_id);
 COMMENT ON TABLE experiences IS 'pg_genome experience log: outcomes of rankings and imported labelled intents, the ranker''s training data';
 SELECT pg_catalog.pg_extension_config_dump('experiences', '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('experiences', 'id')::regclass, '');
@@ -143,15 +149,31 @@ CREATE TABLE rankers (
     promoted_at   timestamptz,
     UNIQUE (catalog, version)
 );
+-- What a ranker version remembers: the intent embeddings of the successful experiences it was
+-- trained on, with their capabilities (its memory features and prototypes). Written by
+-- train_ranker as the catalog's owner; read by whoever may rank with the catalog, which keeps
+-- the experience log itself private to its writers and the owner.
+CREATE TABLE ranker_memory (
+    ranker     bigint NOT NULL REFERENCES rankers ON DELETE CASCADE,
+    catalog    text NOT NULL,
+    capability text NOT NULL,
+    embedding  vector NOT NULL
+);
+CREATE INDEX ranker_memory_ranker ON ranker_memory (ranker);
+COMMENT ON TABLE ranker_memory IS 'pg_genome ranker memory: intent embeddings of the successful experiences a ranker version was trained on';
+
 CREATE UNIQUE INDEX rankers_one_production ON rankers (catalog) WHERE stage = 'production';
 COMMENT ON TABLE rankers IS 'pg_genome trained rankers: versions, stages, metrics and weights';
 SELECT pg_catalog.pg_extension_config_dump('rankers', '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('rankers', 'id')::regclass, '');
 
--- Row-level security helpers and the append-only trigger function (also in the generated part)
+-- Row-level security helpers (also in the generated part)
 CREATE FUNCTION _catalog_readable(catalog text) RETURNS boolean
 LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(@extschema@._may_read(c.relid) AND @extschema@._may_read(c.links), false)
+    SELECT coalesce(@extschema@._may_read(c.relid) AND @extschema@._may_read(c.links)
+                    AND (c.tools IS NULL OR @extschema@._may_read(c.tools))
+                    AND NOT row_security_active(c.relid) AND NOT row_security_active(c.links)
+                    AND (c.tools IS NULL OR NOT row_security_active(c.tools)), false)
       FROM @extschema@.catalogs c WHERE c.name = catalog
 $$;
 
@@ -166,16 +188,35 @@ CREATE VIEW ranker_versions AS
 SELECT r.catalog, r.version, r.stage, r.canary_share, r.trained_at, r.promoted_at,
        (r.metrics->>'dev_mrr')::real AS dev_mrr, (r.metrics->>'dev_hit_at_10')::real AS dev_hit_at_10,
        (r.metrics->>'examples')::bigint AS examples
-  FROM rankers r;
+  FROM rankers r
+ WHERE _catalog_readable(r.catalog);
 
 -- Triggers
 
 CREATE TRIGGER catalogs_registrant BEFORE INSERT OR UPDATE OF relid, links, tools, registered_by ON catalogs
     FOR EACH ROW EXECUTE FUNCTION _stamp_registrant();
 
+-- A catalog's name, model and dimension are fixed at registration (its triggers, pg_cron job,
+-- index and features are named and computed from them): register again to change them.
+CREATE FUNCTION _catalog_fixed() RETURNS trigger
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.name IS DISTINCT FROM OLD.name OR NEW.model IS DISTINCT FROM OLD.model OR NEW.dimension IS DISTINCT FROM OLD.dimension THEN
+        RAISE EXCEPTION 'pg_genome: a catalog''s name, model and dimension cannot change' USING ERRCODE = '55000',
+              HINT = 'unregister the catalog and register it again';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER catalogs_fixed BEFORE UPDATE ON catalogs FOR EACH ROW EXECUTE FUNCTION _catalog_fixed();
+
 CREATE FUNCTION _experiences_append_only() RETURNS trigger
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- the one change allowed: a pruned ranking's id set to NULL by the foreign key
+    IF NEW.ranking_id IS NULL AND OLD.ranking_id IS NOT NULL
+       AND (to_jsonb(NEW) - 'ranking_id') = (to_jsonb(OLD) - 'ranking_id') THEN
+        RETURN NEW;
+    END IF;
     RAISE EXCEPTION 'pg_genome: the experience log is append-only' USING ERRCODE = '55000',
           HINT = 'old rows go with genome.prune_experiences(catalog)';
 END $$;
@@ -186,10 +227,13 @@ CREATE TRIGGER experiences_append_only BEFORE UPDATE ON experiences FOR EACH ROW
 -- Registrations like collections': written only for tables the writer owns; read by all.
 ALTER TABLE catalogs ENABLE ROW LEVEL SECURITY;
 CREATE POLICY catalogs_read ON catalogs FOR SELECT USING (true);
-CREATE POLICY catalogs_insert ON catalogs FOR INSERT WITH CHECK (_owns(relid) AND _owns(links) AND (tools IS NULL OR _owns(tools)));
+CREATE POLICY catalogs_insert ON catalogs FOR INSERT
+    WITH CHECK (_owns(relid) AND _owns(links) AND (tools IS NULL OR _owns(tools))
+                AND (SELECT bool_and(k.relkind IN ('r', 'p')) FROM pg_class k WHERE k.oid IN (relid, links, tools)));
 CREATE POLICY catalogs_update ON catalogs FOR UPDATE
     USING (coalesce(_owns(relid), pg_has_role(registered_by::oid, 'USAGE')))
-    WITH CHECK (_owns(relid) AND _owns(links) AND (tools IS NULL OR _owns(tools)));
+    WITH CHECK (_owns(relid) AND _owns(links) AND (tools IS NULL OR _owns(tools))
+                AND (SELECT bool_and(k.relkind IN ('r', 'p')) FROM pg_class k WHERE k.oid IN (relid, links, tools)));
 CREATE POLICY catalogs_delete ON catalogs FOR DELETE
     USING (coalesce(_owns(relid), pg_has_role(registered_by::oid, 'USAGE')));
 
@@ -202,21 +246,30 @@ ALTER TABLE tool_features ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tool_features_read ON tool_features FOR SELECT USING (_catalog_readable(catalog));
 CREATE POLICY tool_features_write ON tool_features FOR ALL USING (_catalog_owned(catalog)) WITH CHECK (_catalog_owned(catalog));
 ALTER TABLE rankings ENABLE ROW LEVEL SECURITY;
-CREATE POLICY rankings_read ON rankings FOR SELECT USING (_catalog_readable(catalog));
-CREATE POLICY rankings_insert ON rankings FOR INSERT WITH CHECK (_catalog_readable(catalog) AND created_by = current_user::regrole);
+CREATE POLICY rankings_read ON rankings FOR SELECT USING (pg_has_role(created_by::oid, 'MEMBER') OR _catalog_owned(catalog));
+CREATE POLICY rankings_insert ON rankings FOR INSERT
+    WITH CHECK (_catalog_readable(catalog) AND created_by = current_user::regrole AND created_at <= now());
 CREATE POLICY rankings_delete ON rankings FOR DELETE USING (_catalog_owned(catalog));
 ALTER TABLE experiences ENABLE ROW LEVEL SECURITY;
-CREATE POLICY experiences_read ON experiences FOR SELECT USING (_catalog_readable(catalog));
+CREATE POLICY experiences_read ON experiences FOR SELECT USING (pg_has_role(created_by::oid, 'MEMBER') OR _catalog_owned(catalog));
+-- an outcome is written for one's own ranking; imports by the owner
 CREATE POLICY experiences_insert ON experiences FOR INSERT
-    WITH CHECK (_catalog_readable(catalog) AND created_by = current_user::regrole AND (source = 'outcome' OR _catalog_owned(catalog)));
+    WITH CHECK (_catalog_readable(catalog) AND created_by = current_user::regrole AND created_at <= now()
+                AND (_catalog_owned(catalog)
+                     OR (source = 'outcome' AND EXISTS (SELECT 1 FROM rankings k WHERE k.catalog = experiences.catalog
+                                                           AND k.id = experiences.ranking_id
+                                                           AND pg_has_role(k.created_by::oid, 'MEMBER')))));
 CREATE POLICY experiences_delete ON experiences FOR DELETE USING (_catalog_owned(catalog));
 ALTER TABLE rankers ENABLE ROW LEVEL SECURITY;
 CREATE POLICY rankers_read ON rankers FOR SELECT USING (_catalog_readable(catalog));
 CREATE POLICY rankers_write ON rankers FOR ALL USING (_catalog_owned(catalog)) WITH CHECK (_catalog_owned(catalog));
+ALTER TABLE ranker_memory ENABLE ROW LEVEL SECURITY;
+CREATE POLICY ranker_memory_read ON ranker_memory FOR SELECT USING (_catalog_readable(catalog));
+CREATE POLICY ranker_memory_write ON ranker_memory FOR ALL USING (_catalog_owned(catalog)) WITH CHECK (_catalog_owned(catalog));
 
 -- Grants
 
 GRANT SELECT ON catalogs, ranker_versions TO genome_monitor;
-GRANT SELECT, INSERT, UPDATE, DELETE ON catalogs, capability_features, tool_features, rankers TO genome_user;
+GRANT SELECT, INSERT, UPDATE, DELETE ON catalogs, capability_features, tool_features, rankers, ranker_memory TO genome_user;
 GRANT SELECT, INSERT, DELETE ON rankings, experiences TO genome_user;
 GRANT SELECT ON ranker_versions TO genome_user;

@@ -4,8 +4,9 @@
 -- sql/fragments/0.6.0--0.7.0.sql
 -- pg_genome 0.6.0 -> 0.7.0: capability ranking (src/ranking.sql): the catalog registrations,
 -- the feature store, the ranking and experience logs and the rankers, with their triggers,
--- policies and grants. The functions come after this fragment (release.py); those that the
--- policies, triggers and view below need are created here first, as in src/ranking.sql.
+-- policies and grants; and stages for registry models (src/models.sql). The functions come
+-- after this fragment (release.py); those that the policies, triggers and view below need are
+-- created here first, as in src/ranking.sql.
 
 -- Tables
 
@@ -30,7 +31,8 @@ CREATE TABLE catalogs (
     tool_text_column       name,
     model                  text NOT NULL,     -- name@version, fixed at registration
     dimension              integer NOT NULL,
-    text_weight            real NOT NULL DEFAULT 0.3 CHECK (text_weight BETWEEN 0 AND 1),
+    -- the hybrid embedding's text share; 0 by dev MRR on the tldr data (benches/README.md)
+    text_weight            real NOT NULL DEFAULT 0 CHECK (text_weight BETWEEN 0 AND 1),
     feature_version        bigint NOT NULL DEFAULT 0,
     changed_at             timestamptz,
     refreshed_at           timestamptz,
@@ -49,8 +51,8 @@ CREATE TABLE capability_features (
     content           text NOT NULL,
     content_hash      text NOT NULL,
     text_embedding    vector NOT NULL,
-    graph_embedding   real[] NOT NULL,
-    tools             text[] NOT NULL DEFAULT '{}',
+    graph_embedding   real[] NOT NULL CHECK (cardinality(graph_embedding) <= 1024),
+    tools             text[] NOT NULL DEFAULT '{}' CHECK (cardinality(tools) <= 10000),
     tool_count        integer NOT NULL DEFAULT 0,
     pagerank          real NOT NULL DEFAULT 0,
     clustering        real NOT NULL DEFAULT 0,
@@ -68,7 +70,7 @@ COMMENT ON TABLE capability_features IS 'pg_genome feature store: per capability
 CREATE TABLE tool_features (
     catalog         text NOT NULL REFERENCES catalogs ON DELETE CASCADE ON UPDATE CASCADE,
     tool            text NOT NULL,
-    graph_embedding real[] NOT NULL,
+    graph_embedding real[] NOT NULL CHECK (cardinality(graph_embedding) <= 1024),
     n_capabilities  integer NOT NULL,
     pagerank        real NOT NULL,
     feature_version bigint NOT NULL,
@@ -90,7 +92,8 @@ CREATE TABLE rankings (
     latency_ms       real NOT NULL,
     session_id       text,
     created_at       timestamptz NOT NULL DEFAULT now(),
-    created_by       regrole NOT NULL DEFAULT current_user::regrole
+    created_by       regrole NOT NULL DEFAULT current_user::regrole,
+    UNIQUE (catalog, id)
 );
 CREATE INDEX rankings_catalog_time ON rankings (catalog, created_at);
 COMMENT ON TABLE rankings IS 'pg_genome ranking log: one row per rank_capabilities call';
@@ -105,7 +108,7 @@ SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('ra
 CREATE TABLE experiences (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     catalog          text NOT NULL REFERENCES catalogs ON DELETE CASCADE ON UPDATE CASCADE,
-    ranking_id       bigint REFERENCES rankings ON DELETE SET NULL,
+    ranking_id       bigint,
     intent           text NOT NULL,
     intent_embedding vector NOT NULL,
     context_tools    text[],
@@ -120,9 +123,12 @@ CREATE TABLE experiences (
     step             integer NOT NULL DEFAULT 1,
     source           text NOT NULL DEFAULT 'outcome' CHECK (source IN ('outcome', 'import')),
     created_at       timestamptz NOT NULL DEFAULT now(),
-    created_by       regrole NOT NULL DEFAULT current_user::regrole
+    created_by       regrole NOT NULL DEFAULT current_user::regrole,
+    -- an outcome names a ranking of its own catalog; a pruned ranking leaves the outcome
+    FOREIGN KEY (catalog, ranking_id) REFERENCES rankings (catalog, id) ON DELETE SET NULL (ranking_id)
 );
 CREATE INDEX experiences_catalog ON experiences (catalog, id);
+CREATE INDEX experiences_ranking ON experiences (ranking_id);
 COMMENT ON TABLE experiences IS 'pg_genome experience log: outcomes of rankings and imported labelled intents, the ranker''s training data';
 SELECT pg_catalog.pg_extension_config_dump('experiences', '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('experiences', 'id')::regclass, '');
@@ -147,15 +153,31 @@ CREATE TABLE rankers (
     promoted_at   timestamptz,
     UNIQUE (catalog, version)
 );
+-- What a ranker version remembers: the intent embeddings of the successful experiences it was
+-- trained on, with their capabilities (its memory features and prototypes). Written by
+-- train_ranker as the catalog's owner; read by whoever may rank with the catalog, which keeps
+-- the experience log itself private to its writers and the owner.
+CREATE TABLE ranker_memory (
+    ranker     bigint NOT NULL REFERENCES rankers ON DELETE CASCADE,
+    catalog    text NOT NULL,
+    capability text NOT NULL,
+    embedding  vector NOT NULL
+);
+CREATE INDEX ranker_memory_ranker ON ranker_memory (ranker);
+COMMENT ON TABLE ranker_memory IS 'pg_genome ranker memory: intent embeddings of the successful experiences a ranker version was trained on';
+
 CREATE UNIQUE INDEX rankers_one_production ON rankers (catalog) WHERE stage = 'production';
 COMMENT ON TABLE rankers IS 'pg_genome trained rankers: versions, stages, metrics and weights';
 SELECT pg_catalog.pg_extension_config_dump('rankers', '');
 SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('rankers', 'id')::regclass, '');
 
--- Row-level security helpers and the append-only trigger function (also in the generated part)
+-- Row-level security helpers (also in the generated part)
 CREATE FUNCTION _catalog_readable(catalog text) RETURNS boolean
 LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(@extschema@._may_read(c.relid) AND @extschema@._may_read(c.links), false)
+    SELECT coalesce(@extschema@._may_read(c.relid) AND @extschema@._may_read(c.links)
+                    AND (c.tools IS NULL OR @extschema@._may_read(c.tools))
+                    AND NOT row_security_active(c.relid) AND NOT row_security_active(c.links)
+                    AND (c.tools IS NULL OR NOT row_security_active(c.tools)), false)
       FROM @extschema@.catalogs c WHERE c.name = catalog
 $$;
 
@@ -170,16 +192,35 @@ CREATE VIEW ranker_versions AS
 SELECT r.catalog, r.version, r.stage, r.canary_share, r.trained_at, r.promoted_at,
        (r.metrics->>'dev_mrr')::real AS dev_mrr, (r.metrics->>'dev_hit_at_10')::real AS dev_hit_at_10,
        (r.metrics->>'examples')::bigint AS examples
-  FROM rankers r;
+  FROM rankers r
+ WHERE _catalog_readable(r.catalog);
 
 -- Triggers
 
 CREATE TRIGGER catalogs_registrant BEFORE INSERT OR UPDATE OF relid, links, tools, registered_by ON catalogs
     FOR EACH ROW EXECUTE FUNCTION _stamp_registrant();
 
+-- A catalog's name, model and dimension are fixed at registration (its triggers, pg_cron job,
+-- index and features are named and computed from them): register again to change them.
+CREATE FUNCTION _catalog_fixed() RETURNS trigger
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.name IS DISTINCT FROM OLD.name OR NEW.model IS DISTINCT FROM OLD.model OR NEW.dimension IS DISTINCT FROM OLD.dimension THEN
+        RAISE EXCEPTION 'pg_genome: a catalog''s name, model and dimension cannot change' USING ERRCODE = '55000',
+              HINT = 'unregister the catalog and register it again';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER catalogs_fixed BEFORE UPDATE ON catalogs FOR EACH ROW EXECUTE FUNCTION _catalog_fixed();
+
 CREATE FUNCTION _experiences_append_only() RETURNS trigger
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- the one change allowed: a pruned ranking's id set to NULL by the foreign key
+    IF NEW.ranking_id IS NULL AND OLD.ranking_id IS NOT NULL
+       AND (to_jsonb(NEW) - 'ranking_id') = (to_jsonb(OLD) - 'ranking_id') THEN
+        RETURN NEW;
+    END IF;
     RAISE EXCEPTION 'pg_genome: the experience log is append-only' USING ERRCODE = '55000',
           HINT = 'old rows go with genome.prune_experiences(catalog)';
 END $$;
@@ -190,10 +231,13 @@ CREATE TRIGGER experiences_append_only BEFORE UPDATE ON experiences FOR EACH ROW
 -- Registrations like collections': written only for tables the writer owns; read by all.
 ALTER TABLE catalogs ENABLE ROW LEVEL SECURITY;
 CREATE POLICY catalogs_read ON catalogs FOR SELECT USING (true);
-CREATE POLICY catalogs_insert ON catalogs FOR INSERT WITH CHECK (_owns(relid) AND _owns(links) AND (tools IS NULL OR _owns(tools)));
+CREATE POLICY catalogs_insert ON catalogs FOR INSERT
+    WITH CHECK (_owns(relid) AND _owns(links) AND (tools IS NULL OR _owns(tools))
+                AND (SELECT bool_and(k.relkind IN ('r', 'p')) FROM pg_class k WHERE k.oid IN (relid, links, tools)));
 CREATE POLICY catalogs_update ON catalogs FOR UPDATE
     USING (coalesce(_owns(relid), pg_has_role(registered_by::oid, 'USAGE')))
-    WITH CHECK (_owns(relid) AND _owns(links) AND (tools IS NULL OR _owns(tools)));
+    WITH CHECK (_owns(relid) AND _owns(links) AND (tools IS NULL OR _owns(tools))
+                AND (SELECT bool_and(k.relkind IN ('r', 'p')) FROM pg_class k WHERE k.oid IN (relid, links, tools)));
 CREATE POLICY catalogs_delete ON catalogs FOR DELETE
     USING (coalesce(_owns(relid), pg_has_role(registered_by::oid, 'USAGE')));
 
@@ -206,22 +250,31 @@ ALTER TABLE tool_features ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tool_features_read ON tool_features FOR SELECT USING (_catalog_readable(catalog));
 CREATE POLICY tool_features_write ON tool_features FOR ALL USING (_catalog_owned(catalog)) WITH CHECK (_catalog_owned(catalog));
 ALTER TABLE rankings ENABLE ROW LEVEL SECURITY;
-CREATE POLICY rankings_read ON rankings FOR SELECT USING (_catalog_readable(catalog));
-CREATE POLICY rankings_insert ON rankings FOR INSERT WITH CHECK (_catalog_readable(catalog) AND created_by = current_user::regrole);
+CREATE POLICY rankings_read ON rankings FOR SELECT USING (pg_has_role(created_by::oid, 'MEMBER') OR _catalog_owned(catalog));
+CREATE POLICY rankings_insert ON rankings FOR INSERT
+    WITH CHECK (_catalog_readable(catalog) AND created_by = current_user::regrole AND created_at <= now());
 CREATE POLICY rankings_delete ON rankings FOR DELETE USING (_catalog_owned(catalog));
 ALTER TABLE experiences ENABLE ROW LEVEL SECURITY;
-CREATE POLICY experiences_read ON experiences FOR SELECT USING (_catalog_readable(catalog));
+CREATE POLICY experiences_read ON experiences FOR SELECT USING (pg_has_role(created_by::oid, 'MEMBER') OR _catalog_owned(catalog));
+-- an outcome is written for one's own ranking; imports by the owner
 CREATE POLICY experiences_insert ON experiences FOR INSERT
-    WITH CHECK (_catalog_readable(catalog) AND created_by = current_user::regrole AND (source = 'outcome' OR _catalog_owned(catalog)));
+    WITH CHECK (_catalog_readable(catalog) AND created_by = current_user::regrole AND created_at <= now()
+                AND (_catalog_owned(catalog)
+                     OR (source = 'outcome' AND EXISTS (SELECT 1 FROM rankings k WHERE k.catalog = experiences.catalog
+                                                           AND k.id = experiences.ranking_id
+                                                           AND pg_has_role(k.created_by::oid, 'MEMBER')))));
 CREATE POLICY experiences_delete ON experiences FOR DELETE USING (_catalog_owned(catalog));
 ALTER TABLE rankers ENABLE ROW LEVEL SECURITY;
 CREATE POLICY rankers_read ON rankers FOR SELECT USING (_catalog_readable(catalog));
 CREATE POLICY rankers_write ON rankers FOR ALL USING (_catalog_owned(catalog)) WITH CHECK (_catalog_owned(catalog));
+ALTER TABLE ranker_memory ENABLE ROW LEVEL SECURITY;
+CREATE POLICY ranker_memory_read ON ranker_memory FOR SELECT USING (_catalog_readable(catalog));
+CREATE POLICY ranker_memory_write ON ranker_memory FOR ALL USING (_catalog_owned(catalog)) WITH CHECK (_catalog_owned(catalog));
 
 -- Grants
 
 GRANT SELECT ON catalogs, ranker_versions TO genome_monitor;
-GRANT SELECT, INSERT, UPDATE, DELETE ON catalogs, capability_features, tool_features, rankers TO genome_user;
+GRANT SELECT, INSERT, UPDATE, DELETE ON catalogs, capability_features, tool_features, rankers, ranker_memory TO genome_user;
 GRANT SELECT, INSERT, DELETE ON rankings, experiences TO genome_user;
 GRANT SELECT ON ranker_versions TO genome_user;
 
@@ -366,15 +419,6 @@ COMMENT ON FUNCTION embed_image IS 'embed one image (JPEG, PNG or WebP bytes) wi
 COMMENT ON FUNCTION embed_images IS 'embed many images in order, genome.batch_size per model call; a bad image is an ERROR naming its position';
 COMMENT ON FUNCTION image_quality IS 'photo quality of an image: sharpness, exposure, contrast, resolution and a combined 0..1 score';
 COMMENT ON FUNCTION resolve_model IS 'the registered model a spec names (name or name@version, newest version when none; NULL: genome.default_model)';
-COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
-COMMENT ON FUNCTION unregister_pet_media IS 'forget a photo table: its photos, clusters and triggers (the app''s table is untouched)';
-COMMENT ON FUNCTION cluster_pet IS 'update one pet''s photo clusters incrementally: new photos join the nearest cluster or, once enough gather, form new ones';
-COMMENT ON FUNCTION cluster_dirty_pets IS 'update the clusters of pets with new or removed photos (the pg_cron job''s body)';
-COMMENT ON FUNCTION schedule_pet_clustering IS 'create or update the pg_cron job that keeps pets with new photos up to date';
-COMMENT ON FUNCTION unschedule_pet_clustering IS 'remove the pg_cron job of a photo table; returns how many were removed';
-COMMENT ON FUNCTION select_heroes IS 'top n photos per cluster of a pet by hero score (quality, centrality, recency, pose)';
-COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
-COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
 COMMENT ON FUNCTION register_collection IS 'register an app table as a pg_genome collection (adds embedding and family columns if missing)';
 COMMENT ON FUNCTION unregister_collection IS 'forget a collection and its families and runs (the table and its columns stay)';
 COMMENT ON FUNCTION pending_count IS 'rows of the collection without a family yet';
@@ -386,6 +430,15 @@ COMMENT ON FUNCTION full_classify IS 'the weekly job: embed missing rows, reduce
 COMMENT ON FUNCTION hdbscan_recluster IS 'full classification of the rows already embedded (no embedding step); same arguments and result as full_classify';
 COMMENT ON FUNCTION assign_family IS 'the 10-minute job: give rows without a family the nearest family whose centroid reaches its threshold, else Unclustered';
 COMMENT ON FUNCTION cached_centroids IS 'the collections whose centroids this backend has cached, with their generation (tests and health)';
+COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
+COMMENT ON FUNCTION unregister_pet_media IS 'forget a photo table: its photos, clusters and triggers (the app''s table is untouched)';
+COMMENT ON FUNCTION cluster_pet IS 'update one pet''s photo clusters incrementally: new photos join the nearest cluster or, once enough gather, form new ones';
+COMMENT ON FUNCTION cluster_dirty_pets IS 'update the clusters of pets with new or removed photos (the pg_cron job''s body)';
+COMMENT ON FUNCTION schedule_pet_clustering IS 'create or update the pg_cron job that keeps pets with new photos up to date';
+COMMENT ON FUNCTION unschedule_pet_clustering IS 'remove the pg_cron job of a photo table; returns how many were removed';
+COMMENT ON FUNCTION select_heroes IS 'top n photos per cluster of a pet by hero score (quality, centrality, recency, pose)';
+COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
+COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
 CREATE OR REPLACE FUNCTION "temporal_validation"(
 	"catalog" TEXT, /* & str */
 	"split_at" timestamp with time zone DEFAULT NULL, /* Option < pgrx :: datum :: TimestampWithTimeZone > */
@@ -498,6 +551,7 @@ BEGIN
     IF rel IS NULL THEN
         RAISE EXCEPTION 'pg_genome: catalog "%" is not registered', name USING ERRCODE = '42704';
     END IF;
+    PERFORM @extschema@._require_catalog_owner(name);
     IF to_regnamespace('cron') IS NULL THEN
         RAISE EXCEPTION 'pg_genome: pg_cron is not installed in this database' USING ERRCODE = '0A000',
               HINT = 'add pg_cron to shared_preload_libraries, set cron.database_name, then CREATE EXTENSION pg_cron';
@@ -583,6 +637,7 @@ CREATE OR REPLACE FUNCTION promote_ranker(catalog text, version text) RETURNS @e
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE r @extschema@.rankers;
 BEGIN
+    PERFORM @extschema@._require_catalog_owner(catalog);
     PERFORM pg_advisory_xact_lock(@extschema@._lock_key('ranking'), hashtext(catalog));
     IF NOT EXISTS (SELECT 1 FROM @extschema@.rankers x WHERE x.catalog = promote_ranker.catalog AND x.version = promote_ranker.version) THEN
         RAISE EXCEPTION 'pg_genome: catalog "%" has no ranker version "%"', catalog, version USING ERRCODE = '42704';
@@ -599,6 +654,7 @@ CREATE OR REPLACE FUNCTION rollback_ranker(catalog text) RETURNS @extschema@.ran
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE v text;
 BEGIN
+    PERFORM @extschema@._require_catalog_owner(catalog);
     SELECT x.version INTO v FROM @extschema@.rankers x
      WHERE x.catalog = rollback_ranker.catalog AND x.stage = 'archived' AND x.promoted_at IS NOT NULL
      ORDER BY x.promoted_at DESC LIMIT 1;
@@ -617,6 +673,7 @@ BEGIN
     IF share IS NOT NULL AND NOT (share > 0 AND share < 1) THEN
         RAISE EXCEPTION 'pg_genome: canary share must be between 0 and 1 (exclusive)' USING ERRCODE = '22003';
     END IF;
+    PERFORM @extschema@._require_catalog_owner(catalog);
     PERFORM pg_advisory_xact_lock(@extschema@._lock_key('ranking'), hashtext(catalog));
     UPDATE @extschema@.rankers x SET canary_share = NULL WHERE x.catalog = start_canary.catalog AND x.canary_share IS NOT NULL;
     UPDATE @extschema@.rankers x SET canary_share = share, canary_since = now()
@@ -628,13 +685,6 @@ BEGIN
 END $$;
 
 COMMENT ON FUNCTION start_canary IS 'serve a share of rankings with a staging ranker version (stable by session or intent)';
-CREATE OR REPLACE VIEW ranker_versions AS
-SELECT r.catalog, r.version, r.stage, r.canary_share, r.trained_at, r.promoted_at,
-       (r.metrics->>'dev_mrr')::real AS dev_mrr, (r.metrics->>'dev_hit_at_10')::real AS dev_hit_at_10,
-       (r.metrics->>'examples')::bigint AS examples
-  FROM rankers r;
-
-COMMENT ON VIEW ranker_versions IS 'ranker versions of each catalog with their stage and dev metrics';
 CREATE OR REPLACE FUNCTION canary_report(catalog text)
 RETURNS TABLE (version text, role text, rankings bigint, outcomes bigint, success_rate real, p99_latency_ms real,
                error_rate real, diff double precision, p_value double precision, ci_low double precision,
@@ -681,7 +731,10 @@ COMMENT ON FUNCTION temporal_validation IS 'train on the experience log before a
 COMMENT ON FUNCTION evaluate_ranker IS 'ranking and calibration metrics of a ranker version over a table of labelled intents';
 CREATE OR REPLACE FUNCTION _catalog_readable(catalog text) RETURNS boolean
 LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(@extschema@._may_read(c.relid) AND @extschema@._may_read(c.links), false)
+    SELECT coalesce(@extschema@._may_read(c.relid) AND @extschema@._may_read(c.links)
+                    AND (c.tools IS NULL OR @extschema@._may_read(c.tools))
+                    AND NOT row_security_active(c.relid) AND NOT row_security_active(c.links)
+                    AND (c.tools IS NULL OR NOT row_security_active(c.tools)), false)
       FROM @extschema@.catalogs c WHERE c.name = catalog
 $$;
 
@@ -691,17 +744,38 @@ LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
       FROM @extschema@.catalogs c WHERE c.name = catalog
 $$;
 
+CREATE OR REPLACE FUNCTION _ranking_monitor_or_skip(catalog text) RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN @extschema@.ranking_monitor(catalog);
+EXCEPTION WHEN OTHERS THEN
+    RETURN jsonb_build_object('catalog', catalog, 'skipped', SQLERRM);
+END $$;
+
+CREATE OR REPLACE FUNCTION _require_catalog_owner(catalog text) RETURNS void
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.catalogs c WHERE c.name = catalog) THEN
+        RAISE EXCEPTION 'pg_genome: catalog "%" is not registered', catalog USING ERRCODE = '42704';
+    END IF;
+    IF NOT @extschema@._catalog_owned(catalog) THEN
+        RAISE EXCEPTION 'pg_genome: only the owner of catalog "%"''s tables may do this', catalog USING ERRCODE = '42501';
+    END IF;
+END $$;
+
 CREATE OR REPLACE FUNCTION _catalog_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- once per refresh cycle: later writes find it marked and take no row lock
     UPDATE @extschema@.catalogs c SET changed_at = now()
-     WHERE c.name = TG_ARGV[0] AND TG_RELID IN (c.relid, c.links, c.tools);
+     WHERE c.name = TG_ARGV[0] AND TG_RELID IN (c.relid, c.links, c.tools)
+       AND (c.changed_at IS NULL OR c.changed_at <= coalesce(c.refreshed_at, '-infinity'));
     RETURN NULL;
 END $$;
 
 CREATE OR REPLACE FUNCTION _catalog_triggers(catalog text, present boolean) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
-DECLARE rel regclass; trg text := left('genome_catalog_' || catalog, 63);
+DECLARE rel regclass; trg text := 'genome_catalog_' || md5(catalog);
 BEGIN
     FOR rel IN SELECT DISTINCT r FROM @extschema@.catalogs c, unnest(ARRAY[c.relid, c.links, c.tools]) r
                 WHERE c.name = catalog AND r IS NOT NULL AND EXISTS (SELECT 1 FROM pg_class k WHERE k.oid = r) LOOP
@@ -715,27 +789,45 @@ END $$;
 
 CREATE OR REPLACE FUNCTION _catalog_index(catalog text, present boolean DEFAULT true) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
-DECLARE c @extschema@.catalogs; ix text := left('capability_features_hnsw_' || catalog, 63);
+DECLARE c @extschema@.catalogs; ix text := 'capability_features_hnsw_' || md5(catalog);
 BEGIN
     SELECT * INTO c FROM @extschema@.catalogs x WHERE x.name = catalog;
-    -- an index is created only for a registration whose registrant owns the table, and dropped
+    -- created (if missing) only for a registration whose registrant owns the table; dropped
     -- only once the registration is gone (unregister_catalog deletes it first, under its policy)
-    IF present AND (c.name IS NULL OR NOT @extschema@._owned_by(c.relid, c.registered_by)) THEN
-        RETURN;
+    IF present AND c.name IS NOT NULL AND @extschema@._owned_by(c.relid, c.registered_by) THEN
+        EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %I.capability_features USING hnsw ((text_embedding::%I.vector(%s)) %I.vector_cosine_ops) WHERE catalog = %L',
+                       ix, '@extschema@', @extschema@._vector_schema(), c.dimension, @extschema@._vector_schema(), catalog);
+    ELSIF NOT present AND c.name IS NULL THEN
+        EXECUTE format('DROP INDEX IF EXISTS %I.%I', '@extschema@', ix);
     END IF;
-    IF NOT present AND c.name IS NOT NULL THEN
-        RETURN;
+END $$;
+
+CREATE OR REPLACE VIEW ranker_versions AS
+SELECT r.catalog, r.version, r.stage, r.canary_share, r.trained_at, r.promoted_at,
+       (r.metrics->>'dev_mrr')::real AS dev_mrr, (r.metrics->>'dev_hit_at_10')::real AS dev_hit_at_10,
+       (r.metrics->>'examples')::bigint AS examples
+  FROM rankers r
+ WHERE _catalog_readable(r.catalog);
+
+COMMENT ON VIEW ranker_versions IS 'ranker versions of each catalog with their stage and dev metrics';
+CREATE OR REPLACE FUNCTION _catalog_fixed() RETURNS trigger
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.name IS DISTINCT FROM OLD.name OR NEW.model IS DISTINCT FROM OLD.model OR NEW.dimension IS DISTINCT FROM OLD.dimension THEN
+        RAISE EXCEPTION 'pg_genome: a catalog''s name, model and dimension cannot change' USING ERRCODE = '55000',
+              HINT = 'unregister the catalog and register it again';
     END IF;
-    EXECUTE format('DROP INDEX IF EXISTS %I.%I', '@extschema@', ix);
-    IF present THEN
-        EXECUTE format('CREATE INDEX %I ON %I.capability_features USING hnsw ((text_embedding::%s(%s)) %s.vector_cosine_ops) WHERE catalog = %L',
-                       ix, '@extschema@', @extschema@._vector_schema() || '.vector', c.dimension, @extschema@._vector_schema(), catalog);
-    END IF;
+    RETURN NEW;
 END $$;
 
 CREATE OR REPLACE FUNCTION _experiences_append_only() RETURNS trigger
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- the one change allowed: a pruned ranking's id set to NULL by the foreign key
+    IF NEW.ranking_id IS NULL AND OLD.ranking_id IS NOT NULL
+       AND (to_jsonb(NEW) - 'ranking_id') = (to_jsonb(OLD) - 'ranking_id') THEN
+        RETURN NEW;
+    END IF;
     RAISE EXCEPTION 'pg_genome: the experience log is append-only' USING ERRCODE = '55000',
           HINT = 'old rows go with genome.prune_experiences(catalog)';
 END $$;
@@ -818,7 +910,7 @@ BEGIN
                         CROSS JOIN LATERAL (SELECT count(*) AS n, min(d.marked_at) AS oldest
                                               FROM @extschema@.pet_dirty d WHERE d.media = pm.name) dt),
         -- ranking catalogs the caller may read (0.7.0): features, drift, online figures
-        'ranking', (SELECT coalesce(jsonb_agg(@extschema@.ranking_monitor(c.name) ORDER BY c.name), '[]')
+        'ranking', (SELECT coalesce(jsonb_agg(@extschema@._ranking_monitor_or_skip(c.name) ORDER BY c.name), '[]')
                       FROM @extschema@.catalogs c
                      WHERE @extschema@._catalog_readable(c.name)
                        AND @extschema@._owned_by(c.relid, c.registered_by) AND @extschema@._owned_by(c.links, c.registered_by)))
@@ -859,7 +951,7 @@ BEGIN
     END LOOP;
     -- ranking (0.7.0), catalogs the caller may read
     out := out || E'# HELP genome_rank_online Recent (1 day) ranking figures per catalog: p50/p99 latency (ms), fallback and error rates, MRR of the production ranker on logged outcomes, drift flags (1 = drift), features ok.\n# TYPE genome_rank_online gauge\n';
-    FOR r IN SELECT c.name, @extschema@.ranking_monitor(c.name) AS m FROM @extschema@.catalogs c
+    FOR r IN SELECT c.name, @extschema@._ranking_monitor_or_skip(c.name) AS m FROM @extschema@.catalogs c
               WHERE @extschema@._catalog_readable(c.name) AND c.feature_version > 0
                 AND @extschema@._owned_by(c.relid, c.registered_by) AND @extschema@._owned_by(c.links, c.registered_by)
               ORDER BY 1 LOOP
@@ -898,7 +990,7 @@ BEGIN
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO genome_user', f);
     END LOOP;
 END $grants$;
-GRANT EXECUTE ON FUNCTION progress_slots(), _runtime_info(), _metrics_counters(), _vector_schema(),
+GRANT EXECUTE ON FUNCTION progress_slots(), _runtime_info(), _metrics_counters(), _vector_schema(), _ranking_monitor_or_skip(text),
     _check_registrant(text, text, oid, regrole), _owner_value(oid, text, text[], text[], text[]) TO genome_monitor;
 -- resolve_model (open to all, as before 0.6.0) calls it; it reads genome.models as the caller
 GRANT EXECUTE ON FUNCTION _resolve_model(text, boolean) TO PUBLIC;

@@ -327,6 +327,40 @@ def test_a_role_sees_only_catalogs_it_may_read(trained):
         # registering someone else's tables is refused by the row policy
         assert sqlstate(c, "SELECT genome.register_catalog('steal', 'rank_app.caps', 'name', 'description', "
                            "'rank_app.cap_tools', 'capability', 'tool')")[0] == "42501"
+    with connect(user="rank_reader") as c:
+        # the log is private to its writers and the owner: the reader sees its own rankings only
+        mine = c.execute("SELECT count(*), count(*) FILTER (WHERE created_by <> 'rank_reader'::regrole) "
+                         "FROM genome.rankings").fetchone()
+        assert mine[0] >= 1 and mine[1] == 0
+        # an outcome for a ranking that is not its own, or a forged row, is refused
+        owners = connect(user="rank_owner")
+        theirs = owners.execute("SELECT ranking_id FROM genome.rank_capabilities('list files', catalog => %s)",
+                                (CAT,)).fetchone()[0]
+        owners.close()
+        assert sqlstate(c, "SELECT genome.record_outcome(%s, 'tar', 'success')", (theirs,))[0] == "42704"
+        assert sqlstate(c, "INSERT INTO genome.experiences (catalog, ranking_id, intent, intent_embedding, capability, "
+                           "outcome, reward) SELECT %s, %s, 'x', embedding, 'tar', 'success', 1 FROM genome.ranker_memory "
+                           "LIMIT 1", (CAT, theirs))[0] == "42501"
+        # the index helper cannot drop a live catalog's index
+        c.execute("SELECT genome._catalog_index(%s, false)", (CAT,))
+        assert c.execute("SELECT count(*) FROM pg_indexes WHERE indexname = 'capability_features_hnsw_' || md5(%s)",
+                         (CAT,)).fetchone()[0] == 1
+    with connect(user="rank_stranger") as c:
+        assert c.execute("SELECT count(*) FROM genome.ranker_versions").fetchone()[0] == 0
+        assert c.execute("SELECT count(*) FROM genome.ranker_memory").fetchone()[0] == 0
+    with owner() as c:
+        assert sqlstate(c, "UPDATE genome.catalogs SET name = 'renamed' WHERE name = %s", (CAT,))[0] == "55000"
+        # row-level security on the app's table: a reader it applies to is not a reader of the
+        # features (they describe every row); the owner still ranks
+        c.execute("ALTER TABLE caps ENABLE ROW LEVEL SECURITY")
+        c.execute("CREATE POLICY caps_some ON caps FOR SELECT USING (name < 'm')")
+    with connect(user="rank_reader") as c:
+        assert sqlstate(c, "SELECT * FROM genome.rank_capabilities('list files', catalog => %s)", (CAT,))[0] == "42501"
+        assert c.execute("SELECT count(*) FROM genome.capability_features").fetchone()[0] == 0
+    with owner() as c:
+        assert len(c.execute("SELECT * FROM genome.rank_capabilities('list files', catalog => %s)", (CAT,)).fetchall()) == 10
+        c.execute("DROP POLICY caps_some ON caps")
+        c.execute("ALTER TABLE caps DISABLE ROW LEVEL SECURITY")
     with connect() as su:
         internal = su.execute("""SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'genome'::regnamespace
                                     AND p.proname IN ('_two_proportion', '_catalog_index', '_catalog_triggers', '_catalog_changed')
@@ -340,10 +374,11 @@ def test_dropping_a_table_forgets_its_catalog(cheat):
         c.execute("CREATE TABLE tmp_links (capability text, tool text)")
         c.execute("SELECT genome.register_catalog('tmpcat', 'tmp_caps', 'name', 'description', 'tmp_links', "
                   "'capability', 'tool')")
-        assert c.execute("SELECT count(*) FROM pg_indexes WHERE indexname = 'capability_features_hnsw_tmpcat'").fetchone()[0] == 1
+        ix = "SELECT count(*) FROM pg_indexes WHERE indexname = 'capability_features_hnsw_' || md5('tmpcat')"
+        assert c.execute(ix).fetchone()[0] == 1
         c.execute("DROP TABLE tmp_links")
         assert not c.execute("SELECT 1 FROM genome.catalogs WHERE name = 'tmpcat'").fetchone()
-        assert c.execute("SELECT count(*) FROM pg_indexes WHERE indexname = 'capability_features_hnsw_tmpcat'").fetchone()[0] == 0
+        assert c.execute(ix).fetchone()[0] == 0
         c.execute("DROP TABLE tmp_caps")
 
 

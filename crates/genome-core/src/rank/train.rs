@@ -484,7 +484,7 @@ impl Default for TrainConfig {
             gamma: 0.99,
             lambda: 0.95,
             replay_capacity: 100_000,
-            text_weight: 0.3,
+            text_weight: 0.0,
             candidates: CandidateCounts::default(),
             seed: 42,
             heads: 4,
@@ -980,6 +980,9 @@ impl Ranker {
                 .try_into()
                 .map_err(|_| "truncated ranker adapter")?,
         ) as usize;
+        if d > 16_000 {
+            return Err("the ranker's adapter is larger than any embedding".into());
+        }
         let end = 4 + d * d * 4;
         let w: Vec<f32> = rest
             .get(4..end)
