@@ -269,8 +269,14 @@ def test_pg_cron_job_runs_and_assigns_rows():
         while time.time() < deadline and c.execute("SELECT genome.pending_count('it_cron')").fetchone()[0] > 0:
             time.sleep(3)
         pending = c.execute("SELECT genome.pending_count('it_cron')").fetchone()[0]
-        status = c.execute("""SELECT d.status, d.return_message FROM cron.job_run_details d JOIN cron.job j USING (jobid)
-                              WHERE j.jobname = 'genome_assign:it_cron' ORDER BY d.runid DESC LIMIT 1""").fetchone()
+        # the job's rows commit a moment before pg_cron records how the run ended
+        status_sql = """SELECT d.status, d.return_message FROM cron.job_run_details d JOIN cron.job j USING (jobid)
+                        WHERE j.jobname = 'genome_assign:it_cron' ORDER BY d.runid DESC LIMIT 1"""
+        status = c.execute(status_sql).fetchone()
+        settle = time.time() + 30
+        while status is not None and status[0] in ("starting", "running") and time.time() < settle:
+            time.sleep(1)
+            status = c.execute(status_sql).fetchone()
         assert pending == 0, status
         assert status[0] == "succeeded", status
         assert c.execute("SELECT genome.unschedule('it_cron')").fetchone()[0] == 2
