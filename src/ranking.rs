@@ -1257,15 +1257,20 @@ fn import_examples(lc: &LoadedCatalog, pairs: &[(String, String)], prog: &mut Pr
 }
 
 /// The experience log of a catalog (rows the caller may read), mapped to the catalog.
-fn read_experiences(lc: &LoadedCatalog) -> (Vec<(i64, rt::Experience)>, i64) {
+/// With `before`, each row also says whether it was created before that time (else false).
+fn read_experiences(
+    lc: &LoadedCatalog,
+    before: Option<&str>,
+) -> (Vec<(bool, rt::Experience)>, i64) {
     Spi::connect(|client| {
         let mut out = Vec::new();
         let mut upto = 0i64;
         for r in client.select(
-            "SELECT id, intent, intent_embedding, context_tools, capability, reward, session_id, step
+            "SELECT id, intent, intent_embedding, context_tools, capability, reward, session_id, step,
+                    coalesce(created_at < $2::timestamptz, false)
                FROM genome.experiences WHERE catalog = $1 ORDER BY id",
             None,
-            &[lc.row.name.as_str().into()],
+            &[lc.row.name.as_str().into(), before.into()],
         )? {
             let id = r.get::<i64>(1)?.unwrap_or_default();
             upto = upto.max(id);
@@ -1285,7 +1290,7 @@ fn read_experiences(lc: &LoadedCatalog) -> (Vec<(i64, rt::Experience)>, i64) {
                 .flatten()
                 .filter_map(|t| lc.tool_index.get(&t).copied())
                 .collect();
-            out.push((id, rt::Experience {
+            out.push((r.get::<bool>(9)?.unwrap_or(false), rt::Experience {
                 emb,
                 text: r.get::<String>(2)?.unwrap_or_default(),
                 context,
@@ -1380,7 +1385,7 @@ pub fn train_ranker(
         import_examples(&lc, &pairs, &mut prog);
     }
     prog.stage("reading the experience log", 0);
-    let (all, upto) = read_experiences(&lc);
+    let (all, upto) = read_experiences(&lc, None);
     let all: Vec<rt::Experience> = all.into_iter().map(|x| x.1).collect();
     let (mut train_x, mut dev_x): (Vec<rt::Experience>, Vec<rt::Labelled>) =
         (Vec::new(), Vec::new());
@@ -1909,13 +1914,13 @@ pub fn temporal_validation(
             )
         }),
     };
-    let (all, _) = read_experiences_with_time(&lc, &split);
-    let (train, after): (Vec<(rt::Experience, bool)>, Vec<(rt::Experience, bool)>) =
-        all.into_iter().partition(|(_, b)| *b);
-    let train: Vec<rt::Experience> = train.into_iter().map(|x| x.0).collect();
+    let (all, _) = read_experiences(&lc, Some(&split));
+    let (train, after): (Vec<(bool, rt::Experience)>, Vec<(bool, rt::Experience)>) =
+        all.into_iter().partition(|(before, _)| *before);
+    let train: Vec<rt::Experience> = train.into_iter().map(|x| x.1).collect();
     let tests: Vec<rt::Labelled> = after
         .into_iter()
-        .map(|x| x.0)
+        .map(|x| x.1)
         .filter(|e| e.reward >= 0.5)
         .map(|e| rt::Labelled {
             emb: e.emb,
@@ -1970,36 +1975,6 @@ pub fn temporal_validation(
         "ranker": trained,
         "dense_cosine": dense,
     }))
-}
-
-/// The experience log with, for each row, whether it was created before `split`.
-fn read_experiences_with_time(
-    lc: &LoadedCatalog,
-    split: &str,
-) -> (Vec<(rt::Experience, bool)>, i64) {
-    let (exps, upto) = read_experiences(lc);
-    let flags: HashMap<i64, bool> =
-        Spi::connect(|client| {
-            let mut m = HashMap::new();
-            for r in client.select(
-            "SELECT id, created_at < $2::timestamptz FROM genome.experiences WHERE catalog = $1",
-            None,
-            &[lc.row.name.as_str().into(), split.into()],
-        )? {
-            m.insert(r.get::<i64>(1)?.unwrap_or_default(), r.get::<bool>(2)?.unwrap_or(false));
-        }
-            Ok::<_, pgrx::spi::SpiError>(m)
-        })
-        .or_raise("reading the experience log");
-    (
-        exps.into_iter()
-            .map(|(id, e)| {
-                let b = flags.get(&id).copied().unwrap_or(false);
-                (e, b)
-            })
-            .collect(),
-        upto,
-    )
 }
 
 /// The canary's two-proportion test (used by genome.canary_report): candidate successes and
