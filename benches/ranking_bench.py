@@ -132,7 +132,7 @@ def evaluate(c, table="tldr_dev", version=None):
     return c.execute("SELECT genome.evaluate_ranker('tldr', %s, version => %s)", (table, version)).fetchone()[0]
 
 
-def train(c, examples, dev="tldr_dev", epochs=8, text_weight=None, promote=True):
+def train(c, examples, dev="tldr_dev", epochs=4, text_weight=None, promote=True):
     r = c.execute("SELECT * FROM genome.train_ranker('tldr', %s::regclass, dev => %s::regclass, epochs => %s::int, "
                   "text_weight => %s::real, promote => %s)",
                   (examples, dev, epochs, text_weight, promote)).fetchone()

@@ -782,7 +782,7 @@ fn loaded_ranker(lc: &LoadedCatalog, id: i64, xmin: &str) -> Arc<LoadedRanker> {
     let fits = c.query_dim == lc.cat.text_dim
         && c.tool_dim == lc.cat.graph_dim
         && c.cap_dim == lc.cat.text_dim + lc.cat.graph_dim
-        && c.n_features == rt::N_FEATURES
+        && c.n_features == ranker.features.len()
         && c.hidden.iter().all(|h| *h <= 4096)
         && c.heads * c.head_dim <= 1024
         && ranker
@@ -791,7 +791,7 @@ fn loaded_ranker(lc: &LoadedCatalog, id: i64, xmin: &str) -> Arc<LoadedRanker> {
             .is_none_or(|a| a.dim == lc.cat.text_dim)
         && {
             let k = ranker.config.candidates;
-            k.dense + k.lexical + k.memory + k.adapter <= 2000
+            k.dense + k.lexical + k.memory + k.adapter + k.memory_lexical <= 2000
         };
     if !fits {
         raise(
@@ -803,7 +803,7 @@ fn loaded_ranker(lc: &LoadedCatalog, id: i64, xmin: &str) -> Arc<LoadedRanker> {
             Some("train a new version, or roll back with genome.rollback_ranker(catalog)".into()),
         );
     }
-    let memory = load_memory(lc, id).with_model(&lc.cat.text, ranker.adapter.clone());
+    let memory = load_memory(lc, id).with_model(&lc.cat, ranker.adapter.clone());
     let lr = Arc::new(LoadedRanker {
         version,
         ranker,
@@ -827,11 +827,23 @@ fn load_memory(lc: &LoadedCatalog, ranker: i64) -> Memory {
         ..Default::default()
     };
     Spi::connect(|client| {
-        for r in client.select(
-            "SELECT embedding, capability FROM genome.ranker_memory WHERE ranker = $1 ORDER BY ctid",
-            None,
-            &[ranker.into()],
-        )? {
+        // the intents' texts are remembered since 0.7.1 (a schema not yet updated has none)
+        let has_text = client
+            .select(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = 'genome.ranker_memory'::regclass \
+                 AND attname = 'intent' AND attnum > 0 AND NOT attisdropped)",
+                None,
+                &[],
+            )?
+            .first()
+            .get_one::<bool>()?
+            .unwrap_or(false);
+        let query = if has_text {
+            "SELECT embedding, capability, intent FROM genome.ranker_memory WHERE ranker = $1 ORDER BY ctid"
+        } else {
+            "SELECT embedding, capability, NULL::text FROM genome.ranker_memory WHERE ranker = $1 ORDER BY ctid"
+        };
+        for r in client.select(query, None, &[ranker.into()])? {
             let cap = r.get::<String>(2)?.unwrap_or_default();
             let Some(ci) = lc.index.get(&cap) else {
                 continue;
@@ -841,8 +853,8 @@ fn load_memory(lc: &LoadedCatalog, ranker: i64) -> Memory {
                 continue;
             }
             genome_core::base::l2_normalize(&mut v);
-            mem.emb.extend(v);
-            mem.cap.push(*ci);
+            let text = r.get::<String>(3)?.unwrap_or_default();
+            mem.push(&v, *ci, &text);
         }
         Ok::<_, pgrx::spi::SpiError>(())
     })
@@ -1493,8 +1505,8 @@ pub fn train_ranker(
     spi(
         "writing the ranker's memory",
         Spi::run_with_args(
-            "INSERT INTO genome.ranker_memory (ranker, catalog, capability, embedding)
-             SELECT $1, e.catalog, e.capability, e.intent_embedding FROM genome.experiences e
+            "INSERT INTO genome.ranker_memory (ranker, catalog, capability, embedding, intent)
+             SELECT $1, e.catalog, e.capability, e.intent_embedding, e.intent FROM genome.experiences e
               WHERE e.catalog = $2 AND e.id <= $3 AND e.reward >= $4 ORDER BY e.id",
             &[
                 ranker_id.into(),

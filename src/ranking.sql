@@ -153,10 +153,11 @@ CREATE TABLE ranker_memory (
     ranker     bigint NOT NULL REFERENCES rankers ON DELETE CASCADE,
     catalog    text NOT NULL,
     capability text NOT NULL,
-    embedding  vector NOT NULL
+    embedding  vector NOT NULL,
+    intent     text
 );
 CREATE INDEX ranker_memory_ranker ON ranker_memory (ranker);
-COMMENT ON TABLE ranker_memory IS 'pg_genome ranker memory: intent embeddings of the successful experiences a ranker version was trained on';
+COMMENT ON TABLE ranker_memory IS 'pg_genome ranker memory: intents (embedding and text) of the successful experiences a ranker version was trained on';
 
 CREATE UNIQUE INDEX rankers_one_production ON rankers (catalog) WHERE stage = 'production';
 COMMENT ON TABLE rankers IS 'pg_genome trained rankers: versions, stages, metrics and weights';

@@ -154,6 +154,18 @@ def test_training_beats_the_fused_retrieval_on_held_out_intents(trained):
     assert after["ece"] is not None and before["ece"] is None
 
 
+def test_the_ranker_remembers_its_intents_texts(trained):
+    """The lexical memory (0.7.1): each remembered intent keeps its text, the train split's."""
+    with owner() as c:
+        rows = c.execute("SELECT m.intent, m.capability FROM genome.ranker_memory m "
+                         "JOIN genome.rankers r ON r.id = m.ranker WHERE r.catalog = %s AND r.version = 'v1'",
+                         (CAT,)).fetchall()
+        train = set(c.execute("SELECT intent, capability FROM train").fetchall())
+    assert len(train) > 600
+    assert all(r[0] for r in rows), "every remembered intent has its text"
+    assert set(rows) == train
+
+
 def test_evaluation_metrics_match_scikit_learn_and_numpy(trained):
     from sklearn.metrics import brier_score_loss, ndcg_score
     with owner() as c:

@@ -29,6 +29,15 @@ pub fn tokens(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Mean document length (0 without documents).
+fn mean_len(doc_len: &[u32]) -> f64 {
+    if doc_len.is_empty() {
+        0.0
+    } else {
+        doc_len.iter().map(|x| *x as f64).sum::<f64>() / doc_len.len() as f64
+    }
+}
+
 /// An inverted index over documents (capability texts) for BM25 scores.
 #[derive(Debug, Clone, Default)]
 pub struct Bm25 {
@@ -57,11 +66,7 @@ impl Bm25 {
         for p in postings.values_mut() {
             p.sort_unstable();
         }
-        let avg_len = if doc_len.is_empty() {
-            0.0
-        } else {
-            doc_len.iter().map(|x| *x as f64).sum::<f64>() / doc_len.len() as f64
-        };
+        let avg_len = mean_len(&doc_len);
         Self {
             postings,
             doc_len,
@@ -108,6 +113,78 @@ impl Bm25 {
             let idf = self.idf(posting.len());
             for (doc, tf) in posting {
                 *acc.entry(*doc).or_default() += self.term_score(idf, *tf, *doc);
+            }
+        }
+        let mut v: Vec<(u32, f64)> = acc.into_iter().collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+
+    /// This index with more text appended to some documents: `extra` gives (document, text)
+    /// pairs, each text's tokens added to that document (document expansion: a capability's
+    /// text plus the intents remembered for it). Documents out of range are ignored.
+    pub fn expanded<'a>(&self, extra: impl IntoIterator<Item = (u32, &'a str)>) -> Bm25 {
+        let mut add: HashMap<String, HashMap<u32, u32>> = HashMap::new();
+        let mut doc_len = self.doc_len.clone();
+        for (d, text) in extra {
+            let Some(len) = doc_len.get_mut(d as usize) else {
+                continue;
+            };
+            for t in tokens(text) {
+                *len += 1;
+                *add.entry(t).or_default().entry(d).or_default() += 1;
+            }
+        }
+        let mut postings = self.postings.clone();
+        for (t, docs) in add {
+            let p = postings.entry(t).or_default();
+            for (d, n) in docs {
+                match p.binary_search_by_key(&d, |x| x.0) {
+                    Ok(i) => p[i].1 += n,
+                    Err(i) => p.insert(i, (d, n)),
+                }
+            }
+        }
+        let avg_len = mean_len(&doc_len);
+        Bm25 {
+            postings,
+            doc_len,
+            avg_len,
+        }
+    }
+
+    /// BM25 scores of every document with at least one query term, best first, as [`scores`]
+    /// but with `without`'s tokens taken out of document `without.0` (leave one out: an indexed
+    /// text scored against the index without itself; document frequencies are kept).
+    ///
+    /// [`scores`]: Bm25::scores
+    pub fn scores_without(&self, query: &str, without: Option<(u32, &str)>) -> Vec<(u32, f64)> {
+        let Some((own, text)) = without else {
+            return self.scores(query);
+        };
+        let own_toks = tokens(text);
+        let mut own_tf: HashMap<&str, u32> = HashMap::new();
+        for t in &own_toks {
+            *own_tf.entry(t.as_str()).or_default() += 1;
+        }
+        let own_len = (self.doc_len.get(own as usize).copied().unwrap_or(0) as usize)
+            .saturating_sub(own_toks.len()) as f64;
+        let mut acc: HashMap<u32, f64> = HashMap::new();
+        for (term, posting) in self.query_terms(query) {
+            let idf = self.idf(posting.len());
+            for (doc, tf) in posting {
+                let s = if *doc == own {
+                    let tf = tf.saturating_sub(own_tf.get(term).copied().unwrap_or(0));
+                    if tf == 0 {
+                        continue;
+                    }
+                    let tf = tf as f64;
+                    let norm = 1.0 - B + B * own_len / self.avg_len.max(1e-9);
+                    idf * tf * (K1 + 1.0) / (tf + K1 * norm)
+                } else {
+                    self.term_score(idf, *tf, *doc)
+                };
+                *acc.entry(*doc).or_default() += s;
             }
         }
         let mut v: Vec<(u32, f64)> = acc.into_iter().collect();
@@ -176,5 +253,50 @@ mod tests {
         let ix = Bm25::new(&docs);
         let s = ix.scores("memory disk");
         assert_eq!(s[0].0, 3, "memory (df 1) outweighs disk (df 3)");
+    }
+
+    #[test]
+    fn expanded_equals_an_index_of_the_longer_documents() {
+        let docs = ["compress files", "list files", "show disk usage"];
+        let ix = Bm25::new(&docs).expanded([
+            (1, "list the files sorted by size"),
+            (2, "free space"),
+            (9, "ignored"),
+        ]);
+        let long = Bm25::new(&[
+            "compress files",
+            "list files list files sorted size",
+            "show disk usage free space",
+        ]);
+        for q in ["files size", "free disk", "list", "compress"] {
+            let (a, b) = (ix.scores(q), long.scores(q));
+            assert_eq!(a.len(), b.len(), "{q}");
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(x.0, y.0, "{q}");
+                assert!((x.1 - y.1).abs() < 1e-12, "{q}");
+            }
+        }
+    }
+
+    #[test]
+    fn scores_without_takes_a_text_out_of_its_document() {
+        let ix = Bm25::new(&["compress files", "list files", "show disk usage"])
+            .expanded([(1, "sort by size"), (2, "free space")]);
+        // without its own words, "sort size" only matches nothing; with them, document 1
+        assert_eq!(ix.scores("sort size")[0].0, 1);
+        assert!(ix
+            .scores_without("sort size", Some((1, "sort by size")))
+            .is_empty());
+        // other documents keep their scores; the own one is scored at its shorter length
+        let a = ix.scores_without("files free", Some((1, "sort by size")));
+        let full = ix.scores("files free");
+        let d2 = |v: &[(u32, f64)]| v.iter().find(|x| x.0 == 2).unwrap().1;
+        assert!((d2(&a) - d2(&full)).abs() < 1e-12);
+        let d1 = |v: &[(u32, f64)]| v.iter().find(|x| x.0 == 1).unwrap().1;
+        assert!(
+            d1(&a) > d1(&full),
+            "a shorter document scores its match higher"
+        );
+        assert_eq!(ix.scores_without("files", None), ix.scores("files"));
     }
 }

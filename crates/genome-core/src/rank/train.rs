@@ -20,7 +20,7 @@ use super::scorer::{cosine_lr, listwise_loss, Adam, Candidate, Scorer, ScorerCon
 use super::text::Bm25;
 
 /// The scorer's per-candidate features, in order (their names are stored with each model).
-pub const FEATURES: [&str; 17] = [
+pub const FEATURES: [&str; 22] = [
     "dense_cosine",
     "bm25",
     "memory_max_cosine",
@@ -38,6 +38,11 @@ pub const FEATURES: [&str; 17] = [
     "adapter_cosine",
     "adapter_rr",
     "memory_kernel",
+    "memory_bm25",
+    "memory_bm25_rr",
+    "memory_bm25_rel",
+    "dense_rel",
+    "memory_kernel_rel",
 ];
 /// Temperature of the memory's kernel density feature, log sum exp((cosine - 1) / tau).
 const KERNEL_TAU: f32 = 0.1;
@@ -145,8 +150,12 @@ pub struct Memory {
     pub dim: usize,
     pub emb: Vec<f32>,
     pub cap: Vec<u32>,
+    /// The remembered intents' texts (empty when not known: memories of 0.7.0 rankers).
+    pub text: Vec<String>,
     pub protos: Prototypes,
     pub adapter: Option<Adapter>,
+    /// BM25 over the capabilities' texts each expanded with its remembered intents' texts.
+    pub lexical: Bm25,
 }
 
 /// Per capability, what the memory says about a query: the best three cosines (descending),
@@ -200,12 +209,35 @@ impl Memory {
         out
     }
 
-    /// Set the prototypes (from the catalog's unit text embeddings and the remembered intents)
-    /// and the adapter.
-    pub fn with_model(mut self, text: &[f32], adapter: Option<Adapter>) -> Self {
-        self.protos = Prototypes::new(self.dim, text, &self.emb, &self.cap);
+    /// Remember one intent: its unit embedding, its capability and its text.
+    pub fn push(&mut self, emb: &[f32], cap: u32, text: &str) {
+        self.emb.extend_from_slice(emb);
+        self.cap.push(cap);
+        self.text.push(text.to_owned());
+    }
+
+    /// Set the prototypes (from the catalog's unit text embeddings and the remembered intents),
+    /// the expanded lexical index and the adapter.
+    pub fn with_model(mut self, cat: &Catalog, adapter: Option<Adapter>) -> Self {
+        self.protos = Prototypes::new(self.dim, &cat.text, &self.emb, &self.cap);
+        self.lexical = cat.bm25.expanded(
+            self.cap
+                .iter()
+                .zip(&self.text)
+                .map(|(c, t)| (*c, t.as_str())),
+        );
         self.adapter = adapter;
         self
+    }
+
+    /// BM25 scores over the expanded capability texts, best first, leaving memory row
+    /// `exclude` (the query itself in training) out of its capability's text.
+    pub fn lexical_scores(&self, text: &str, exclude: Option<usize>) -> Vec<(u32, f64)> {
+        if self.lexical.is_empty() {
+            return vec![];
+        }
+        let own = exclude.and_then(|i| Some((*self.cap.get(i)?, self.text.get(i)?.as_str())));
+        self.lexical.scores_without(text, own)
     }
 
     /// The adapted query, when there is an adapter.
@@ -247,6 +279,9 @@ pub struct CandidateCounts {
     pub memory: usize,
     #[serde(default)]
     pub adapter: usize,
+    /// Best BM25 over the capability texts expanded with the remembered intents.
+    #[serde(default)]
+    pub memory_lexical: usize,
 }
 
 impl Default for CandidateCounts {
@@ -256,6 +291,7 @@ impl Default for CandidateCounts {
             lexical: 20,
             memory: 40,
             adapter: 40,
+            memory_lexical: 30,
         }
     }
 }
@@ -312,12 +348,22 @@ pub fn memory_candidates_then(
         }
         _ => vec![],
     };
+    let by_lexical: Vec<u32> = if counts.memory_lexical > 0 {
+        mem.lexical_scores(q.text, exclude)
+            .into_iter()
+            .take(counts.memory_lexical)
+            .map(|x| x.0)
+            .collect()
+    } else {
+        vec![]
+    };
     let mut seen = HashSet::new();
     dense
         .into_iter()
         .chain(lexical)
         .chain(by_mem)
         .chain(by_adapter)
+        .chain(by_lexical)
         .filter(|c| seen.insert(*c))
         .collect()
 }
@@ -371,6 +417,24 @@ pub fn features(
         Some(aq) => mem.adapter_cosines(&aq, cands, exclude),
         None => vec![0.0; cands.len()],
     };
+    // best first: its first score is the query's best over the whole catalog
+    let lex_all = mem.lexical_scores(q.text, exclude);
+    let lex_best = lex_all.first().map_or(0.0, |x| x.1) as f32;
+    let mem_bm25: Vec<f32> = {
+        let all: HashMap<u32, f64> = lex_all.into_iter().collect();
+        cands
+            .iter()
+            .map(|c| all.get(c).copied().unwrap_or(0.0) as f32)
+            .collect()
+    };
+    // the text embedding counts as one remembered intent, so that the feature exists for
+    // capabilities without memory: log(sum exp((cos - 1) / tau))
+    let kernel: Vec<f32> = (0..cands.len())
+        .map(|j| (memory[j].kernel + ((dense[j] - 1.0) / KERNEL_TAU).exp()).ln())
+        .collect();
+    let best_of = |v: &[f32]| v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let (dense_best, kernel_best) = (best_of(&dense), best_of(&kernel));
+    let rr_mb = reciprocal_ranks(&mem_bm25);
     let (rr_d, rr_l, rr_m, rr_a) = (
         reciprocal_ranks(&dense.iter().map(|x| x + 1.0).collect::<Vec<_>>()),
         reciprocal_ranks(&bm25),
@@ -415,9 +479,17 @@ pub fn features(
             overlap,
             adapted[j],
             if mem.adapter.is_some() { rr_a[j] } else { 0.0 },
-            // the text embedding counts as one remembered intent, so that the feature exists
-            // for capabilities without memory: log(sum exp((cos - 1) / tau))
-            (memory[j].kernel + ((dense[j] - 1.0) / KERNEL_TAU).exp()).ln(),
+            kernel[j],
+            (1.0 + mem_bm25[j]).ln(),
+            rr_mb[j],
+            // relative to the query's best: scores whose scale varies with the query
+            if lex_best > 0.0 {
+                mem_bm25[j] / lex_best
+            } else {
+                0.0
+            },
+            dense[j] - dense_best,
+            kernel[j] - kernel_best,
         ];
         // NaN in a stored feature must not poison the score: it reads as 0
         out.extend(row.iter().map(|x| if x.is_finite() { *x } else { 0.0 }));
@@ -467,6 +539,11 @@ pub struct TrainConfig {
     pub hidden: [usize; 3],
     /// Successful experiences (reward >= this) are remembered for the memory features.
     pub memory_min_reward: f32,
+    /// Dropout on the scorer's query input in training (each dimension zeroed with this
+    /// probability, the rest scaled up): the scorer sees each training intent every epoch and
+    /// would otherwise learn the intents themselves instead of what the features say.
+    #[serde(default)]
+    pub query_dropout: f32,
     /// The intent adapter's training (epochs 0: no adapter).
     #[serde(default)]
     pub adapter: AdapterConfig,
@@ -491,6 +568,7 @@ impl Default for TrainConfig {
             head_dim: 16,
             hidden: [256, 128, 64],
             memory_min_reward: 0.5,
+            query_dropout: 0.5,
             adapter: AdapterConfig::default(),
         }
     }
@@ -500,6 +578,9 @@ impl Default for TrainConfig {
 #[derive(Debug, Clone)]
 pub struct Ranker {
     pub scorer: Scorer,
+    /// The features the scorer reads, as indices into [`FEATURES`] (all of them for a ranker
+    /// trained now; the older set for a ranker of an earlier release).
+    pub features: Vec<usize>,
     /// The intent adapter (the memory's prototypes are computed where the ranker is loaded).
     pub adapter: Option<Adapter>,
     pub temperature: f64,
@@ -618,15 +699,14 @@ pub fn train(
     for (i, e) in experiences.iter().enumerate() {
         if e.reward >= cfg.memory_min_reward {
             mem_row[i] = Some(mem.cap.len());
-            mem.emb.extend_from_slice(&e.emb);
-            mem.cap.push(e.chosen);
+            mem.push(&e.emb, e.chosen, &e.text);
         }
     }
     // stage 1: the intent adapter against the capabilities' prototypes. Cross-fitted: the
     // features of a training experience come from an adapter that did not see it (two folds by
     // memory row), so that the scorer learns how much the adapter's cosine is worth on intents
     // it has not seen; the adapter kept (dev, serving) is trained on all of the memory.
-    mem = mem.with_model(&cat.text, None);
+    mem = mem.with_model(cat, None);
     let fit =
         |rows: &dyn Fn(usize) -> bool, progress: &mut Progress| -> Result<Adapter, Cancelled> {
             let (mut emb, mut cap) = (Vec::new(), Vec::new());
@@ -788,8 +868,9 @@ pub fn train(
                         let y = target[i];
                         let mut pr = 0.0;
                         let mut l = 0.0;
+                        let q = dropout(train_q[i], cfg.query_dropout, cfg.seed, step, i);
                         scorer.forward_backward(
-                            train_q[i],
+                            &q,
                             &cands_of(&inp, p),
                             &mut |s: &[f32]| {
                                 let (li, d, pc) = listwise_loss(s, chosen, y, *w as f32);
@@ -864,6 +945,7 @@ pub fn train(
     let (conf, correct) = top1_confidence(&sc, &dev_p, temperature);
     Ok(Ranker {
         scorer,
+        features: (0..N_FEATURES).collect(),
         adapter,
         temperature,
         config: cfg.clone(),
@@ -882,6 +964,25 @@ pub fn train(
         best_epoch,
         examples: experiences.len(),
     })
+}
+
+/// Inverted dropout of a query: each dimension zeroed with probability `p` (drawn from the
+/// seed, the step and the example, so reproducible), the others scaled by 1 / (1 - p).
+fn dropout(q: &[f32], p: f32, seed: u64, step: usize, item: usize) -> Vec<f32> {
+    if p <= 0.0 || p >= 1.0 {
+        return q.to_vec();
+    }
+    let mut rng = Rng::new(seed ^ (step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ item as u64);
+    let keep = 1.0 / (1.0 - p);
+    q.iter()
+        .map(|x| {
+            if (rng.unit() as f32) < p {
+                0.0
+            } else {
+                x * keep
+            }
+        })
+        .collect()
 }
 
 fn top1_confidence(sc: &[Vec<f32>], p: &[Prepared], t: f64) -> (Vec<f64>, Vec<bool>) {
@@ -910,7 +1011,15 @@ impl Ranker {
         if cands.is_empty() {
             return (vec![], vec![]);
         }
-        let feats = features(cat, mem, q, cands, None);
+        let all = features(cat, mem, q, cands, None);
+        let nf = self.features.len();
+        let feats: Vec<f32> = if nf == N_FEATURES {
+            all
+        } else {
+            all.chunks_exact(N_FEATURES)
+                .flat_map(|row| self.features.iter().map(move |f| row[*f]))
+                .collect()
+        };
         let hyb: Vec<Vec<f32>> = cands
             .iter()
             .map(|c| cat.hybrid(*c as usize, self.config.text_weight))
@@ -920,7 +1029,7 @@ impl Ranker {
             .map(|j| Candidate {
                 tools: &tools[j],
                 cap: &hyb[j],
-                features: &feats[j * N_FEATURES..(j + 1) * N_FEATURES],
+                features: &feats[j * nf..(j + 1) * nf],
             })
             .collect();
         let s = self.scorer.scores(q.emb, &cs);
@@ -934,7 +1043,7 @@ impl Ranker {
             "format": "pg_genome-ranker-2",
             "temperature": self.temperature,
             "config": self.config,
-            "features": FEATURES,
+            "features": self.features.iter().map(|f| FEATURES[*f]).collect::<Vec<_>>(),
         })
         .to_string();
         let mut out = Vec::new();
@@ -967,9 +1076,18 @@ impl Ranker {
         if h["format"] != "pg_genome-ranker-2" {
             return Err("not a pg_genome ranker".into());
         }
-        if h["features"] != serde_json::json!(FEATURES) {
-            return Err("the ranker was trained on other features".into());
-        }
+        // the features it was trained on, by name: a ranker of an earlier release reads the
+        // subset it knows
+        let features: Vec<usize> = h["features"]
+            .as_array()
+            .ok_or("ranker features")?
+            .iter()
+            .map(|n| {
+                n.as_str()
+                    .and_then(|n| FEATURES.iter().position(|f| *f == n))
+                    .ok_or_else(|| format!("the ranker reads an unknown feature {n}"))
+            })
+            .collect::<Result<_, _>>()?;
         let config: TrainConfig = serde_json::from_value(h["config"].clone())
             .map_err(|e| format!("ranker config: {e}"))?;
         let temperature = h["temperature"].as_f64().ok_or("ranker temperature")?;
@@ -995,8 +1113,12 @@ impl Ranker {
         }
         let adapter = (d > 0).then_some(Adapter { dim: d, w });
         let scorer = Scorer::from_bytes(&rest[end..])?;
+        if scorer.cfg.n_features != features.len() {
+            return Err("the ranker's scorer does not read its features".into());
+        }
         Ok(Ranker {
             scorer,
+            features,
             adapter,
             temperature,
             config,
@@ -1023,10 +1145,9 @@ pub fn memory_of(
         ..Default::default()
     };
     for e in experiences.iter().filter(|e| e.reward >= min_reward) {
-        mem.emb.extend_from_slice(&e.emb);
-        mem.cap.push(e.chosen);
+        mem.push(&e.emb, e.chosen, &e.text);
     }
-    mem.with_model(&cat.text, adapter)
+    mem.with_model(cat, adapter)
 }
 
 /// Ranks (1-based; None when not a candidate) of each labelled intent's capability: under the
@@ -1060,4 +1181,152 @@ pub fn evaluate(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three capabilities in 4-d text space, 2-d graph space, one tool each.
+    fn toy() -> Catalog {
+        let texts = [
+            "compress files archive",
+            "list directory contents",
+            "show disk usage",
+        ];
+        let mut text = vec![
+            1.0, 0.0, 0.0, 0.0, //
+            0.0, 1.0, 0.0, 0.0, //
+            0.0, 0.0, 1.0, 0.0,
+        ];
+        text.chunks_mut(4).for_each(l2_normalize);
+        Catalog {
+            names: vec!["tar".into(), "ls".into(), "df".into()],
+            text_dim: 4,
+            text,
+            graph_dim: 2,
+            graph: vec![1.0, 0.0, 0.0, 1.0, 0.7, 0.7],
+            tool_graph: vec![1.0, 0.0, 0.0, 1.0, 0.7, 0.7],
+            cap_tools: vec![vec![0], vec![1], vec![2]],
+            stats: vec![CapabilityStats::default(); 3],
+            bm25: Bm25::new(&texts),
+        }
+    }
+
+    fn memory(cat: &Catalog) -> Memory {
+        let mut m = Memory {
+            dim: 4,
+            ..Default::default()
+        };
+        m.push(
+            &[0.0, 0.0, 0.0, 1.0],
+            2,
+            "free space left on the mounted volumes",
+        );
+        m.push(&[0.0, 0.6, 0.0, 0.8], 1, "print hidden entries too");
+        m.with_model(cat, None)
+    }
+
+    #[test]
+    fn memory_lexical_features_see_remembered_texts_but_not_the_query_itself() {
+        let cat = toy();
+        let mem = memory(&cat);
+        let f = FEATURES.iter().position(|x| *x == "memory_bm25").unwrap();
+        let q = Query {
+            emb: &[0.0, 0.0, 0.0, 1.0],
+            text: "free space on volumes",
+            context: &[],
+        };
+        // only df's remembered intent has these words: df alone scores, and as the best
+        let x = features(&cat, &mem, &q, &[0, 1, 2], None);
+        let row = |j: usize| &x[j * N_FEATURES..(j + 1) * N_FEATURES];
+        assert!(row(2)[f] > 0.0 && row(0)[f] == 0.0 && row(1)[f] == 0.0);
+        let rel = FEATURES
+            .iter()
+            .position(|x| *x == "memory_bm25_rel")
+            .unwrap();
+        assert_eq!(row(2)[rel], 1.0);
+        // training on that remembered intent (memory row 0) leaves its own words out
+        let x = features(&cat, &mem, &q, &[0, 1, 2], Some(0));
+        assert_eq!(x[2 * N_FEATURES + f], 0.0);
+        // and the lexical memory proposes df as a candidate, only when not left out
+        let counts = CandidateCounts {
+            dense: 0,
+            lexical: 0,
+            memory: 0,
+            adapter: 0,
+            memory_lexical: 5,
+        };
+        assert_eq!(
+            memory_candidates_then(vec![], vec![], &mem, &q, counts, None),
+            vec![2]
+        );
+        assert!(memory_candidates_then(vec![], vec![], &mem, &q, counts, Some(0)).is_empty());
+    }
+
+    #[test]
+    fn a_ranker_of_an_older_feature_set_loads_and_reads_its_own_columns() {
+        let cat = toy();
+        let mem = memory(&cat);
+        // a ranker trained on the first 17 features (the 0.7.0 set)
+        let old: Vec<usize> = (0..17).collect();
+        let scorer = Scorer::new(ScorerConfig {
+            query_dim: 4,
+            tool_dim: 2,
+            cap_dim: 6,
+            n_features: old.len(),
+            heads: 2,
+            head_dim: 2,
+            hidden: [8, 4, 2],
+            seed: 7,
+        });
+        let r = Ranker {
+            scorer,
+            features: old.clone(),
+            adapter: None,
+            temperature: 1.0,
+            config: TrainConfig::default(),
+            dev: metrics::ranking_metrics(&[]),
+            dev_ece: 0.0,
+            dev_brier: 0.0,
+            history: vec![],
+            best_epoch: 0,
+            examples: 0,
+        };
+        let back = Ranker::from_bytes(&r.to_bytes()).expect("loads");
+        assert_eq!(back.features, old);
+        let q = Query {
+            emb: &[0.6, 0.8, 0.0, 0.0],
+            text: "list files",
+            context: &[],
+        };
+        let (s, p) = back.score(&cat, &mem, &q, &[0, 1, 2]);
+        // the scores are the scorer's on the old columns of the full feature matrix
+        let all = features(&cat, &mem, &q, &[0, 1, 2], None);
+        let cols: Vec<f32> = all
+            .chunks_exact(N_FEATURES)
+            .flat_map(|row| old.iter().map(move |f| row[*f]))
+            .collect();
+        let hyb: Vec<Vec<f32>> = (0..3).map(|i| cat.hybrid(i, 0.0)).collect();
+        let tools: Vec<Vec<f32>> = (0..3).map(|i| cat.tool_rows(i)).collect();
+        let cs: Vec<Candidate> = (0..3)
+            .map(|j| Candidate {
+                tools: &tools[j],
+                cap: &hyb[j],
+                features: &cols[j * 17..(j + 1) * 17],
+            })
+            .collect();
+        assert_eq!(s, back.scorer.scores(q.emb, &cs));
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        // a feature name it does not know is refused
+        let mut bad = r.to_bytes();
+        let at = bad
+            .windows(15)
+            .position(|w| w == b"\"memory_kernel\"")
+            .expect("the header names its features");
+        bad[at + 13] = b'z';
+        assert!(Ranker::from_bytes(&bad)
+            .unwrap_err()
+            .contains("unknown feature"));
+    }
 }
