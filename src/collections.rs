@@ -28,6 +28,19 @@ pub struct Collection {
     pub unclustered_id: i64,
 }
 
+/// Whether the relation named `rel` (as regclass reads it) has a live column `col`.
+pub fn has_column(rel: &str, col: &str) -> bool {
+    crate::errors::spi(
+        "checking a column",
+        Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = $1::text::regclass \
+               AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
+            &[rel.into(), col.into()],
+        ),
+    )
+    .unwrap_or(false)
+}
+
 /// Quote an identifier as format('%I') does when it must (always quoting is equally valid).
 pub fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))

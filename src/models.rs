@@ -14,7 +14,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, PgSqlErrorCode};
 use sha2::{Digest, Sha256};
 
-use crate::errors::{raise, spi, OrRaise, OrReport};
+use crate::errors::{raise, OrRaise, OrReport};
 use crate::gucs;
 
 /// One registry row, without the (large) model bytes.
@@ -89,14 +89,7 @@ pub fn parse_spec(spec: Option<&str>) -> (String, Option<String>) {
 /// (created or upgraded with this library) has no `stage` column: then the newest.
 pub fn resolve(spec: Option<&str>) -> ModelRow {
     let (name, version) = parse_spec(spec);
-    let has_stage = spi(
-        "reading genome.models",
-        Spi::get_one::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = 'genome.models'::regclass \
-                              AND attname = 'stage' AND NOT attisdropped)",
-        ),
-    )
-    .unwrap_or(false);
+    let has_stage = crate::collections::has_column("genome.models", "stage");
     let order = if has_stage {
         "CASE stage WHEN 'production' THEN 0 WHEN 'archived' THEN 2 ELSE 1 END, created_at DESC, id DESC"
     } else {

@@ -826,18 +826,9 @@ fn load_memory(lc: &LoadedCatalog, ranker: i64) -> Memory {
         dim: lc.cat.text_dim,
         ..Default::default()
     };
+    // the intents' texts are remembered since 0.7.1 (a schema not yet updated has none)
+    let has_text = crate::collections::has_column("genome.ranker_memory", "intent");
     Spi::connect(|client| {
-        // the intents' texts are remembered since 0.7.1 (a schema not yet updated has none)
-        let has_text = client
-            .select(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = 'genome.ranker_memory'::regclass \
-                 AND attname = 'intent' AND attnum > 0 AND NOT attisdropped)",
-                None,
-                &[],
-            )?
-            .first()
-            .get_one::<bool>()?
-            .unwrap_or(false);
         let query = if has_text {
             "SELECT embedding, capability, intent FROM genome.ranker_memory WHERE ranker = $1 ORDER BY ctid"
         } else {
@@ -1168,15 +1159,7 @@ fn visible_capabilities(
 fn labelled_rows(table: pg_sys::Oid, intent_col: &str, cap_col: &str) -> Vec<(String, String)> {
     let rel = regclass_name(table);
     for col in [intent_col, cap_col] {
-        let exists = spi(
-            "checking a column",
-            Spi::get_one_with_args::<bool>(
-                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
-                &[table.into(), col.into()],
-            ),
-        )
-        .unwrap_or(false);
-        if !exists {
+        if !crate::collections::has_column(&rel, col) {
             raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
                 format!("column \"{col}\" does not exist in table {rel}"),
