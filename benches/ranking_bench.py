@@ -132,7 +132,7 @@ def evaluate(c, table="tldr_dev", version=None):
     return c.execute("SELECT genome.evaluate_ranker('tldr', %s, version => %s)", (table, version)).fetchone()[0]
 
 
-def train(c, examples, dev="tldr_dev", epochs=4, text_weight=None, promote=True):
+def train(c, examples, dev="tldr_dev", epochs=8, text_weight=None, promote=True):
     r = c.execute("SELECT * FROM genome.train_ranker('tldr', %s::regclass, dev => %s::regclass, epochs => %s::int, "
                   "text_weight => %s::real, promote => %s)",
                   (examples, dev, epochs, text_weight, promote)).fetchone()
@@ -140,19 +140,30 @@ def train(c, examples, dev="tldr_dev", epochs=4, text_weight=None, promote=True)
     return r, m
 
 
+PEER_HNSW = ("WITH q AS MATERIALIZED (SELECT genome.embed(%s)::vector(384) AS v) "
+             "SELECT capability FROM peer_caps, q ORDER BY emb <=> q.v LIMIT 10")
+
+
 def latency(intents, clients, per_client):
-    """p50/p99 of rank_capabilities (intent embedding included: intents are new to each backend)."""
-    lat, errors = [], []
+    """p50/p99 of rank_capabilities (intent embedding included: intents are new to each backend),
+    and of the peer (embed + pgvector HNSW top 10) interleaved call by call on the same
+    connections, so that both see the same machine: returns {"rank": (p50, p99, n), "peer": ...}."""
+    lat = {"rank": [], "peer": []}
+    errors = []
 
     def run(k):
         try:
             with connect() as c:
                 c.execute("SELECT * FROM genome.rank_capabilities('warm up the caches', catalog => 'tldr')")
-                mine = intents[k::clients][:per_client]
-                for q in mine:
+                c.execute("SELECT genome.embed('warm up')")
+                mine = intents[k::clients][:2 * per_client]
+                for i, q in enumerate(mine):
+                    kind = "rank" if i % 2 == 0 else "peer"
+                    sql = ("SELECT * FROM genome.rank_capabilities(%s, catalog => 'tldr')" if kind == "rank"
+                           else PEER_HNSW)
                     t = time.perf_counter()
-                    c.execute("SELECT * FROM genome.rank_capabilities(%s, catalog => 'tldr')", (q,)).fetchall()
-                    lat.append((time.perf_counter() - t) * 1000)
+                    c.execute(sql, (q,)).fetchall()
+                    lat[kind].append((time.perf_counter() - t) * 1000)
         except Exception as e:  # noqa: reported below
             errors.append(e)
 
@@ -161,7 +172,7 @@ def latency(intents, clients, per_client):
     [t.join() for t in th]
     if errors:
         raise errors[0]
-    return float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), len(lat)
+    return {k: (float(np.percentile(v, 50)), float(np.percentile(v, 99)), len(v)) for k, v in lat.items()}
 
 
 def peer_latency(intents, n):
@@ -171,11 +182,11 @@ def peer_latency(intents, n):
                   "to_tsvector('english', content) AS tsv FROM genome.capability_features WHERE catalog = 'tldr'")
         c.execute("CREATE INDEX IF NOT EXISTS peer_caps_hnsw ON peer_caps USING hnsw (emb vector_cosine_ops)")
         c.execute("CREATE INDEX IF NOT EXISTS peer_caps_fts ON peer_caps USING gin (tsv)")
+        if n == 0:
+            return {}
         c.execute("SELECT genome.embed('warm up')")
         out = {}
-        for name, sql in (("pgvector HNSW (embed + top 10)",
-                           "WITH q AS MATERIALIZED (SELECT genome.embed(%s)::vector(384) AS v) "
-                           "SELECT capability FROM peer_caps, q ORDER BY emb <=> q.v LIMIT 10"),
+        for name, sql in (("pgvector HNSW (embed + top 10)", PEER_HNSW),
                           ("full-text (top 10)",
                            "SELECT capability FROM peer_caps WHERE tsv @@ to_tsquery('english', replace(plainto_tsquery('english', %s)::text, '&', '|')) "
                            "ORDER BY ts_rank_cd(tsv, to_tsquery('english', replace(plainto_tsquery('english', %s)::text, '&', '|'))) DESC LIMIT 10")):
@@ -220,6 +231,8 @@ def main():
     ap.add_argument("--skip-load", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer training runs (no weight sweep)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--latency-only", action="store_true",
+                    help="only the latency section, with the ranker in production (after a full run)")
     a = ap.parse_args()
     if a.models is None:
         share = subprocess.check_output([os.environ.get("PG_CONFIG", "pg_config"), "--sharedir"], text=True).strip()
@@ -228,66 +241,78 @@ def main():
     if not a.skip_load:
         say("loading the tldr data set and computing features")
         load(a.data, a.models)
-    with connect() as c:
-        c.execute("SET client_min_messages = warning")
-        c.execute("DELETE FROM genome.rankers WHERE catalog = 'tldr'")
-        c.execute("DELETE FROM genome.experiences WHERE catalog = 'tldr' AND source = 'outcome'")
-        ranks = peers(c)
-        say("pg_genome before training (HNSW + BM25, fused)")
-        ranks["pg_genome, no ranker (HNSW + BM25 fused)"] = evaluate(c)["ranks"]
-        say("training on the train split, early stopping on dev")
-        (ver, _, n_ex, n_dev, dev_mrr, _, _, secs), m = train(c, "tldr_train")
-        res["training"] = {"examples": n_ex, "seconds": secs, "peak_rss_mb": m.get("peak_rss_mb"),
-                           "best_epoch": m.get("best_epoch"), "history": m.get("history"),
-                           "temperature": m.get("temperature")}
-        ev = evaluate(c)
-        ranks["pg_genome ranker"] = ev["ranks"]
-        res["calibration"] = {"ece": ev["ece"], "brier": ev["brier"], "coverage": ev["coverage"], "gini": ev["gini"]}
-        res["dev"] = {k: metrics(v) for k, v in ranks.items()}
-        # evaluate_ranker's own metrics against numpy's on the same ranks
-        assert abs(ev["mrr"] - res["dev"]["pg_genome ranker"]["mrr"]) < 1e-9
-        print("\n## Dev split (3,639 intents, 6,159 candidates)\n" + HEAD)
-        for k, v in res["dev"].items():
-            print(row(k, v))
-        print(f"\nranker: ECE {ev['ece']:.3f}, Brier {ev['brier']:.3f}, coverage@10 {ev['coverage']:.3f}, "
-              f"Gini {ev['gini']:.3f}; training {secs:.0f} s on {n_ex} examples, peak RSS "
-              f"{m.get('peak_rss_mb') or 0:.0f} MB, best epoch {m.get('best_epoch')}")
-        if not a.quick:
-            res["text_weight"] = {}
-            for w in (0.0, 0.3, 0.7, 1.0):
-                (_, _, _, _, mrr, h10, _, _), _ = train(c, "tldr_train", epochs=4, text_weight=w, promote=False)
-                res["text_weight"][w] = {"dev_mrr": mrr, "dev_hit_at_10": h10}
-                say(f"text weight {w}: dev MRR {mrr:.3f} (4 epochs)")
-        # cold start: 300 capabilities with dev intents, all their train intents withheld
-        cold = [r[0] for r in c.execute("SELECT DISTINCT capability FROM tldr_dev ORDER BY 1").fetchall()]
-        cold = sorted(cold, key=lambda x: hashlib.sha256(f"cold:{x}".encode()).hexdigest())[:300]
-        c.execute("DROP TABLE IF EXISTS tldr_train_warm, tldr_dev_cold")
-        c.execute("CREATE TABLE tldr_train_warm AS SELECT * FROM tldr_train WHERE capability <> ALL(%s)", (cold,))
-        c.execute("CREATE TABLE tldr_dev_cold AS SELECT * FROM tldr_dev WHERE capability = ANY(%s)", (cold,))
-        c.execute("DELETE FROM genome.experiences WHERE catalog = 'tldr' AND capability = ANY(%s)", (cold,))
-        (cold_ver, *_), _ = train(c, "tldr_train_warm", promote=False)
-        cold_ev = evaluate(c, "tldr_dev_cold", cold_ver)
-        dense_cold = [r for (r, cap) in zip(ranks["pgvector cosine"],
-                                            [x[0] for x in c.execute("SELECT capability FROM dev_emb ORDER BY intent_id")])
-                      if cap in set(cold)]
-        res["cold_start"] = {"ranker": metrics(cold_ev["ranks"]), "pgvector cosine": metrics(dense_cold)}
-        print("\n## Cold start (300 capabilities without training intents, their dev intents)\n" + HEAD)
-        print(row("pgvector cosine", res["cold_start"]["pgvector cosine"]))
-        print(row("pg_genome ranker (trained without them)", res["cold_start"]["ranker"]))
-        # the experience log back to the full train split, for the remaining sections
-        c.execute("DELETE FROM genome.rankers WHERE catalog = 'tldr' AND stage <> 'production'")
-        c.execute("SELECT genome.train_ranker('tldr', 'tldr_train', dev => 'tldr_dev', epochs => 1, promote => false)")
-        c.execute("DELETE FROM genome.rankers WHERE catalog = 'tldr' AND stage <> 'production'")
-        intents = [r[0] for r in c.execute("SELECT intent FROM tldr_dev ORDER BY md5(intent_id) DESC").fetchall()]
+    if a.latency_only:
+        with connect() as c:
+            intents = [r[0] for r in c.execute("SELECT intent FROM tldr_dev ORDER BY md5(intent_id) DESC").fetchall()]
+    else:
+        with connect() as c:
+            c.execute("SET client_min_messages = warning")
+            c.execute("DELETE FROM genome.rankers WHERE catalog = 'tldr'")
+            c.execute("DELETE FROM genome.experiences WHERE catalog = 'tldr' AND source = 'outcome'")
+            ranks = peers(c)
+            say("pg_genome before training (HNSW + BM25, fused)")
+            ranks["pg_genome, no ranker (HNSW + BM25 fused)"] = evaluate(c)["ranks"]
+            say("training on the train split, early stopping on dev")
+            (ver, _, n_ex, n_dev, dev_mrr, _, _, secs), m = train(c, "tldr_train")
+            res["training"] = {"examples": n_ex, "seconds": secs, "peak_rss_mb": m.get("peak_rss_mb"),
+                               "best_epoch": m.get("best_epoch"), "history": m.get("history"),
+                               "temperature": m.get("temperature")}
+            ev = evaluate(c)
+            ranks["pg_genome ranker"] = ev["ranks"]
+            res["calibration"] = {"ece": ev["ece"], "brier": ev["brier"], "coverage": ev["coverage"], "gini": ev["gini"]}
+            res["dev"] = {k: metrics(v) for k, v in ranks.items()}
+            # evaluate_ranker's own metrics against numpy's on the same ranks
+            assert abs(ev["mrr"] - res["dev"]["pg_genome ranker"]["mrr"]) < 1e-9
+            print("\n## Dev split (3,639 intents, 6,159 candidates)\n" + HEAD)
+            for k, v in res["dev"].items():
+                print(row(k, v))
+            print(f"\nranker: ECE {ev['ece']:.3f}, Brier {ev['brier']:.3f}, coverage@10 {ev['coverage']:.3f}, "
+                  f"Gini {ev['gini']:.3f}; training {secs:.0f} s on {n_ex} examples, peak RSS "
+                  f"{m.get('peak_rss_mb') or 0:.0f} MB, best epoch {m.get('best_epoch')}")
+            if not a.quick:
+                res["text_weight"] = {}
+                for w in (0.0, 0.3, 0.7, 1.0):
+                    (_, _, _, _, mrr, h10, _, _), _ = train(c, "tldr_train", epochs=4, text_weight=w, promote=False)
+                    res["text_weight"][w] = {"dev_mrr": mrr, "dev_hit_at_10": h10}
+                    say(f"text weight {w}: dev MRR {mrr:.3f} (4 epochs)")
+            # cold start: 300 capabilities with dev intents, all their train intents withheld
+            cold = [r[0] for r in c.execute("SELECT DISTINCT capability FROM tldr_dev ORDER BY 1").fetchall()]
+            cold = sorted(cold, key=lambda x: hashlib.sha256(f"cold:{x}".encode()).hexdigest())[:300]
+            c.execute("DROP TABLE IF EXISTS tldr_train_warm, tldr_dev_cold")
+            c.execute("CREATE TABLE tldr_train_warm AS SELECT * FROM tldr_train WHERE capability <> ALL(%s)", (cold,))
+            c.execute("CREATE TABLE tldr_dev_cold AS SELECT * FROM tldr_dev WHERE capability = ANY(%s)", (cold,))
+            c.execute("DELETE FROM genome.experiences WHERE catalog = 'tldr' AND capability = ANY(%s)", (cold,))
+            (cold_ver, *_), _ = train(c, "tldr_train_warm", promote=False)
+            cold_ev = evaluate(c, "tldr_dev_cold", cold_ver)
+            dense_cold = [r for (r, cap) in zip(ranks["pgvector cosine"],
+                                                [x[0] for x in c.execute("SELECT capability FROM dev_emb ORDER BY intent_id")])
+                          if cap in set(cold)]
+            res["cold_start"] = {"ranker": metrics(cold_ev["ranks"]), "pgvector cosine": metrics(dense_cold)}
+            print("\n## Cold start (300 capabilities without training intents, their dev intents)\n" + HEAD)
+            print(row("pgvector cosine", res["cold_start"]["pgvector cosine"]))
+            print(row("pg_genome ranker (trained without them)", res["cold_start"]["ranker"]))
+            # the experience log back to the full train split, for the remaining sections
+            c.execute("DELETE FROM genome.rankers WHERE catalog = 'tldr' AND stage <> 'production'")
+            c.execute("SELECT genome.train_ranker('tldr', 'tldr_train', dev => 'tldr_dev', epochs => 1, promote => false)")
+            c.execute("DELETE FROM genome.rankers WHERE catalog = 'tldr' AND stage <> 'production'")
+            intents = [r[0] for r in c.execute("SELECT intent FROM tldr_dev ORDER BY md5(intent_id) DESC").fetchall()]
     say("latency")
     res["latency"] = {}
+    peer_latency(intents, 0)  # the peer's table and indexes
     for clients in (1, 4):
-        p50, p99, n = latency(intents, clients, 300 // clients if clients > 1 else 300)
-        res["latency"][f"{clients} client(s)"] = {"p50_ms": p50, "p99_ms": p99, "calls": n}
-        print(f"rank_capabilities, {clients} client(s): p50 {p50:.1f} ms, p99 {p99:.1f} ms ({n} calls)")
-    for name, (p50, p99) in peer_latency(intents[300:], 300).items():
+        got = latency(intents, clients, 300 // clients)
+        (p50, p99, n), (q50, q99, _) = got["rank"], got["peer"]
+        res["latency"][f"{clients} client(s)"] = {"p50_ms": p50, "p99_ms": p99, "calls": n,
+                                                 "peer_p50_ms": q50, "peer_p99_ms": q99}
+        print(f"{clients} client(s), interleaved call by call: rank_capabilities p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+              f"({n} calls); peer embed + pgvector HNSW p50 {q50:.1f} ms, p99 {q99:.1f} ms; "
+              f"ratio p50 {p50 / q50:.2f}x, p99 {p99 / q99:.2f}x")
+    for name, (p50, p99) in peer_latency(intents[600:], 300).items():
         res["latency"][name] = {"p50_ms": p50, "p99_ms": p99}
         print(f"peer {name}: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    if a.latency_only:
+        print(json.dumps(res, indent=1))
+        return
     with connect() as c:
         c.execute("SET client_min_messages = warning")
         say("online learning with a simulated user")

@@ -30,6 +30,8 @@ pub static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(8);
 /// Days of outcomes and rankings kept by prune_experiences (0 = all).
 pub static EXPERIENCE_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(90);
+/// Whether a transaction that wrote nothing but rank_capabilities' log row waits for its WAL flush.
+pub static SYNCHRONOUS_RANKING_LOG: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static EXECUTION_PROVIDER: GucSetting<Provider> = GucSetting::<Provider>::new(Provider::Cpu);
 pub static MODEL_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// 0 = one per CPU core.
@@ -90,6 +92,14 @@ pub fn init() {
         c"$libdir expands to PostgreSQL's package library directory. Loaded once per backend, on first use.",
         &ONNXRUNTIME_LIBRARY,
         GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"genome.synchronous_ranking_log",
+        c"Whether a transaction whose only write is rank_capabilities' log row waits for its WAL flush.",
+        c"off (default): such a transaction commits asynchronously (synchronous_commit = off for that commit only), so a ranking does not wait for the disk; a crash may lose the last rankings' log rows, never the app's own writes. on: the session's synchronous_commit applies.",
+        &SYNCHRONOUS_RANKING_LOG,
+        GucContext::Userset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(

@@ -166,6 +166,49 @@ def test_the_ranker_remembers_its_intents_texts(trained):
     assert set(rows) == train
 
 
+def wal_syncs(c):
+    """WAL fsyncs so far, the backend's own included (its statistics flushed first)."""
+    c.execute("SELECT pg_stat_force_next_flush()")
+    return c.execute("SELECT wal_sync FROM pg_stat_wal").fetchone()[0]
+
+
+def test_a_ranking_alone_does_not_wait_for_the_disk_and_app_writes_still_do(trained):
+    """A transaction whose only write is the ranking log row commits asynchronously (the WAL
+    flush at commit made the latency's tail); one that also writes the app's rows keeps its
+    synchronous commit, and genome.synchronous_ranking_log = on restores the flush. Counted in
+    pg_stat_wal: a synchronous commit fsyncs the WAL itself, asynchronous ones leave it to the
+    WAL writer (at most every wal_writer_delay)."""
+    n = 20
+    intents = [f"list the files of directory number {i}" for i in range(3 * n)]
+    rank = "SELECT count(*) FROM genome.rank_capabilities(%s, catalog => %s)"
+    with connect() as c:
+        if c.execute("SHOW fsync").fetchone()[0] != "on":
+            pytest.skip("fsync is off: no WAL flush to count")
+        c.execute("CREATE TABLE rank_app.shown (intent text)")
+        try:
+            c.execute("SET genome.synchronous_ranking_log = on")
+            s0 = wal_syncs(c)
+            for q in intents[:n]:
+                c.execute(rank, (q, CAT))
+            s1 = wal_syncs(c)
+            c.execute("RESET genome.synchronous_ranking_log")
+            for q in intents[n:2 * n]:
+                c.execute(rank, (q, CAT))
+            s2 = wal_syncs(c)
+            for q in intents[2 * n:]:
+                with c.transaction():
+                    c.execute(rank, (q, CAT))
+                    c.execute("INSERT INTO rank_app.shown VALUES (%s)", (q,))
+            s3 = wal_syncs(c)
+            logged = c.execute("SELECT count(*) FROM genome.rankings WHERE intent = ANY(%s)", (intents,)).fetchone()[0]
+        finally:
+            c.execute("DROP TABLE rank_app.shown")
+    assert logged == 3 * n, "every ranking is logged, whichever way it commits"
+    assert s1 - s0 >= 0.8 * n, ("synchronous log", s1 - s0)
+    assert s2 - s1 <= n / 2, ("asynchronous log", s2 - s1)
+    assert s3 - s2 >= 0.8 * n, ("a transaction that also writes the app's rows", s3 - s2)
+
+
 def test_evaluation_metrics_match_scikit_learn_and_numpy(trained):
     from sklearn.metrics import brier_score_loss, ndcg_score
     with owner() as c:
@@ -555,7 +598,7 @@ def test_cli_rank_train_and_models(trained):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[0].startswith("ranker v") and len(lines) == 4 and "confidence" in lines[1]
-    r = run("train-ranker", "--catalog", CAT, "--epochs", "1", "--no-promote")
+    r = run("train-ranker", "--catalog", CAT, "--epochs", "3", "--no-promote")
     assert r.returncode == 0, r.stderr
     assert "(staging)" in r.stdout and "MRR" in r.stdout and "Hit@10" in r.stdout
     assert "train-ranker cheat:" in r.stderr, "progress lines"

@@ -520,7 +520,7 @@ fn train_ranker(
                     }
                 }
             }
-            std::thread::sleep(Duration::from_millis(1000));
+            std::thread::sleep(Duration::from_millis(200));
         }
     });
     let started = Instant::now();

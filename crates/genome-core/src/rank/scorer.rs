@@ -335,6 +335,12 @@ impl Scorer {
         Scorer { cfg, params }
     }
 
+    /// The skip path's weights (one per feature): `w_skip . f` adds to every score.
+    pub fn skip_weights_mut(&mut self) -> &mut [f32] {
+        let l = self.layout();
+        &mut self.params[l.wskip..l.wskip + self.cfg.n_features]
+    }
+
     /// Number of parameters (the length of [`Scorer::params`] and of a gradient).
     pub fn n_params(&self) -> usize {
         self.layout().total

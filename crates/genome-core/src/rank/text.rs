@@ -108,16 +108,7 @@ impl Bm25 {
 
     /// BM25 scores of every document with at least one query term: (document, score).
     pub fn scores(&self, query: &str) -> Vec<(u32, f64)> {
-        let mut acc: HashMap<u32, f64> = HashMap::new();
-        for (_, posting) in self.query_terms(query) {
-            let idf = self.idf(posting.len());
-            for (doc, tf) in posting {
-                *acc.entry(*doc).or_default() += self.term_score(idf, *tf, *doc);
-            }
-        }
-        let mut v: Vec<(u32, f64)> = acc.into_iter().collect();
-        v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        v
+        self.scores_without(query, None)
     }
 
     /// This index with more text appended to some documents: `extra` gives (document, text)
@@ -159,21 +150,36 @@ impl Bm25 {
     ///
     /// [`scores`]: Bm25::scores
     pub fn scores_without(&self, query: &str, without: Option<(u32, &str)>) -> Vec<(u32, f64)> {
-        let Some((own, text)) = without else {
-            return self.scores(query);
-        };
-        let own_toks = tokens(text);
+        let mut v: Vec<(u32, f64)> = self
+            .dense_scores_without(query, without)
+            .into_iter()
+            .enumerate()
+            .filter(|(_, x)| *x > 0.0)
+            .map(|(d, x)| (d as u32, x))
+            .collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+
+    /// [`Bm25::scores_without`] as one score per document (0: no query term matched), in
+    /// document order: what a caller that looks up many documents or wants a top k reads.
+    pub fn dense_scores_without(&self, query: &str, without: Option<(u32, &str)>) -> Vec<f64> {
+        let own_toks = without.map(|(_, text)| tokens(text)).unwrap_or_default();
         let mut own_tf: HashMap<&str, u32> = HashMap::new();
         for t in &own_toks {
             *own_tf.entry(t.as_str()).or_default() += 1;
         }
-        let own_len = (self.doc_len.get(own as usize).copied().unwrap_or(0) as usize)
-            .saturating_sub(own_toks.len()) as f64;
-        let mut acc: HashMap<u32, f64> = HashMap::new();
+        let own = without.map(|(d, _)| d);
+        let own_len = own.map_or(0.0, |d| {
+            (self.doc_len.get(d as usize).copied().unwrap_or(0) as usize)
+                .saturating_sub(own_toks.len()) as f64
+        });
+        // dense accumulators: every score is positive, so 0 means no query term matched
+        let mut acc = vec![0f64; self.doc_len.len()];
         for (term, posting) in self.query_terms(query) {
             let idf = self.idf(posting.len());
             for (doc, tf) in posting {
-                let s = if *doc == own {
+                acc[*doc as usize] += if Some(*doc) == own {
                     let tf = tf.saturating_sub(own_tf.get(term).copied().unwrap_or(0));
                     if tf == 0 {
                         continue;
@@ -184,12 +190,9 @@ impl Bm25 {
                 } else {
                     self.term_score(idf, *tf, *doc)
                 };
-                *acc.entry(*doc).or_default() += s;
             }
         }
-        let mut v: Vec<(u32, f64)> = acc.into_iter().collect();
-        v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        v
+        acc
     }
 
     /// The BM25 score of the query for the given documents only (0 where no term matches).

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use rayon::prelude::*;
 
-use crate::base::{dot, l2_normalize, Cancelled};
+use crate::base::{dot, l2_normalize, Cancelled, QuantRows};
 use crate::reduce::rng::Rng;
 
 use super::adapter::{train_adapter, Adapter, AdapterConfig, Prototypes};
@@ -103,12 +103,7 @@ impl Catalog {
     }
     /// The `k` capabilities with the best BM25 scores for a text (lexical candidates).
     pub fn lexical(&self, text: &str, k: usize) -> Vec<u32> {
-        self.bm25
-            .scores(text)
-            .into_iter()
-            .take(k)
-            .map(|x| x.0)
-            .collect()
+        top_positive(&self.bm25.dense_scores_without(text, None), k)
     }
     /// The tool embeddings of capability `i`, row after row.
     pub fn tool_rows(&self, i: usize) -> Vec<f32> {
@@ -156,6 +151,9 @@ pub struct Memory {
     pub adapter: Option<Adapter>,
     /// BM25 over the capabilities' texts each expanded with its remembered intents' texts.
     pub lexical: Bm25,
+    /// `emb` and the unit prototypes as bytes, for the per-query scans over all of them.
+    quant: QuantRows,
+    proto_quant: QuantRows,
 }
 
 /// Per capability, what the memory says about a query: the best three cosines (descending),
@@ -167,7 +165,43 @@ pub struct MemoryHit {
     pub kernel: f32,
 }
 
+impl MemoryHit {
+    /// Nothing remembered.
+    pub const NONE: MemoryHit = MemoryHit {
+        best: [0.0; 3],
+        count: 0,
+        kernel: 0.0,
+    };
+}
+
+/// One query's view of the memory, computed once (the serving path reads it for candidates and
+/// features), each indexed by capability: memory hits, the adapted query's cosine with every
+/// prototype (with an adapter) and the expanded BM25 scores.
+#[derive(Debug, Clone, Default)]
+pub struct Signals {
+    hits: Vec<MemoryHit>,
+    adapted: Option<Vec<f32>>,
+    lexical: Vec<f64>,
+}
+
+impl Signals {
+    fn hit(&self, c: u32) -> MemoryHit {
+        self.hits
+            .get(c as usize)
+            .copied()
+            .unwrap_or(MemoryHit::NONE)
+    }
+}
+
 impl Memory {
+    /// Nothing remembered yet, for intents of dimension `dim`.
+    pub fn new(dim: usize) -> Self {
+        Self {
+            dim,
+            quant: QuantRows::new(dim),
+            ..Default::default()
+        }
+    }
     /// Number of remembered intents.
     pub fn len(&self) -> usize {
         self.cap.len()
@@ -176,23 +210,37 @@ impl Memory {
     pub fn is_empty(&self) -> bool {
         self.cap.is_empty()
     }
-    /// Per capability: the best three cosines of the query with its remembered intents
-    /// (descending) and their count, skipping memory row `exclude` (the query itself in training).
-    pub fn best(&self, q: &[f32], exclude: Option<usize>) -> HashMap<u32, MemoryHit> {
-        let mut out: HashMap<u32, MemoryHit> = HashMap::new();
-        if self.dim == 0 {
-            return out;
+    /// What the memory says about a query, computed once for its candidates and features;
+    /// memory row `exclude` (the query itself in training) is left out everywhere.
+    pub fn signals(&self, q: &Query, exclude: Option<usize>) -> Signals {
+        Signals {
+            hits: self.hits(q.emb, exclude),
+            adapted: self
+                .adapt(q.emb)
+                .map(|aq| self.adapter_cosines(&aq, exclude)),
+            lexical: self.lexical_scores(q.text, exclude),
         }
-        for (i, row) in self.emb.chunks_exact(self.dim).enumerate() {
+    }
+
+    /// Per capability (indexed by capability; `count` 0 where nothing is remembered): the best
+    /// three cosines of the query with its remembered intents (descending), their count and
+    /// kernel sum, skipping memory row `exclude`.
+    fn hits(&self, q: &[f32], exclude: Option<usize>) -> Vec<MemoryHit> {
+        if self.dim == 0 || self.cap.is_empty() {
+            return vec![];
+        }
+        let n = self.cap.iter().max().map_or(0, |m| *m as usize + 1);
+        let mut out = vec![MemoryHit::NONE; n];
+        let qq = QuantRows::quantize(q);
+        for i in 0..self.quant.len() {
             if Some(i) == exclude {
                 continue;
             }
-            let s = dot(q, row);
-            let e = out.entry(self.cap[i]).or_insert(MemoryHit {
-                best: [-1.0; 3],
-                count: 0,
-                kernel: 0.0,
-            });
+            let s = self.quant.dot(i, &qq);
+            let e = &mut out[self.cap[i] as usize];
+            if e.count == 0 {
+                e.best = [-1.0; 3];
+            }
             e.count += 1;
             e.kernel += ((s - 1.0) / KERNEL_TAU).exp();
             let b = &mut e.best;
@@ -211,6 +259,7 @@ impl Memory {
 
     /// Remember one intent: its unit embedding, its capability and its text.
     pub fn push(&mut self, emb: &[f32], cap: u32, text: &str) {
+        self.quant.push(emb);
         self.emb.extend_from_slice(emb);
         self.cap.push(cap);
         self.text.push(text.to_owned());
@@ -220,6 +269,7 @@ impl Memory {
     /// the expanded lexical index and the adapter.
     pub fn with_model(mut self, cat: &Catalog, adapter: Option<Adapter>) -> Self {
         self.protos = Prototypes::new(self.dim, &cat.text, &self.emb, &self.cap);
+        self.proto_quant = QuantRows::from_rows(self.dim, &self.protos.unit);
         self.lexical = cat.bm25.expanded(
             self.cap
                 .iter()
@@ -230,14 +280,15 @@ impl Memory {
         self
     }
 
-    /// BM25 scores over the expanded capability texts, best first, leaving memory row
-    /// `exclude` (the query itself in training) out of its capability's text.
-    pub fn lexical_scores(&self, text: &str, exclude: Option<usize>) -> Vec<(u32, f64)> {
+    /// BM25 scores over the expanded capability texts, per capability (none without an
+    /// expanded index), leaving memory row `exclude` (the query itself in training) out of its
+    /// capability's text.
+    pub fn lexical_scores(&self, text: &str, exclude: Option<usize>) -> Vec<f64> {
         if self.lexical.is_empty() {
             return vec![];
         }
         let own = exclude.and_then(|i| Some((*self.cap.get(i)?, self.text.get(i)?.as_str())));
-        self.lexical.scores_without(text, own)
+        self.lexical.dense_scores_without(text, own)
     }
 
     /// The adapted query, when there is an adapter.
@@ -248,18 +299,21 @@ impl Memory {
             .map(|a| a.apply(q))
     }
 
-    /// Cosine of the adapted query with each candidate's prototype (its own intent, memory row
-    /// `exclude`, left out of its capability's prototype).
-    pub fn adapter_cosines(&self, aq: &[f32], cands: &[u32], exclude: Option<usize>) -> Vec<f32> {
+    /// Cosine of the adapted query with every capability's prototype (its own intent, memory
+    /// row `exclude`, left out of its capability's prototype).
+    fn adapter_cosines(&self, aq: &[f32], exclude: Option<usize>) -> Vec<f32> {
         let d = self.dim;
-        let own = exclude.map(|i| (self.cap[i], &self.emb[i * d..(i + 1) * d]));
-        cands
-            .iter()
-            .map(|c| match own {
-                Some((oc, x)) if oc == *c => self.protos.cosine(aq, *c as usize, Some(x)),
-                _ => self.protos.cosine(aq, *c as usize, None),
-            })
-            .collect()
+        let qq = QuantRows::quantize(aq);
+        let mut out: Vec<f32> = (0..self.proto_quant.len())
+            .map(|c| self.proto_quant.dot(c, &qq))
+            .collect();
+        if let Some(i) = exclude {
+            let c = self.cap[i] as usize;
+            out[c] = self
+                .protos
+                .cosine(aq, c, Some(&self.emb[i * d..(i + 1) * d]));
+        }
+        out
     }
 }
 
@@ -296,32 +350,51 @@ impl Default for CandidateCounts {
     }
 }
 
-fn top_by<T: Copy>(mut v: Vec<(T, f32)>, k: usize) -> Vec<T> {
-    v.sort_by(|a, b| b.1.total_cmp(&a.1));
-    v.truncate(k);
-    v.into_iter().map(|x| x.0).collect()
+/// The indices of the `k` best positive scores, best first (ties: lower index first).
+fn top_positive(scores: &[f64], k: usize) -> Vec<u32> {
+    top_by(
+        scores
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| **x > 0.0)
+            .map(|(i, x)| (i as u32, *x as f32))
+            .collect(),
+        k,
+    )
+}
+
+/// The `k` best by score, best first; ties in the order given (a total order, so that training
+/// and serving see the same candidates).
+fn top_by<T: Copy>(v: Vec<(T, f32)>, k: usize) -> Vec<T> {
+    let mut v: Vec<(usize, T, f32)> = v
+        .into_iter()
+        .enumerate()
+        .map(|(i, (t, s))| (i, t, s))
+        .collect();
+    let cmp = |a: &(usize, T, f32), b: &(usize, T, f32)| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0));
+    if k == 0 {
+        return vec![];
+    }
+    if v.len() > k {
+        v.select_nth_unstable_by(k - 1, cmp);
+        v.truncate(k);
+    }
+    v.sort_by(cmp);
+    v.into_iter().map(|x| x.1).collect()
 }
 
 /// Exact candidates for a query (training and evaluation without PostgreSQL): the top dense
 /// cosines, the top BM25 scores, the capabilities of the best remembered intents; union, in
 /// that order.
-pub fn candidates(
-    cat: &Catalog,
-    mem: &Memory,
-    q: &Query,
-    counts: CandidateCounts,
-    exclude: Option<usize>,
-) -> Vec<u32> {
+pub fn candidates(cat: &Catalog, sig: &Signals, q: &Query, counts: CandidateCounts) -> Vec<u32> {
     let dense: Vec<(u32, f32)> = (0..cat.len())
         .map(|i| (i as u32, dot(q.emb, cat.text_row(i))))
         .collect();
     memory_candidates_then(
         top_by(dense, counts.dense),
         cat.lexical(q.text, counts.lexical),
-        mem,
-        q,
+        sig,
         counts,
-        exclude,
     )
 }
 
@@ -330,33 +403,26 @@ pub fn candidates(
 pub fn memory_candidates_then(
     dense: Vec<u32>,
     lexical: Vec<u32>,
-    mem: &Memory,
-    q: &Query,
+    sig: &Signals,
     counts: CandidateCounts,
-    exclude: Option<usize>,
 ) -> Vec<u32> {
-    let best = mem.best(q.emb, exclude);
     let by_mem = top_by(
-        best.into_iter().map(|(c, h)| (c, h.best[0])).collect(),
+        sig.hits
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.count > 0)
+            .map(|(c, h)| (c as u32, h.best[0]))
+            .collect(),
         counts.memory,
     );
-    let by_adapter = match mem.adapt(q.emb) {
-        Some(aq) if counts.adapter > 0 => {
-            let all: Vec<u32> = (0..(mem.protos.unit.len() / mem.dim) as u32).collect();
-            let s = mem.adapter_cosines(&aq, &all, exclude);
-            top_by(all.into_iter().zip(s).collect(), counts.adapter)
-        }
+    let by_adapter = match &sig.adapted {
+        Some(s) if counts.adapter > 0 => top_by(
+            s.iter().enumerate().map(|(c, x)| (c as u32, *x)).collect(),
+            counts.adapter,
+        ),
         _ => vec![],
     };
-    let by_lexical: Vec<u32> = if counts.memory_lexical > 0 {
-        mem.lexical_scores(q.text, exclude)
-            .into_iter()
-            .take(counts.memory_lexical)
-            .map(|x| x.0)
-            .collect()
-    } else {
-        vec![]
-    };
+    let by_lexical = top_positive(&sig.lexical, counts.memory_lexical);
     let mut seen = HashSet::new();
     dense
         .into_iter()
@@ -381,14 +447,7 @@ fn reciprocal_ranks(scores: &[f32]) -> Vec<f32> {
 }
 
 /// The feature matrix (candidates x [`N_FEATURES`], row-major) of a query's candidates.
-pub fn features(
-    cat: &Catalog,
-    mem: &Memory,
-    q: &Query,
-    cands: &[u32],
-    exclude: Option<usize>,
-) -> Vec<f32> {
-    let best = mem.best(q.emb, exclude);
+pub fn features(cat: &Catalog, sig: &Signals, q: &Query, cands: &[u32]) -> Vec<f32> {
     let dense: Vec<f32> = cands
         .iter()
         .map(|c| dot(q.emb, cat.text_row(*c as usize)))
@@ -399,34 +458,21 @@ pub fn features(
         .into_iter()
         .map(|x| x as f32)
         .collect();
-    let memory: Vec<MemoryHit> = cands
-        .iter()
-        .map(|c| {
-            best.get(c).copied().unwrap_or(MemoryHit {
-                best: [0.0; 3],
-                count: 0,
-                kernel: 0.0,
-            })
-        })
-        .collect();
+    let memory: Vec<MemoryHit> = cands.iter().map(|c| sig.hit(*c)).collect();
     let mem_max: Vec<f32> = memory
         .iter()
         .map(|h| if h.count > 0 { h.best[0].max(0.0) } else { 0.0 })
         .collect();
-    let adapted: Vec<f32> = match mem.adapt(q.emb) {
-        Some(aq) => mem.adapter_cosines(&aq, cands, exclude),
+    let adapted: Vec<f32> = match &sig.adapted {
+        Some(a) => cands.iter().map(|c| a[*c as usize]).collect(),
         None => vec![0.0; cands.len()],
     };
     // best first: its first score is the query's best over the whole catalog
-    let lex_all = mem.lexical_scores(q.text, exclude);
-    let lex_best = lex_all.first().map_or(0.0, |x| x.1) as f32;
-    let mem_bm25: Vec<f32> = {
-        let all: HashMap<u32, f64> = lex_all.into_iter().collect();
-        cands
-            .iter()
-            .map(|c| all.get(c).copied().unwrap_or(0.0) as f32)
-            .collect()
-    };
+    let lex_best = sig.lexical.iter().copied().fold(0.0, f64::max) as f32;
+    let mem_bm25: Vec<f32> = cands
+        .iter()
+        .map(|c| sig.lexical.get(*c as usize).copied().unwrap_or(0.0) as f32)
+        .collect();
     // the text embedding counts as one remembered intent, so that the feature exists for
     // capabilities without memory: log(sum exp((cos - 1) / tau))
     let kernel: Vec<f32> = (0..cands.len())
@@ -478,7 +524,7 @@ pub fn features(
             s.success_rate,
             overlap,
             adapted[j],
-            if mem.adapter.is_some() { rr_a[j] } else { 0.0 },
+            if sig.adapted.is_some() { rr_a[j] } else { 0.0 },
             kernel[j],
             (1.0 + mem_bm25[j]).ln(),
             rr_mb[j],
@@ -544,6 +590,12 @@ pub struct TrainConfig {
     /// would otherwise learn the intents themselves instead of what the features say.
     #[serde(default)]
     pub query_dropout: f32,
+    /// Dev MRR checks per epoch for early stopping (the best checkpoint is kept).
+    #[serde(default = "one")]
+    pub checks_per_epoch: usize,
+    /// Epochs of fitting the skip path alone before the network (0: none).
+    #[serde(default)]
+    pub linear_epochs: usize,
     /// The intent adapter's training (epochs 0: no adapter).
     #[serde(default)]
     pub adapter: AdapterConfig,
@@ -569,6 +621,8 @@ impl Default for TrainConfig {
             hidden: [256, 128, 64],
             memory_min_reward: 0.5,
             query_dropout: 0.5,
+            linear_epochs: 10,
+            checks_per_epoch: 4,
             adapter: AdapterConfig::default(),
         }
     }
@@ -590,6 +644,10 @@ pub struct Ranker {
     pub dev_ece: f64,
     pub dev_brier: f64,
     pub history: Vec<(f64, f64)>,
+    /// Dev MRR of the skip path fitted alone, before the network (when fitted).
+    pub linear_dev_mrr: Option<f64>,
+    /// Dev MRR of the averaged weights at the end of each epoch from the second on.
+    pub swa_dev_mrr: Vec<f64>,
     pub best_epoch: usize,
     pub examples: usize,
 }
@@ -613,13 +671,14 @@ fn prepare(
     label: u32,
     force_label: bool,
 ) -> Prepared {
-    let mut cands = candidates(cat, mem, q, counts, exclude);
+    let sig = mem.signals(q, exclude);
+    let mut cands = candidates(cat, &sig, q, counts);
     let mut chosen = cands.iter().position(|c| *c == label);
     if chosen.is_none() && force_label {
         cands.push(label);
         chosen = Some(cands.len() - 1);
     }
-    let feats = features(cat, mem, q, &cands, exclude);
+    let feats = features(cat, &sig, q, &cands);
     Prepared {
         cands,
         feats,
@@ -691,10 +750,7 @@ pub fn train(
 ) -> Result<Ranker, Cancelled> {
     let dim = cat.text_dim;
     // memory: successful experiences; row i of memory <-> experience mem_of[i]
-    let mut mem = Memory {
-        dim,
-        ..Default::default()
-    };
+    let mut mem = Memory::new(dim);
     let mut mem_row = vec![None; experiences.len()];
     for (i, e) in experiences.iter().enumerate() {
         if e.reward >= cfg.memory_min_reward {
@@ -797,6 +853,12 @@ pub fn train(
         seed: cfg.seed,
     };
     let mut scorer = Scorer::new(scfg);
+    // the skip path first, alone: a linear softmax model over the features, which the network
+    // then corrects; early stopping may keep it as it is (epoch 0)
+    if cfg.linear_epochs > 0 {
+        let w = fit_linear(&train_p, experiences, cfg, progress)?;
+        scorer.skip_weights_mut().copy_from_slice(&w);
+    }
     let mut adam = Adam::new(scorer.n_params(), cfg.learning_rate);
     adam.weight_decay = cfg.weight_decay;
     let mut replay = PrioritizedReplay::new(cfg.replay_capacity.max(1));
@@ -819,11 +881,27 @@ pub fn train(
     let mut rng = Rng::new(cfg.seed ^ 0x5eed);
     let steps_per_epoch = experiences.len().div_ceil(cfg.batch).max(1);
     let total_steps = steps_per_epoch * cfg.epochs.max(1);
-    let mut best: Option<(f64, Scorer, usize)> = None;
+    let dev_mrr = |scorer: &Scorer| -> f64 {
+        if dev.is_empty() {
+            return 0.0;
+        }
+        let sc = score_all(scorer, &inp, &dev_q, &dev_p);
+        let ranks: Vec<Option<usize>> = sc
+            .iter()
+            .zip(&dev_p)
+            .map(|(s, p)| rank_of(s, p.chosen))
+            .collect();
+        metrics::ranking_metrics(&ranks).mrr
+    };
+    let linear_mrr = (cfg.linear_epochs > 0).then(|| dev_mrr(&scorer));
+    let mut best: Option<(f64, Scorer, usize)> = linear_mrr.map(|m| (m, scorer.clone(), 0));
     let mut history = Vec::new();
     let mut since_best = 0;
     let mut step = 0;
     let n_params = scorer.n_params();
+    let check_every = steps_per_epoch.div_ceil(cfg.checks_per_epoch.max(1)).max(1);
+    let mut swa = (vec![0f32; n_params], 0usize);
+    let mut swa_history = Vec::new();
     for epoch in 0..cfg.epochs.max(1) {
         // TD targets from the current model: V(next step) = p(chosen) at that step
         let mut target: Vec<f32> = experiences.iter().map(|e| e.reward).collect();
@@ -901,21 +979,36 @@ pub fn train(
             let lr = cosine_lr(cfg.learning_rate, cfg.min_learning_rate, step, total_steps);
             adam.step(&mut scorer.params, &grad, lr);
             step += 1;
+            // weight averaging (SWA) from the second epoch on, over points within each epoch
+            if epoch > 0 && (b + 1) % check_every == 0 {
+                swa.0
+                    .iter_mut()
+                    .zip(&scorer.params)
+                    .for_each(|(a, p)| *a += p);
+                swa.1 += 1;
+            }
         }
-        let mrr = if dev.is_empty() {
-            0.0
-        } else {
-            let sc = score_all(&scorer, &inp, &dev_q, &dev_p);
-            let ranks: Vec<Option<usize>> = sc
-                .iter()
-                .zip(&dev_p)
-                .map(|(s, p)| rank_of(s, p.chosen))
-                .collect();
-            metrics::ranking_metrics(&ranks).mrr
-        };
+        let mrr = dev_mrr(&scorer);
         history.push((mrr, loss_sum / experiences.len().max(1) as f64));
+        let mut improved = false;
+        if swa.1 > 0 {
+            let mut avg = scorer.clone();
+            let k = swa.1 as f32;
+            avg.params
+                .iter_mut()
+                .zip(&swa.0)
+                .for_each(|(a, s)| *a = s / k);
+            let m = dev_mrr(&avg);
+            swa_history.push(m);
+            if best.as_ref().is_none_or(|b| m > b.0) {
+                best = Some((m, avg, epoch + 1));
+                improved = true;
+            }
+        }
         if best.as_ref().is_none_or(|b| mrr > b.0) {
             best = Some((mrr, scorer.clone(), epoch + 1));
+            since_best = 0;
+        } else if improved {
             since_best = 0;
         } else {
             since_best += 1;
@@ -961,6 +1054,8 @@ pub fn train(
             metrics::brier(&conf, &correct)
         },
         history,
+        linear_dev_mrr: linear_mrr,
+        swa_dev_mrr: swa_history,
         best_epoch,
         examples: experiences.len(),
     })
@@ -968,6 +1063,72 @@ pub fn train(
 
 /// Inverted dropout of a query: each dimension zeroed with probability `p` (drawn from the
 /// seed, the step and the example, so reproducible), the others scaled by 1 / (1 - p).
+/// The skip path fitted alone: softmax regression of the chosen candidate on the features
+/// (listwise loss, reward as target), Adam with cosine annealing over shuffled mini-batches.
+fn fit_linear(
+    prepared: &[Prepared],
+    experiences: &[Experience],
+    cfg: &TrainConfig,
+    progress: &mut Progress,
+) -> Result<Vec<f32>, Cancelled> {
+    let nf = N_FEATURES;
+    let mut w = vec![0f32; nf];
+    let mut adam = Adam::new(nf, LINEAR_LR);
+    let mut rng = Rng::new(cfg.seed ^ 0x11ea);
+    let mut order: Vec<usize> = (0..prepared.len())
+        .filter(|i| prepared[*i].chosen.is_some())
+        .collect();
+    let batch = 256;
+    let steps = order.len().div_ceil(batch) * cfg.linear_epochs;
+    let mut step = 0;
+    for epoch in 0..cfg.linear_epochs {
+        if progress("linear", epoch, cfg.linear_epochs) {
+            return Err(Cancelled);
+        }
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        for part in order.chunks(batch) {
+            let grad = part
+                .par_iter()
+                .map(|i| {
+                    let p = &prepared[*i];
+                    let mut g = vec![0f32; nf];
+                    let rows: Vec<&[f32]> = p.feats.chunks_exact(nf).collect();
+                    let s: Vec<f32> = rows.iter().map(|f| dot(f, &w)).collect();
+                    let chosen = p.chosen.expect("filtered");
+                    let (_, d, _) = listwise_loss(&s, chosen, experiences[*i].reward, 1.0);
+                    for (f, dj) in rows.iter().zip(d) {
+                        g.iter_mut().zip(*f).for_each(|(a, x)| *a += dj * x);
+                    }
+                    g
+                })
+                .collect::<Vec<_>>();
+            // summed in order: the same result whatever the threads
+            let scale = 1.0 / part.len() as f32;
+            let mut sum = vec![0f32; nf];
+            for g in grad {
+                sum.iter_mut().zip(g).for_each(|(x, y)| *x += y * scale);
+            }
+            let grad = sum;
+            adam.step(
+                &mut w,
+                &grad,
+                cosine_lr(LINEAR_LR, LINEAR_LR * 0.01, step, steps),
+            );
+            step += 1;
+        }
+    }
+    Ok(w)
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Base learning rate of [`fit_linear`] (few parameters, features of order 1).
+const LINEAR_LR: f32 = 0.05;
+
 fn dropout(q: &[f32], p: f32, seed: u64, step: usize, item: usize) -> Vec<f32> {
     if p <= 0.0 || p >= 1.0 {
         return q.to_vec();
@@ -1004,14 +1165,14 @@ impl Ranker {
     pub fn score(
         &self,
         cat: &Catalog,
-        mem: &Memory,
+        sig: &Signals,
         q: &Query,
         cands: &[u32],
     ) -> (Vec<f32>, Vec<f64>) {
         if cands.is_empty() {
             return (vec![], vec![]);
         }
-        let all = features(cat, mem, q, cands, None);
+        let all = features(cat, sig, q, cands);
         let nf = self.features.len();
         let feats: Vec<f32> = if nf == N_FEATURES {
             all
@@ -1126,6 +1287,8 @@ impl Ranker {
             dev_ece: 0.0,
             dev_brier: 0.0,
             history: vec![],
+            linear_dev_mrr: None,
+            swa_dev_mrr: vec![],
             best_epoch: 0,
             examples: 0,
         })
@@ -1140,10 +1303,7 @@ pub fn memory_of(
     min_reward: f32,
     adapter: Option<Adapter>,
 ) -> Memory {
-    let mut mem = Memory {
-        dim: cat.text_dim,
-        ..Default::default()
-    };
+    let mut mem = Memory::new(cat.text_dim);
     for e in experiences.iter().filter(|e| e.reward >= min_reward) {
         mem.push(&e.emb, e.chosen, &e.text);
     }
@@ -1168,8 +1328,9 @@ pub fn evaluate(
             };
             match ranker {
                 Some(r) => {
-                    let cands = candidates(cat, mem, &q, r.config.candidates, None);
-                    let (s, _) = r.score(cat, mem, &q, &cands);
+                    let sig = mem.signals(&q, None);
+                    let cands = candidates(cat, &sig, &q, r.config.candidates);
+                    let (s, _) = r.score(cat, &sig, &q, &cands);
                     rank_of(&s, cands.iter().position(|c| *c == t.label))
                 }
                 None => {
@@ -1214,10 +1375,7 @@ mod tests {
     }
 
     fn memory(cat: &Catalog) -> Memory {
-        let mut m = Memory {
-            dim: 4,
-            ..Default::default()
-        };
+        let mut m = Memory::new(4);
         m.push(
             &[0.0, 0.0, 0.0, 1.0],
             2,
@@ -1238,7 +1396,7 @@ mod tests {
             context: &[],
         };
         // only df's remembered intent has these words: df alone scores, and as the best
-        let x = features(&cat, &mem, &q, &[0, 1, 2], None);
+        let x = features(&cat, &mem.signals(&q, None), &q, &[0, 1, 2]);
         let row = |j: usize| &x[j * N_FEATURES..(j + 1) * N_FEATURES];
         assert!(row(2)[f] > 0.0 && row(0)[f] == 0.0 && row(1)[f] == 0.0);
         let rel = FEATURES
@@ -1247,7 +1405,7 @@ mod tests {
             .unwrap();
         assert_eq!(row(2)[rel], 1.0);
         // training on that remembered intent (memory row 0) leaves its own words out
-        let x = features(&cat, &mem, &q, &[0, 1, 2], Some(0));
+        let x = features(&cat, &mem.signals(&q, Some(0)), &q, &[0, 1, 2]);
         assert_eq!(x[2 * N_FEATURES + f], 0.0);
         // and the lexical memory proposes df as a candidate, only when not left out
         let counts = CandidateCounts {
@@ -1258,10 +1416,71 @@ mod tests {
             memory_lexical: 5,
         };
         assert_eq!(
-            memory_candidates_then(vec![], vec![], &mem, &q, counts, None),
+            memory_candidates_then(vec![], vec![], &mem.signals(&q, None), counts),
             vec![2]
         );
-        assert!(memory_candidates_then(vec![], vec![], &mem, &q, counts, Some(0)).is_empty());
+        assert!(
+            memory_candidates_then(vec![], vec![], &mem.signals(&q, Some(0)), counts).is_empty()
+        );
+    }
+
+    #[test]
+    fn the_linear_warm_start_learns_which_feature_marks_the_chosen_candidate() {
+        // 3000 queries of 6 candidates: feature 3 is higher on the chosen one, the rest is noise
+        let mut rng = Rng::new(5);
+        let (mut prepared, mut experiences) = (Vec::new(), Vec::new());
+        for i in 0..3000 {
+            let chosen = i % 6;
+            let mut feats = Vec::new();
+            for j in 0..6 {
+                for f in 0..N_FEATURES {
+                    let noise = rng.normal() as f32;
+                    feats.push(if f == 3 && j == chosen {
+                        noise + 1.5
+                    } else {
+                        noise
+                    });
+                }
+            }
+            prepared.push(Prepared {
+                cands: (0..6).collect(),
+                feats,
+                chosen: Some(chosen),
+            });
+            experiences.push(Experience {
+                emb: vec![],
+                text: String::new(),
+                context: vec![],
+                chosen: chosen as u32,
+                reward: 1.0,
+                session: None,
+                step: 0,
+            });
+        }
+        let cfg = TrainConfig::default();
+        let w = fit_linear(&prepared, &experiences, &cfg, &mut |_, _, _| false).expect("runs");
+        let others = w
+            .iter()
+            .enumerate()
+            .filter(|(f, _)| *f != 3)
+            .fold(0f32, |a, (_, x)| a.max(x.abs()));
+        assert!(w[3] > 0.5 && w[3] > 3.0 * others, "{w:?}");
+        let top1 = prepared
+            .iter()
+            .filter(|p| {
+                let s: Vec<f32> = p
+                    .feats
+                    .chunks_exact(N_FEATURES)
+                    .map(|f| dot(f, &w))
+                    .collect();
+                rank_of(&s, p.chosen) == Some(1)
+            })
+            .count();
+        assert!(top1 > 1500, "{top1} of 3000 first (chance: 500)");
+        // the same seed gives the same weights; a cancelled fit stops
+        let again = fit_linear(&prepared, &experiences, &cfg, &mut |_, _, _| false).unwrap();
+        assert_eq!(w, again);
+        assert!(fit_linear(&prepared, &experiences, &cfg, &mut |_, _, _| true).is_err());
     }
 
     #[test]
@@ -1290,6 +1509,8 @@ mod tests {
             dev_ece: 0.0,
             dev_brier: 0.0,
             history: vec![],
+            linear_dev_mrr: None,
+            swa_dev_mrr: vec![],
             best_epoch: 0,
             examples: 0,
         };
@@ -1300,9 +1521,10 @@ mod tests {
             text: "list files",
             context: &[],
         };
-        let (s, p) = back.score(&cat, &mem, &q, &[0, 1, 2]);
+        let sig = mem.signals(&q, None);
+        let (s, p) = back.score(&cat, &sig, &q, &[0, 1, 2]);
         // the scores are the scorer's on the old columns of the full feature matrix
-        let all = features(&cat, &mem, &q, &[0, 1, 2], None);
+        let all = features(&cat, &sig, &q, &[0, 1, 2]);
         let cols: Vec<f32> = all
             .chunks_exact(N_FEATURES)
             .flat_map(|row| old.iter().map(move |f| row[*f]))
