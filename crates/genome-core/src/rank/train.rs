@@ -590,9 +590,9 @@ pub struct TrainConfig {
     /// would otherwise learn the intents themselves instead of what the features say.
     #[serde(default)]
     pub query_dropout: f32,
-    /// Dev MRR checks per epoch for early stopping (the best checkpoint is kept).
+    /// Points per epoch (from the second epoch on) whose weights are averaged (SWA).
     #[serde(default = "one")]
-    pub checks_per_epoch: usize,
+    pub swa_points_per_epoch: usize,
     /// Epochs of fitting the skip path alone before the network (0: none).
     #[serde(default)]
     pub linear_epochs: usize,
@@ -622,7 +622,7 @@ impl Default for TrainConfig {
             memory_min_reward: 0.5,
             query_dropout: 0.5,
             linear_epochs: 10,
-            checks_per_epoch: 4,
+            swa_points_per_epoch: 4,
             adapter: AdapterConfig::default(),
         }
     }
@@ -899,7 +899,9 @@ pub fn train(
     let mut since_best = 0;
     let mut step = 0;
     let n_params = scorer.n_params();
-    let check_every = steps_per_epoch.div_ceil(cfg.checks_per_epoch.max(1)).max(1);
+    let swa_every = steps_per_epoch
+        .div_ceil(cfg.swa_points_per_epoch.max(1))
+        .max(1);
     let mut swa = (vec![0f32; n_params], 0usize);
     let mut swa_history = Vec::new();
     for epoch in 0..cfg.epochs.max(1) {
@@ -980,7 +982,7 @@ pub fn train(
             adam.step(&mut scorer.params, &grad, lr);
             step += 1;
             // weight averaging (SWA) from the second epoch on, over points within each epoch
-            if epoch > 0 && (b + 1) % check_every == 0 {
+            if epoch > 0 && (b + 1) % swa_every == 0 {
                 swa.0
                     .iter_mut()
                     .zip(&scorer.params)
