@@ -1152,14 +1152,37 @@ fn log_only_so_far() -> bool {
     now.1 == 0 || LOG_ONLY.with(|c| c.get()) == Some(now)
 }
 
+/// At commit: the setting still allows it, synchronous_commit is at its configured value (the
+/// session or transaction did not set another one), and no synchronous standby is configured
+/// (such a cluster asked for commits that survive a failover).
+fn may_relax_commit() -> bool {
+    let setting = |name: &std::ffi::CStr, reset: bool| -> Option<String> {
+        // SAFETY: GUC lookups by name; the string is copied at once
+        unsafe {
+            let p = if reset {
+                pg_sys::GetConfigOptionResetString(name.as_ptr())
+            } else {
+                pg_sys::GetConfigOption(name.as_ptr(), true, false)
+            };
+            (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+        }
+    };
+    !crate::gucs::SYNCHRONOUS_RANKING_LOG.get()
+        && setting(c"synchronous_commit", false) == setting(c"synchronous_commit", true)
+        && setting(c"synchronous_standby_names", false).is_none_or(|s| s.trim().is_empty())
+}
+
 /// A ranking is a read; its log row must not make the caller wait for a WAL flush (fsync, the
 /// tail of the latency: measured p99 49 ms with it, 23 ms without, same run). Unless
 /// genome.synchronous_ranking_log is on, a transaction that writes nothing but ranking log rows
 /// commits with synchronous_commit = off for that commit only (decided at pre-commit: any other
 /// write after the log row moves this backend's WAL end and keeps the commit synchronous). As
 /// PostgreSQL documents for asynchronous commit, a crash may then lose the last such
-/// transactions (their log rows), never leave them half-written, and never touches the app's
-/// own writes.
+/// transactions (their log rows, and the identity values they took, which may be handed out
+/// again), never leave them half-written. Not relaxed when the session or transaction set
+/// another synchronous_commit or synchronous standbys are configured ([`may_relax_commit`]).
+/// Not seen: writes made inside the log INSERT itself (a trigger someone adds on
+/// genome.rankings) and by other extensions' pre-commit callbacks that run after this one.
 fn commit_log_asynchronously() {
     if crate::gucs::SYNCHRONOUS_RANKING_LOG.get() {
         return;
@@ -1173,7 +1196,7 @@ fn commit_log_asynchronously() {
     pgrx::callbacks::register_xact_callback(
         pgrx::callbacks::PgXactCallbackEvent::PreCommit,
         || {
-            if LOG_ONLY.with(|c| c.take()) == Some(xact_position()) {
+            if LOG_ONLY.with(|c| c.take()) == Some(xact_position()) && may_relax_commit() {
                 // SAFETY: a transaction-local setting of a user-settable parameter, before the
                 // commit record is written (pre-commit); it cannot fail
                 unsafe {

@@ -29,6 +29,15 @@ COMMENT ON FUNCTION embed_image IS 'embed one image (JPEG, PNG or WebP bytes) wi
 COMMENT ON FUNCTION embed_images IS 'embed many images in order, genome.batch_size per model call; a bad image is an ERROR naming its position';
 COMMENT ON FUNCTION image_quality IS 'photo quality of an image: sharpness, exposure, contrast, resolution and a combined 0..1 score';
 COMMENT ON FUNCTION resolve_model IS 'the registered model a spec names (name or name@version, newest version when none; NULL: genome.default_model)';
+COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
+COMMENT ON FUNCTION unregister_pet_media IS 'forget a photo table: its photos, clusters and triggers (the app''s table is untouched)';
+COMMENT ON FUNCTION cluster_pet IS 'update one pet''s photo clusters incrementally: new photos join the nearest cluster or, once enough gather, form new ones';
+COMMENT ON FUNCTION cluster_dirty_pets IS 'update the clusters of pets with new or removed photos (the pg_cron job''s body)';
+COMMENT ON FUNCTION schedule_pet_clustering IS 'create or update the pg_cron job that keeps pets with new photos up to date';
+COMMENT ON FUNCTION unschedule_pet_clustering IS 'remove the pg_cron job of a photo table; returns how many were removed';
+COMMENT ON FUNCTION select_heroes IS 'top n photos per cluster of a pet by hero score (quality, centrality, recency, pose)';
+COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
+COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
 COMMENT ON FUNCTION register_collection IS 'register an app table as a pg_genome collection (adds embedding and family columns if missing)';
 COMMENT ON FUNCTION unregister_collection IS 'forget a collection and its families and runs (the table and its columns stay)';
 COMMENT ON FUNCTION pending_count IS 'rows of the collection without a family yet';
@@ -40,15 +49,6 @@ COMMENT ON FUNCTION full_classify IS 'the weekly job: embed missing rows, reduce
 COMMENT ON FUNCTION hdbscan_recluster IS 'full classification of the rows already embedded (no embedding step); same arguments and result as full_classify';
 COMMENT ON FUNCTION assign_family IS 'the 10-minute job: give rows without a family the nearest family whose centroid reaches its threshold, else Unclustered';
 COMMENT ON FUNCTION cached_centroids IS 'the collections whose centroids this backend has cached, with their generation (tests and health)';
-COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
-COMMENT ON FUNCTION unregister_pet_media IS 'forget a photo table: its photos, clusters and triggers (the app''s table is untouched)';
-COMMENT ON FUNCTION cluster_pet IS 'update one pet''s photo clusters incrementally: new photos join the nearest cluster or, once enough gather, form new ones';
-COMMENT ON FUNCTION cluster_dirty_pets IS 'update the clusters of pets with new or removed photos (the pg_cron job''s body)';
-COMMENT ON FUNCTION schedule_pet_clustering IS 'create or update the pg_cron job that keeps pets with new photos up to date';
-COMMENT ON FUNCTION unschedule_pet_clustering IS 'remove the pg_cron job of a photo table; returns how many were removed';
-COMMENT ON FUNCTION select_heroes IS 'top n photos per cluster of a pet by hero score (quality, centrality, recency, pose)';
-COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
-COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
 COMMENT ON FUNCTION register_catalog IS 'register an app''s capability table and capability-tool link table as a ranking catalog';
 COMMENT ON FUNCTION unregister_catalog IS 'forget a catalog with its features, ranking log, experiences and rankers (the app''s tables stay)';
 COMMENT ON FUNCTION schedule_catalog IS 'schedule the daily refresh of a catalog''s features (and the experience-log prune) on pg_cron';
@@ -73,13 +73,13 @@ COMMENT ON FUNCTION disable_auto_embed IS 'stop background embedding of a collec
 COMMENT ON FUNCTION process_embed_queue IS 'embed one batch of queued rows in this transaction (the background worker does this by itself)';
 COMMENT ON FUNCTION reembed IS 're-embed a collection with another model in the background; switches over atomically when every row is done';
 COMMENT ON FUNCTION wake_embed_workers IS 'ask this database''s embedding workers to look at the queue once the current transaction commits';
+COMMENT ON FUNCTION create_search_index IS 'create the pgvector HNSW (cosine) index genome.search uses, unless the embedding column has one';
+COMMENT ON FUNCTION search(text, text, integer, real, jsonb) IS 'semantic search: rows of a collection most similar to a text (cosine), best first, with optional equality filters';
+COMMENT ON FUNCTION search(text, vector, integer, real, jsonb) IS 'semantic search with a precomputed query vector';
 COMMENT ON VIEW progress IS 'full classifications and assignments running now: stage, rows done of total';
 COMMENT ON FUNCTION progress_slots IS 'the raw progress slots of running jobs; genome.progress joins them with pg_stat_activity';
 COMMENT ON FUNCTION health IS 'versions, ONNX Runtime, workers, pg_cron jobs, queue depth and pending assignments as jsonb';
 COMMENT ON FUNCTION metrics IS 'Prometheus text exposition of pg_genome counters and gauges';
-COMMENT ON FUNCTION create_search_index IS 'create the pgvector HNSW (cosine) index genome.search uses, unless the embedding column has one';
-COMMENT ON FUNCTION search(text, text, integer, real, jsonb) IS 'semantic search: rows of a collection most similar to a text (cosine), best first, with optional equality filters';
-COMMENT ON FUNCTION search(text, vector, integer, real, jsonb) IS 'semantic search with a precomputed query vector';
 
 -- src/finalize.sql, privileges
 -- Privileges

@@ -175,11 +175,12 @@ def wal_syncs(c):
 def test_a_ranking_alone_does_not_wait_for_the_disk_and_app_writes_still_do(trained):
     """A transaction whose only write is the ranking log row commits asynchronously (the WAL
     flush at commit made the latency's tail); one that also writes the app's rows keeps its
-    synchronous commit, and genome.synchronous_ranking_log = on restores the flush. Counted in
+    synchronous commit, and genome.synchronous_ranking_log = on or a synchronous_commit the session
+    set itself restores the flush. Counted in
     pg_stat_wal: a synchronous commit fsyncs the WAL itself, asynchronous ones leave it to the
     WAL writer (at most every wal_writer_delay)."""
     n = 20
-    intents = [f"list the files of directory number {i}" for i in range(3 * n)]
+    intents = [f"list the files of directory number {i}" for i in range(4 * n)]
     rank = "SELECT count(*) FROM genome.rank_capabilities(%s, catalog => %s)"
     with connect() as c:
         if c.execute("SHOW fsync").fetchone()[0] != "on":
@@ -195,18 +196,25 @@ def test_a_ranking_alone_does_not_wait_for_the_disk_and_app_writes_still_do(trai
             for q in intents[n:2 * n]:
                 c.execute(rank, (q, CAT))
             s2 = wal_syncs(c)
-            for q in intents[2 * n:]:
+            for q in intents[2 * n:3 * n]:
                 with c.transaction():
                     c.execute(rank, (q, CAT))
                     c.execute("INSERT INTO rank_app.shown VALUES (%s)", (q,))
             s3 = wal_syncs(c)
+            # a session that chose its own synchronous_commit keeps it
+            c.execute("SET synchronous_commit = local")
+            for q in intents[3 * n:]:
+                c.execute(rank, (q, CAT))
+            s4 = wal_syncs(c)
+            c.execute("RESET synchronous_commit")
             logged = c.execute("SELECT count(*) FROM genome.rankings WHERE intent = ANY(%s)", (intents,)).fetchone()[0]
         finally:
             c.execute("DROP TABLE rank_app.shown")
-    assert logged == 3 * n, "every ranking is logged, whichever way it commits"
+    assert logged == 4 * n, "every ranking is logged, whichever way it commits"
     assert s1 - s0 >= 0.8 * n, ("synchronous log", s1 - s0)
     assert s2 - s1 <= n / 2, ("asynchronous log", s2 - s1)
     assert s3 - s2 >= 0.8 * n, ("a transaction that also writes the app's rows", s3 - s2)
+    assert s4 - s3 >= 0.8 * n, ("synchronous_commit set by the session", s4 - s3)
 
 
 def test_evaluation_metrics_match_scikit_learn_and_numpy(trained):
