@@ -1184,9 +1184,6 @@ fn may_relax_commit() -> bool {
 /// Not seen: writes made inside the log INSERT itself (a trigger someone adds on
 /// genome.rankings) and by other extensions' pre-commit callbacks that run after this one.
 fn commit_log_asynchronously() {
-    if crate::gucs::SYNCHRONOUS_RANKING_LOG.get() {
-        return;
-    }
     let now = xact_position();
     let registered = LOG_ONLY.with(|c| c.get()).is_some_and(|(x, _)| x == now.0);
     LOG_ONLY.with(|c| c.set(Some(now)));

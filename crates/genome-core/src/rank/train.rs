@@ -881,17 +881,21 @@ pub fn train(
     let mut rng = Rng::new(cfg.seed ^ 0x5eed);
     let steps_per_epoch = experiences.len().div_ceil(cfg.batch).max(1);
     let total_steps = steps_per_epoch * cfg.epochs.max(1);
-    let dev_mrr = |scorer: &Scorer| -> f64 {
-        if dev.is_empty() {
-            return 0.0;
-        }
+    // the dev candidates' scores under a scorer and the label's rank in each
+    let dev_ranks = |scorer: &Scorer| -> (Vec<Vec<f32>>, Vec<Option<usize>>) {
         let sc = score_all(scorer, &inp, &dev_q, &dev_p);
-        let ranks: Vec<Option<usize>> = sc
+        let ranks = sc
             .iter()
             .zip(&dev_p)
             .map(|(s, p)| rank_of(s, p.chosen))
             .collect();
-        metrics::ranking_metrics(&ranks).mrr
+        (sc, ranks)
+    };
+    let dev_mrr = |scorer: &Scorer| -> f64 {
+        if dev.is_empty() {
+            return 0.0;
+        }
+        metrics::ranking_metrics(&dev_ranks(scorer).1).mrr
     };
     let linear_mrr = (cfg.linear_epochs > 0).then(|| dev_mrr(&scorer));
     let mut best: Option<(f64, Scorer, usize)> = linear_mrr.map(|m| (m, scorer.clone(), 0));
@@ -1021,12 +1025,7 @@ pub fn train(
     }
     let (_, scorer, best_epoch) = best.expect("at least one epoch");
     // calibration and the kept model's dev metrics
-    let sc = score_all(&scorer, &inp, &dev_q, &dev_p);
-    let ranks: Vec<Option<usize>> = sc
-        .iter()
-        .zip(&dev_p)
-        .map(|(s, p)| rank_of(s, p.chosen))
-        .collect();
+    let (sc, ranks) = dev_ranks(&scorer);
     let (logits, labels): (Vec<Vec<f32>>, Vec<usize>) = sc
         .iter()
         .zip(&dev_p)
