@@ -1558,10 +1558,11 @@ pub fn train_ranker(
     let metrics_json = serde_json::json!({
         "dev_mrr": d.mrr, "dev_hit_at_1": d.hit_at_1, "dev_hit_at_3": d.hit_at_3, "dev_hit_at_5": d.hit_at_5,
         "dev_hit_at_10": d.hit_at_10, "dev_ndcg_at_10": d.ndcg_at_10, "dev_ece": ranker.dev_ece,
-        "dev_brier": ranker.dev_brier, "temperature": ranker.temperature, "examples": train_x.len(),
+        "dev_brier": ranker.dev_brier, "temperature": ranker.temperature, "outside_logit": ranker.outside_logit, "examples": train_x.len(),
         "dev_examples": dev_x.len(), "best_epoch": ranker.best_epoch,
         "linear_dev_mrr": ranker.linear_dev_mrr,
         "swa_dev_mrr": ranker.swa_dev_mrr,
+        "dev_candidate_recall": ranker.dev_candidate_recall,
         "history": ranker.history.iter().map(|(m, l)| serde_json::json!({"dev_mrr": m, "loss": l})).collect::<Vec<_>>(),
         "seconds": seconds, "peak_rss_mb": peak_rss_mb(),
     });

@@ -252,6 +252,29 @@ def test_evaluation_metrics_match_scikit_learn_and_numpy(trained):
     assert 0 < m["coverage"] <= 1 and 0 <= m["gini"] < 1
 
 
+def test_confidence_is_the_calibrated_softmax_with_a_none_of_these_option(trained):
+    """The confidences served are softmax(score / T) over the candidates with one more option,
+    "none of them" (the dev queries whose capability was not generated), recomputed in numpy
+    from the registered temperature and outside logit."""
+    with connect() as su:
+        t, b = su.execute("""SELECT (metrics->>'temperature')::float8, (metrics->>'outside_logit')::float8
+                               FROM genome.rankers WHERE catalog = %s AND version = 'v1'""", (CAT,)).fetchone()
+    assert t is not None and 0.05 <= t <= 20
+    with owner() as c:
+        for intent in ("compress a directory into an archive", "show who is logged in"):
+            rows = c.execute("SELECT score, confidence FROM genome.rank_capabilities(%s, top_k => 1000, catalog => %s)",
+                             (intent, CAT)).fetchall()
+            s = np.array([r[0] for r in rows], dtype=np.float64) / t
+            conf = np.array([r[1] for r in rows], dtype=np.float64)
+            m = max(s.max(), b if b is not None else -np.inf)
+            den = np.exp(s - m).sum() + (np.exp(b - m) if b is not None else 0.0)
+            assert np.allclose(conf, np.exp(s - m) / den, rtol=1e-5, atol=1e-9)
+            if b is None:
+                assert math.isclose(conf.sum(), 1.0, rel_tol=1e-5)
+            else:
+                assert conf.sum() < 1.0
+
+
 def test_outcomes_are_logged_and_checked(trained):
     with owner() as c:
         rows = c.execute("SELECT * FROM genome.rank_capabilities('show disk usage of a folder', top_k => 3, "

@@ -268,6 +268,158 @@ pub fn softmax_with_temperature(logits: &[f32], t: f64) -> Vec<f64> {
     e
 }
 
+/// Softmax of `logits / t` with one more option outside the list, whose logit is `outside`
+/// (not divided by `t`): the list's probabilities, which sum to 1 - p(outside). `None` is
+/// [`softmax_with_temperature`].
+///
+/// # Panics
+/// When `t` is not positive and finite.
+pub fn softmax_with_outside(logits: &[f32], t: f64, outside: Option<f64>) -> Vec<f64> {
+    let Some(b) = outside else {
+        return softmax_with_temperature(logits, t);
+    };
+    assert!(t > 0.0 && t.is_finite(), "temperature must be positive");
+    let m = logits.iter().fold(b, |m, &v| m.max(v as f64 / t));
+    let mut e: Vec<f64> = logits.iter().map(|&v| (v as f64 / t - m).exp()).collect();
+    let s: f64 = e.iter().sum::<f64>() + (b - m).exp();
+    e.iter_mut().for_each(|v| *v /= s);
+    e
+}
+
+/// Mean negative log-likelihood under [`softmax_with_outside`] with 1/T = `a` and outside
+/// logit `b`, with its gradient and Hessian in (a, b); a label `None` is the outside option.
+fn outside_nll(
+    logits: &[Vec<f32>],
+    labels: &[Option<usize>],
+    a: f64,
+    b: f64,
+) -> (f64, [f64; 2], [f64; 3]) {
+    // a multinomial logit with features x_j = (z_j, 0) and x_outside = (0, 1): the NLL is
+    // lse(theta . x) - theta . x_y, its gradient E[x] - x_y and its Hessian Cov[x]
+    let (mut f, mut g, mut h) = (0.0, [0.0; 2], [0.0; 3]);
+    let mut n = 0usize;
+    for (z, y) in logits.iter().zip(labels) {
+        let m = z.iter().fold(b, |m, &v| m.max(a * v as f64));
+        let (mut s0, mut s1, mut s2) = (0.0, 0.0, 0.0);
+        for &v in z {
+            let e = (a * v as f64 - m).exp();
+            s0 += e;
+            s1 += e * v as f64;
+            s2 += e * (v as f64) * (v as f64);
+        }
+        let eo = (b - m).exp();
+        let tot = s0 + eo;
+        let (ez, ez2, po) = (s1 / tot, s2 / tot, eo / tot);
+        f += m + tot.ln();
+        match y {
+            Some(y) => {
+                f -= a * z[*y] as f64;
+                g[0] -= z[*y] as f64;
+            }
+            None => {
+                f -= b;
+                g[1] -= 1.0;
+            }
+        }
+        g[0] += ez;
+        g[1] += po;
+        h[0] += ez2 - ez * ez;
+        h[1] += -ez * po;
+        h[2] += po - po * po;
+        n += 1;
+    }
+    let k = 1.0 / n.max(1) as f64;
+    (f * k, [g[0] * k, g[1] * k], [h[0] * k, h[1] * k, h[2] * k])
+}
+
+/// Temperature scaling with a "none of these" option: the T and the outside logit b that
+/// minimise the mean negative log-likelihood of [`softmax_with_outside`], where a query whose
+/// right answer is not in its list (`None`) is labelled with the outside option.
+///
+/// A ranker scores only its candidates; when a share of queries have no right candidate at
+/// all, a softmax over the list alone is overconfident by about that share. The NLL is convex
+/// in (1/T, b) (a multinomial logit), minimised by Newton's method with step halving, from the
+/// temperature that [`fit_temperature`] finds on the queries with a label in their list.
+/// Returns `(T, None)` from [`fit_temperature`] when no query (or every query) has its label
+/// outside, or lists are empty; T stays within [0.05, 20].
+///
+/// # Panics
+/// When `logits` and `labels` differ in length.
+pub fn fit_temperature_with_outside(
+    logits: &[Vec<f32>],
+    labels: &[Option<usize>],
+) -> (f64, Option<f64>) {
+    assert_eq!(
+        logits.len(),
+        labels.len(),
+        "fit_temperature_with_outside: length mismatch"
+    );
+    let (zs, ys): (Vec<Vec<f32>>, Vec<Option<usize>>) = logits
+        .iter()
+        .zip(labels)
+        .filter(|(z, y)| !z.is_empty() && y.is_none_or(|y| y < z.len()))
+        .map(|(z, y)| (z.clone(), *y))
+        .unzip();
+    let (inside, pairs): (Vec<Vec<f32>>, Vec<usize>) = zs
+        .iter()
+        .zip(&ys)
+        .filter_map(|(z, y)| y.map(|y| (z.clone(), y)))
+        .unzip();
+    let t0 = fit_temperature(&inside, &pairs);
+    let outside = ys.len() - inside.len();
+    if outside == 0 || inside.is_empty() {
+        return (t0, None);
+    }
+    let (lo, hi) = (1.0 / 20.0, 1.0 / 0.05);
+    // start: b such that the mean outside probability is the outside share
+    let share = outside as f64 / ys.len() as f64;
+    let lse: f64 = zs
+        .iter()
+        .map(|z| {
+            let m = z
+                .iter()
+                .fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64 / t0));
+            m + z
+                .iter()
+                .map(|&v| (v as f64 / t0 - m).exp())
+                .sum::<f64>()
+                .ln()
+        })
+        .sum::<f64>()
+        / zs.len() as f64;
+    let (mut a, mut b) = (1.0 / t0, lse + (share / (1.0 - share)).ln());
+    let (mut f, mut g, mut h) = outside_nll(&zs, &ys, a, b);
+    for _ in 0..100 {
+        // Newton direction, -H^-1 g (H is a covariance: positive semi-definite; damped)
+        let (h00, h01, h11) = (h[0] + 1e-12, h[1], h[2] + 1e-12);
+        let det = h00 * h11 - h01 * h01;
+        let (da, db) = if det > 1e-18 {
+            (
+                -(h11 * g[0] - h01 * g[1]) / det,
+                -(h00 * g[1] - h01 * g[0]) / det,
+            )
+        } else {
+            (-g[0], -g[1])
+        };
+        let mut step = 1.0;
+        let mut moved = false;
+        while step > 1e-6 {
+            let (na, nb) = ((a + step * da).clamp(lo, hi), b + step * db);
+            let (nf, ng, nh) = outside_nll(&zs, &ys, na, nb);
+            if nf < f {
+                (a, b, f, g, h) = (na, nb, nf, ng, nh);
+                moved = true;
+                break;
+            }
+            step /= 2.0;
+        }
+        if !moved || g[0].abs().max(g[1].abs()) < 1e-10 {
+            break;
+        }
+    }
+    (1.0 / a, Some(b))
+}
+
 /// Two-sample Kolmogorov-Smirnov result: statistic D and the two-sided p-value of
 /// `scipy.stats.ks_2samp(a, b, method='asymp')`.
 ///
@@ -1222,5 +1374,71 @@ mod tests {
         // Overconfident logits whose argmax is always right: T hits the lower end.
         let t = fit_temperature(&[vec![5.0, 0.0], vec![0.0, 4.0]], &[0, 1]);
         close(t, 0.05, 1e-6);
+    }
+
+    #[test]
+    fn the_outside_option_is_fitted_where_some_right_answers_are_not_in_the_list() {
+        // Labels drawn from softmax over (z / 1.5, outside logit 0.7): the fit finds both, and
+        // the list's probabilities then sum to 1 - p(outside).
+        let mut rng = Rng::new(23);
+        let (mut logits, mut labels) = (Vec::new(), Vec::new());
+        for _ in 0..20000 {
+            let k = 3 + rng.below(12);
+            let z: Vec<f32> = (0..k).map(|_| (rng.normal() * 2.0) as f32).collect();
+            let p = softmax_with_outside(&z, 1.5, Some(0.7));
+            let u = rng.unit();
+            let mut acc = 0.0;
+            let mut y = None;
+            for (i, pi) in p.iter().enumerate() {
+                acc += pi;
+                if u < acc {
+                    y = Some(i);
+                    break;
+                }
+            }
+            logits.push(z);
+            labels.push(y);
+        }
+        let share = labels.iter().filter(|y| y.is_none()).count() as f64 / labels.len() as f64;
+        assert!(share > 0.05, "outside share {share}");
+        let (t, b) = fit_temperature_with_outside(&logits, &labels);
+        let b = b.expect("an outside logit");
+        assert!((t - 1.5).abs() < 0.06, "T = {t}");
+        assert!((b - 0.7).abs() < 0.06, "b = {b}");
+        // the minimum: the NLL does not fall when either parameter is nudged
+        let nll = |a: f64, b: f64| outside_nll(&logits, &labels, a, b).0;
+        let f = nll(1.0 / t, b);
+        for (da, db) in [(0.01, 0.0), (-0.01, 0.0), (0.0, 0.01), (0.0, -0.01)] {
+            assert!(f <= nll(1.0 / t + da, b + db));
+        }
+        // the analytic gradient against finite differences
+        let (_, g, _) = outside_nll(&logits[..200], &labels[..200], 0.8, 0.3);
+        let e = 1e-5;
+        let f2 = |a: f64, b: f64| outside_nll(&logits[..200], &labels[..200], a, b).0;
+        close(
+            g[0],
+            (f2(0.8 + e, 0.3) - f2(0.8 - e, 0.3)) / (2.0 * e),
+            1e-6,
+        );
+        close(
+            g[1],
+            (f2(0.8, 0.3 + e) - f2(0.8, 0.3 - e)) / (2.0 * e),
+            1e-6,
+        );
+        // probabilities: the list's sum is 1 - p(outside), None is the plain softmax
+        let p = softmax_with_outside(&[1.0, 2.0], 1.0, Some(1.5));
+        let eo = 1.5f64.exp();
+        let tot = 1f64.exp() + 2f64.exp() + eo;
+        close(p.iter().sum::<f64>(), 1.0 - eo / tot, 1e-12);
+        assert_eq!(
+            softmax_with_outside(&[1.0, 2.0], 2.0, None),
+            softmax_with_temperature(&[1.0, 2.0], 2.0)
+        );
+        // every label in its list: the plain temperature, no outside option
+        let inside: Vec<Option<usize>> = labels.iter().map(|y| Some(y.unwrap_or(0))).collect();
+        let (t2, b2) = fit_temperature_with_outside(&logits, &inside);
+        assert_eq!(b2, None);
+        let plain: Vec<usize> = inside.iter().map(|y| y.unwrap()).collect();
+        assert_eq!(t2, fit_temperature(&logits, &plain));
     }
 }

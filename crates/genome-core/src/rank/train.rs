@@ -341,11 +341,11 @@ pub struct CandidateCounts {
 impl Default for CandidateCounts {
     fn default() -> Self {
         Self {
-            dense: 40,
-            lexical: 20,
-            memory: 40,
-            adapter: 40,
-            memory_lexical: 30,
+            dense: 60,
+            lexical: 30,
+            memory: 60,
+            adapter: 60,
+            memory_lexical: 45,
         }
     }
 }
@@ -638,6 +638,9 @@ pub struct Ranker {
     /// The intent adapter (the memory's prototypes are computed where the ranker is loaded).
     pub adapter: Option<Adapter>,
     pub temperature: f64,
+    /// Logit of "none of the candidates" in the calibrated softmax (fitted on the dev queries
+    /// whose capability was not generated); None: the candidates' softmax alone.
+    pub outside_logit: Option<f64>,
     pub config: TrainConfig,
     /// Dev metrics of the kept epoch, and per epoch (MRR, mean loss).
     pub dev: RankingMetrics,
@@ -648,6 +651,9 @@ pub struct Ranker {
     pub linear_dev_mrr: Option<f64>,
     /// Dev MRR of the averaged weights at the end of each epoch from the second on.
     pub swa_dev_mrr: Vec<f64>,
+    /// Share of the dev examples whose capability is among the candidates (the ceiling of
+    /// every rank-based metric: a capability not generated is never ranked).
+    pub dev_candidate_recall: f64,
     pub best_epoch: usize,
     pub examples: usize,
 }
@@ -1026,22 +1032,16 @@ pub fn train(
     let (_, scorer, best_epoch) = best.expect("at least one epoch");
     // calibration and the kept model's dev metrics
     let (sc, ranks) = dev_ranks(&scorer);
-    let (logits, labels): (Vec<Vec<f32>>, Vec<usize>) = sc
-        .iter()
-        .zip(&dev_p)
-        .filter_map(|(s, p)| p.chosen.map(|c| (s.clone(), c)))
-        .unzip();
-    let temperature = if logits.is_empty() {
-        1.0
-    } else {
-        metrics::fit_temperature(&logits, &labels)
-    };
-    let (conf, correct) = top1_confidence(&sc, &dev_p, temperature);
+    // dev queries whose capability is not among their candidates are labelled "none of them"
+    let labels: Vec<Option<usize>> = dev_p.iter().map(|p| p.chosen).collect();
+    let (temperature, outside_logit) = metrics::fit_temperature_with_outside(&sc, &labels);
+    let (conf, correct) = top1_confidence(&sc, &dev_p, temperature, outside_logit);
     Ok(Ranker {
         scorer,
         features: (0..N_FEATURES).collect(),
         adapter,
         temperature,
+        outside_logit,
         config: cfg.clone(),
         dev: metrics::ranking_metrics(&ranks),
         dev_ece: if conf.is_empty() {
@@ -1057,6 +1057,11 @@ pub fn train(
         history,
         linear_dev_mrr: linear_mrr,
         swa_dev_mrr: swa_history,
+        dev_candidate_recall: if dev_p.is_empty() {
+            0.0
+        } else {
+            dev_p.iter().filter(|p| p.chosen.is_some()).count() as f64 / dev_p.len() as f64
+        },
         best_epoch,
         examples: experiences.len(),
     })
@@ -1147,12 +1152,17 @@ fn dropout(q: &[f32], p: f32, seed: u64, step: usize, item: usize) -> Vec<f32> {
         .collect()
 }
 
-fn top1_confidence(sc: &[Vec<f32>], p: &[Prepared], t: f64) -> (Vec<f64>, Vec<bool>) {
+fn top1_confidence(
+    sc: &[Vec<f32>],
+    p: &[Prepared],
+    t: f64,
+    outside: Option<f64>,
+) -> (Vec<f64>, Vec<bool>) {
     sc.iter()
         .zip(p)
         .filter(|(s, _)| !s.is_empty())
         .map(|(s, p)| {
-            let pr = metrics::softmax_with_temperature(s, t);
+            let pr = metrics::softmax_with_outside(s, t, outside);
             let top = (0..s.len())
                 .max_by(|a, b| s[*a].total_cmp(&s[*b]))
                 .unwrap_or(0);
@@ -1195,7 +1205,7 @@ impl Ranker {
             })
             .collect();
         let s = self.scorer.scores(q.emb, &cs);
-        let p = metrics::softmax_with_temperature(&s, self.temperature);
+        let p = metrics::softmax_with_outside(&s, self.temperature, self.outside_logit);
         (s, p)
     }
 
@@ -1204,6 +1214,7 @@ impl Ranker {
         let header = serde_json::json!({
             "format": "pg_genome-ranker-2",
             "temperature": self.temperature,
+            "outside_logit": self.outside_logit,
             "config": self.config,
             "features": self.features.iter().map(|f| FEATURES[*f]).collect::<Vec<_>>(),
         })
@@ -1253,6 +1264,8 @@ impl Ranker {
         let config: TrainConfig = serde_json::from_value(h["config"].clone())
             .map_err(|e| format!("ranker config: {e}"))?;
         let temperature = h["temperature"].as_f64().ok_or("ranker temperature")?;
+        // absent in a ranker of an earlier release: no outside option
+        let outside_logit = h["outside_logit"].as_f64();
         let rest = &b[4 + n..];
         let d = u32::from_le_bytes(
             rest.get(..4)
@@ -1283,6 +1296,7 @@ impl Ranker {
             features,
             adapter,
             temperature,
+            outside_logit,
             config,
             dev: metrics::ranking_metrics(&[]),
             dev_ece: 0.0,
@@ -1290,6 +1304,7 @@ impl Ranker {
             history: vec![],
             linear_dev_mrr: None,
             swa_dev_mrr: vec![],
+            dev_candidate_recall: 0.0,
             best_epoch: 0,
             examples: 0,
         })
@@ -1505,6 +1520,7 @@ mod tests {
             features: old.clone(),
             adapter: None,
             temperature: 1.0,
+            outside_logit: None,
             config: TrainConfig::default(),
             dev: metrics::ranking_metrics(&[]),
             dev_ece: 0.0,
@@ -1512,6 +1528,7 @@ mod tests {
             history: vec![],
             linear_dev_mrr: None,
             swa_dev_mrr: vec![],
+            dev_candidate_recall: 0.0,
             best_epoch: 0,
             examples: 0,
         };
