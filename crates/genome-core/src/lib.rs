@@ -6,7 +6,8 @@
 //!
 //! Modules import downwards only: [`base`] (points, vector maths, `Cancelled`) at the bottom,
 //! then [`reduce`], then [`cluster`], then [`families`] and [`pets`] (the plans the jobs write);
-//! the models ([`embed`], [`image`]) take only normalisation from `base`.
+//! the models ([`embed`], [`image`]) take only normalisation from `base`; [`seq`] (DNA reads
+//! cleaned, k-mer featurisers) imports nothing else.
 //!
 //! No unsafe code, but where C is called or raw pointers are required: ONNX Runtime's allocator
 //! API and its library loader (`embed::runtime`), the model-run watchdog's signal mask
@@ -23,5 +24,6 @@ pub mod image;
 pub mod pets;
 pub mod rank;
 pub mod reduce;
+pub mod seq;
 
 pub use error::{Error, Result};
