@@ -1,11 +1,13 @@
 //! DNA sequences (eDNA): reads cleaned and dereplicated ([`clean`]), k-mer featurisers
-//! ([`kmer`]). Plain Rust, no PostgreSQL; the pgrx layer reads and writes the rows.
+//! ([`kmer`]), FASTA records, lineages and seeded splits by genus ([`taxa`]). Plain Rust, no
+//! PostgreSQL; the pgrx layer reads and writes the rows.
 //!
 //! Bases are the IUPAC nucleotide codes, upper-cased, `U` read as `T`; the four unambiguous
 //! bases are coded in two bits (A 0, C 1, G 2, T 3) so a k-mer of up to 32 bases is one `u64`.
 
 pub mod clean;
 pub mod kmer;
+pub mod taxa;
 
 /// The IUPAC nucleotide codes (after upper-casing and `U` -> `T`), gap characters excluded.
 pub const IUPAC: &[u8] = b"ACGTRYSWKMBDHVN";
