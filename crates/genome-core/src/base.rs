@@ -1,9 +1,19 @@
 //! The ground floor every other module builds on, and which imports none of them: the point
-//! matrix ([`Points`]), vector maths (dot product, distances, cosine, L2 normalisation, quantiles)
+//! matrix ([`Points`]), vector maths (dot product, distances, cosine, L2 normalisation, quantiles),
+//! a 64-bit mixing hash ([`mix64`])
 //! and the [`Cancelled`] error that long computations return when asked to stop.
 //!
 //! Layers: `base` <- `reduce` <- `cluster` <- `families`, `pets`; `embed` and `image` use `base`
 //! only for normalisation. Nothing imports upwards.
+
+/// SplitMix64's finaliser: a well-mixed 64-bit hash of a 64-bit value (the seeding of
+/// `reduce::Rng`, k-mer hashing and seeded draws in `seq`).
+#[inline]
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 
 /// Error returned by a computation whose `cancel` callback returned true.
 #[derive(Debug, Clone, PartialEq, Eq)]

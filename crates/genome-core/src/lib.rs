@@ -7,7 +7,7 @@
 //! Modules import downwards only: [`base`] (points, vector maths, `Cancelled`) at the bottom,
 //! then [`reduce`], then [`cluster`], then [`families`] and [`pets`] (the plans the jobs write);
 //! the models ([`embed`], [`image`]) take only normalisation from `base`; [`seq`] (DNA reads
-//! cleaned, k-mer featurisers) imports nothing else.
+//! cleaned, k-mer featurisers) imports only `base`.
 //!
 //! No unsafe code, but where C is called or raw pointers are required: ONNX Runtime's allocator
 //! API and its library loader (`embed::runtime`), the model-run watchdog's signal mask

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{code, revcomp};
+use super::{code, mix, revcomp};
 
 /// How counts become features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,13 +233,6 @@ impl Featurizer {
         }
         Ok(v)
     }
-}
-
-/// SplitMix64's finaliser: a well-mixed 64-bit hash of a k-mer code.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! DNA sequences (eDNA): reads cleaned and dereplicated ([`clean`]), k-mer featurisers
 //! ([`kmer`]), FASTA records, lineages and seeded splits by genus ([`taxa`]). Plain Rust, no
-//! PostgreSQL; the pgrx layer reads and writes the rows.
+//! PostgreSQL; the pgrx layer reads and writes the rows. It imports [`crate::base`] only.
 //!
 //! Bases are the IUPAC nucleotide codes, upper-cased, `U` read as `T`; the four unambiguous
 //! bases are coded in two bits (A 0, C 1, G 2, T 3) so a k-mer of up to 32 bases is one `u64`.
+
+use crate::base::mix64 as mix;
 
 pub mod clean;
 pub mod kmer;
