@@ -197,16 +197,23 @@ fn mean_nll(logits: &[Vec<f32>], labels: &[usize], t: f64) -> Option<f64> {
         if y >= z.len() {
             continue;
         }
-        let m = z.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64)) / t;
-        let lse = m + z
-            .iter()
-            .map(|&v| (v as f64 / t - m).exp())
-            .sum::<f64>()
-            .ln();
-        s += lse - z[y] as f64 / t;
+        s += log_sum_exp(z, t) - z[y] as f64 / t;
         n += 1;
     }
     (n > 0).then(|| s / n as f64)
+}
+
+/// ln sum exp(z / t), computed stably in f64 (-inf for no logits).
+fn log_sum_exp(z: &[f32], t: f64) -> f64 {
+    let m = z.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64)) / t;
+    if m == f64::NEG_INFINITY {
+        return m;
+    }
+    m + z
+        .iter()
+        .map(|&v| (v as f64 / t - m).exp())
+        .sum::<f64>()
+        .ln()
 }
 
 /// Temperature scaling: the T > 0 that minimises the mean negative log-likelihood of
@@ -373,20 +380,7 @@ pub fn fit_temperature_with_outside(
     let (lo, hi) = (1.0 / 20.0, 1.0 / 0.05);
     // start: b such that the mean outside probability is the outside share
     let share = outside as f64 / ys.len() as f64;
-    let lse: f64 = zs
-        .iter()
-        .map(|z| {
-            let m = z
-                .iter()
-                .fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64 / t0));
-            m + z
-                .iter()
-                .map(|&v| (v as f64 / t0 - m).exp())
-                .sum::<f64>()
-                .ln()
-        })
-        .sum::<f64>()
-        / zs.len() as f64;
+    let lse = zs.iter().map(|z| log_sum_exp(z, t0)).sum::<f64>() / zs.len() as f64;
     let (mut a, mut b) = (1.0 / t0, lse + (share / (1.0 - share)).ln());
     let (mut f, mut g, mut h) = outside_nll(&zs, &ys, a, b);
     for _ in 0..100 {
@@ -1341,6 +1335,16 @@ mod tests {
         close(big[0], 1.0 / (1.0 + (-1f64).exp()), 1e-15);
     }
 
+    /// The label that `u` in [0, 1) draws from probabilities `p` (inverse CDF); None when `u`
+    /// is beyond their sum (the outside option, or rounding).
+    fn draw_label(p: &[f64], u: f64) -> Option<usize> {
+        let mut acc = 0.0;
+        p.iter().position(|pi| {
+            acc += pi;
+            u < acc
+        })
+    }
+
     #[test]
     fn fit_temperature_recovers_the_generating_temperature() {
         // Labels drawn from softmax(z / 2) with the seeded generator: the NLL-optimal T is ~2.
@@ -1350,16 +1354,7 @@ mod tests {
             let k = 5 + rng.below(10);
             let z: Vec<f32> = (0..k).map(|_| (rng.normal() * 3.0) as f32).collect();
             let p = softmax_with_temperature(&z, 2.0);
-            let u = rng.unit();
-            let mut acc = 0.0;
-            let mut y = k - 1;
-            for (i, pi) in p.iter().enumerate() {
-                acc += pi;
-                if u < acc {
-                    y = i;
-                    break;
-                }
-            }
+            let y = draw_label(&p, rng.unit()).unwrap_or(k - 1);
             logits.push(z);
             labels.push(y);
         }
@@ -1386,16 +1381,7 @@ mod tests {
             let k = 3 + rng.below(12);
             let z: Vec<f32> = (0..k).map(|_| (rng.normal() * 2.0) as f32).collect();
             let p = softmax_with_outside(&z, 1.5, Some(0.7));
-            let u = rng.unit();
-            let mut acc = 0.0;
-            let mut y = None;
-            for (i, pi) in p.iter().enumerate() {
-                acc += pi;
-                if u < acc {
-                    y = Some(i);
-                    break;
-                }
-            }
+            let y = draw_label(&p, rng.unit());
             logits.push(z);
             labels.push(y);
         }
