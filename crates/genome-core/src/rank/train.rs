@@ -1558,6 +1558,16 @@ mod tests {
             .collect();
         assert_eq!(s, back.scorer.scores(q.emb, &cs));
         assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        // an outside option is kept in the bytes, and the candidates then share less than 1
+        let with_outside = Ranker {
+            outside_logit: Some(0.7),
+            ..r.clone()
+        };
+        let back = Ranker::from_bytes(&with_outside.to_bytes()).expect("loads");
+        assert_eq!(back.outside_logit, Some(0.7));
+        let (_, p2) = back.score(&cat, &sig, &q, &[0, 1, 2]);
+        assert_eq!(p2, metrics::softmax_with_outside(&s, 1.0, Some(0.7)));
+        assert!(p2.iter().sum::<f64>() < 1.0);
         // a feature name it does not know is refused
         let mut bad = r.to_bytes();
         let at = bad
