@@ -7,6 +7,7 @@
 
 use crate::base::mix64 as mix;
 
+pub mod classify;
 pub mod clean;
 pub mod kmer;
 pub mod taxa;
