@@ -39,6 +39,7 @@ pub mod progress;
 pub mod queue;
 pub mod ranking;
 pub mod search;
+pub mod sequences;
 pub mod vector;
 
 /// PostgreSQL's package library directory (`$libdir`).

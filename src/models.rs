@@ -193,7 +193,7 @@ pub fn embed_by_length(row: &ModelRow, texts: &[&str]) -> Vec<Vec<f32>> {
     out
 }
 
-fn require_task(row: &ModelRow, task: &str) {
+pub(crate) fn require_task(row: &ModelRow, task: &str) {
     if row.task != task {
         raise(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
@@ -416,7 +416,7 @@ fn validate(
 
 /// Refuse a (name, version) that exists before the model is loaded for validation (seconds for
 /// a large model); SPI would raise the unique violation only at INSERT, with a rawer message.
-fn ensure_new(name: &str, version: &str) {
+pub(crate) fn ensure_new(name: &str, version: &str) {
     check_name("name", name);
     check_name("version", version);
     let exists = Spi::get_one_with_args::<bool>(
@@ -434,7 +434,7 @@ fn ensure_new(name: &str, version: &str) {
     }
 }
 
-fn sha256_hex(b: &[u8]) -> String {
+pub(crate) fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
 
@@ -473,7 +473,7 @@ pub const ADMIN_ROLE: &std::ffi::CStr = c"genome_admin";
 
 /// Registering a model is a privileged act: a model is code that every role embedding with it
 /// runs. Checked before a byte of the model is parsed.
-fn require_admin(what: &str) {
+pub(crate) fn require_admin(what: &str) {
     let ok = unsafe {
         let admin = pg_sys::get_role_oid(ADMIN_ROLE.as_ptr(), true);
         pg_sys::superuser()

@@ -7,21 +7,27 @@ CREATE TABLE models (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name        text NOT NULL,
     version     text NOT NULL,
-    task        text NOT NULL DEFAULT 'text-embedding' CHECK (task IN ('text-embedding', 'image-embedding')),
+    task        text NOT NULL DEFAULT 'text-embedding' CHECK (task IN ('text-embedding', 'image-embedding', 'sequence-embedding', 'sequence-classifier')),
     dimension   integer NOT NULL CHECK (dimension BETWEEN 1 AND 16000),
     onnx        bytea,                 -- the ONNX model itself ...
     onnx_path   text,                  -- ... or an absolute path on the database server
     tokenizer   text,                  -- Hugging Face tokenizer.json (text models)
     config      jsonb NOT NULL,        -- pooling, normalize, max_tokens, output_name, input_names, dimension
-    sha256      text NOT NULL,         -- of the ONNX bytes
+    sha256      text NOT NULL,         -- of the ONNX bytes (sequence models: of their config and weights)
     created_at  timestamptz NOT NULL DEFAULT now(),
     -- lifecycle (0.7.0): NULL = unmanaged; a name given without a version resolves to its
     -- production version, else its newest version that is not archived
     stage       text CHECK (stage IN ('staging', 'production', 'archived')),
     promoted_at timestamptz,
     UNIQUE (name, version),
-    CHECK ((onnx IS NULL) <> (onnx_path IS NULL)),
-    CHECK ((config->>'dimension')::int = dimension)
+    -- ONNX models hold their model; k-mer featurisers and sequence classifiers (0.8.0) are
+    -- computed by pg_genome itself from their config and weights
+    CHECK ((onnx IS NULL) <> (onnx_path IS NULL) OR (config->>'kind' IN ('kmer', 'sequence-classifier') AND onnx IS NULL AND onnx_path IS NULL)),
+    CHECK ((config->>'dimension')::int = dimension),
+    weights     bytea,                 -- 0.8.0: a featuriser's fitted weights, a classifier's bytes
+    metrics     jsonb,                 -- 0.8.0: evaluation metrics of a trained model
+    CHECK (task <> 'sequence-classifier' OR (config->>'kind' = 'sequence-classifier' AND weights IS NOT NULL)),
+    CHECK (config->>'kind' IS DISTINCT FROM 'kmer' OR task = 'sequence-embedding')
 );
 COMMENT ON TABLE models IS 'pg_genome model registry: one row per model version; nothing is downloaded at call time';
 -- Rows are user data: pg_dump keeps them, and the identity sequence (restored ids never collide).

@@ -287,7 +287,7 @@ def test_pg_cron_job_runs_and_assigns_rows():
 
 # Every release, in order; the last is the current one (Cargo.toml). sql/README.md: a new release
 # is added here.
-RELEASES = ["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.4.1", "0.5.0", "0.6.0", "0.7.0", "0.7.1"]
+RELEASES = ["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.4.1", "0.5.0", "0.6.0", "0.7.0", "0.7.1", "0.8.0"]
 
 
 def scratch(name):

@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
-use super::code;
+use super::for_each_kmer;
 use crate::base::{mix64, Cancelled};
 
 /// Training settings.
@@ -417,24 +417,10 @@ fn n_words(k: usize) -> usize {
     1usize << (2 * k)
 }
 
-/// The distinct unambiguous words of a (cleaned, upper-case) sequence, sorted; and of its
-/// reverse complement.
+/// The distinct unambiguous words of a (cleaned, upper-case) sequence, sorted.
 pub fn words(seq: &[u8], k: usize) -> Vec<u32> {
-    let mask = (1u64 << (2 * k)) - 1;
-    let (mut x, mut valid) = (0u64, 0usize);
     let mut out = Vec::with_capacity(seq.len());
-    for b in seq {
-        match code(*b) {
-            Some(c) => {
-                x = ((x << 2) | c) & mask;
-                valid += 1;
-            }
-            None => valid = 0,
-        }
-        if valid >= k {
-            out.push(x as u32);
-        }
-    }
+    for_each_kmer(seq, k, |x| out.push(x as u32));
     out.sort_unstable();
     out.dedup();
     out

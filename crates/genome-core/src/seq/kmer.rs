@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{code, mix, revcomp};
+use super::{for_each_kmer, mix, revcomp};
 
 /// How counts become features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,36 +135,21 @@ impl Featurizer {
     pub fn kmers(&self, seq: &[u8], out: &mut Vec<(u32, f32)>) {
         out.clear();
         let k = self.config.k;
-        let mask = if k == 32 {
-            u64::MAX
-        } else {
-            (1u64 << (2 * k)) - 1
-        };
-        let (mut x, mut valid) = (0u64, 0usize);
-        for b in seq {
-            match code(*b) {
-                Some(c) => {
-                    x = ((x << 2) | c) & mask;
-                    valid += 1;
+        for_each_kmer(seq, k, |x| {
+            let c = if self.config.canonical {
+                x.min(revcomp(x, k))
+            } else {
+                x
+            };
+            out.push(match self.config.dim {
+                Some(d) => {
+                    let h = mix(c ^ self.config.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                    ((h % d as u64) as u32, if h >> 63 == 0 { 1.0 } else { -1.0 })
                 }
-                None => valid = 0,
-            }
-            if valid >= k {
-                let c = if self.config.canonical {
-                    x.min(revcomp(x, k))
-                } else {
-                    x
-                };
-                out.push(match self.config.dim {
-                    Some(d) => {
-                        let h = mix(c ^ self.config.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-                        ((h % d as u64) as u32, if h >> 63 == 0 { 1.0 } else { -1.0 })
-                    }
-                    None if self.config.canonical => (self.index[x as usize], 1.0),
-                    None => (x as u32, 1.0),
-                });
-            }
-        }
+                None if self.config.canonical => (self.index[x as usize], 1.0),
+                None => (x as u32, 1.0),
+            });
+        });
     }
 
     /// The raw (signed, for hashing) counts per dimension.
@@ -237,7 +222,7 @@ impl Featurizer {
 
 #[cfg(test)]
 mod tests {
-    use super::super::revcomp_seq;
+    use super::super::{code, revcomp_seq};
     use super::*;
 
     fn cfg(k: usize, canonical: bool, norm: Norm, dim: Option<usize>) -> KmerConfig {

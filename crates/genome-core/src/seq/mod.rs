@@ -27,6 +27,30 @@ pub fn code(b: u8) -> Option<u64> {
     }
 }
 
+/// Call `f` with the two-bit code (first base most significant) of every k-mer of `seq`
+/// (upper-case IUPAC) that has no ambiguous base, in order; 1 <= k <= 32.
+#[inline]
+pub fn for_each_kmer(seq: &[u8], k: usize, mut f: impl FnMut(u64)) {
+    let mask = if k == 32 {
+        u64::MAX
+    } else {
+        (1u64 << (2 * k)) - 1
+    };
+    let (mut x, mut valid) = (0u64, 0usize);
+    for b in seq {
+        match code(*b) {
+            Some(c) => {
+                x = ((x << 2) | c) & mask;
+                valid += 1;
+            }
+            None => valid = 0,
+        }
+        if valid >= k {
+            f(x);
+        }
+    }
+}
+
 /// The set of unambiguous bases an IUPAC code stands for, as a 4-bit mask (A 1, C 2, G 4, T 8);
 /// 0 for a byte that is not an upper-case IUPAC code.
 #[inline]

@@ -1,0 +1,18 @@
+-- pg_genome 0.7.1 -> 0.8.0: sequence models in the registry (src/models.sql): k-mer featurisers
+-- (task 'sequence-embedding', config kind 'kmer') and, later, sequence classifiers hold no ONNX
+-- model but their config and weights; src/sequences.sql brings the functions.
+
+-- Tables
+
+ALTER TABLE models ADD COLUMN weights bytea;
+ALTER TABLE models ADD COLUMN metrics jsonb;
+ALTER TABLE models DROP CONSTRAINT models_task_check;
+ALTER TABLE models ADD CONSTRAINT models_task_check
+    CHECK (task IN ('text-embedding', 'image-embedding', 'sequence-embedding', 'sequence-classifier'));
+ALTER TABLE models DROP CONSTRAINT models_check;
+ALTER TABLE models ADD CONSTRAINT models_check
+    CHECK ((onnx IS NULL) <> (onnx_path IS NULL) OR (config->>'kind' IN ('kmer', 'sequence-classifier') AND onnx IS NULL AND onnx_path IS NULL));
+ALTER TABLE models ADD CONSTRAINT models_check2
+    CHECK (task <> 'sequence-classifier' OR (config->>'kind' = 'sequence-classifier' AND weights IS NOT NULL));
+ALTER TABLE models ADD CONSTRAINT models_check3
+    CHECK (config->>'kind' IS DISTINCT FROM 'kmer' OR task = 'sequence-embedding');

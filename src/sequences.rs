@@ -1,0 +1,427 @@
+//! Sequences (eDNA): reads cleaned with a report, k-mer featurisers as registry models
+//! (`task = 'sequence-embedding'`, `config->>'kind' = 'kmer'`), and their embeddings as pgvector
+//! vectors. The algorithms are genome-core's `seq`; this layer reads arguments, the registry
+//! and the per-process featuriser cache, and turns bad input into ERRORs.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use genome_core::seq::clean::{clean, clean_one, CleanOptions, Dropped};
+use genome_core::seq::kmer::{Featurizer, KmerConfig, Norm};
+use pgrx::prelude::*;
+use pgrx::{pg_sys, PgSqlErrorCode};
+
+use crate::embed::resolve_cached;
+use crate::errors::{raise, OrRaise};
+use crate::models::{ensure_new, require_admin, require_task, sha256_hex, ModelRow};
+use crate::vector::Vector;
+
+/// The longest read embedded or classified (bases): a longer input is refused after this many
+/// bases are read, without copying the rest.
+pub const MAX_SEQUENCE_LENGTH: usize = 1_000_000;
+
+fn invalid(msg: String) -> ! {
+    raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, msg, None)
+}
+
+/// A read to embed or classify, cleaned for the alphabet only (any case, `U` as `T`); anything
+/// else is an ERROR that names the read (`which`, 1-based in an array) and the problem. The
+/// one rule for reads given to a model.
+pub fn model_input(raw: &str, which: Option<usize>) -> Vec<u8> {
+    let o = CleanOptions {
+        min_len: 1,
+        max_len: MAX_SEQUENCE_LENGTH,
+        max_ambiguous: 1.0,
+        ..Default::default()
+    };
+    match clean_one(Some(raw), &o) {
+        Ok(r) => r.seq,
+        Err(d) => {
+            let at = which
+                .map(|i| format!("sequence {i}"))
+                .unwrap_or_else(|| "the sequence".into());
+            let why = match d {
+                Dropped::Empty => "is empty".to_string(),
+                Dropped::FastaHeader => {
+                    "starts with '>': a FASTA header, not a sequence (give the sequence lines only)"
+                        .to_string()
+                }
+                Dropped::BadCharacter {
+                    position,
+                    character,
+                } => format!(
+                    "is not DNA: {character:?} at position {} is not an IUPAC nucleotide code",
+                    position + 1
+                ),
+                Dropped::TooLong => format!("is longer than {MAX_SEQUENCE_LENGTH} bases"),
+                other => other.name().to_string(),
+            };
+            raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("{at} {why}"),
+                None,
+            )
+        }
+    }
+}
+
+fn change_names(c: &genome_core::seq::clean::Changes) -> Vec<String> {
+    let mut v = Vec::new();
+    if c.lower_case {
+        v.push("lower_case".to_string());
+    }
+    if c.rna {
+        v.push("rna".to_string());
+    }
+    if c.whitespace {
+        v.push("whitespace".to_string());
+    }
+    if c.trimmed_5 > 0 {
+        v.push(format!("trimmed_5:{}", c.trimmed_5));
+    }
+    if c.trimmed_3 > 0 {
+        v.push(format!("trimmed_3:{}", c.trimmed_3));
+    }
+    if c.primer_missing {
+        v.push("primer_missing".to_string());
+    }
+    v
+}
+
+fn primers(a: Option<Array<&str>>, what: &str) -> Vec<Vec<u8>> {
+    let Some(a) = a else { return vec![] };
+    a.iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let p = p.unwrap_or_else(|| invalid(format!("{what} {} is NULL", i + 1)));
+            let p = p.trim().to_ascii_uppercase().replace('U', "T");
+            if p.is_empty() || !p.bytes().all(|b| genome_core::seq::IUPAC.contains(&b)) {
+                invalid(format!(
+                    "{what} {} is not an IUPAC nucleotide sequence",
+                    i + 1
+                ));
+            }
+            p.into_bytes()
+        })
+        .collect()
+}
+
+/// Clean reads: one row per kept unique read (its input positions, count and the changes made
+/// to them) and one row per dropped read (its reason). Nothing is altered without saying so.
+#[pg_extern(immutable, parallel_safe)]
+fn clean_sequences(
+    sequences: Option<Array<&str>>,
+    forward_primers: default!(Option<Array<&str>>, "'{}'"),
+    reverse_primers: default!(Option<Array<&str>>, "'{}'"),
+    min_length: default!(i32, 50),
+    max_length: default!(i32, 100000),
+    max_ambiguous: default!(f64, 0.01),
+    max_mismatches: default!(i32, 2),
+    require_primers: default!(bool, false),
+    dereplicate: default!(bool, true),
+) -> TableIterator<
+    'static,
+    (
+        name!(sequence, Option<String>),
+        name!(count, i64),
+        name!(members, Vec<i32>),
+        name!(dropped, Option<String>),
+        name!(detail, Option<String>),
+        name!(changes, Vec<String>),
+    ),
+> {
+    if min_length < 1 || max_length < min_length || max_length as usize > MAX_SEQUENCE_LENGTH {
+        invalid(format!(
+            "min_length and max_length must satisfy 1 <= min_length <= max_length <= {MAX_SEQUENCE_LENGTH}"
+        ));
+    }
+    if !(0.0..=1.0).contains(&max_ambiguous) {
+        invalid("max_ambiguous is a share of the read's length, between 0 and 1".into());
+    }
+    if !(0..=10).contains(&max_mismatches) {
+        invalid("max_mismatches must be between 0 and 10".into());
+    }
+    let o = CleanOptions {
+        min_len: min_length as usize,
+        max_len: max_length as usize,
+        max_ambiguous,
+        forward_primers: primers(forward_primers, "forward primer"),
+        reverse_primers: primers(reverse_primers, "reverse primer"),
+        max_mismatches: max_mismatches as usize,
+        require_primers,
+        dereplicate,
+        ..Default::default()
+    };
+    let Some(sequences) = sequences else {
+        return TableIterator::new(Vec::new());
+    };
+    let reads: Vec<(Option<&str>, u64)> = sequences.iter().map(|s| (s, 1)).collect();
+    let plan = clean(&reads, &o);
+    let changes: HashMap<usize, &genome_core::seq::clean::Changes> =
+        plan.changes.iter().map(|(i, c)| (*i, c)).collect();
+    let mut rows = Vec::with_capacity(plan.kept.len() + plan.dropped.len());
+    for u in &plan.kept {
+        let mut names: Vec<String> = u
+            .members
+            .iter()
+            .filter_map(|i| changes.get(i))
+            .flat_map(|c| change_names(c))
+            .collect();
+        names.sort();
+        names.dedup();
+        rows.push((
+            Some(String::from_utf8(u.seq.clone()).expect("cleaned reads are ASCII")),
+            u.count as i64,
+            u.members.iter().map(|i| *i as i32 + 1).collect(),
+            None,
+            None,
+            names,
+        ));
+    }
+    for (i, d) in &plan.dropped {
+        let detail = match d {
+            Dropped::BadCharacter {
+                position,
+                character,
+            } => Some(format!("{character:?} at position {}", position + 1)),
+            _ => None,
+        };
+        rows.push((
+            None,
+            1,
+            vec![*i as i32 + 1],
+            Some(d.name().to_string()),
+            detail,
+            vec![],
+        ));
+    }
+    TableIterator::new(rows)
+}
+
+// ---- k-mer featurisers ----
+
+thread_local! {
+    /// Loaded featurisers by registry id, with the row version they were built from.
+    static FEATURIZERS: RefCell<HashMap<i64, (String, Rc<Featurizer>)>> = RefCell::new(HashMap::new());
+}
+
+fn parse_norm(s: &str) -> Norm {
+    match s.to_ascii_lowercase().as_str() {
+        "frequency" => Norm::Frequency,
+        "tfidf" | "tf-idf" => Norm::TfIdf,
+        "clr" => Norm::Clr,
+        other => invalid(format!(
+            "unknown normalization \"{other}\" (supported: frequency, tfidf, clr)"
+        )),
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The featuriser of a registry row, loaded once per process and row version.
+pub fn featurizer(row: &ModelRow) -> Rc<Featurizer> {
+    require_task(row, "sequence-embedding");
+    if let Some(f) = FEATURIZERS.with(|c| {
+        c.borrow()
+            .get(&row.id)
+            .filter(|(v, _)| *v == row.row_version)
+            .map(|(_, f)| f.clone())
+    }) {
+        return f;
+    }
+    let cfg: serde_json::Value = serde_json::from_str(&row.config).unwrap_or_default();
+    if cfg.get("kind").and_then(|k| k.as_str()) != Some("kmer") {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!(
+                "model \"{}@{}\" is a sequence-embedding model run by ONNX Runtime, which embed_sequence does not serve yet",
+                row.name, row.version
+            ),
+            None,
+        );
+    }
+    let kc: KmerConfig = serde_json::from_value(cfg["featurizer"].clone()).unwrap_or_else(|e| {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!(
+                "model \"{}@{}\": bad featuriser config: {e}",
+                row.name, row.version
+            ),
+            None,
+        )
+    });
+    let mut f = Featurizer::new(kc).unwrap_or_else(|e| invalid(e));
+    if f.dim() != row.dimension as usize {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!(
+                "model \"{}@{}\": dimension {} but its featuriser gives {}",
+                row.name,
+                row.version,
+                row.dimension,
+                f.dim()
+            ),
+            None,
+        );
+    }
+    let weights = Spi::get_one_with_args::<Vec<u8>>(
+        "SELECT weights FROM genome.models WHERE id = $1",
+        &[row.id.into()],
+    )
+    .or_raise("reading genome.models");
+    if f.config.norm == Norm::TfIdf {
+        let w = weights.unwrap_or_default();
+        if w.len() != 4 * f.dim() {
+            raise(
+                PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                format!(
+                    "model \"{}@{}\": its IDF weights do not match its dimension",
+                    row.name, row.version
+                ),
+                None,
+            );
+        }
+        f.idf = w
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+    }
+    let f = Rc::new(f);
+    FEATURIZERS.with(|c| {
+        c.borrow_mut()
+            .insert(row.id, (row.row_version.clone(), f.clone()))
+    });
+    f
+}
+
+/// Register a k-mer featuriser as a model (`task = 'sequence-embedding'`). TF-IDF needs
+/// `fit_on`, the corpus its document frequencies are fitted on. Returns the new row's id.
+#[pg_extern(volatile)]
+fn register_kmer_featurizer(
+    name: &str,
+    version: &str,
+    k: default!(i32, 6),
+    canonical: default!(bool, true),
+    normalization: default!(&str, "'frequency'"),
+    dimension: default!(Option<i32>, "NULL"),
+    seed: default!(i64, 0),
+    fit_on: default!(Option<Array<&str>>, "NULL"),
+) -> i64 {
+    require_admin("registering a model");
+    ensure_new(name, version);
+    if !(1..=32).contains(&k) {
+        invalid(format!("k must be between 1 and 32, not {k}"));
+    }
+    let kc = KmerConfig {
+        k: k as usize,
+        canonical,
+        norm: parse_norm(normalization),
+        dim: dimension.map(|d| {
+            if d < 1 {
+                invalid(format!("dimension must be positive, not {d}"));
+            }
+            d as usize
+        }),
+        seed: seed as u64,
+    };
+    let mut f = Featurizer::new(kc.clone()).unwrap_or_else(|e| invalid(e));
+    let weights = match (kc.norm, fit_on) {
+        (Norm::TfIdf, None) => {
+            invalid("a TF-IDF featuriser needs fit_on, the sequences its IDF is fitted on".into())
+        }
+        (Norm::TfIdf, Some(corpus)) => {
+            let reads: Vec<Vec<u8>> = corpus
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.map(|s| model_input(s, Some(i + 1))))
+                .collect();
+            if reads.is_empty() {
+                invalid("fit_on holds no sequence".into());
+            }
+            let refs: Vec<&[u8]> = reads.iter().map(|r| r.as_slice()).collect();
+            f.fit(&refs);
+            Some(f32_bytes(&f.idf))
+        }
+        (_, _) => None,
+    };
+    let config = serde_json::json!({
+        "kind": "kmer",
+        "featurizer": kc,
+        "dimension": f.dim(),
+        "fitted_on": f.fitted_on,
+    })
+    .to_string();
+    let mut digest = config.clone().into_bytes();
+    digest.extend(weights.iter().flatten());
+    Spi::get_one_with_args::<i64>(
+        "INSERT INTO genome.models (name, version, task, dimension, config, weights, sha256) \
+         VALUES ($1, $2, 'sequence-embedding', $3, $4::jsonb, $5, $6) RETURNING id",
+        &[
+            name.into(),
+            version.into(),
+            (f.dim() as i32).into(),
+            config.into(),
+            weights.into(),
+            sha256_hex(&digest).into(),
+        ],
+    )
+    .or_raise("registering the featuriser")
+    .expect("INSERT ... RETURNING gives a row")
+}
+
+fn embed_one(f: &Featurizer, seq: &[u8]) -> Option<Vector> {
+    let v = f.embed(seq).unwrap_or_else(|e| invalid(e));
+    // no k-mer without an ambiguous base (or shorter than k): nothing to embed
+    v.iter().any(|x| *x != 0.0).then_some(Vector(v))
+}
+
+/// Embed one read with a k-mer featuriser. NULL gives NULL, as does a read with no k-mer free
+/// of ambiguous bases (all `N`, or shorter than k); a read that is not DNA is an ERROR.
+#[pg_extern(stable, parallel_safe)]
+fn embed_sequence(
+    sequence: Option<&str>,
+    model: &str,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Option<Vector> {
+    let seq = sequence?;
+    // SAFETY: the fcinfo pgrx passed to this call
+    let row = unsafe { resolve_cached(fcinfo, Some(model)) };
+    let f = featurizer(&row);
+    embed_one(&f, &model_input(seq, None))
+}
+
+/// Embed many reads, in order; NULL elements (and reads with no clean k-mer) give NULL.
+#[pg_extern(stable, parallel_safe)]
+fn embed_sequences(
+    sequences: Option<Array<&str>>,
+    model: &str,
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> Option<Vec<Option<Vector>>> {
+    let sequences = sequences?;
+    // SAFETY: the fcinfo pgrx passed to this call
+    let row = unsafe { resolve_cached(fcinfo, Some(model)) };
+    let f = featurizer(&row);
+    let mut out = Vec::with_capacity(sequences.len());
+    for (i, s) in sequences.iter().enumerate() {
+        if i % 1024 == 0 {
+            pgrx::check_for_interrupts!();
+        }
+        out.push(s.and_then(|s| embed_one(&f, &model_input(s, Some(i + 1)))));
+    }
+    Some(out)
+}
+
+extension_sql_file!(
+    "sequences.sql",
+    name = "sequences",
+    requires = [
+        "models",
+        clean_sequences,
+        register_kmer_featurizer,
+        embed_sequence,
+        embed_sequences
+    ]
+);
