@@ -693,11 +693,11 @@ impl Classifier {
         let rev = revcomp_words(&fwd, self.config.k);
         let reversed = self.known_words(&rev) > self.known_words(&fwd);
         let ws = if reversed { rev } else { fwd };
-        self.classify_words(&ws, reversed, None)
+        self.classify_words(&ws, reversed)
     }
 
-    /// Classify by words; `exclude` drops one reference from the neighbour search.
-    fn classify_words(&self, ws: &[u32], reversed: bool, exclude: Option<u32>) -> Prediction {
+    /// Classify by words.
+    fn classify_words(&self, ws: &[u32], reversed: bool) -> Prediction {
         let depth = self.taxonomy.ranks.len();
         if ws.is_empty() {
             return Prediction {
@@ -788,9 +788,6 @@ impl Classifier {
         for &l in &order {
             let lp = &self.taxonomy.paths[l as usize];
             for &r in self.leaf_refs.get(l as usize) {
-                if Some(r) == exclude {
-                    continue;
-                }
                 let shared = self
                     .ref_words
                     .get(r as usize)
@@ -869,17 +866,14 @@ impl Classifier {
             let sub_words: Vec<Vec<u32>> = fit_idx.iter().map(|&i| word_sets[i].clone()).collect();
             let inner = Self::fit(&self.config, tax, &sub_words, &sub_leaf);
             let total = held.len();
-            let done = std::sync::atomic::AtomicUsize::new(0);
             let mut preds: Vec<(usize, Prediction)> = Vec::with_capacity(total);
             for chunk in held.chunks(256) {
                 let part: Vec<(usize, Prediction)> = chunk
                     .par_iter()
-                    .map(|&i| (i, inner.classify_words(&word_sets[i], false, None)))
+                    .map(|&i| (i, inner.classify_words(&word_sets[i], false)))
                     .collect();
                 preds.extend(part);
-                let d =
-                    done.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed) + chunk.len();
-                if progress("calibration", d, total) {
+                if progress("calibration", preds.len(), total) {
                     return Err(Cancelled);
                 }
             }
