@@ -202,8 +202,11 @@ fn clean_sequences(
 // ---- k-mer featurisers ----
 
 thread_local! {
-    /// Loaded featurisers by registry id, with the row version they were built from.
-    static FEATURIZERS: RefCell<HashMap<i64, (String, Rc<Featurizer>)>> = RefCell::new(HashMap::new());
+    /// Loaded featurisers by registry id, with the row version they were built from; an LRU of
+    /// `genome.model_cache_size` entries, as the ONNX sessions' (a dense k = 12 featuriser's
+    /// index alone is 64 MiB).
+    static FEATURIZERS: RefCell<lru::LruCache<i64, (String, Rc<Featurizer>)>> =
+        RefCell::new(lru::LruCache::new(std::num::NonZeroUsize::new(64).unwrap()));
 }
 
 fn parse_norm(s: &str) -> Norm {
@@ -225,8 +228,12 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 pub fn featurizer(row: &ModelRow) -> Rc<Featurizer> {
     require_task(row, "sequence-embedding");
     if let Some(f) = FEATURIZERS.with(|c| {
-        c.borrow()
-            .get(&row.id)
+        let mut c = c.borrow_mut();
+        c.resize(
+            std::num::NonZeroUsize::new(crate::gucs::MODEL_CACHE_SIZE.get().max(1) as usize)
+                .unwrap(),
+        );
+        c.get(&row.id)
             .filter(|(v, _)| *v == row.row_version)
             .map(|(_, f)| f.clone())
     }) {
@@ -292,7 +299,7 @@ pub fn featurizer(row: &ModelRow) -> Rc<Featurizer> {
     let f = Rc::new(f);
     FEATURIZERS.with(|c| {
         c.borrow_mut()
-            .insert(row.id, (row.row_version.clone(), f.clone()))
+            .put(row.id, (row.row_version.clone(), f.clone()))
     });
     f
 }
