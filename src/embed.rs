@@ -13,6 +13,8 @@ struct CallSite {
     row: ModelRow,
 }
 
+/// Never from a set-returning function: there `fn_extra` holds pgrx's `FuncCallContext`.
+///
 /// # Safety
 /// `fcinfo` is the current call's (pgrx passes it to the `#[pg_extern]`): its `flinfo`, when not
 /// NULL, is valid for the whole statement and owns `fn_extra` and `fn_mcxt`.
@@ -53,6 +55,8 @@ fn embed(
     let text = input?;
     // SAFETY: the fcinfo pgrx passed to this call
     let row = unsafe { resolve_cached(fcinfo, model) };
+    // text models only: reads go through embed_sequence (collections' jobs take either)
+    crate::models::require_task(&row, "text-embedding");
     let mut out = embed_texts(&row, &[text]);
     Some(Vector(out.pop().expect("one vector per text")))
 }
@@ -75,6 +79,7 @@ fn embed_batch(
     }
     // SAFETY: the fcinfo pgrx passed to this call
     let row = unsafe { resolve_cached(fcinfo, model) };
+    crate::models::require_task(&row, "text-embedding");
     let slice: Vec<&str> = present.iter().map(|i| texts[*i].unwrap()).collect();
     for (i, v) in present.iter().zip(embed_by_length(&row, &slice)) {
         result[*i] = Some(Vector(v));

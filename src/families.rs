@@ -51,7 +51,7 @@ fn raise_cancel() -> ! {
 }
 
 /// rayon's global pool, sized by genome.cluster_threads the first time a backend clusters.
-fn ensure_pool() {
+pub(crate) fn ensure_pool() {
     thread_local!(static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
     if !DONE.with(|d| d.replace(true)) {
         let n = gucs::CLUSTER_THREADS.get().max(0) as usize;

@@ -23,6 +23,7 @@ use pgrx::prelude::*;
 ::pgrx::pg_module_magic!(name, version);
 
 pub mod assign;
+pub mod bundles;
 pub mod collections;
 pub mod embed;
 pub mod errors;
@@ -40,6 +41,7 @@ pub mod queue;
 pub mod ranking;
 pub mod search;
 pub mod sequences;
+pub mod taxonomy;
 pub mod vector;
 
 /// PostgreSQL's package library directory (`$libdir`).

@@ -30,6 +30,13 @@ pub struct Counters {
     pub rank_fallbacks: u64,
     pub rank_latency_buckets: [u64; 12],
     pub rank_latency_sum_us: u64,
+    /// classify_sequences: reads classified, those that needed the fallback, calls and their
+    /// latency (0.8.0).
+    pub seq_classified: u64,
+    pub seq_fallbacks: u64,
+    pub seq_calls: u64,
+    pub seq_latency_buckets: [u64; 12],
+    pub seq_latency_sum_us: u64,
 }
 unsafe impl PGRXSharedMemory for Counters {}
 
@@ -69,6 +76,21 @@ pub fn record_ranking(elapsed: Duration, fallback: bool) {
         observe(
             &mut c.rank_latency_buckets,
             &mut c.rank_latency_sum_us,
+            elapsed,
+        );
+    });
+}
+
+/// One classify_sequences call over `reads` reads, `fallbacks` of them below the cut-off at
+/// their deepest rank.
+pub fn record_classify(reads: usize, fallbacks: usize, elapsed: Duration) {
+    update(|c| {
+        c.seq_calls += 1;
+        c.seq_classified += reads as u64;
+        c.seq_fallbacks += fallbacks as u64;
+        observe(
+            &mut c.seq_latency_buckets,
+            &mut c.seq_latency_sum_us,
             elapsed,
         );
     });
@@ -160,6 +182,22 @@ pub fn exposition(c: &Counters) -> String {
         &c.rank_latency_buckets,
         c.rank_latency_sum_us,
         c.rank_calls,
+    );
+    let _ = writeln!(
+        o,
+        "# HELP genome_sequences_classified_total Reads classified by classify_sequences, by whether their deepest rank was withheld (needs_fallback).\n\
+         # TYPE genome_sequences_classified_total counter\n\
+         genome_sequences_classified_total{{fallback=\"false\"}} {}\ngenome_sequences_classified_total{{fallback=\"true\"}} {}",
+        c.seq_classified.saturating_sub(c.seq_fallbacks),
+        c.seq_fallbacks
+    );
+    histogram(
+        &mut o,
+        "genome_classify_latency_seconds",
+        "Latency of one classify_sequences call.",
+        &c.seq_latency_buckets,
+        c.seq_latency_sum_us,
+        c.seq_calls,
     );
     let _ = writeln!(
         o,

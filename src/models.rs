@@ -170,6 +170,9 @@ pub fn runtime() -> &'static Runtime {
 /// Embed texts with `row`'s model (ERROR on failure), counted in genome.metrics(): texts, model
 /// calls, errors and the latency histogram.
 pub fn embed_texts(row: &ModelRow, texts: &[&str]) -> Vec<Vec<f32>> {
+    if row.task == "sequence-embedding" {
+        return crate::sequences::embed_reads(row, texts);
+    }
     let t = std::time::Instant::now();
     let out = with_embedder(row, |e| e.embed(texts));
     crate::metrics::record_embed(texts.len(), t.elapsed(), out.is_ok());
@@ -581,15 +584,17 @@ pub fn _resolve_model(spec: Option<&str>, image: default!(bool, false)) -> i64 {
     resolve(Some(&spec_or_default(spec, image))).id
 }
 
-/// Drop every cached session of this backend (they reload on next use).
+/// Drop every model this backend has cached: ONNX sessions, k-mer featurisers and sequence
+/// classifiers (they reload on next use). Returns how many there were.
 #[pg_extern(volatile)]
 pub fn clear_model_cache() -> i64 {
-    CACHE.with(|c| {
+    let sessions = CACHE.with(|c| {
         let mut c = c.borrow_mut();
         let n = c.len() as i64;
         c.clear();
         n
-    })
+    });
+    sessions + crate::sequences::clear_cache() as i64 + crate::taxonomy::clear_cache() as i64
 }
 
 /// What this backend has loaded: for tests of the cache and for health checks.

@@ -109,6 +109,25 @@ LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 $$;
 COMMENT ON FUNCTION resolve_model IS 'the registered model a spec names (name or name@version, newest version when none; NULL: genome.default_model)';
 
+-- What a deployed model is, as one document (the design's GET /models/current): the version a
+-- name resolves to, its stage, when it was trained and promoted, its metrics, thresholds and
+-- featuriser.
+CREATE FUNCTION model_info(name text) RETURNS jsonb
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object(
+        'name', m.name, 'version', m.version, 'task', m.task, 'stage', m.stage,
+        'trained_at', m.created_at, 'promoted_at', m.promoted_at, 'dimension', m.dimension,
+        'sha256', m.sha256, 'metrics', m.metrics,
+        'thresholds', jsonb_strip_nulls(jsonb_build_object('cutoff', m.config->'cutoff')),
+        'featurizer', m.config->'featurizer',
+        'ranks', m.config->'ranks', 'training', m.config->'training', 'fallback', m.config->'fallback',
+        'versions', (SELECT jsonb_agg(jsonb_build_object('version', o.version, 'stage', o.stage, 'created_at', o.created_at)
+                                      ORDER BY o.created_at, o.id)
+                       FROM @extschema@.models o WHERE o.name = m.name))
+      FROM @extschema@.models m WHERE m.id = @extschema@._resolve_model(model_info.name)
+$$;
+COMMENT ON FUNCTION model_info IS 'the model version a name resolves to, as one document: version, stage, trained_at, promoted_at, metrics, thresholds, featuriser, ranks, training data and the other versions';
+
 -- Private functions
 
 -- A model read from a server path is a server file read: whoever writes onnx_path into the

@@ -29,14 +29,8 @@ fn invalid(msg: String) -> ! {
 /// else is an ERROR that names the read (`which`, 1-based in an array) and the problem. The
 /// one rule for reads given to a model.
 pub fn model_input(raw: &str, which: Option<usize>) -> Vec<u8> {
-    let o = CleanOptions {
-        min_len: 1,
-        max_len: MAX_SEQUENCE_LENGTH,
-        max_ambiguous: 1.0,
-        ..Default::default()
-    };
-    match clean_one(Some(raw), &o) {
-        Ok(r) => r.seq,
+    match model_read(raw) {
+        Ok(r) => r,
         Err(d) => {
             let at = which
                 .map(|i| format!("sequence {i}"))
@@ -64,6 +58,36 @@ pub fn model_input(raw: &str, which: Option<usize>) -> Vec<u8> {
             )
         }
     }
+}
+
+/// [`model_input`]'s rule without the ERROR: the cleaned read, or why it cannot be given to a
+/// model (training skips such rows and counts them).
+pub fn model_read(raw: &str) -> Result<Vec<u8>, Dropped> {
+    let o = CleanOptions {
+        min_len: 1,
+        max_len: MAX_SEQUENCE_LENGTH,
+        max_ambiguous: 1.0,
+        ..Default::default()
+    };
+    clean_one(Some(raw), &o).map(|r| r.seq)
+}
+
+/// Embed reads with a k-mer featuriser: `genome.embed`'s path for sequence-embedding models, so
+/// collections, search and the queue take sequence models as they take text ones. A read that
+/// is not DNA is an ERROR naming its position; one with no clean k-mer gives a zero vector.
+pub fn embed_reads(row: &ModelRow, reads: &[&str]) -> Vec<Vec<f32>> {
+    let t = std::time::Instant::now();
+    let f = featurizer(row);
+    let out: Vec<Vec<f32>> = reads
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            f.embed(&model_input(r, Some(i + 1)))
+                .unwrap_or_else(|e| invalid(e))
+        })
+        .collect();
+    crate::metrics::record_embed(reads.len(), t.elapsed(), true);
+    out
 }
 
 fn change_names(c: &genome_core::seq::clean::Changes) -> Vec<String> {
@@ -207,6 +231,15 @@ thread_local! {
     /// index alone is 64 MiB).
     static FEATURIZERS: RefCell<lru::LruCache<i64, (String, Rc<Featurizer>)>> =
         RefCell::new(lru::LruCache::new(std::num::NonZeroUsize::new(64).unwrap()));
+}
+
+/// Drop every cached featuriser (genome.clear_model_cache); returns how many there were.
+pub fn clear_cache() -> usize {
+    FEATURIZERS.with(|c| {
+        let n = c.borrow().len();
+        c.borrow_mut().clear();
+        n
+    })
 }
 
 fn parse_norm(s: &str) -> Norm {

@@ -24,6 +24,24 @@ ALTER TABLE models ADD CONSTRAINT models_check3
 -- functions new or changed since the archived install script, views, comments
 COMMENT ON FUNCTION on_sql_drop IS 'event trigger: forgets registrations (and unschedules their pg_cron jobs) of dropped tables';
 COMMENT ON FUNCTION on_ddl_end IS 'event trigger: keeps registered column names in step with renames';
+CREATE OR REPLACE FUNCTION "classify_sequences"(
+	"model" TEXT, /* & str */
+	"sequences" TEXT[], /* :: std :: option :: Option < Array < & str > > */
+	"fallback_k" INT DEFAULT 3 /* i32 */
+) RETURNS TABLE (
+	"ord" INT,  /* i32 */
+	"lineage" jsonb,  /* Option < JsonB > */
+	"label" TEXT,  /* Option < String > */
+	"rank" TEXT,  /* Option < String > */
+	"confidence" double precision,  /* Option < f64 > */
+	"needs_fallback" bool,  /* Option < bool > */
+	"fallback" jsonb,  /* Option < JsonB > */
+	"model_version" TEXT  /* String */
+)
+VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'classify_sequences_wrapper';
+
 CREATE OR REPLACE FUNCTION "clean_sequences"(
 	"sequences" TEXT[], /* :: std :: option :: Option < Array < & str > > */
 	"forward_primers" TEXT[] DEFAULT '{}', /* :: std :: option :: Option < Array < & str > > */
@@ -62,6 +80,34 @@ STABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'embed_sequences_wrapper';
 
+CREATE OR REPLACE FUNCTION "evaluate_sequence_classifier"(
+	"model" TEXT, /* & str */
+	"source" regclass, /* RegClass */
+	"sequence_column" TEXT DEFAULT 'sequence', /* & str */
+	"lineage_column" TEXT DEFAULT 'lineage', /* & str */
+	"cutoff" double precision DEFAULT NULL /* Option < f64 > */
+) RETURNS jsonb /* JsonB */
+VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'evaluate_sequence_classifier_wrapper';
+
+CREATE OR REPLACE FUNCTION "export_bundle"(
+	"name" TEXT, /* & str */
+	"version" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS bytea /* Vec < u8 > */
+VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'export_bundle_wrapper';
+
+CREATE OR REPLACE FUNCTION "import_bundle"(
+	"bundle" bytea, /* & [u8] */
+	"name" TEXT DEFAULT NULL, /* Option < & str > */
+	"version" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS bigint /* i64 */
+VOLATILE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'import_bundle_wrapper';
+
 CREATE OR REPLACE FUNCTION "register_kmer_featurizer"(
 	"name" TEXT, /* & str */
 	"version" TEXT, /* & str */
@@ -90,17 +136,22 @@ COMMENT ON FUNCTION embed_image IS 'embed one image (JPEG, PNG or WebP bytes) wi
 COMMENT ON FUNCTION embed_images IS 'embed many images in order, genome.batch_size per model call; a bad image is an ERROR naming its position';
 COMMENT ON FUNCTION image_quality IS 'photo quality of an image: sharpness, exposure, contrast, resolution and a combined 0..1 score';
 COMMENT ON FUNCTION resolve_model IS 'the registered model a spec names (name or name@version, newest version when none; NULL: genome.default_model)';
-COMMENT ON FUNCTION register_collection IS 'register an app table as a pg_genome collection (adds embedding and family columns if missing)';
-COMMENT ON FUNCTION unregister_collection IS 'forget a collection and its families and runs (the table and its columns stay)';
-COMMENT ON FUNCTION pending_count IS 'rows of the collection without a family yet';
-COMMENT ON FUNCTION collection_relation IS 'a collection''s table, after the checks every use makes: registered, table present, registrant still its owner';
-COMMENT ON FUNCTION run_full_job IS 'the weekly pg_cron job of a collection: a full classification, its failure recorded in genome.runs';
-COMMENT ON FUNCTION schedule IS 'create or update the pg_cron jobs of a collection: weekly full classification, 10-minute assignment';
-COMMENT ON FUNCTION unschedule IS 'remove the pg_cron jobs of a collection; returns how many were removed';
-COMMENT ON FUNCTION full_classify IS 'the weekly job: embed missing rows, reduce (UMAP-style), cluster (HDBSCAN) and write families with stable ids';
-COMMENT ON FUNCTION hdbscan_recluster IS 'full classification of the rows already embedded (no embedding step); same arguments and result as full_classify';
-COMMENT ON FUNCTION assign_family IS 'the 10-minute job: give rows without a family the nearest family whose centroid reaches its threshold, else Unclustered';
-COMMENT ON FUNCTION cached_centroids IS 'the collections whose centroids this backend has cached, with their generation (tests and health)';
+CREATE OR REPLACE FUNCTION model_info(name text) RETURNS jsonb
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object(
+        'name', m.name, 'version', m.version, 'task', m.task, 'stage', m.stage,
+        'trained_at', m.created_at, 'promoted_at', m.promoted_at, 'dimension', m.dimension,
+        'sha256', m.sha256, 'metrics', m.metrics,
+        'thresholds', jsonb_strip_nulls(jsonb_build_object('cutoff', m.config->'cutoff')),
+        'featurizer', m.config->'featurizer',
+        'ranks', m.config->'ranks', 'training', m.config->'training', 'fallback', m.config->'fallback',
+        'versions', (SELECT jsonb_agg(jsonb_build_object('version', o.version, 'stage', o.stage, 'created_at', o.created_at)
+                                      ORDER BY o.created_at, o.id)
+                       FROM @extschema@.models o WHERE o.name = m.name))
+      FROM @extschema@.models m WHERE m.id = @extschema@._resolve_model(model_info.name)
+$$;
+
+COMMENT ON FUNCTION model_info IS 'the model version a name resolves to, as one document: version, stage, trained_at, promoted_at, metrics, thresholds, featuriser, ranks, training data and the other versions';
 CREATE OR REPLACE FUNCTION clean_sequences_report(sequences text[], forward_primers text[] DEFAULT '{}', reverse_primers text[] DEFAULT '{}',
                                        min_length integer DEFAULT 50, max_length integer DEFAULT 100000,
                                        max_ambiguous float8 DEFAULT 0.01, max_mismatches integer DEFAULT 2,
@@ -122,6 +173,8 @@ COMMENT ON FUNCTION clean_sequences_report IS 'what clean_sequences does to read
 COMMENT ON FUNCTION register_kmer_featurizer IS 'register a k-mer featuriser (k, canonical, frequency / tfidf / clr, optional hashed dimension) as a sequence-embedding model (superuser or genome_admin); returns its id';
 COMMENT ON FUNCTION embed_sequence IS 'embed one DNA read with a sequence-embedding model; NULL for NULL or a read without an unambiguous k-mer, ERROR for a read that is not DNA';
 COMMENT ON FUNCTION embed_sequences IS 'embed many DNA reads in order with a sequence-embedding model; NULL elements give NULL';
+COMMENT ON FUNCTION export_bundle IS 'a model version (default: the one its name resolves to) as a bundle: its registry row, config, weights or ONNX bytes, metrics, and a SHA-256 checksum';
+COMMENT ON FUNCTION import_bundle IS 'register the model a bundle carries as a staging version (superuser or genome_admin); refuses a bundle of another format version, with a bad checksum, or whose parts do not check out; returns the new id';
 COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
 COMMENT ON FUNCTION unregister_pet_media IS 'forget a photo table: its photos, clusters and triggers (the app''s table is untouched)';
 COMMENT ON FUNCTION cluster_pet IS 'update one pet''s photo clusters incrementally: new photos join the nearest cluster or, once enough gather, form new ones';
@@ -131,6 +184,17 @@ COMMENT ON FUNCTION unschedule_pet_clustering IS 'remove the pg_cron job of a ph
 COMMENT ON FUNCTION select_heroes IS 'top n photos per cluster of a pet by hero score (quality, centrality, recency, pose)';
 COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
 COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
+COMMENT ON FUNCTION register_collection IS 'register an app table as a pg_genome collection (adds embedding and family columns if missing)';
+COMMENT ON FUNCTION unregister_collection IS 'forget a collection and its families and runs (the table and its columns stay)';
+COMMENT ON FUNCTION pending_count IS 'rows of the collection without a family yet';
+COMMENT ON FUNCTION collection_relation IS 'a collection''s table, after the checks every use makes: registered, table present, registrant still its owner';
+COMMENT ON FUNCTION run_full_job IS 'the weekly pg_cron job of a collection: a full classification, its failure recorded in genome.runs';
+COMMENT ON FUNCTION schedule IS 'create or update the pg_cron jobs of a collection: weekly full classification, 10-minute assignment';
+COMMENT ON FUNCTION unschedule IS 'remove the pg_cron jobs of a collection; returns how many were removed';
+COMMENT ON FUNCTION full_classify IS 'the weekly job: embed missing rows, reduce (UMAP-style), cluster (HDBSCAN) and write families with stable ids';
+COMMENT ON FUNCTION hdbscan_recluster IS 'full classification of the rows already embedded (no embedding step); same arguments and result as full_classify';
+COMMENT ON FUNCTION assign_family IS 'the 10-minute job: give rows without a family the nearest family whose centroid reaches its threshold, else Unclustered';
+COMMENT ON FUNCTION cached_centroids IS 'the collections whose centroids this backend has cached, with their generation (tests and health)';
 COMMENT ON FUNCTION register_catalog IS 'register an app''s capability table and capability-tool link table as a ranking catalog';
 COMMENT ON FUNCTION unregister_catalog IS 'forget a catalog with its features, ranking log, experiences and rankers (the app''s tables stay)';
 COMMENT ON FUNCTION schedule_catalog IS 'schedule the daily refresh of a catalog''s features (and the experience-log prune) on pg_cron';
@@ -147,6 +211,36 @@ COMMENT ON FUNCTION ranking_monitor IS 'feature validation, drift (KS on intent 
 COMMENT ON FUNCTION temporal_validation IS 'train on the experience log before a time, rank the successful outcomes after it (ranker against dense cosine)';
 COMMENT ON FUNCTION evaluate_ranker IS 'ranking and calibration metrics of a ranker version over a table of labelled intents';
 COMMENT ON VIEW ranker_versions IS 'ranker versions of each catalog with their stage and dev metrics';
+CREATE OR REPLACE FUNCTION "train_sequence_classifier"(
+	"name" TEXT, /* & str */
+	"source" regclass, /* RegClass */
+	"sequence_column" TEXT DEFAULT 'sequence', /* & str */
+	"lineage_column" TEXT DEFAULT 'lineage', /* & str */
+	"ranks" TEXT[] DEFAULT '{phylum,class,order,family,genus}', /* Vec < String > */
+	"version" TEXT DEFAULT NULL, /* Option < & str > */
+	"evaluate_on" regclass DEFAULT NULL, /* Option < RegClass > */
+	"cutoff" double precision DEFAULT 0.8, /* f64 */
+	"fallback_collection" TEXT DEFAULT NULL, /* Option < & str > */
+	"fallback_lineage_column" TEXT DEFAULT NULL, /* Option < & str > */
+	"promote" bool DEFAULT true, /* bool */
+	"seed" bigint DEFAULT 42 /* i64 */
+) RETURNS TABLE (
+	"name" TEXT,  /* String */
+	"version" TEXT,  /* String */
+	"stage" TEXT,  /* String */
+	"sequences" bigint,  /* i64 */
+	"skipped" bigint,  /* i64 */
+	"taxa" INT,  /* i32 */
+	"seconds" double precision,  /* f64 */
+	"metrics" jsonb  /* JsonB */
+)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'train_sequence_classifier_wrapper';
+
+COMMENT ON FUNCTION train_sequence_classifier IS 'train a taxonomy classifier (naive Bayes over 8-mers, bootstrap confidence, per-rank calibration on held-out genera) on a table of labelled reads read as the caller (superuser or genome_admin); registers a new version of the model, promoted unless promote => false; with evaluate_on its held-out metrics go into the model''s metrics';
+COMMENT ON FUNCTION evaluate_sequence_classifier IS 'metrics of a sequence classifier on a table of labelled reads: per rank accuracy, precision / recall / F1 per taxon and macro, ECE and Brier, coverage at the cut-off; for genera the model never saw, how often the genus is withheld and the family right';
+COMMENT ON FUNCTION classify_sequences IS 'classify DNA reads: per read (ord, 1-based) its lineage (rank -> name and calibrated confidence), the deepest rank at or above the model''s cut-off (label), whether the deepest rank was withheld (needs_fallback) with its nearest references from the model''s reference collection, and the model version';
 COMMENT ON VIEW embed_queue IS 'background embedding per collection: rows by status, oldest waiting, throughput over the last minute, newest error';
 COMMENT ON FUNCTION auto_embed_enqueue IS 'trigger: queues inserted rows and rows whose text changed for background embedding';
 COMMENT ON FUNCTION auto_embed_clear IS 'trigger: clears the embedding of a row whose text changed (it no longer describes it)';
@@ -155,13 +249,13 @@ COMMENT ON FUNCTION disable_auto_embed IS 'stop background embedding of a collec
 COMMENT ON FUNCTION process_embed_queue IS 'embed one batch of queued rows in this transaction (the background worker does this by itself)';
 COMMENT ON FUNCTION reembed IS 're-embed a collection with another model in the background; switches over atomically when every row is done';
 COMMENT ON FUNCTION wake_embed_workers IS 'ask this database''s embedding workers to look at the queue once the current transaction commits';
-COMMENT ON FUNCTION create_search_index IS 'create the pgvector HNSW (cosine) index genome.search uses, unless the embedding column has one';
-COMMENT ON FUNCTION search(text, text, integer, real, jsonb) IS 'semantic search: rows of a collection most similar to a text (cosine), best first, with optional equality filters';
-COMMENT ON FUNCTION search(text, vector, integer, real, jsonb) IS 'semantic search with a precomputed query vector';
 COMMENT ON VIEW progress IS 'full classifications and assignments running now: stage, rows done of total';
 COMMENT ON FUNCTION progress_slots IS 'the raw progress slots of running jobs; genome.progress joins them with pg_stat_activity';
 COMMENT ON FUNCTION health IS 'versions, ONNX Runtime, workers, pg_cron jobs, queue depth and pending assignments as jsonb';
 COMMENT ON FUNCTION metrics IS 'Prometheus text exposition of pg_genome counters and gauges';
+COMMENT ON FUNCTION create_search_index IS 'create the pgvector HNSW (cosine) index genome.search uses, unless the embedding column has one';
+COMMENT ON FUNCTION search(text, text, integer, real, jsonb) IS 'semantic search: rows of a collection most similar to a text (cosine), best first, with optional equality filters';
+COMMENT ON FUNCTION search(text, vector, integer, real, jsonb) IS 'semantic search with a precomputed query vector';
 
 -- src/finalize.sql, privileges
 -- Privileges

@@ -16,6 +16,7 @@
 #![deny(unsafe_code)]
 
 pub mod base;
+pub mod bundle;
 pub mod cluster;
 pub mod embed;
 pub mod error;

@@ -9,6 +9,7 @@ use crate::base::mix64 as mix;
 
 pub mod classify;
 pub mod clean;
+pub mod eval;
 pub mod kmer;
 pub mod taxa;
 
