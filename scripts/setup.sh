@@ -106,6 +106,8 @@ echo "a release build: about 15 minutes the first time on 2 cores, a line per cr
 (cd "$REPO" && cargo_progress cargo pgrx install --release --pg-config "$PG_CONFIG")
 [ -f "$so" ] || { echo "pg_genome.so was not installed"; exit 1; }
 install_release_scripts
+echo "the genome command line (target/release/genome)"
+(cd "$REPO" && cargo_progress cargo build --release -p genome-cli)
 after=$(sha256sum "$so" | cut -c1-64)
 
 say "local cluster"

@@ -113,3 +113,44 @@ def test_cluster_pets_pet_and_status(database):
         with connect() as c:
             c.execute("SELECT genome.unregister_pet_media('cli_pets')")
             c.execute("DROP TABLE cli_pets")
+
+
+def test_sequences_load_train_and_classify_from_fasta(database, tmp_path):
+    """genome load-seqs, train-seqs and classify-seqs on real 16S reads: the TSV gives every read
+    of the file, in order, with what classify_sequences says of it."""
+    from test_sequences import GOLD
+    records = GOLD.read_text().split(">")[1:]
+    train = tmp_path / "train.fasta"
+    # the Firmicutes and Bacteroidetes of the gold set, but every tenth read, which is classified
+    keep = [r for r in records if "\tBacteria; Firmicutes;" in r.split("\n")[0] or "\tBacteria; Bacteroidetes;" in r.split("\n")[0]]
+    train.write_text("".join(">" + r for i, r in enumerate(keep) if i % 10))
+    query = tmp_path / "query.fasta"
+    query.write_text("".join(">" + r for i, r in enumerate(keep) if i % 10 == 0))
+    with connect() as c:
+        c.execute("DROP TABLE IF EXISTS cli_seqs")
+    r = run("load-seqs", "--table", "public.cli_seqs", str(train))
+    assert r.returncode == 0, r.stderr
+    n_train = len([x for i, x in enumerate(keep) if i % 10])
+    assert f"loaded {n_train} reads" in r.stdout
+    with connect() as c:
+        lin = c.execute("SELECT lineage FROM cli_seqs LIMIT 1").fetchone()[0]
+        assert lin.startswith("Bacteria; ") and lin.count(";") == 5
+    r = run("train-seqs", "--name", "cli_16s", "--source", "public.cli_seqs")
+    assert r.returncode == 0, r.stderr
+    assert "cli_16s@v1 (production)" in r.stdout and "words" in r.stderr
+    r = run("classify-seqs", "--model", "cli_16s", str(query))
+    assert r.returncode == 0, r.stderr
+    lines = [x.split("\t") for x in r.stdout.splitlines()]
+    assert lines[0][:5] == ["id", "label", "rank", "confidence", "needs_fallback"]
+    ids = [x.split()[0] for i, x in enumerate(keep) if i % 10 == 0]
+    assert [x[0] for x in lines[1:]] == ids
+    seqs = ["".join(x.split("\n")[1:]) for i, x in enumerate(keep) if i % 10 == 0]
+    with connect() as c:
+        want = c.execute("SELECT label, rank, needs_fallback FROM genome.classify_sequences('cli_16s', %s) ORDER BY ord",
+                         (seqs,)).fetchall()
+    assert [(x[1] or None, x[2] or None, x[4] == "true") for x in lines[1:]] == want
+    # a bad read is named by its id
+    bad = tmp_path / "bad.fasta"
+    bad.write_text(">ok\nACGTACGTACGT\n>broken\nACGT-not-dna\n")
+    r = run("classify-seqs", "--model", "cli_16s", str(bad))
+    assert r.returncode == 1 and "read broken" in r.stderr and "not DNA" in r.stderr

@@ -9,6 +9,9 @@
 //!   genome rank "INTENT" [--catalog NAME] [--top-k 10] [--context-tool TOOL ...]
 //!   genome train-ranker --catalog NAME [--examples TABLE] [--dev TABLE] [--epochs 8] [--no-promote]
 //!   genome models
+//!   genome load-seqs --table TABLE FILE.fasta
+//!   genome train-seqs --name NAME --source TABLE [--evaluate-on TABLE] [--fallback-collection C]
+//!   genome classify-seqs --model NAME [--fallback-k 3] FILE.fasta      (TSV on stdout)
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -115,6 +118,53 @@ enum Cmd {
     },
     /// Registered models (text and image) and ranker versions with their stages.
     Models,
+    /// Load a FASTA file into a table (id, sequence, lineage), created when missing. The
+    /// lineage is the header's last tab-separated field when it has tabs (RDP style), else the
+    /// header after the id.
+    LoadSeqs {
+        #[arg(long)]
+        table: String,
+        fasta: String,
+    },
+    /// Train a sequence taxonomy classifier (genome.train_sequence_classifier), with progress;
+    /// Ctrl-C cancels and leaves the production classifier serving.
+    TrainSeqs {
+        #[arg(long)]
+        name: String,
+        /// Table (or view) of labelled reads.
+        #[arg(long)]
+        source: String,
+        #[arg(long, default_value = "sequence")]
+        sequence_column: String,
+        #[arg(long, default_value = "lineage")]
+        lineage_column: String,
+        /// Ranks, top first, comma-separated.
+        #[arg(long, default_value = "phylum,class,order,family,genus")]
+        ranks: String,
+        /// Held-out table with the same columns: its metrics go into the model's.
+        #[arg(long)]
+        evaluate_on: Option<String>,
+        /// Sequence collection whose nearest references serve reads below the cut-off.
+        #[arg(long)]
+        fallback_collection: Option<String>,
+        #[arg(long, default_value_t = 0.8)]
+        cutoff: f64,
+        /// Register the version as staging instead of promoting it to production.
+        #[arg(long)]
+        no_promote: bool,
+    },
+    /// Classify the reads of a FASTA file (genome.classify_sequences): a TSV on stdout, one row
+    /// per read: id, label, rank, confidence, needs_fallback, lineage, confidences, nearest.
+    ClassifySeqs {
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value_t = 3)]
+        fallback_k: i32,
+        /// Reads per call.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        fasta: String,
+    },
 }
 
 fn connect(url: &Option<String>) -> Client {
@@ -585,6 +635,318 @@ fn models(url: &Option<String>) {
     }
 }
 
+/// FASTA records: (id, header after the id, sequence lines joined).
+fn read_fasta(path: &str) -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
+        eprintln!("genome: cannot read {path}: {e}");
+        std::process::exit(2)
+    });
+    let mut out: Vec<(String, String, String)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if let Some(h) = line.strip_prefix('>') {
+            let h = h.trim_start();
+            let (id, rest) = h.split_once(char::is_whitespace).unwrap_or((h, ""));
+            out.push((id.to_string(), rest.to_string(), String::new()));
+        } else if !line.trim().is_empty() {
+            match out.last_mut() {
+                Some(r) => r.2.push_str(line.trim()),
+                None => {
+                    eprintln!(
+                        "genome: {path}:{}: sequence data before the first '>' header",
+                        n + 1
+                    );
+                    std::process::exit(2)
+                }
+            }
+        }
+    }
+    out
+}
+
+fn load_seqs(url: &Option<String>, table: &str, fasta: &str) {
+    let recs = read_fasta(fasta);
+    let mut c = connect(url);
+    let mut tx = c.transaction().unwrap_or_else(|e| fail(e));
+    // the table name as the server reads it (quoted by the server, never pasted raw)
+    let exists: bool = tx
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .unwrap_or_else(|e| fail(e))
+        .get(0);
+    if !exists {
+        let (schema, rel) = table
+            .rsplit_once('.')
+            .map_or((None, table), |(s, r)| (Some(s), r));
+        let sql: String = tx
+            .query_one(
+                "SELECT format('CREATE TABLE %s%I (id text PRIMARY KEY, sequence text NOT NULL, lineage text)', \
+                        CASE WHEN $1::text IS NULL THEN '' ELSE format('%I.', $1::text) END, $2::text)",
+                &[&schema, &rel],
+            )
+            .unwrap_or_else(|e| fail(e))
+            .get(0);
+        tx.batch_execute(&sql).unwrap_or_else(|e| fail(e));
+    }
+    let copy: String = tx
+        .query_one(
+            "SELECT format('COPY %s (id, sequence, lineage) FROM STDIN', $1::text::regclass)",
+            &[&table],
+        )
+        .unwrap_or_else(|e| fail(e))
+        .get(0);
+    let mut w = tx.copy_in(&copy).unwrap_or_else(|e| fail(e));
+    use std::io::Write;
+    let esc = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace('\t', "\\t")
+            .replace('\n', "\\n")
+    };
+    for (id, rest, seq) in &recs {
+        let lineage = if rest.contains('\t') {
+            rest.rsplit('\t').next().unwrap_or("")
+        } else {
+            rest.as_str()
+        };
+        let lineage = if lineage.trim().is_empty() {
+            "\\N".to_string()
+        } else {
+            esc(lineage.trim())
+        };
+        writeln!(w, "{}\t{}\t{}", esc(id), esc(seq), lineage).expect("COPY stream");
+    }
+    w.finish().unwrap_or_else(|e| fail(e));
+    tx.commit().unwrap_or_else(|e| fail(e));
+    println!("loaded {} reads into {table}", recs.len());
+}
+
+struct TrainSeqs<'a> {
+    name: &'a str,
+    source: &'a str,
+    sequence_column: &'a str,
+    lineage_column: &'a str,
+    ranks: &'a str,
+    evaluate_on: &'a Option<String>,
+    fallback_collection: &'a Option<String>,
+    cutoff: f64,
+    promote: bool,
+}
+
+fn train_seqs(url: &Option<String>, a: &TrainSeqs) {
+    let mut c = connect(url);
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap_or_else(|e| fail(e))
+        .get(0);
+    let cancel_token = c.cancel_token();
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let flag = cancelled.clone();
+    ctrlc::set_handler(move || {
+        flag.store(true, Ordering::SeqCst);
+        let _ = cancel_token.cancel_query(NoTls);
+    })
+    .expect("Ctrl-C handler");
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = watch_progress(url, pid, format!("train-seqs {}", a.name), done.clone());
+    let ranks: Vec<String> = a.ranks.split(',').map(|r| r.trim().to_string()).collect();
+    let res = c.query_one(
+        "SELECT version, stage, sequences, skipped, taxa, seconds, metrics::text
+           FROM genome.train_sequence_classifier($1, $2::text::regclass, $3, $4, $5, \
+                evaluate_on => $6::text::regclass, cutoff => $7, fallback_collection => $8, promote => $9)",
+        &[
+            &a.name,
+            &a.source,
+            &a.sequence_column,
+            &a.lineage_column,
+            &ranks,
+            a.evaluate_on,
+            &a.cutoff,
+            a.fallback_collection,
+            &a.promote,
+        ],
+    );
+    done.store(true, Ordering::SeqCst);
+    let _ = watcher.join();
+    match res {
+        Ok(r) => {
+            let (v, st, n, skipped, taxa, secs): (String, String, i64, i64, i32, f64) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
+            println!(
+                "{}@{v} ({st}): {n} reads ({skipped} skipped), {taxa} taxa at the deepest rank, {secs:.1} s",
+                a.name
+            );
+            let m: serde_json::Value =
+                serde_json::from_str(&r.get::<_, String>(6)).unwrap_or_default();
+            let ev = &m["evaluation"];
+            if let Some(ranks) = ev["ranks"].as_array() {
+                println!(
+                    "held-out ({} reads, {} of genera not trained on): accuracy on known genera, calls at the cut-off, ECE",
+                    ev["n"], ev["n_novel"]
+                );
+                for rk in ranks {
+                    let f = |k: &str| rk[k].as_f64().unwrap_or(f64::NAN);
+                    println!(
+                        "  {:<8} accuracy {:.3}  called {:.3} of which right {:.3}  ECE {:.3}  macro F1 {:.3}",
+                        rk["rank"].as_str().unwrap_or_default(),
+                        f("accuracy_known"),
+                        f("coverage"),
+                        f("called_accuracy"),
+                        f("ece"),
+                        f("f1_macro")
+                    );
+                }
+                let f = |k: &str| ev[k].as_f64().unwrap_or(f64::NAN);
+                println!(
+                    "  deepest rank withheld: {:.3} of known, {:.3} of novel (novel with the rank above right: {:.3})",
+                    f("known_withheld"),
+                    f("novel_withheld"),
+                    f("novel_parent_right")
+                );
+            }
+        }
+        Err(_) if cancelled.load(Ordering::SeqCst) => {
+            eprintln!("genome: training cancelled; the production classifier still serves");
+            std::process::exit(130)
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// Print the stages of a job (genome.progress, read on a second connection) to stderr until
+/// `done`.
+fn watch_progress(
+    url: &Option<String>,
+    pid: i32,
+    what: String,
+    done: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let url = url.clone();
+    std::thread::spawn(move || {
+        let mut w = connect(&url);
+        let mut last = String::new();
+        while !done.load(Ordering::SeqCst) {
+            if let Ok(rows) = w.query(
+                "SELECT stage, done, total FROM genome.progress WHERE pid = $1",
+                &[&pid],
+            ) {
+                for r in rows {
+                    let (st, d, t): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
+                    let line = format!("{what}: {st} {d}/{t}");
+                    if line != last {
+                        eprintln!("{line}");
+                        last = line;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+}
+
+fn classify_seqs(url: &Option<String>, model: &str, k: i32, batch: usize, fasta: &str) {
+    let recs = read_fasta(fasta);
+    let mut c = connect(url);
+    let ranks: Vec<String> = c
+        .query_one(
+            "SELECT ARRAY(SELECT jsonb_array_elements_text(m.config->'ranks')) FROM genome.models m \
+              WHERE m.id = genome._resolve_model($1)",
+            &[&model],
+        )
+        .unwrap_or_else(|e| fail(e))
+        .get(0);
+    println!(
+        "id\tlabel\trank\tconfidence\tneeds_fallback\tlineage\tconfidences\tnearest\tmodel_version"
+    );
+    for chunk in recs.chunks(batch.max(1)) {
+        let seqs: Vec<&str> = chunk.iter().map(|r| r.2.as_str()).collect();
+        let rows = c
+            .query(
+                "SELECT ord, label, rank, confidence, needs_fallback, lineage::text, fallback::text, model_version \
+                   FROM genome.classify_sequences($1, $2, $3) ORDER BY ord",
+                &[&model, &seqs, &k],
+            )
+            .unwrap_or_else(|e| {
+                // name the read the server's "sequence N" means
+                if let Some(db) = e.as_db_error() {
+                    if let Some(n) = db.message().split("sequence ").nth(1).and_then(|t| t.split(' ').next()).and_then(|t| t.parse::<usize>().ok()) {
+                        if let Some(r) = chunk.get(n.wrapping_sub(1)) {
+                            eprintln!("genome: read {}: {}", r.0, db.message());
+                            std::process::exit(1)
+                        }
+                    }
+                }
+                fail(e)
+            });
+        for r in rows {
+            let ord: i32 = r.get(0);
+            let id = &chunk[ord as usize - 1].0;
+            let label: Option<String> = r.get(1);
+            let rank: Option<String> = r.get(2);
+            let conf: Option<f64> = r.get(3);
+            let needs: Option<bool> = r.get(4);
+            let lineage: Option<String> = r.get(5);
+            let fallback: Option<String> = r.get(6);
+            let version: String = r.get(7);
+            let (names, confs) = match lineage.as_deref().map(parse_lineage) {
+                Some(l) => (
+                    ranks
+                        .iter()
+                        .map(|k| l.get(k).map_or("", |x| x.0.as_str()).to_string())
+                        .collect::<Vec<_>>()
+                        .join(";"),
+                    ranks
+                        .iter()
+                        .map(|k| l.get(k).map_or(String::new(), |x| format!("{:.3}", x.1)))
+                        .collect::<Vec<_>>()
+                        .join(";"),
+                ),
+                None => (String::new(), String::new()),
+            };
+            let nearest = fallback.as_deref().map(first_nearest).unwrap_or_default();
+            println!(
+                "{id}\t{}\t{}\t{}\t{}\t{names}\t{confs}\t{nearest}\t{version}",
+                label.unwrap_or_default(),
+                rank.unwrap_or_default(),
+                conf.map_or(String::new(), |c| format!("{c:.3}")),
+                needs.map_or(String::new(), |b| b.to_string()),
+            );
+        }
+    }
+}
+
+/// rank -> (name, confidence) from classify_sequences' lineage.
+fn parse_lineage(s: &str) -> std::collections::HashMap<String, (String, f64)> {
+    let v: serde_json::Value = serde_json::from_str(s).unwrap_or_default();
+    v.as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, x)| {
+                    (
+                        k.clone(),
+                        (
+                            x["name"].as_str().unwrap_or_default().to_string(),
+                            x["confidence"].as_f64().unwrap_or(f64::NAN),
+                        ),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The nearest reference of a fallback list, as "id (similarity) lineage".
+fn first_nearest(s: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(s).unwrap_or_default();
+    match v.get(0) {
+        Some(n) => format!(
+            "{} ({:.3}) {}",
+            n["id"].as_str().unwrap_or_default(),
+            n["similarity"].as_f64().unwrap_or(f64::NAN),
+            n["lineage"].as_str().unwrap_or_default()
+        ),
+        None => String::new(),
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     match &cli.cmd {
@@ -641,5 +1003,36 @@ fn main() {
             no_promote,
         } => train_ranker(&cli.url, catalog, examples, dev, *epochs, !*no_promote),
         Cmd::Models => models(&cli.url),
+        Cmd::LoadSeqs { table, fasta } => load_seqs(&cli.url, table, fasta),
+        Cmd::TrainSeqs {
+            name,
+            source,
+            sequence_column,
+            lineage_column,
+            ranks,
+            evaluate_on,
+            fallback_collection,
+            cutoff,
+            no_promote,
+        } => train_seqs(
+            &cli.url,
+            &TrainSeqs {
+                name,
+                source,
+                sequence_column,
+                lineage_column,
+                ranks,
+                evaluate_on,
+                fallback_collection,
+                cutoff: *cutoff,
+                promote: !*no_promote,
+            },
+        ),
+        Cmd::ClassifySeqs {
+            model,
+            fallback_k,
+            batch,
+            fasta,
+        } => classify_seqs(&cli.url, model, *fallback_k, *batch, fasta),
     }
 }
