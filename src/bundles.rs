@@ -112,6 +112,15 @@ fn check_kmer(h: &Header, weights: Option<&[u8]>) {
     if weights.map(<[u8]>::len) != want {
         corrupted("bundle: the featuriser's weights do not match its config".into());
     }
+    let finite = weights.unwrap_or_default().chunks_exact(4).all(|c| {
+        let v = f32::from_le_bytes(c.try_into().expect("4 bytes"));
+        v.is_finite() && v >= 0.0
+    });
+    if !finite {
+        corrupted(
+            "bundle: the featuriser's IDF weights are not finite non-negative numbers".into(),
+        );
+    }
 }
 
 /// Register the model a bundle carries, as a staging version (promote it with
@@ -132,6 +141,7 @@ fn import_bundle(
         raise(code, e.to_string(), None)
     });
     let h = &b.header;
+    let mut config = h.config.clone();
     let name = name.unwrap_or(&h.name);
     let version = version.unwrap_or(&h.version);
     ensure_new(name, version);
@@ -141,8 +151,19 @@ fn import_bundle(
             let w = b.weights.as_deref().unwrap_or_else(|| {
                 corrupted("bundle: a sequence classifier without weights".into())
             });
-            if let Err(e) = crate::taxonomy::check_bytes(w) {
-                corrupted(format!("bundle: {e}"));
+            crate::taxonomy::check_bundle(&h.config, h.dimension, w)
+                .unwrap_or_else(|e| corrupted(format!("bundle: {e}")));
+            let mut digest = h.config.to_string().into_bytes();
+            digest.extend_from_slice(w);
+            if crate::models::sha256_hex(&digest) != h.sha256 {
+                corrupted(
+                    "bundle: the model's sha256 does not match its config and weights".into(),
+                );
+            }
+            // the reference collection is this database's business: an imported classifier
+            // serves without a fallback (its pinned table is another database's)
+            if let Some(f) = config.get_mut("fallback").and_then(|f| f.as_object_mut()) {
+                f.remove("relid");
             }
         }
         ("sequence-embedding", Some("kmer")) => check_kmer(h, b.weights.as_deref()),
@@ -190,7 +211,7 @@ fn import_bundle(
                 version.into(),
                 h.task.as_str().into(),
                 h.dimension.into(),
-                JsonB(h.config.clone()).into(),
+                JsonB(config).into(),
                 b.weights.clone().into(),
                 h.metrics.clone().map(JsonB).into(),
                 h.sha256.as_str().into(),

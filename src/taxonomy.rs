@@ -122,11 +122,12 @@ fn lineage_expr(rel: pg_sys::Oid, col: &str) -> String {
     match column_type(rel, col).as_str() {
         "text" | "character varying" | "character" | "name" => format!("{c}::text"),
         "text[]" | "character varying[]" | "name[]" => {
-            format!("pg_catalog.array_to_string({c}::text[], ';')")
+            format!("pg_catalog.array_to_string({c}::text[], ';', '')")
         }
         "jsonb" | "json" => format!(
             "CASE pg_catalog.jsonb_typeof({c}::jsonb) \
-               WHEN 'array' THEN (SELECT pg_catalog.string_agg(e.v, ';' ORDER BY e.o) \
+               WHEN 'string' THEN {c}::jsonb #>> '{{}}' \
+               WHEN 'array' THEN (SELECT pg_catalog.string_agg(coalesce(e.v, ''), ';' ORDER BY e.o) \
                                     FROM pg_catalog.jsonb_array_elements_text({c}::jsonb) WITH ORDINALITY e(v, o)) \
                WHEN 'object' THEN (SELECT pg_catalog.string_agg(coalesce({c}::jsonb ->> r.n, ''), ';' ORDER BY r.o) \
                                      FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY r(n, o)) END"
@@ -366,21 +367,12 @@ fn train_sequence_classifier(
         column_type(coll.relid, lin);
         let m = resolve(Some(&coll.model));
         require_task(&m, "sequence-embedding");
-        serde_json::json!({"collection": c, "lineage_column": lin, "model": coll.model})
+        serde_json::json!({"collection": c, "relid": coll.relid.to_u32(), "lineage_column": lin, "model": coll.model})
     });
-    lock_model(name);
-    let version = match version {
-        Some(v) => v.to_string(),
-        None => required(
-            "numbering the version",
-            Spi::get_one_with_args::<String>(
-                "SELECT 'v' || (coalesce(max(substr(version, 2)::int) FILTER (WHERE version ~ '^v[0-9]{1,9}$'), 0) + 1) \
-                   FROM genome.models WHERE name = $1",
-                &[name.into()],
-            ),
-        ),
-    };
-    ensure_new(name, &version);
+    if let Some(v) = version {
+        // refused now, not after the training
+        ensure_new(name, v);
+    }
     let cfg = ClassifierConfig {
         cutoff,
         seed: seed as u64,
@@ -471,6 +463,21 @@ fn train_sequence_classifier(
     let mut digest = config.to_string().into_bytes();
     digest.extend_from_slice(&weights);
     prog.stage("registering", 0);
+    // the version is numbered and written under the model's lock, taken only now: promote and
+    // rollback of the same name do not wait for the training
+    lock_model(name);
+    let version = match version {
+        Some(v) => v.to_string(),
+        None => required(
+            "numbering the version",
+            Spi::get_one_with_args::<String>(
+                "SELECT 'v' || (coalesce(max(substr(version, 2)::int) FILTER (WHERE version ~ '^v[0-9]{1,9}$'), 0) + 1) \
+                   FROM genome.models WHERE name = $1",
+                &[name.into()],
+            ),
+        ),
+    };
+    ensure_new(name, &version);
     spi(
         "registering the classifier",
         Spi::run_with_args(
@@ -552,26 +559,39 @@ fn evaluate_sequence_classifier(
 struct Fallback {
     sql: String,
     model: ModelRow,
+    relid: pg_sys::Oid,
 }
 
-/// The fallback a classifier names: its reference collection's model and the nearest-reference
-/// query (the collection's table read as the caller, through its HNSW index).
+/// The reference collection a classifier names, checked: it must still be the table it was
+/// trained with (its OID is pinned in the config), so a collection registered later under the
+/// same name, or one in another database a bundle was imported into, is never consulted.
 fn fallback_of(row: &ModelRow) -> Option<Fallback> {
     let cfg: serde_json::Value = serde_json::from_str(&row.config).unwrap_or_default();
     let f = cfg.get("fallback")?.as_object()?;
     let name = f.get("collection")?.as_str()?;
-    // a bundle imported where its reference collection is not registered serves without one
+    let pinned = f.get("relid")?.as_u64()?;
     let registered = spi(
         "reading genome.collections",
         Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM genome.collections WHERE name = $1)",
-            &[name.into()],
+            "SELECT EXISTS (SELECT 1 FROM genome.collections WHERE name = $1 AND relid::oid::int8 = $2)",
+            &[name.into(), (pinned as i64).into()],
         ),
     );
     if registered != Some(true) {
         return None;
     }
     let coll = crate::collections::load(name);
+    // a caller who may not read the references gets no fallback (needs_fallback still says so)
+    let readable = spi(
+        "checking privileges",
+        Spi::get_one_with_args::<bool>(
+            "SELECT pg_catalog.has_table_privilege($1::oid, 'SELECT')",
+            &[coll.relid.into()],
+        ),
+    );
+    if readable != Some(true) {
+        return None;
+    }
     let lin = f.get("lineage_column")?.as_str()?;
     column_type(coll.relid, lin);
     let vs = ident(&crate::vector::vector_schema());
@@ -585,7 +605,7 @@ fn fallback_of(row: &ModelRow) -> Option<Fallback> {
                            1 - (t.{emb} OPERATOR({vs}.<=>) q.v) AS similarity \
                       FROM {rel} t WHERE t.{emb} IS NOT NULL \
                      ORDER BY t.{emb} OPERATOR({vs}.<=>) q.v LIMIT $2) h \
-          ORDER BY q.o, h.similarity DESC",
+          WHERE q.v IS NOT NULL ORDER BY q.o, h.similarity DESC",
         id = ident(&coll.id_col),
         lin = ident(lin),
         emb = ident(&coll.emb_col),
@@ -594,13 +614,17 @@ fn fallback_of(row: &ModelRow) -> Option<Fallback> {
     Some(Fallback {
         sql,
         model: resolve(Some(&coll.model)),
+        relid: coll.relid,
     })
 }
 
-/// The nearest references of each read (None for a read with no clean k-mer), read as the
-/// caller: a role gets only the reference rows it may read. The scan is the index's: with
-/// enable_seqscan off, the planner does not trade the approximate HNSW search for an exact
-/// scan of a small table (20 ms a read on 4k references, against well under 1 ms).
+/// The nearest references of each read (None for a read with no clean k-mer). Through
+/// `as_table_owner`: a caller without the owner's privileges reads as itself (its grants and
+/// row-level security decide what it sees); a more privileged caller (a superuser) reads as the
+/// owner, so the table's policies and expressions never run with its rights. The scan is the
+/// index's: with enable_seqscan off the planner does not trade the HNSW search for an exact scan
+/// of a small table (20 ms a read on 4k references, against well under 1 ms), and
+/// hnsw.ef_search is at least k, so k neighbours come back.
 fn nearest(fb: &Fallback, reads: &[&str], k: i32) -> Vec<Option<JsonB>> {
     let vecs = crate::models::embed_texts(&fb.model, reads);
     let mut out: Vec<Option<Vec<serde_json::Value>>> = vecs
@@ -611,23 +635,29 @@ fn nearest(fb: &Fallback, reads: &[&str], k: i32) -> Vec<Option<JsonB>> {
         .into_iter()
         .map(|v| v.iter().any(|x| *x != 0.0).then_some(Vector(v)))
         .collect();
-    let rows = crate::owner::with_settings(&[("enable_seqscan", "off")], || {
-        spi(
-            "finding the nearest references",
-            Spi::connect(|client| {
-                let mut rows = Vec::new();
-                for r in client.select(&fb.sql, None, &[arg.into(), k.into()])? {
-                    rows.push((
-                        r.get::<i32>(1)?.unwrap_or_default(),
-                        serde_json::json!({
-                            "id": r.get::<String>(2)?,
-                            "lineage": r.get::<String>(3)?,
-                            "similarity": r.get::<f64>(4)?,
-                        }),
-                    ));
-                }
-                Ok::<_, pgrx::spi::SpiError>(rows)
-            }),
+    let ef = k.max(40).to_string();
+    let rows = crate::owner::as_table_owner(fb.relid, || {
+        crate::owner::with_settings(
+            &[("enable_seqscan", "off"), ("hnsw.ef_search", ef.as_str())],
+            || {
+                spi(
+                    "finding the nearest references",
+                    Spi::connect(|client| {
+                        let mut rows = Vec::new();
+                        for r in client.select(&fb.sql, None, &[arg.into(), k.into()])? {
+                            rows.push((
+                                r.get::<i32>(1)?.unwrap_or_default(),
+                                serde_json::json!({
+                                    "id": r.get::<String>(2)?,
+                                    "lineage": r.get::<String>(3)?,
+                                    "similarity": r.get::<f64>(4)?,
+                                }),
+                            ));
+                        }
+                        Ok::<_, pgrx::spi::SpiError>(rows)
+                    }),
+                )
+            },
         )
     });
     for (o, v) in rows {
@@ -684,11 +714,6 @@ fn classify_sequences(
     let mut preds = classify_all(&m, &present, |_| {}).into_iter();
     let cutoff = m.config.cutoff;
     let ranks = &m.taxonomy.ranks;
-    let fb = if fallback_k > 0 {
-        fallback_of(&row)
-    } else {
-        None
-    };
     let mut rows = Vec::with_capacity(reads.len());
     let mut n_fallback = 0usize;
     // reads whose deepest rank is withheld and that have k-mers: the fallback's
@@ -739,7 +764,13 @@ fn classify_sequences(
             row.version.clone(),
         ));
     }
-    if let (Some(fb), false) = (fb, wanted.is_empty()) {
+    // the references are looked up only when a read needs them
+    let fb = if fallback_k > 0 && !wanted.is_empty() {
+        fallback_of(&row)
+    } else {
+        None
+    };
+    if let Some(fb) = fb {
         let reads: Vec<&str> = wanted.iter().map(|&i| raw[i].unwrap_or_default()).collect();
         for (&i, f) in wanted.iter().zip(nearest(&fb, &reads, fallback_k)) {
             rows[i].6 = f;
@@ -760,7 +791,20 @@ extension_sql_file!(
     ]
 );
 
-/// Whether bytes are a classifier this build reads (bundles are checked before import).
-pub fn check_bytes(b: &[u8]) -> Result<(), String> {
-    Classifier::from_bytes(b).map(|_| ())
+/// Whether a bundle's classifier bytes are one this build reads, and its registry config agrees
+/// with them (ranks, dimension, cut-off): what genome.model_info shows is what classifies.
+pub fn check_bundle(config: &serde_json::Value, dimension: i32, b: &[u8]) -> Result<(), String> {
+    let m = Classifier::from_bytes(b)?;
+    let ranks: Option<Vec<String>> = serde_json::from_value(config["ranks"].clone()).ok();
+    if config["kind"] != "sequence-classifier"
+        || ranks.as_ref() != Some(&m.taxonomy.ranks)
+        || dimension as usize != m.taxonomy.ranks.len()
+        || config["dimension"].as_u64() != Some(m.taxonomy.ranks.len() as u64)
+        || config["cutoff"].as_f64() != Some(m.config.cutoff)
+    {
+        return Err(
+            "its config (kind, ranks, dimension, cutoff) does not match the classifier".into(),
+        );
+    }
+    Ok(())
 }

@@ -182,8 +182,9 @@ def test_a_role_sees_only_the_references_it_may_read(conn, gold):
         assert refs and all(x["lineage"].startswith("Bacteria;Firmicutes;") for x in refs)
         conn.execute("REVOKE SELECT ON it_refs FROM it_tax_user")
         with connect(user="it_tax_user") as u:
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                classified(u, "it_16s", seqs)
+            # no privilege on the references: classified, without a fallback
+            out = classified(u, "it_16s", seqs)
+            assert any(o[5] for o in out) and all(o[6] is None for o in out)
             # training reads its source as the caller, and needs genome_admin
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 u.execute("SELECT genome.train_sequence_classifier('it_mine', 'it_gold_train')")
@@ -312,3 +313,20 @@ def test_usage_is_counted_in_the_metrics(conn, gold):
     assert b["true"] - a["true"] == n_fb and b["false"] - a["false"] == 30 - n_fb
     text = conn.execute("SELECT genome.metrics()").fetchone()[0]
     assert re.search(r"^genome_classify_latency_seconds_count [1-9]", text, re.M)
+
+
+def test_the_fallback_is_the_table_trained_with_not_a_name_registered_later(conn, gold):
+    seqs = [r[1] for r in gold if r[3] == "novel"][:10]
+    assert any(o[6] for o in classified(conn, "it_16s", seqs))
+    conn.execute("CREATE SCHEMA IF NOT EXISTS it_other")
+    conn.execute("CREATE TABLE it_other.it_impostor AS "
+                 "SELECT id, sequence, 'Impostor;x;x;x;x;x'::text AS lineage FROM it_refs")
+    conn.execute("SELECT genome.unregister_collection('it_refs')")
+    conn.execute("SELECT genome.register_collection('it_refs', 'it_other.it_impostor', 'id', 'sequence', model => 'it_ref6')")
+    conn.execute("UPDATE it_other.it_impostor SET embedding = genome.embed_sequence(sequence, 'it_ref6')")
+    out = classified(conn, "it_16s", seqs)
+    assert any(o[5] for o in out) and all(o[6] is None for o in out)
+    conn.execute("SELECT genome.unregister_collection('it_refs')")
+    conn.execute("DROP SCHEMA it_other CASCADE")
+    conn.execute("SELECT genome.register_collection('it_refs', 'it_refs', 'id', 'sequence', model => 'it_ref6')")
+    assert any(o[6] for o in classified(conn, "it_16s", seqs))

@@ -51,6 +51,9 @@ fn main() {
     if let Ok(c) = std::env::var("CANDIDATES") {
         cfg.candidates = c.parse().unwrap();
     }
+    if let Ok(c) = std::env::var("FOLDS") {
+        cfg.calib_folds = c.parse().unwrap();
+    }
     if let Ok(c) = std::env::var("NOVEL") {
         cfg.calib_novel_share = c.parse().unwrap();
     }

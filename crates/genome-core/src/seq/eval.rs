@@ -94,6 +94,8 @@ pub struct Evaluation {
     pub n: usize,
     pub n_known: usize,
     pub n_novel: usize,
+    /// Novel reads whose parent taxon is known: the denominator of the `novel_*` shares.
+    pub n_novel_parent_known: usize,
     pub ranks: Vec<RankMetrics>,
     /// Of the known reads, the share whose deepest rank is withheld (below the cut-off).
     pub known_withheld: f64,
@@ -208,6 +210,7 @@ pub fn evaluate(ranks: &[String], reads: &[Scored], cutoff: f64) -> Result<Evalu
         n,
         n_known: known.len(),
         n_novel: reads.iter().filter(|s| !s.known).count(),
+        n_novel_parent_known: novel.len(),
         ranks: out,
         known_withheld: share(known.iter().filter(|s| withheld(s)).count(), known.len())
             .unwrap_or(0.0),
