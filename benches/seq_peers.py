@@ -336,6 +336,7 @@ def main():
           f"{ours_r['seq_per_s_1_threads'] / sx['seq_per_s']:.2f}x SINTAX")
     print(f"  training: pg_genome {ours_r['train_seconds']:.1f} s, RDP {rdp_r['train_seconds']:.1f} s")
     if a.out:
+        pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(a.out).write_text(json.dumps(results, indent=1) + "\n")
 
 

@@ -443,7 +443,15 @@ fn run(kind: RunKind, args: RunArgs) -> RunSummary {
         &labels,
         k,
         &live_families(&c),
-        &mut |rows| label_texts(&c, &ids, rows),
+        &mut |rows| {
+            // reads are not words: a sequence collection's families are "family N"
+            // (genome.sequence_families summarises them by lineage)
+            if crate::models::resolve(Some(&c.model)).task == "sequence-embedding" {
+                vec![None; rows.len()]
+            } else {
+                label_texts(&c, &ids, rows)
+            }
+        },
         &settings.plan,
     );
 

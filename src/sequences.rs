@@ -454,6 +454,176 @@ fn embed_sequences(
     Some(out)
 }
 
+// ---- discovery ----
+
+/// The families of a sequence collection (after genome.full_classify on it), summarised: size,
+/// the exemplar reads nearest the centroid, per rank the majority name among members with a
+/// lineage and its share, and the family's mean silhouette (cosine, over at most 2,000 clustered
+/// reads). Read through as_table_owner: a caller sees only the rows it may read.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_safe)]
+fn sequence_families(
+    collection: &str,
+    lineage_column: default!(Option<&str>, "NULL"),
+    ranks: default!(Vec<String>, "'{phylum,class,order,family,genus}'"),
+    exemplars: default!(i32, 3),
+) -> TableIterator<
+    'static,
+    (
+        name!(family_id, i64),
+        name!(label, String),
+        name!(size, i64),
+        name!(exemplar_ids, Vec<String>),
+        name!(exemplar_sequences, Vec<String>),
+        name!(majority, Option<pgrx::JsonB>),
+        name!(silhouette, Option<f64>),
+    ),
+> {
+    use crate::collections::ident;
+    use std::collections::BTreeMap;
+    if !(0..=100).contains(&exemplars) {
+        invalid(format!("exemplars must be between 0 and 100, not {exemplars}"));
+    }
+    let c = crate::collections::load(collection);
+    let lin = lineage_column.map(|l| {
+        if !crate::collections::has_column(&c.rel, l) {
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!("column \"{l}\" does not exist in table {}", c.rel),
+                None,
+            );
+        }
+        format!("pg_catalog.format('%s', t.{})", ident(l))
+    });
+    let sql = format!(
+        "SELECT pg_catalog.format('%s', t.{id}), t.{txt}::text, t.{fam}::int8, t.{emb}::real[], {lin} \
+           FROM {rel} t WHERE t.{fam} IS NOT NULL",
+        id = ident(&c.id_col),
+        txt = ident(&c.text_col),
+        fam = ident(&c.fam_col),
+        emb = ident(&c.emb_col),
+        lin = lin.unwrap_or_else(|| "NULL::text".into()),
+        rel = c.rel,
+    );
+    type Row = (String, Option<String>, i64, Option<Vec<f32>>, Option<String>);
+    let rows: Vec<Row> = c
+        .as_owner(|| {
+            Spi::connect(|client| {
+                let mut out = Vec::new();
+                for r in client.select(&sql, None, &[])? {
+                    out.push((
+                        r.get::<String>(1)?.unwrap_or_default(),
+                        r.get::<String>(2)?,
+                        r.get::<i64>(3)?.unwrap_or_default(),
+                        r.get::<Vec<f32>>(4)?,
+                        r.get::<String>(5)?,
+                    ));
+                }
+                Ok::<_, pgrx::spi::SpiError>(out)
+            })
+        })
+        .or_raise("reading the collection");
+    type Fam = (i64, String, i64, Vec<String>, bool);
+    let fams: Vec<Fam> = Spi::connect(|client| {
+        let mut out = Vec::new();
+        for r in client.select(
+            "SELECT id, label, size, exemplar_ids, is_unclustered FROM genome.families \
+              WHERE collection = $1 AND retired_at IS NULL ORDER BY is_unclustered, size DESC, id",
+            None,
+            &[collection.into()],
+        )? {
+            out.push((
+                r.get::<i64>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+                r.get::<i64>(3)?.unwrap_or_default(),
+                r.get::<Vec<String>>(4)?.unwrap_or_default(),
+                r.get::<bool>(5)?.unwrap_or_default(),
+            ));
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    })
+    .or_raise("reading genome.families");
+    // silhouette over the clustered reads with an embedding (Unclustered is noise)
+    let unclustered: Vec<i64> = fams.iter().filter(|f| f.4).map(|f| f.0).collect();
+    let with_emb: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.3.as_ref().is_some_and(|v| v.len() == c.dimension))
+        .collect();
+    let labels: Vec<i32> = {
+        let ids: BTreeMap<i64, i32> = fams
+            .iter()
+            .filter(|f| !f.4)
+            .enumerate()
+            .map(|(j, f)| (f.0, j as i32))
+            .collect();
+        with_emb
+            .iter()
+            .map(|r| if unclustered.contains(&r.2) { -1 } else { *ids.get(&r.2).unwrap_or(&-1) })
+            .collect()
+    };
+    let data: Vec<f32> = with_emb
+        .iter()
+        .flat_map(|r| r.3.clone().unwrap_or_default())
+        .collect();
+    crate::families::ensure_pool();
+    let sil = genome_core::cluster::quality::silhouette(
+        &genome_core::base::Points::new(c.dimension.max(1), data),
+        &labels,
+        2000,
+    );
+    let text: std::collections::HashMap<&str, &str> = rows
+        .iter()
+        .filter_map(|r| r.1.as_deref().map(|t| (r.0.as_str(), t)))
+        .collect();
+    let mut out = Vec::new();
+    for (j, f) in fams.iter().filter(|f| !f.4).enumerate() {
+        let members: Vec<&Row> = rows.iter().filter(|r| r.2 == f.0).collect();
+        let lineages: Vec<Vec<String>> = members
+            .iter()
+            .filter_map(|r| r.4.as_deref())
+            .map(|l| genome_core::seq::taxa::Lineage::parse(l, ';').0)
+            .filter(|l| l.len() >= ranks.len())
+            .map(|l| l[l.len() - ranks.len()..].to_vec())
+            .collect();
+        let majority = (!lineages.is_empty()).then(|| {
+            let mut m = serde_json::Map::new();
+            for (d, rank) in ranks.iter().enumerate() {
+                let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+                for l in &lineages {
+                    *counts.entry(l[..=d].join(";")).or_default() += 1;
+                }
+                let (path, n) = counts
+                    .into_iter()
+                    .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+                    .expect("members with a lineage");
+                m.insert(
+                    rank.clone(),
+                    serde_json::json!({
+                        "name": path.rsplit(';').next().unwrap_or_default(),
+                        "share": n as f64 / lineages.len() as f64,
+                    }),
+                );
+            }
+            pgrx::JsonB(serde_json::Value::Object(m))
+        });
+        let ex: Vec<String> = f.3.iter().take(exemplars as usize).cloned().collect();
+        let seqs: Vec<String> = ex
+            .iter()
+            .map(|id| text.get(id.as_str()).map(|s| s.to_string()).unwrap_or_default())
+            .collect();
+        out.push((
+            f.0,
+            f.1.clone(),
+            f.2,
+            ex,
+            seqs,
+            majority,
+            sil.per_cluster.get(&(j as i32)).copied(),
+        ));
+    }
+    TableIterator::new(out)
+}
+
 extension_sql_file!(
     "sequences.sql",
     name = "sequences",
@@ -462,6 +632,7 @@ extension_sql_file!(
         clean_sequences,
         register_kmer_featurizer,
         embed_sequence,
-        embed_sequences
+        embed_sequences,
+        sequence_families
     ]
 );

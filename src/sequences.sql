@@ -27,3 +27,4 @@ COMMENT ON FUNCTION clean_sequences_report IS 'what clean_sequences does to read
 COMMENT ON FUNCTION register_kmer_featurizer IS 'register a k-mer featuriser (k, canonical, frequency / tfidf / clr, optional hashed dimension) as a sequence-embedding model (superuser or genome_admin); returns its id';
 COMMENT ON FUNCTION embed_sequence IS 'embed one DNA read with a sequence-embedding model; NULL for NULL or a read without an unambiguous k-mer, ERROR for a read that is not DNA';
 COMMENT ON FUNCTION embed_sequences IS 'embed many DNA reads in order with a sequence-embedding model; NULL elements give NULL';
+COMMENT ON FUNCTION sequence_families IS 'the families of a sequence collection (after full_classify) summarised: size, exemplar reads nearest the centroid, per rank the majority name among members with a lineage and its share, and the mean silhouette (cosine; at most 2,000 clustered reads scored)';

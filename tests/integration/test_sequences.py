@@ -2,6 +2,7 @@
 models and their embeddings, on real 16S rRNA sequences (Debian's microbiomeutil-data, installed
 by the set-up). K-mer counts and TF-IDF are checked against scikit-learn, primer trimming against
 an independent regular-expression search."""
+import collections
 import itertools
 import pathlib
 import re
@@ -226,3 +227,41 @@ def test_the_registry_refuses_bad_featurizers_and_roles_that_may_not_register(co
         # embedding is for every genome_user
         assert u.execute("SELECT vector_dims(genome.embed_sequence('ACGTACGT', 'it_k3'))").fetchone()[0] == 32
     conn.execute("DROP ROLE it_seq_user")
+
+
+def test_families_of_a_sequence_collection_are_summarised_by_lineage_and_silhouette(conn):
+    """full_classify runs on a sequence collection (a k-mer featuriser as its model); the summary's
+    majority lineages are counted here, its silhouettes are scikit-learn's on the same vectors."""
+    from sklearn.metrics import silhouette_samples
+    recs = gold(600)
+    conn.execute("DROP TABLE IF EXISTS it_seqfam")
+    conn.execute("CREATE TABLE it_seqfam (id text PRIMARY KEY, seq text, lineage text)")
+    with conn.cursor().copy("COPY it_seqfam FROM STDIN") as cp:
+        for r in recs:
+            cp.write_row(r)
+    conn.execute("SELECT genome.register_kmer_featurizer('it_fam6', '1', k => 6, dimension => 512)")
+    conn.execute("SELECT genome.register_collection('it_seqfam', 'it_seqfam', 'id', 'seq', model => 'it_fam6')")
+    n_rows, k = conn.execute("SELECT n_rows, n_clusters FROM genome.full_classify('it_seqfam', min_cluster_size => 8)").fetchone()
+    assert n_rows == 600 and k >= 3
+    out = conn.execute("SELECT family_id, label, size, exemplar_ids, exemplar_sequences, majority, silhouette "
+                       "FROM genome.sequence_families('it_seqfam', 'lineage')").fetchall()
+    assert len(out) == k and all(re.fullmatch(r"family \d+", o[1]) for o in out)
+    rows = conn.execute("SELECT id, seq, lineage, family_id, embedding::text FROM it_seqfam").fetchall()
+    unclustered = conn.execute("SELECT id FROM genome.families WHERE collection = 'it_seqfam' AND is_unclustered").fetchone()[0]
+    clustered = [r for r in rows if r[3] != unclustered]
+    x = np.array([vec(r[4]) for r in clustered])
+    s = silhouette_samples(x, [r[3] for r in clustered], metric="cosine")
+    by_id = {r[0]: r for r in rows}
+    for fid, _, size, ex, ex_seqs, majority, sil in out:
+        members = [r for r in rows if r[3] == fid]
+        assert size == len(members)
+        assert sil == pytest.approx(np.mean([v for v, r in zip(s, clustered) if r[3] == fid]), abs=1e-4)
+        assert ex and [by_id[e][1] for e in ex] == ex_seqs and all(by_id[e][3] == fid for e in ex)
+        # per rank, the most common path (ties: the first path in order), its last name and share
+        for d, rank in enumerate(["phylum", "class", "order", "family", "genus"]):
+            paths = collections.Counter(";".join(x.strip() for x in r[2].split(";")[1:][:d + 1]) for r in members)
+            top, n = sorted(paths.items(), key=lambda p: (-p[1], p[0]))[0]
+            assert majority[rank] == {"name": top.split(";")[-1], "share": pytest.approx(n / len(members))}
+    conn.execute("SELECT genome.unregister_collection('it_seqfam')")
+    conn.execute("DROP TABLE it_seqfam")
+

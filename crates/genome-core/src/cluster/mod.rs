@@ -7,6 +7,7 @@ pub mod approx;
 pub mod families;
 pub mod hdbscan;
 pub mod pipeline;
+pub mod quality;
 
 pub use crate::base::{euclidean, Cancelled, Points};
 pub use hdbscan::{hdbscan, Hdbscan, HdbscanParams};
