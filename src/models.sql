@@ -79,8 +79,8 @@ CREATE FUNCTION register_model_dir(name text, version text, dir text,
 RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cfg jsonb := pg_read_file(dir || '/genome.json')::jsonb;
-    -- image models have no tokenizer
-    tok text := CASE WHEN task = 'text-embedding' THEN pg_read_file(dir || '/tokenizer.json') END;
+    -- image models have no tokenizer (text models and DNA language models do)
+    tok text := CASE WHEN task IN ('text-embedding', 'sequence-embedding') THEN pg_read_file(dir || '/tokenizer.json') END;
 BEGIN
     IF copy THEN
         RETURN @extschema@.register_model(name, version, pg_read_binary_file(dir || '/model.onnx'), tok, cfg, task);

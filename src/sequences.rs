@@ -72,22 +72,82 @@ pub fn model_read(raw: &str) -> Result<Vec<u8>, Dropped> {
     clean_one(Some(raw), &o).map(|r| r.seq)
 }
 
-/// Embed reads with a k-mer featuriser: `genome.embed`'s path for sequence-embedding models, so
-/// collections, search and the queue take sequence models as they take text ones. A read that
-/// is not DNA is an ERROR naming its position; one with no clean k-mer gives a zero vector.
-pub fn embed_reads(row: &ModelRow, reads: &[&str]) -> Vec<Vec<f32>> {
+/// Whether a sequence-embedding row is one of pg_genome's k-mer featurisers (else an ONNX DNA
+/// language model).
+fn is_kmer(row: &ModelRow) -> bool {
+    serde_json::from_str::<serde_json::Value>(&row.config)
+        .ok()
+        .and_then(|c| c.get("kind").and_then(|k| k.as_str()).map(|k| k == "kmer"))
+        .unwrap_or(false)
+}
+
+/// Embed reads with a sequence-embedding model: a k-mer featuriser, or an ONNX DNA language
+/// model (each read cleaned, then given to its tokenizer as `kmer_sentence` makes it). The path
+/// of `embed_sequence(s)` and of `genome.embed`'s callers for sequence models, so collections,
+/// search and the queue take them as they take text ones. A read that is not DNA is an ERROR
+/// naming its position; NULL gives None, as does a read without a clean k-mer (featurisers).
+pub fn embed_read_vectors(
+    row: &ModelRow,
+    reads: &[Option<&str>],
+    positions: bool,
+) -> Vec<Option<Vec<f32>>> {
+    require_task(row, "sequence-embedding");
     let t = std::time::Instant::now();
-    let f = featurizer(row);
-    let out: Vec<Vec<f32>> = reads
+    // an ERROR names "sequence N" in an array, "the sequence" alone
+    let many = positions;
+    let cleaned: Vec<Option<Vec<u8>>> = reads
         .iter()
         .enumerate()
-        .map(|(i, r)| {
-            f.embed(&model_input(r, Some(i + 1)))
-                .unwrap_or_else(|e| invalid(e))
-        })
+        .map(|(i, r)| r.map(|r| model_input(r, many.then_some(i + 1))))
         .collect();
+    let out = if is_kmer(row) {
+        let f = featurizer(row);
+        cleaned
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                if i % 1024 == 0 {
+                    pgrx::check_for_interrupts!();
+                }
+                r.as_ref().and_then(|r| {
+                    let v = f.embed(r).unwrap_or_else(|e| invalid(e));
+                    v.iter().any(|x| *x != 0.0).then_some(v)
+                })
+            })
+            .collect()
+    } else {
+        let k = genome_core::embed::ModelConfig::from_json(&row.config)
+            .ok()
+            .and_then(|c| c.dna_kmer);
+        let present: Vec<usize> = (0..cleaned.len())
+            .filter(|&i| cleaned[i].is_some())
+            .collect();
+        let sentences: Vec<String> = present
+            .iter()
+            .map(|&i| genome_core::seq::kmer_sentence(cleaned[i].as_deref().unwrap_or_default(), k))
+            .collect();
+        let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
+        let mut out = vec![None; cleaned.len()];
+        for (i, v) in present
+            .iter()
+            .zip(crate::models::embed_by_length_onnx(row, &refs))
+        {
+            out[*i] = Some(v);
+        }
+        return out;
+    };
     crate::metrics::record_embed(reads.len(), t.elapsed(), true);
     out
+}
+
+/// [`embed_read_vectors`] for callers that need a vector per read (collections): a read without
+/// a clean k-mer gives a zero vector.
+pub fn embed_reads(row: &ModelRow, reads: &[&str]) -> Vec<Vec<f32>> {
+    let opt: Vec<Option<&str>> = reads.iter().map(|r| Some(*r)).collect();
+    embed_read_vectors(row, &opt, true)
+        .into_iter()
+        .map(|v| v.unwrap_or_else(|| vec![0.0; row.dimension as usize]))
+        .collect()
 }
 
 fn change_names(c: &genome_core::seq::clean::Changes) -> Vec<String> {
@@ -412,14 +472,9 @@ fn register_kmer_featurizer(
     .expect("INSERT ... RETURNING gives a row")
 }
 
-fn embed_one(f: &Featurizer, seq: &[u8]) -> Option<Vector> {
-    let v = f.embed(seq).unwrap_or_else(|e| invalid(e));
-    // no k-mer without an ambiguous base (or shorter than k): nothing to embed
-    v.iter().any(|x| *x != 0.0).then_some(Vector(v))
-}
-
-/// Embed one read with a k-mer featuriser. NULL gives NULL, as does a read with no k-mer free
-/// of ambiguous bases (all `N`, or shorter than k); a read that is not DNA is an ERROR.
+/// Embed one read with a sequence-embedding model (a k-mer featuriser or an ONNX DNA language
+/// model). NULL gives NULL, as does a read with no k-mer free of ambiguous bases (featurisers);
+/// a read that is not DNA is an ERROR.
 #[pg_extern(stable, parallel_safe)]
 fn embed_sequence(
     sequence: Option<&str>,
@@ -429,8 +484,10 @@ fn embed_sequence(
     let seq = sequence?;
     // SAFETY: the fcinfo pgrx passed to this call
     let row = unsafe { resolve_cached(fcinfo, Some(model)) };
-    let f = featurizer(&row);
-    embed_one(&f, &model_input(seq, None))
+    embed_read_vectors(&row, &[Some(seq)], false)
+        .pop()
+        .flatten()
+        .map(Vector)
 }
 
 /// Embed many reads, in order; NULL elements (and reads with no clean k-mer) give NULL.
@@ -443,15 +500,13 @@ fn embed_sequences(
     let sequences = sequences?;
     // SAFETY: the fcinfo pgrx passed to this call
     let row = unsafe { resolve_cached(fcinfo, Some(model)) };
-    let f = featurizer(&row);
-    let mut out = Vec::with_capacity(sequences.len());
-    for (i, s) in sequences.iter().enumerate() {
-        if i % 1024 == 0 {
-            pgrx::check_for_interrupts!();
-        }
-        out.push(s.and_then(|s| embed_one(&f, &model_input(s, Some(i + 1)))));
-    }
-    Some(out)
+    let reads: Vec<Option<&str>> = sequences.iter().collect();
+    Some(
+        embed_read_vectors(&row, &reads, true)
+            .into_iter()
+            .map(|v| v.map(Vector))
+            .collect(),
+    )
 }
 
 // ---- discovery ----
@@ -482,7 +537,9 @@ fn sequence_families(
     use crate::collections::ident;
     use std::collections::BTreeMap;
     if !(0..=100).contains(&exemplars) {
-        invalid(format!("exemplars must be between 0 and 100, not {exemplars}"));
+        invalid(format!(
+            "exemplars must be between 0 and 100, not {exemplars}"
+        ));
     }
     let c = crate::collections::load(collection);
     let lin = lineage_column.map(|l| {
@@ -505,7 +562,13 @@ fn sequence_families(
         lin = lin.unwrap_or_else(|| "NULL::text".into()),
         rel = c.rel,
     );
-    type Row = (String, Option<String>, i64, Option<Vec<f32>>, Option<String>);
+    type Row = (
+        String,
+        Option<String>,
+        i64,
+        Option<Vec<f32>>,
+        Option<String>,
+    );
     let rows: Vec<Row> = c
         .as_owner(|| {
             Spi::connect(|client| {
@@ -558,7 +621,13 @@ fn sequence_families(
             .collect();
         with_emb
             .iter()
-            .map(|r| if unclustered.contains(&r.2) { -1 } else { *ids.get(&r.2).unwrap_or(&-1) })
+            .map(|r| {
+                if unclustered.contains(&r.2) {
+                    -1
+                } else {
+                    *ids.get(&r.2).unwrap_or(&-1)
+                }
+            })
             .collect()
     };
     let data: Vec<f32> = with_emb
@@ -609,7 +678,11 @@ fn sequence_families(
         let ex: Vec<String> = f.3.iter().take(exemplars as usize).cloned().collect();
         let seqs: Vec<String> = ex
             .iter()
-            .map(|id| text.get(id.as_str()).map(|s| s.to_string()).unwrap_or_default())
+            .map(|id| {
+                text.get(id.as_str())
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            })
             .collect();
         out.push((
             f.0,

@@ -14,6 +14,11 @@ Outputs into OUT_DIR:
 
 `--tiny SEED` writes a small random-weight BERT with the same vocabulary instead: a fast model for
 tests of plumbing (shapes, order, errors), never for quality.
+
+`--tiny SEED --dna K` writes a tiny DNABERT-style model instead: the vocabulary is the special
+tokens and every DNA K-mer, the tokenizer a word-level one over space-separated K-mers (DNABERT's
+input), genome.json has `"dna_kmer": K` (register it with task 'sequence-embedding'). Random
+weights: for tests of the DNA language-model path, never for quality.
 """
 import argparse, hashlib, json, math, os, sys
 
@@ -142,12 +147,39 @@ def build_graph(cfg, w, name):
     return model
 
 
+def dna_tokenizer(vocab):
+    """A Hugging Face tokenizer.json: word-level over whitespace-separated K-mers, [CLS] ... [SEP]
+    around them (DNABERT's input; an unknown word, a K-mer with an ambiguous base, is [UNK])."""
+    special = {t: i for i, t in enumerate(vocab[:5])}
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for t, i in special.items()],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                       {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": "[SEP]", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}},
+                     {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
+            "special_tokens": {t: {"id": t, "ids": [special[t]], "tokens": [t]} for t in ("[CLS]", "[SEP]")},
+        },
+        "decoder": None,
+        "model": {"type": "WordLevel", "vocab": {t: i for i, t in enumerate(vocab)}, "unk_token": "[UNK]"},
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model_dir", help="directory with config.json, model.safetensors, tokenizer.json")
     ap.add_argument("out_dir")
     ap.add_argument("--tiny", type=int, metavar="SEED", help="write a small random model instead")
+    ap.add_argument("--dna", type=int, metavar="K", help="with --tiny: a DNABERT-style K-mer model")
     a = ap.parse_args()
+    if a.dna is not None and a.tiny is None:
+        ap.error("--dna needs --tiny")
 
     cfg = json.load(open(os.path.join(a.model_dir, "config.json")))
     max_seq = 256
@@ -160,9 +192,16 @@ def main():
         pc = json.load(open(pool_cfg))
         pooling = "cls" if pc.get("pooling_mode_cls_token") else "mean"
 
+    dna_vocab = None
+    if a.dna is not None:
+        import itertools
+        dna_vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + \
+            ["".join(p) for p in itertools.product("ACGT", repeat=a.dna)]
+        cfg = dict(cfg, vocab_size=len(dna_vocab), max_position_embeddings=512)
+        max_seq = 512
     if a.tiny is not None:
         cfg = dict(cfg, hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=64)
-        w, name = tiny_weights(cfg, a.tiny), "tiny-bert"
+        w, name = tiny_weights(cfg, a.tiny), ("tiny-dnabert" if dna_vocab else "tiny-bert")
     else:
         w, name = load_weights(a.model_dir), "bert"
 
@@ -172,7 +211,7 @@ def main():
     with open(os.path.join(a.out_dir, "model.onnx"), "wb") as f:
         f.write(data)
 
-    tok = json.load(open(os.path.join(a.model_dir, "tokenizer.json")))
+    tok = json.load(open(os.path.join(a.model_dir, "tokenizer.json"))) if dna_vocab is None else dna_tokenizer(dna_vocab)
     # sentence-transformers truncates at max_seq_length and pads to the longest text in the batch;
     # the shipped tokenizer.json pads/truncates to a fixed 128, which changes results and speed.
     tok["truncation"] = {"direction": "Right", "max_length": max_seq, "strategy": "LongestFirst", "stride": 0}
@@ -185,6 +224,8 @@ def main():
               "output_name": "last_hidden_state",
               "input_names": ["input_ids", "attention_mask", "token_type_ids"],
               "dimension": cfg["hidden_size"]}
+    if a.dna is not None:
+        genome["dna_kmer"] = a.dna
     with open(os.path.join(a.out_dir, "genome.json"), "w") as f:
         json.dump(genome, f, indent=2)
     print(f"{a.out_dir}/model.onnx {len(data)} bytes sha256 {hashlib.sha256(data).hexdigest()}")

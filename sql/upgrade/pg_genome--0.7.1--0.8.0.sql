@@ -124,6 +124,20 @@ AS 'MODULE_PATHNAME', 'register_kmer_featurizer_wrapper';
 
 COMMENT ON FUNCTION promote_model IS 'make a model version the one its name resolves to (production); the previous production version is archived';
 COMMENT ON FUNCTION rollback_model IS 'make the previous production version of a model the production one again';
+CREATE OR REPLACE FUNCTION register_model_dir(name text, version text, dir text,
+                                   task text DEFAULT 'text-embedding', copy boolean DEFAULT true)
+RETURNS bigint LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cfg jsonb := pg_read_file(dir || '/genome.json')::jsonb;
+    -- image models have no tokenizer (text models and DNA language models do)
+    tok text := CASE WHEN task IN ('text-embedding', 'sequence-embedding') THEN pg_read_file(dir || '/tokenizer.json') END;
+BEGIN
+    IF copy THEN
+        RETURN @extschema@.register_model(name, version, pg_read_binary_file(dir || '/model.onnx'), tok, cfg, task);
+    END IF;
+    RETURN @extschema@.register_model_path(name, version, dir || '/model.onnx', tok, cfg, task);
+END $$;
+
 COMMENT ON FUNCTION register_model_dir IS 'register a model from a server directory holding model.onnx, genome.json and (text models) tokenizer.json';
 COMMENT ON FUNCTION register_model IS 'register a model from its ONNX bytes, tokenizer and config (superuser or genome_admin); returns its id';
 COMMENT ON FUNCTION register_model_path IS 'register a model whose ONNX file stays on the server, read at load time (also needs pg_read_server_files); returns its id';
@@ -152,6 +166,46 @@ LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 COMMENT ON FUNCTION model_info IS 'the model version a name resolves to, as one document: version, stage, trained_at, promoted_at, metrics, thresholds, featuriser, ranks, training data and the other versions';
+COMMENT ON FUNCTION export_bundle IS 'a model version (default: the one its name resolves to) as a bundle: its registry row, config, weights or ONNX bytes, metrics, and a SHA-256 checksum';
+COMMENT ON FUNCTION import_bundle IS 'register the model a bundle carries as a staging version (superuser or genome_admin); refuses a bundle of another format version, with a bad checksum, or whose parts do not check out; returns the new id';
+COMMENT ON FUNCTION register_collection IS 'register an app table as a pg_genome collection (adds embedding and family columns if missing)';
+COMMENT ON FUNCTION unregister_collection IS 'forget a collection and its families and runs (the table and its columns stay)';
+COMMENT ON FUNCTION pending_count IS 'rows of the collection without a family yet';
+COMMENT ON FUNCTION collection_relation IS 'a collection''s table, after the checks every use makes: registered, table present, registrant still its owner';
+COMMENT ON FUNCTION run_full_job IS 'the weekly pg_cron job of a collection: a full classification, its failure recorded in genome.runs';
+COMMENT ON FUNCTION schedule IS 'create or update the pg_cron jobs of a collection: weekly full classification, 10-minute assignment';
+COMMENT ON FUNCTION unschedule IS 'remove the pg_cron jobs of a collection; returns how many were removed';
+COMMENT ON FUNCTION full_classify IS 'the weekly job: embed missing rows, reduce (UMAP-style), cluster (HDBSCAN) and write families with stable ids';
+COMMENT ON FUNCTION hdbscan_recluster IS 'full classification of the rows already embedded (no embedding step); same arguments and result as full_classify';
+COMMENT ON FUNCTION assign_family IS 'the 10-minute job: give rows without a family the nearest family whose centroid reaches its threshold, else Unclustered';
+COMMENT ON FUNCTION cached_centroids IS 'the collections whose centroids this backend has cached, with their generation (tests and health)';
+COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
+COMMENT ON FUNCTION unregister_pet_media IS 'forget a photo table: its photos, clusters and triggers (the app''s table is untouched)';
+COMMENT ON FUNCTION cluster_pet IS 'update one pet''s photo clusters incrementally: new photos join the nearest cluster or, once enough gather, form new ones';
+COMMENT ON FUNCTION cluster_dirty_pets IS 'update the clusters of pets with new or removed photos (the pg_cron job''s body)';
+COMMENT ON FUNCTION schedule_pet_clustering IS 'create or update the pg_cron job that keeps pets with new photos up to date';
+COMMENT ON FUNCTION unschedule_pet_clustering IS 'remove the pg_cron job of a photo table; returns how many were removed';
+COMMENT ON FUNCTION select_heroes IS 'top n photos per cluster of a pet by hero score (quality, centrality, recency, pose)';
+COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
+COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
+CREATE OR REPLACE FUNCTION "sequence_families"(
+	"collection" TEXT, /* & str */
+	"lineage_column" TEXT DEFAULT NULL, /* Option < & str > */
+	"ranks" TEXT[] DEFAULT '{phylum,class,order,family,genus}', /* Vec < String > */
+	"exemplars" INT DEFAULT 3 /* i32 */
+) RETURNS TABLE (
+	"family_id" bigint,  /* i64 */
+	"label" TEXT,  /* String */
+	"size" bigint,  /* i64 */
+	"exemplar_ids" TEXT[],  /* Vec < String > */
+	"exemplar_sequences" TEXT[],  /* Vec < String > */
+	"majority" jsonb,  /* Option < pgrx :: JsonB > */
+	"silhouette" double precision  /* Option < f64 > */
+)
+VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'sequence_families_wrapper';
+
 CREATE OR REPLACE FUNCTION clean_sequences_report(sequences text[], forward_primers text[] DEFAULT '{}', reverse_primers text[] DEFAULT '{}',
                                        min_length integer DEFAULT 50, max_length integer DEFAULT 100000,
                                        max_ambiguous float8 DEFAULT 0.01, max_mismatches integer DEFAULT 2,
@@ -173,28 +227,7 @@ COMMENT ON FUNCTION clean_sequences_report IS 'what clean_sequences does to read
 COMMENT ON FUNCTION register_kmer_featurizer IS 'register a k-mer featuriser (k, canonical, frequency / tfidf / clr, optional hashed dimension) as a sequence-embedding model (superuser or genome_admin); returns its id';
 COMMENT ON FUNCTION embed_sequence IS 'embed one DNA read with a sequence-embedding model; NULL for NULL or a read without an unambiguous k-mer, ERROR for a read that is not DNA';
 COMMENT ON FUNCTION embed_sequences IS 'embed many DNA reads in order with a sequence-embedding model; NULL elements give NULL';
-COMMENT ON FUNCTION export_bundle IS 'a model version (default: the one its name resolves to) as a bundle: its registry row, config, weights or ONNX bytes, metrics, and a SHA-256 checksum';
-COMMENT ON FUNCTION import_bundle IS 'register the model a bundle carries as a staging version (superuser or genome_admin); refuses a bundle of another format version, with a bad checksum, or whose parts do not check out; returns the new id';
-COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
-COMMENT ON FUNCTION unregister_pet_media IS 'forget a photo table: its photos, clusters and triggers (the app''s table is untouched)';
-COMMENT ON FUNCTION cluster_pet IS 'update one pet''s photo clusters incrementally: new photos join the nearest cluster or, once enough gather, form new ones';
-COMMENT ON FUNCTION cluster_dirty_pets IS 'update the clusters of pets with new or removed photos (the pg_cron job''s body)';
-COMMENT ON FUNCTION schedule_pet_clustering IS 'create or update the pg_cron job that keeps pets with new photos up to date';
-COMMENT ON FUNCTION unschedule_pet_clustering IS 'remove the pg_cron job of a photo table; returns how many were removed';
-COMMENT ON FUNCTION select_heroes IS 'top n photos per cluster of a pet by hero score (quality, centrality, recency, pose)';
-COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
-COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
-COMMENT ON FUNCTION register_collection IS 'register an app table as a pg_genome collection (adds embedding and family columns if missing)';
-COMMENT ON FUNCTION unregister_collection IS 'forget a collection and its families and runs (the table and its columns stay)';
-COMMENT ON FUNCTION pending_count IS 'rows of the collection without a family yet';
-COMMENT ON FUNCTION collection_relation IS 'a collection''s table, after the checks every use makes: registered, table present, registrant still its owner';
-COMMENT ON FUNCTION run_full_job IS 'the weekly pg_cron job of a collection: a full classification, its failure recorded in genome.runs';
-COMMENT ON FUNCTION schedule IS 'create or update the pg_cron jobs of a collection: weekly full classification, 10-minute assignment';
-COMMENT ON FUNCTION unschedule IS 'remove the pg_cron jobs of a collection; returns how many were removed';
-COMMENT ON FUNCTION full_classify IS 'the weekly job: embed missing rows, reduce (UMAP-style), cluster (HDBSCAN) and write families with stable ids';
-COMMENT ON FUNCTION hdbscan_recluster IS 'full classification of the rows already embedded (no embedding step); same arguments and result as full_classify';
-COMMENT ON FUNCTION assign_family IS 'the 10-minute job: give rows without a family the nearest family whose centroid reaches its threshold, else Unclustered';
-COMMENT ON FUNCTION cached_centroids IS 'the collections whose centroids this backend has cached, with their generation (tests and health)';
+COMMENT ON FUNCTION sequence_families IS 'the families of a sequence collection (after full_classify) summarised: size, exemplar reads nearest the centroid, per rank the majority name among members with a lineage and its share, and the mean silhouette (cosine; at most 2,000 clustered reads scored)';
 COMMENT ON FUNCTION register_catalog IS 'register an app''s capability table and capability-tool link table as a ranking catalog';
 COMMENT ON FUNCTION unregister_catalog IS 'forget a catalog with its features, ranking log, experiences and rankers (the app''s tables stay)';
 COMMENT ON FUNCTION schedule_catalog IS 'schedule the daily refresh of a catalog''s features (and the experience-log prune) on pg_cron';
@@ -238,9 +271,9 @@ VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'train_sequence_classifier_wrapper';
 
-COMMENT ON FUNCTION train_sequence_classifier IS 'train a taxonomy classifier (naive Bayes over 8-mers, bootstrap confidence, per-rank calibration on held-out genera) on a table of labelled reads read as the caller (superuser or genome_admin); registers a new version of the model, promoted unless promote => false; with evaluate_on its held-out metrics go into the model''s metrics';
+COMMENT ON FUNCTION train_sequence_classifier IS 'train a taxonomy classifier (naive Bayes over 8-mers, bootstrap confidence, per-rank calibration on held-out genera) on a table of labelled reads read as the caller (superuser or genome_admin); a lineage (text with names separated by ;, text[] or jsonb array or object by rank) longer than the ranks is read from its end, so name every rank down to the deepest one it holds; registers a new version of the model, promoted unless promote => false; with evaluate_on its held-out metrics go into the model''s metrics';
 COMMENT ON FUNCTION evaluate_sequence_classifier IS 'metrics of a sequence classifier on a table of labelled reads: per rank accuracy, precision / recall / F1 per taxon and macro, ECE and Brier, coverage at the cut-off; for genera the model never saw, how often the genus is withheld and the family right';
-COMMENT ON FUNCTION classify_sequences IS 'classify DNA reads: per read (ord, 1-based) its lineage (rank -> name and calibrated confidence), the deepest rank at or above the model''s cut-off (label), whether the deepest rank was withheld (needs_fallback) with its nearest references from the model''s reference collection, and the model version';
+COMMENT ON FUNCTION classify_sequences IS 'classify DNA reads: per read (ord, 1-based) its lineage (rank -> name and calibrated confidence), the deepest rank at or above the model''s cut-off (label, its rank and confidence; when no rank reaches the cut-off, label and rank are NULL and confidence is the top rank''s), whether the deepest rank was withheld (needs_fallback) with its nearest references from the model''s reference collection, and the model version';
 COMMENT ON VIEW embed_queue IS 'background embedding per collection: rows by status, oldest waiting, throughput over the last minute, newest error';
 COMMENT ON FUNCTION auto_embed_enqueue IS 'trigger: queues inserted rows and rows whose text changed for background embedding';
 COMMENT ON FUNCTION auto_embed_clear IS 'trigger: clears the embedding of a row whose text changed (it no longer describes it)';

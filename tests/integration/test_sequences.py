@@ -265,3 +265,36 @@ def test_families_of_a_sequence_collection_are_summarised_by_lineage_and_silhoue
     conn.execute("SELECT genome.unregister_collection('it_seqfam')")
     conn.execute("DROP TABLE it_seqfam")
 
+
+
+def test_a_dna_language_model_embeds_reads_as_onnxruntime_does(conn, reads):
+    """The ONNX path for DNA language models, with the tiny DNABERT-style model the set-up makes
+    (random weights, 3-mer vocabulary): reads go to its tokenizer as overlapping 3-mers; the
+    reference runs the same files with Python's tokenizers and onnxruntime."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+    from conftest import MODELS
+    d = f"{MODELS}/tiny-dnabert"
+    conn.execute("SELECT genome.register_model_dir('it_dnabert', '1', %s, task => 'sequence-embedding')", (d,))
+    seqs = [s for _, s, _ in reads[:12]] + ["acgunnacgt"]
+    got = [vec(r[0]) for r in conn.execute(
+        "SELECT e::text FROM unnest(genome.embed_sequences(%s, 'it_dnabert')) e", (seqs,)).fetchall()]
+    tok = Tokenizer.from_file(f"{d}/tokenizer.json")
+    sess = ort.InferenceSession(f"{d}/model.onnx")
+    for s, ours in zip(seqs, got):
+        up = s.upper().replace("U", "T")
+        enc = tok.encode(" ".join(up[i:i + 3] for i in range(len(up) - 2)))
+        ids = np.array([enc.ids], dtype=np.int64)
+        mask = np.array([enc.attention_mask], dtype=np.int64)
+        h = sess.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask,
+                                              "token_type_ids": np.zeros_like(ids)})[0][0]
+        want = (h * mask[0][:, None]).sum(0) / mask.sum()
+        np.testing.assert_allclose(ours, want / np.linalg.norm(want), atol=2e-5)
+    assert len(enc.ids) == 10 and enc.tokens[3] == "[UNK]", "3-mers with N are unknown words"
+    # full-length reads are truncated at the model's 512 tokens, as its tokenizer says
+    assert len(tok.encode(" ".join("A" * 3 for _ in range(1500))).ids) == 512
+    # text functions refuse it, sequence functions refuse text models
+    with pytest.raises(psycopg.errors.WrongObjectType, match="not a text-embedding model"):
+        conn.execute("SELECT genome.embed('hello', 'it_dnabert')")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="sequence 1 is not DNA"):
+        conn.execute("SELECT genome.embed_sequences(ARRAY['hello'], 'it_dnabert')")

@@ -29,7 +29,11 @@ pub fn silhouette(points: &Points, labels: &[i32], max_points: usize) -> Silhoue
     }
     let norms: Vec<f32> = idx
         .iter()
-        .map(|&i| dot(points.row(i), points.row(i)).sqrt().max(f32::MIN_POSITIVE))
+        .map(|&i| {
+            dot(points.row(i), points.row(i))
+                .sqrt()
+                .max(f32::MIN_POSITIVE)
+        })
         .collect();
     let mut clusters: BTreeMap<i32, usize> = BTreeMap::new();
     for &i in &idx {
@@ -80,7 +84,10 @@ pub fn silhouette(points: &Points, labels: &[i32], max_points: usize) -> Silhoue
     }
     Silhouette {
         overall: Some(s.iter().sum::<f64>() / s.len() as f64),
-        per_cluster: per.into_iter().map(|(l, (t, n))| (l, t / n as f64)).collect(),
+        per_cluster: per
+            .into_iter()
+            .map(|(l, (t, n))| (l, t / n as f64))
+            .collect(),
         scored: idx.len(),
     }
 }

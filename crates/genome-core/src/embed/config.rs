@@ -51,6 +51,11 @@ pub struct ModelConfig {
     pub input_names: Vec<String>,
     /// Embedding dimension; checked against the registry row and the model's output.
     pub dimension: usize,
+    /// DNA language models (task `sequence-embedding`): reads are given to the tokenizer as their
+    /// overlapping k-mers separated by spaces, DNABERT's input (`ACGTA`, k 3: `ACG CGT GTA`).
+    /// Absent: the read as it is (a nucleotide transformer's character or BPE tokenizer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dna_kmer: Option<usize>,
 }
 
 impl ModelConfig {
@@ -73,6 +78,12 @@ impl ModelConfig {
             return Err(Error::Config(format!(
                 "max_tokens must be between 2 and 8192, got {}",
                 self.max_tokens
+            )));
+        }
+        if self.dna_kmer.is_some_and(|k| !(1..=16).contains(&k)) {
+            return Err(Error::Config(format!(
+                "dna_kmer must be between 1 and 16, got {:?}",
+                self.dna_kmer
             )));
         }
         if !(2..=3).contains(&self.input_names.len()) {

@@ -110,9 +110,37 @@ pub fn revcomp_seq(s: &[u8]) -> Vec<u8> {
         .collect()
 }
 
+/// A read as a DNA language model's tokenizer takes it: with `k`, its overlapping k-mers
+/// separated by spaces (DNABERT: `ACGTA`, k 3, is `ACG CGT GTA`; a read shorter than k is itself);
+/// without, the read as it is. Ambiguous bases are kept (the model's vocabulary says what they
+/// become, usually its unknown token).
+pub fn kmer_sentence(seq: &[u8], k: Option<usize>) -> String {
+    match k {
+        Some(k) if k >= 1 && seq.len() > k => {
+            let mut out = String::with_capacity((seq.len() - k + 1) * (k + 1));
+            for (i, w) in seq.windows(k).enumerate() {
+                if i > 0 {
+                    out.push(' ');
+                }
+                out.push_str(std::str::from_utf8(w).unwrap_or(""));
+            }
+            out
+        }
+        _ => String::from_utf8_lossy(seq).into_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kmer_sentences_are_dnaberts_input() {
+        assert_eq!(kmer_sentence(b"ACGTA", Some(3)), "ACG CGT GTA");
+        assert_eq!(kmer_sentence(b"ACGTA", None), "ACGTA");
+        assert_eq!(kmer_sentence(b"AC", Some(3)), "AC");
+        assert_eq!(kmer_sentence(b"ACGN", Some(2)), "AC CG GN");
+    }
 
     #[test]
     fn reverse_complements_agree_between_codes_and_text() {
