@@ -392,6 +392,11 @@ impl<T: Copy> Postings<T> {
     }
 }
 
+thread_local! {
+    /// Per thread, a read's word -> its index + 1 (0: not in the read), cleared after each read.
+    static POS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A trained classifier.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Classifier {
@@ -416,6 +421,15 @@ pub struct Classifier {
     weights: Vec<f32>,
     #[serde(skip)]
     leaf_norm: Vec<f32>,
+    /// Derived at load: per leaf, its words (sorted) with their posting's index in
+    /// `word_leaves`: the bootstrap's table is filled by merging a candidate's words with the
+    /// read's, not by scanning every word's whole posting list.
+    #[serde(skip)]
+    leaf_words: Postings<(u32, u32)>,
+    /// Derived at load: the leaf of each posting of `word_leaves`, alone (the full score reads
+    /// it for every word of a read: half the bytes of the (leaf, count) pairs).
+    #[serde(skip)]
+    posting_leaf: Vec<u32>,
     /// Derived at load: per leaf, the mean over its references of the best similarity to another
     /// reference of the same leaf (a leaf with one reference takes its parent's mean, then the
     /// overall mean): how alike a taxon's own members usually are.
@@ -569,6 +583,8 @@ impl Classifier {
             calibration: None,
             weights: Vec::new(),
             leaf_norm: Vec::new(),
+            leaf_words: Postings::default(),
+            posting_leaf: Vec::new(),
             cohesion: Vec::new(),
         };
         m.prepare();
@@ -586,6 +602,30 @@ impl Classifier {
             }
         }
         self.weights = weights;
+        // per leaf its (word, posting index), words ascending: a counting sort by leaf
+        let nl = self.leaf_size.len();
+        let mut offsets = vec![0u32; nl + 1];
+        for &(l, _) in &self.word_leaves.items {
+            offsets[l as usize + 1] += 1;
+        }
+        for i in 0..nl {
+            offsets[i + 1] += offsets[i];
+        }
+        let mut fill: Vec<u32> = offsets[..nl].to_vec();
+        let mut items = vec![(0u32, 0u32); self.word_leaves.items.len()];
+        for w in 0..self.word_count.len() {
+            let (a, b) = (
+                self.word_leaves.offsets[w] as usize,
+                self.word_leaves.offsets[w + 1] as usize,
+            );
+            for p in a..b {
+                let l = self.word_leaves.items[p].0 as usize;
+                items[fill[l] as usize] = (w as u32, p as u32);
+                fill[l] += 1;
+            }
+        }
+        self.leaf_words = Postings { offsets, items };
+        self.posting_leaf = self.word_leaves.items.iter().map(|&(l, _)| l).collect();
         self.leaf_norm = self
             .leaf_size
             .iter()
@@ -722,7 +762,7 @@ impl Classifier {
                 self.word_leaves.offsets[w as usize] as usize,
                 self.word_leaves.offsets[w as usize + 1] as usize,
             );
-            for (&(l, _), &v) in self.word_leaves.items[a..b].iter().zip(&self.weights[a..b]) {
+            for (&l, &v) in self.posting_leaf[a..b].iter().zip(&self.weights[a..b]) {
                 acc[l as usize] += v;
             }
         }
@@ -782,24 +822,28 @@ impl Classifier {
         }
         order.sort_unstable_by(by_score);
         let best = order[0];
-        // bootstrap over the candidates: per word, its weight for each candidate
-        let mut slot = vec![u32::MAX; nl];
-        for (j, &l) in order.iter().enumerate() {
-            slot[l as usize] = j as u32;
-        }
-        let mut table = vec![0f32; ws.len() * c];
-        for (i, &w) in ws.iter().enumerate() {
-            let (a, b) = (
-                self.word_leaves.offsets[w as usize] as usize,
-                self.word_leaves.offsets[w as usize + 1] as usize,
-            );
-            for (&(l, _), &v) in self.word_leaves.items[a..b].iter().zip(&self.weights[a..b]) {
-                let j = slot[l as usize];
-                if j != u32::MAX {
-                    table[i * c + j as usize] = v;
+        // per candidate, its words looked up in the read's: row 0 of the table is a sink for the
+        // words the read lacks (no branch), the read's word i is row i + 1
+        let mut table = vec![0f32; (ws.len() + 1) * c];
+        POS.with(|pos| {
+            let mut pos = pos.borrow_mut();
+            let nw = n_words(self.config.k);
+            if pos.len() < nw {
+                pos.resize(nw, 0);
+            }
+            for (i, &w) in ws.iter().enumerate() {
+                pos[w as usize] = i as u32 + 1;
+            }
+            for (j, &l) in order.iter().enumerate() {
+                for &(w, p) in self.leaf_words.get(l as usize) {
+                    table[pos[w as usize] as usize * c + j] = self.weights[p as usize];
                 }
             }
-        }
+            for &w in ws {
+                pos[w as usize] = 0;
+            }
+        });
+        let table = &table[c..];
         let sample = (ws.len() / 8).max(5);
         let mut state =
             mix64(self.config.seed ^ ws.iter().fold(0x51u64, |h, &w| mix64(h ^ u64::from(w))));
@@ -1113,6 +1157,8 @@ impl Classifier {
             calibration: header.calibration,
             weights: Vec::new(),
             leaf_norm: Vec::new(),
+            leaf_words: Postings::default(),
+            posting_leaf: Vec::new(),
             cohesion: Vec::new(),
         };
         m.check()?;
