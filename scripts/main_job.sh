@@ -160,6 +160,7 @@ say "main job, part 5: capability ranking — the cheat sheets of PyPI 'cheat' a
 psql -v ON_ERROR_STOP=1 -q <<SQL
 -- An app's own tables: capabilities (one per cheat sheet) and the tools their commands use.
 -- Dropping them also drops the catalog's registration, features, logs and rankers (event trigger).
+DROP VIEW IF EXISTS public.cheat_train, public.cheat_test;
 DROP TABLE IF EXISTS public.cheat_links, public.cheat_capabilities, public.cheat_intents;
 CREATE TABLE public.cheat_capabilities (name text PRIMARY KEY, description text NOT NULL);
 CREATE TABLE public.cheat_links (capability text NOT NULL REFERENCES public.cheat_capabilities ON DELETE CASCADE, tool text NOT NULL);
