@@ -121,12 +121,13 @@ LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
         'thresholds', jsonb_strip_nulls(jsonb_build_object('cutoff', m.config->'cutoff')),
         'featurizer', m.config->'featurizer',
         'ranks', m.config->'ranks', 'training', m.config->'training', 'fallback', m.config->'fallback',
+        'cluster_summary', m.config->'cluster_summary',
         'versions', (SELECT jsonb_agg(jsonb_build_object('version', o.version, 'stage', o.stage, 'created_at', o.created_at)
                                       ORDER BY o.created_at, o.id)
                        FROM @extschema@.models o WHERE o.name = m.name))
       FROM @extschema@.models m WHERE m.id = @extschema@._resolve_model(model_info.name)
 $$;
-COMMENT ON FUNCTION model_info IS 'the model version a name resolves to, as one document: version, stage, trained_at, promoted_at, metrics, thresholds, featuriser, ranks, training data and the other versions';
+COMMENT ON FUNCTION model_info IS 'the model version a name resolves to, as one document: version, stage, trained_at, promoted_at, metrics, thresholds, featuriser, ranks, training data, cluster summary and the other versions';
 
 -- Private functions
 

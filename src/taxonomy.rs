@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use genome_core::seq::classify::{words, Classifier, ClassifierConfig, Prediction};
-use genome_core::seq::eval::{evaluate, Evaluation, Known, Scored};
+use genome_core::seq::eval::{cluster_summary, evaluate, Evaluation, Known, Scored};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB, PgSqlErrorCode};
 use rayon::prelude::*;
@@ -443,6 +443,7 @@ fn train_sequence_classifier(
         "classifier": cfg,
         "featurizer": {"kind": "kmer-words", "k": cfg.k, "canonical": false, "strands": "both"},
         "fallback": fallback,
+        "cluster_summary": cluster_summary(&model, 10),
         "training": {
             "source": regclass_text(source.0),
             "sequence_column": sequence_column,

@@ -159,15 +159,25 @@ LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
         'thresholds', jsonb_strip_nulls(jsonb_build_object('cutoff', m.config->'cutoff')),
         'featurizer', m.config->'featurizer',
         'ranks', m.config->'ranks', 'training', m.config->'training', 'fallback', m.config->'fallback',
+        'cluster_summary', m.config->'cluster_summary',
         'versions', (SELECT jsonb_agg(jsonb_build_object('version', o.version, 'stage', o.stage, 'created_at', o.created_at)
                                       ORDER BY o.created_at, o.id)
                        FROM @extschema@.models o WHERE o.name = m.name))
       FROM @extschema@.models m WHERE m.id = @extschema@._resolve_model(model_info.name)
 $$;
 
-COMMENT ON FUNCTION model_info IS 'the model version a name resolves to, as one document: version, stage, trained_at, promoted_at, metrics, thresholds, featuriser, ranks, training data and the other versions';
+COMMENT ON FUNCTION model_info IS 'the model version a name resolves to, as one document: version, stage, trained_at, promoted_at, metrics, thresholds, featuriser, ranks, training data, cluster summary and the other versions';
 COMMENT ON FUNCTION export_bundle IS 'a model version (default: the one its name resolves to) as a bundle: its registry row, config, weights or ONNX bytes, metrics, and a SHA-256 checksum';
 COMMENT ON FUNCTION import_bundle IS 'register the model a bundle carries as a staging version (superuser or genome_admin); refuses a bundle of another format version, with a bad checksum, or whose parts do not check out; returns the new id';
+COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
+COMMENT ON FUNCTION unregister_pet_media IS 'forget a photo table: its photos, clusters and triggers (the app''s table is untouched)';
+COMMENT ON FUNCTION cluster_pet IS 'update one pet''s photo clusters incrementally: new photos join the nearest cluster or, once enough gather, form new ones';
+COMMENT ON FUNCTION cluster_dirty_pets IS 'update the clusters of pets with new or removed photos (the pg_cron job''s body)';
+COMMENT ON FUNCTION schedule_pet_clustering IS 'create or update the pg_cron job that keeps pets with new photos up to date';
+COMMENT ON FUNCTION unschedule_pet_clustering IS 'remove the pg_cron job of a photo table; returns how many were removed';
+COMMENT ON FUNCTION select_heroes IS 'top n photos per cluster of a pet by hero score (quality, centrality, recency, pose)';
+COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
+COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
 COMMENT ON FUNCTION register_collection IS 'register an app table as a pg_genome collection (adds embedding and family columns if missing)';
 COMMENT ON FUNCTION unregister_collection IS 'forget a collection and its families and runs (the table and its columns stay)';
 COMMENT ON FUNCTION pending_count IS 'rows of the collection without a family yet';
@@ -179,15 +189,6 @@ COMMENT ON FUNCTION full_classify IS 'the weekly job: embed missing rows, reduce
 COMMENT ON FUNCTION hdbscan_recluster IS 'full classification of the rows already embedded (no embedding step); same arguments and result as full_classify';
 COMMENT ON FUNCTION assign_family IS 'the 10-minute job: give rows without a family the nearest family whose centroid reaches its threshold, else Unclustered';
 COMMENT ON FUNCTION cached_centroids IS 'the collections whose centroids this backend has cached, with their generation (tests and health)';
-COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
-COMMENT ON FUNCTION unregister_pet_media IS 'forget a photo table: its photos, clusters and triggers (the app''s table is untouched)';
-COMMENT ON FUNCTION cluster_pet IS 'update one pet''s photo clusters incrementally: new photos join the nearest cluster or, once enough gather, form new ones';
-COMMENT ON FUNCTION cluster_dirty_pets IS 'update the clusters of pets with new or removed photos (the pg_cron job''s body)';
-COMMENT ON FUNCTION schedule_pet_clustering IS 'create or update the pg_cron job that keeps pets with new photos up to date';
-COMMENT ON FUNCTION unschedule_pet_clustering IS 'remove the pg_cron job of a photo table; returns how many were removed';
-COMMENT ON FUNCTION select_heroes IS 'top n photos per cluster of a pet by hero score (quality, centrality, recency, pose)';
-COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
-COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
 CREATE OR REPLACE FUNCTION "sequence_families"(
 	"collection" TEXT, /* & str */
 	"lineage_column" TEXT DEFAULT NULL, /* Option < & str > */

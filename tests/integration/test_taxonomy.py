@@ -88,7 +88,19 @@ def test_training_registers_a_promoted_classifier_with_its_evaluation(conn, gold
     assert by["genus"]["accuracy_known"] > 0.9 and by["family"]["accuracy_known"] > 0.97
     # novel genera are withheld far more often than known ones
     assert ev["novel_withheld"] > 0.7 > ev["known_withheld"]
+    # the cluster summary of the taxa, counted here from the training lineages
+    train = [r for r in gold if r[3] == "train"]
+    cs = cfg["cluster_summary"]
+    paths = [r[2].split(";")[1:] for r in train]
+    assert cs["taxa_per_rank"] == [len({tuple(p[:d + 1]) for p in paths}) for d in range(5)]
+    per_genus = collections.Counter(tuple(p) for p in paths)
+    assert cs["references"] == n_train
+    assert cs["single_reference_taxa"] == sum(1 for n in per_genus.values() if n == 1)
+    assert [x[1] for x in cs["largest"]] == sorted(per_genus.values(), reverse=True)[:10]
+    assert cs["largest"][0][0] == ";".join(per_genus.most_common(1)[0][0])
+    assert 0 < cs["mean_cohesion"] < 1
     info = conn.execute("SELECT genome.model_info('it_16s')").fetchone()[0]
+    assert info["cluster_summary"] == cs
     assert info["version"] == "v1" and info["stage"] == "production" and info["thresholds"] == {"cutoff": 0.8}
     assert info["featurizer"]["k"] == 8 and info["metrics"]["evaluation"] == ev and info["trained_at"]
 
@@ -330,3 +342,22 @@ def test_the_fallback_is_the_table_trained_with_not_a_name_registered_later(conn
     conn.execute("DROP SCHEMA it_other CASCADE")
     conn.execute("SELECT genome.register_collection('it_refs', 'it_refs', 'id', 'sequence', model => 'it_ref6')")
     assert any(o[6] for o in classified(conn, "it_16s", seqs))
+
+
+def test_versions_promote_and_roll_back_like_every_model(conn, gold):
+    seqs = [r[1] for r in gold if r[3] == "test"][:5]
+    conn.execute("SELECT * FROM genome.train_sequence_classifier('it_roll', 'it_gold_train')")
+    conn.execute("SELECT * FROM genome.train_sequence_classifier('it_roll', 'it_gold_train', cutoff => 0.95)")
+    stages = dict(conn.execute("SELECT version, stage FROM genome.models WHERE name = 'it_roll'").fetchall())
+    assert stages == {"v1": "archived", "v2": "production"}
+    assert {r[7] for r in classified(conn, "it_roll", seqs)} == {"v2"}
+    assert conn.execute("SELECT genome.model_info('it_roll')->'thresholds'").fetchone()[0] == {"cutoff": 0.95}
+    conn.execute("SELECT genome.rollback_model('it_roll')")
+    assert {r[7] for r in classified(conn, "it_roll", seqs)} == {"v1"}
+    assert conn.execute("SELECT genome.model_info('it_roll')->>'version'").fetchone()[0] == "v1"
+    # a version trained without promotion waits in staging; the name still resolves to production
+    conn.execute("SELECT * FROM genome.train_sequence_classifier('it_roll', 'it_gold_train', promote => false)")
+    assert conn.execute("SELECT stage FROM genome.models WHERE name = 'it_roll' AND version = 'v3'").fetchone()[0] == "staging"
+    assert {r[7] for r in classified(conn, "it_roll", seqs)} == {"v1"}
+    assert {r[7] for r in classified(conn, "it_roll@v3", seqs)} == {"v3"}
+

@@ -55,6 +55,63 @@ pub struct Scored {
     pub parent_known: bool,
 }
 
+/// What a trained classifier's taxa look like, kept in its bundle: taxa per rank, how many
+/// deepest-rank taxa rest on a single reference, and their cohesion (mean best similarity between
+/// a taxon's own references; taxa with two or more references only).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterSummary {
+    pub taxa_per_rank: Vec<usize>,
+    pub references: usize,
+    pub single_reference_taxa: usize,
+    pub mean_cohesion: Option<f64>,
+    /// The largest deepest-rank taxa: (path, references, cohesion).
+    pub largest: Vec<(String, u32, Option<f32>)>,
+    /// The least cohesive taxa with two or more references.
+    pub least_cohesive: Vec<(String, u32, f32)>,
+}
+
+pub fn cluster_summary(m: &Classifier, top: usize) -> ClusterSummary {
+    let t = &m.taxonomy;
+    let path = |l: usize| -> String {
+        t.paths[l]
+            .iter()
+            .enumerate()
+            .map(|(r, &id)| t.names[r][id as usize].as_str())
+            .collect::<Vec<_>>()
+            .join(";")
+    };
+    let nl = t.n_leaves();
+    let multi: Vec<usize> = (0..nl).filter(|&l| m.leaf_size[l] >= 2).collect();
+    let mut by_size: Vec<usize> = (0..nl).collect();
+    by_size.sort_by_key(|&l| (std::cmp::Reverse(m.leaf_size[l]), l));
+    let mut by_cohesion = multi.clone();
+    by_cohesion.sort_by(|&a, &b| m.cohesion[a].total_cmp(&m.cohesion[b]).then(a.cmp(&b)));
+    ClusterSummary {
+        taxa_per_rank: t.names.iter().map(Vec::len).collect(),
+        references: m.n_train as usize,
+        single_reference_taxa: nl - multi.len(),
+        mean_cohesion: (!multi.is_empty()).then(|| {
+            multi.iter().map(|&l| f64::from(m.cohesion[l])).sum::<f64>() / multi.len() as f64
+        }),
+        largest: by_size
+            .iter()
+            .take(top)
+            .map(|&l| {
+                (
+                    path(l),
+                    m.leaf_size[l],
+                    (m.leaf_size[l] >= 2).then_some(m.cohesion[l]),
+                )
+            })
+            .collect(),
+        least_cohesive: by_cohesion
+            .iter()
+            .take(top)
+            .map(|&l| (path(l), m.leaf_size[l], m.cohesion[l]))
+            .collect(),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClassMetrics {
     pub taxon: String,
