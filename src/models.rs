@@ -50,6 +50,53 @@ thread_local! {
         RefCell::new(lru::LruCache::new(NonZeroUsize::new(64).unwrap()));
 }
 
+/// A per-process LRU of things loaded from registry rows (featurisers, classifiers), keyed by
+/// row id and valid for one row version; holds `genome.model_cache_size` entries, as the ONNX
+/// sessions' cache. Use it from a `thread_local!`.
+pub struct RowCache<T>(RefCell<lru::LruCache<i64, (String, std::rc::Rc<T>)>>);
+
+impl<T> RowCache<T> {
+    pub fn new() -> Self {
+        RowCache(RefCell::new(lru::LruCache::new(
+            NonZeroUsize::new(64).unwrap(),
+        )))
+    }
+
+    /// The cached value of `row`, or `load()` cached under the row's version. `load` runs
+    /// outside the borrow (it may raise an ERROR).
+    pub fn get_or_load(&self, row: &ModelRow, load: impl FnOnce() -> T) -> std::rc::Rc<T> {
+        let hit = {
+            let mut c = self.0.borrow_mut();
+            c.resize(NonZeroUsize::new(gucs::MODEL_CACHE_SIZE.get().max(1) as usize).unwrap());
+            c.get(&row.id)
+                .filter(|(v, _)| *v == row.row_version)
+                .map(|(_, m)| m.clone())
+        };
+        if let Some(m) = hit {
+            return m;
+        }
+        let m = std::rc::Rc::new(load());
+        self.0
+            .borrow_mut()
+            .put(row.id, (row.row_version.clone(), m.clone()));
+        m
+    }
+
+    /// Drop every entry; returns how many there were.
+    pub fn clear(&self) -> usize {
+        let mut c = self.0.borrow_mut();
+        let n = c.len();
+        c.clear();
+        n
+    }
+}
+
+impl<T> Default for RowCache<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The model a call means: the spec given, else the task's default setting
 /// (`genome.default_model`, or `genome.default_image_model` for images). The one place the
 /// defaults are read: SQL reaches it through `genome._resolve_model`.

@@ -127,6 +127,16 @@ pub fn with_safe_search_path<R>(f: impl FnOnce() -> R) -> R {
     with_settings(&[], f)
 }
 
+/// A table's name as `regclass` prints it under the safe search path (schema-qualified).
+pub fn table_name(rel: pg_sys::Oid) -> String {
+    with_safe_search_path(|| {
+        crate::errors::required(
+            "naming a table",
+            Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[rel.into()]),
+        )
+    })
+}
+
 /// Run `f` (statements on the table `rel`) with the safe search path, and as the table's owner
 /// when the current user is a more privileged role (see the module comment). Statements name
 /// every object outside pg_catalog with its schema (pgvector's operators as

@@ -237,7 +237,7 @@ fn read_app_tables(c: &CatalogRow) -> AppCatalog {
                 "SELECT ({})::text, coalesce(({})::text, '') FROM {} WHERE {} IS NOT NULL",
                 ident(&c.id_col),
                 ident(&c.text_col),
-                regclass_name(c.relid),
+                crate::owner::table_name(c.relid),
                 ident(&c.id_col)
             );
             let mut ids = Vec::new();
@@ -257,7 +257,7 @@ fn read_app_tables(c: &CatalogRow) -> AppCatalog {
                   WHERE {cap} IS NOT NULL AND {tool} IS NOT NULL GROUP BY 1, 2",
                 cap = ident(&c.link_cap_col),
                 tool = ident(&c.link_tool_col),
-                rel = regclass_name(c.links)
+                rel = crate::owner::table_name(c.links)
             );
             let mut out = Vec::new();
             for r in client.select(&sql, None, &[])? {
@@ -279,7 +279,7 @@ fn read_app_tables(c: &CatalogRow) -> AppCatalog {
                     "SELECT ({})::text, ({})::text FROM {} WHERE {} IS NOT NULL",
                     ident(idc),
                     ident(tc),
-                    regclass_name(rel),
+                    crate::owner::table_name(rel),
                     ident(idc)
                 );
                 let mut out = HashMap::new();
@@ -299,15 +299,6 @@ fn read_app_tables(c: &CatalogRow) -> AppCatalog {
         links,
         tool_text,
     }
-}
-
-fn regclass_name(rel: pg_sys::Oid) -> String {
-    crate::owner::with_safe_search_path(|| {
-        required(
-            "naming a table",
-            Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[rel.into()]),
-        )
-    })
 }
 
 /// The text a capability is embedded as: its description and its tools (most used first, at
@@ -1223,7 +1214,7 @@ fn visible_capabilities(
     if names.is_empty() {
         return HashSet::new();
     }
-    let rel = regclass_name(row.relid);
+    let rel = crate::owner::table_name(row.relid);
     let sql = format!(
         "SELECT ({id})::text FROM {rel} t WHERE ({id})::text = ANY($1) AND ($2::jsonb IS NULL OR pg_catalog.to_jsonb(t) @> $2)",
         id = ident(&row.id_col)
@@ -1256,7 +1247,7 @@ fn visible_capabilities(
 
 /// Labelled (intent, capability) rows of a table, read as the caller.
 fn labelled_rows(table: pg_sys::Oid, intent_col: &str, cap_col: &str) -> Vec<(String, String)> {
-    let rel = regclass_name(table);
+    let rel = crate::owner::table_name(table);
     for col in [intent_col, cap_col] {
         if !crate::collections::has_column(&rel, col) {
             raise(

@@ -3,7 +3,6 @@
 //! vectors. The algorithms are genome-core's `seq`; this layer reads arguments, the registry
 //! and the per-process featuriser cache, and turns bad input into ERRORs.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -289,17 +288,12 @@ thread_local! {
     /// Loaded featurisers by registry id, with the row version they were built from; an LRU of
     /// `genome.model_cache_size` entries, as the ONNX sessions' (a dense k = 12 featuriser's
     /// index alone is 64 MiB).
-    static FEATURIZERS: RefCell<lru::LruCache<i64, (String, Rc<Featurizer>)>> =
-        RefCell::new(lru::LruCache::new(std::num::NonZeroUsize::new(64).unwrap()));
+    static FEATURIZERS: crate::models::RowCache<Featurizer> = crate::models::RowCache::new();
 }
 
 /// Drop every cached featuriser (genome.clear_model_cache); returns how many there were.
 pub fn clear_cache() -> usize {
-    FEATURIZERS.with(|c| {
-        let n = c.borrow().len();
-        c.borrow_mut().clear();
-        n
-    })
+    FEATURIZERS.with(|c| c.clear())
 }
 
 fn parse_norm(s: &str) -> Norm {
@@ -320,18 +314,11 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 /// The featuriser of a registry row, loaded once per process and row version.
 pub fn featurizer(row: &ModelRow) -> Rc<Featurizer> {
     require_task(row, "sequence-embedding");
-    if let Some(f) = FEATURIZERS.with(|c| {
-        let mut c = c.borrow_mut();
-        c.resize(
-            std::num::NonZeroUsize::new(crate::gucs::MODEL_CACHE_SIZE.get().max(1) as usize)
-                .unwrap(),
-        );
-        c.get(&row.id)
-            .filter(|(v, _)| *v == row.row_version)
-            .map(|(_, f)| f.clone())
-    }) {
-        return f;
-    }
+    FEATURIZERS.with(|c| c.get_or_load(row, || load_featurizer(row)))
+}
+
+/// Build the featuriser of a registry row from its config and weights.
+fn load_featurizer(row: &ModelRow) -> Featurizer {
     let cfg: serde_json::Value = serde_json::from_str(&row.config).unwrap_or_default();
     if cfg.get("kind").and_then(|k| k.as_str()) != Some("kmer") {
         raise(
@@ -389,11 +376,6 @@ pub fn featurizer(row: &ModelRow) -> Rc<Featurizer> {
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
     }
-    let f = Rc::new(f);
-    FEATURIZERS.with(|c| {
-        c.borrow_mut()
-            .put(row.id, (row.row_version.clone(), f.clone()))
-    });
     f
 }
 

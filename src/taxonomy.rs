@@ -5,7 +5,6 @@
 //! the tables as the caller, writes the registry, and caches loaded classifiers per process by
 //! row version.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -32,34 +31,22 @@ fn invalid(msg: String) -> ! {
 thread_local! {
     /// Loaded classifiers by registry id, with the row version they were read from; an LRU of
     /// `genome.model_cache_size` entries, as the ONNX sessions'.
-    static CLASSIFIERS: RefCell<lru::LruCache<i64, (String, Rc<Classifier>)>> =
-        RefCell::new(lru::LruCache::new(std::num::NonZeroUsize::new(64).unwrap()));
+    static CLASSIFIERS: crate::models::RowCache<Classifier> = crate::models::RowCache::new();
 }
 
 /// Drop every cached classifier (genome.clear_model_cache); returns how many there were.
 pub fn clear_cache() -> usize {
-    CLASSIFIERS.with(|c| {
-        let n = c.borrow().len();
-        c.borrow_mut().clear();
-        n
-    })
+    CLASSIFIERS.with(|c| c.clear())
 }
 
 /// The classifier of a registry row, read once per process and row version.
 pub fn classifier(row: &ModelRow) -> Rc<Classifier> {
     require_task(row, "sequence-classifier");
-    if let Some(m) = CLASSIFIERS.with(|c| {
-        let mut c = c.borrow_mut();
-        c.resize(
-            std::num::NonZeroUsize::new(crate::gucs::MODEL_CACHE_SIZE.get().max(1) as usize)
-                .unwrap(),
-        );
-        c.get(&row.id)
-            .filter(|(v, _)| *v == row.row_version)
-            .map(|(_, m)| m.clone())
-    }) {
-        return m;
-    }
+    CLASSIFIERS.with(|c| c.get_or_load(row, || load_classifier(row)))
+}
+
+/// Read the classifier of a registry row from its weights.
+fn load_classifier(row: &ModelRow) -> Classifier {
     let bytes = required(
         "reading the classifier",
         Spi::get_one_with_args::<Vec<u8>>(
@@ -67,31 +54,16 @@ pub fn classifier(row: &ModelRow) -> Rc<Classifier> {
             &[row.id.into()],
         ),
     );
-    let m = Classifier::from_bytes(&bytes).unwrap_or_else(|e| {
+    Classifier::from_bytes(&bytes).unwrap_or_else(|e| {
         raise(
             PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
             format!("model \"{}@{}\": {e}", row.name, row.version),
             None,
         )
-    });
-    let m = Rc::new(m);
-    CLASSIFIERS.with(|c| {
-        c.borrow_mut()
-            .put(row.id, (row.row_version.clone(), m.clone()))
-    });
-    m
+    })
 }
 
 // ---- reading labelled reads ----
-
-fn regclass_text(rel: pg_sys::Oid) -> String {
-    crate::owner::with_safe_search_path(|| {
-        required(
-            "naming a table",
-            Spi::get_one_with_args::<String>("SELECT $1::regclass::text", &[rel.into()]),
-        )
-    })
-}
 
 /// The SQL type of a live column, or an ERROR naming it.
 fn column_type(rel: pg_sys::Oid, col: &str) -> String {
@@ -108,7 +80,7 @@ fn column_type(rel: pg_sys::Oid, col: &str) -> String {
             PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
             format!(
                 "column \"{col}\" does not exist in table {}",
-                regclass_text(rel)
+                crate::owner::table_name(rel)
             ),
             None,
         )
@@ -179,7 +151,7 @@ fn read_labelled(
         "SELECT t.{s}::text, {l} FROM {rel} t",
         s = ident(seq_col),
         l = lineage_expr(source, lin_col),
-        rel = regclass_text(source),
+        rel = crate::owner::table_name(source),
     );
     let rows: Vec<(Option<String>, Option<String>)> = spi(
         "reading labelled sequences",
@@ -385,7 +357,7 @@ fn train_sequence_classifier(
     if skipped > 0 {
         notice!(
             "pg_genome: {skipped} rows of {} are not trained on: {}",
-            regclass_text(source.0),
+            crate::owner::table_name(source.0),
             data.skipped
                 .iter()
                 .map(|(k, v)| format!("{k} {v}"))
@@ -396,7 +368,7 @@ fn train_sequence_classifier(
     if data.seqs.len() < 2 {
         invalid(format!(
             "{} has {} usable labelled sequences: training needs at least 2",
-            regclass_text(source.0),
+            crate::owner::table_name(source.0),
             data.seqs.len()
         ));
     }
@@ -445,7 +417,7 @@ fn train_sequence_classifier(
         "fallback": fallback,
         "cluster_summary": cluster_summary(&model, 10),
         "training": {
-            "source": regclass_text(source.0),
+            "source": crate::owner::table_name(source.0),
             "sequence_column": sequence_column,
             "lineage_column": lineage_column,
             "sequences": data.seqs.len(),
@@ -458,7 +430,7 @@ fn train_sequence_classifier(
         "train_seconds": train_seconds,
         "calibration": model.calibration,
         "evaluation": evaluation.as_ref().map(summary),
-        "evaluated_on": evaluate_on.map(|t| regclass_text(t.0)),
+        "evaluated_on": evaluate_on.map(|t| crate::owner::table_name(t.0)),
     });
     let weights = model.to_bytes();
     let mut digest = config.to_string().into_bytes();

@@ -214,17 +214,8 @@ fn full_classify(
     no_embed: bool,
 ) {
     let mut client = connect(url);
-    let token = client.cancel_token();
     // Ctrl-C cancels the statement on the server (the run rolls back) and then we exit.
-    let cancelled = Arc::new(AtomicBool::new(false));
-    {
-        let cancelled = cancelled.clone();
-        ctrlc::set_handler(move || {
-            cancelled.store(true, Ordering::SeqCst);
-            let _ = token.cancel_query(NoTls);
-        })
-        .expect("Ctrl-C handler");
-    }
+    let (_, cancelled) = cancel_on_ctrl_c(&mut client);
     let func = if no_embed {
         "hdbscan_recluster"
     } else {
@@ -536,43 +527,9 @@ fn train_ranker(
     promote: bool,
 ) {
     let mut c = connect(url);
-    let pid: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap_or_else(|e| fail(e))
-        .get(0);
-    let cancel_token = c.cancel_token();
-    let url2 = url.clone();
-    let cancelled = Arc::new(AtomicBool::new(false));
-    let flag = cancelled.clone();
-    ctrlc::set_handler(move || {
-        flag.store(true, Ordering::SeqCst);
-        let _ = cancel_token.cancel_query(NoTls);
-    })
-    .expect("Ctrl-C handler");
-    let catalog_s = catalog.to_string();
+    let (pid, cancelled) = cancel_on_ctrl_c(&mut c);
     let done = Arc::new(AtomicBool::new(false));
-    let done2 = done.clone();
-    // progress from genome.progress, read on a second connection
-    let watcher = std::thread::spawn(move || {
-        let mut w = connect(&url2);
-        let mut last = String::new();
-        while !done2.load(Ordering::SeqCst) {
-            if let Ok(rows) = w.query(
-                "SELECT stage, done, total FROM genome.progress WHERE pid = $1",
-                &[&pid],
-            ) {
-                for r in rows {
-                    let (st, d, t): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
-                    let line = format!("train-ranker {catalog_s}: {st} {d}/{t}");
-                    if line != last {
-                        eprintln!("{line}");
-                        last = line;
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    });
+    let watcher = watch_progress(url, pid, format!("train-ranker {catalog}"), done.clone());
     let started = Instant::now();
     let res = c.query_one(
         "SELECT version, stage, examples, dev_examples, dev_mrr, dev_hit_at_10, dev_ece
@@ -733,18 +690,7 @@ struct TrainSeqs<'a> {
 
 fn train_seqs(url: &Option<String>, a: &TrainSeqs) {
     let mut c = connect(url);
-    let pid: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap_or_else(|e| fail(e))
-        .get(0);
-    let cancel_token = c.cancel_token();
-    let cancelled = Arc::new(AtomicBool::new(false));
-    let flag = cancelled.clone();
-    ctrlc::set_handler(move || {
-        flag.store(true, Ordering::SeqCst);
-        let _ = cancel_token.cancel_query(NoTls);
-    })
-    .expect("Ctrl-C handler");
+    let (pid, cancelled) = cancel_on_ctrl_c(&mut c);
     let done = Arc::new(AtomicBool::new(false));
     let watcher = watch_progress(url, pid, format!("train-seqs {}", a.name), done.clone());
     let ranks: Vec<String> = a.ranks.split(',').map(|r| r.trim().to_string()).collect();
@@ -809,6 +755,24 @@ fn train_seqs(url: &Option<String>, a: &TrainSeqs) {
         }
         Err(e) => fail(e),
     }
+}
+
+/// Cancel the statement running on `c` when Ctrl-C is pressed; returns its backend pid (for
+/// [`watch_progress`]) and a flag set once cancelled.
+fn cancel_on_ctrl_c(c: &mut Client) -> (i32, Arc<AtomicBool>) {
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap_or_else(|e| fail(e))
+        .get(0);
+    let cancel_token = c.cancel_token();
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let flag = cancelled.clone();
+    ctrlc::set_handler(move || {
+        flag.store(true, Ordering::SeqCst);
+        let _ = cancel_token.cancel_query(NoTls);
+    })
+    .expect("Ctrl-C handler");
+    (pid, cancelled)
 }
 
 /// Print the stages of a job (genome.progress, read on a second connection) to stderr until
