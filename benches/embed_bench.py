@@ -40,6 +40,8 @@ def backend_rss(c):
 
 with pg() as c:
     c.execute("SET genome.intra_op_threads = 1")
+    # in this backend, one thread, as the peers (the shared inference workers: inference_bench.py)
+    c.execute("SET genome.inference = local")
     c.execute("DROP TABLE IF EXISTS bench_embed")
     c.execute("CREATE UNLOGGED TABLE bench_embed (id int PRIMARY KEY, body text, e vector(384))")
     with c.cursor().copy("COPY bench_embed (id, body) FROM STDIN") as cp:

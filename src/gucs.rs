@@ -12,6 +12,17 @@ pub enum Provider {
     Cuda,
 }
 
+/// Where a backend runs its ONNX models (genome.inference).
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Inference {
+    #[name = c"local"]
+    Local,
+    #[name = c"shared"]
+    Shared,
+    #[name = c"auto"]
+    Auto,
+}
+
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Selection {
     #[name = c"leaf"]
@@ -25,8 +36,8 @@ pub static DEFAULT_MODEL: GucSetting<Option<CString>> =
 pub static ONNXRUNTIME_LIBRARY: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"$libdir/pg_genome/libonnxruntime.so.1.31.1"));
 pub static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
-// Measured (1 thread, real texts sorted by length): batch 1-8 run at the same speed, 16 is 10% and
-// 32 is 30% slower with more memory; 8 keeps cancellation checks frequent.
+// Since runs are split by token length, batch 1-32 run at the same speed per text (benches/README.md);
+// 8 keeps a run, which a cancel waits for, short.
 pub static BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(8);
 /// Days of outcomes and rankings kept by prune_experiences (0 = all).
 pub static EXPERIENCE_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(90);
@@ -44,6 +55,16 @@ pub static THRESHOLD_QUANTILE: GucSetting<f64> = GucSetting::<f64>::new(0.1);
 pub static EMBED_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
 pub static WORKER_DATABASES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// Inference workers per database in genome.worker_databases (src/inference.rs).
+pub static INFERENCE_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(1);
+/// Request slots of the inference queue (1 MiB of shared memory each).
+pub static INFERENCE_QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16);
+pub static INFERENCE: GucSetting<Inference> = GucSetting::<Inference>::new(Inference::Auto);
+/// ONNX Runtime intra-op threads of each inference worker; 0 = one per CPU core.
+pub static INFERENCE_THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
+pub static INFERENCE_MAX_BATCH: GucSetting<i32> = GucSetting::<i32>::new(32);
+/// Milliseconds a worker waits for more requests after the first of a batch arrives.
+pub static INFERENCE_MAX_WAIT: GucSetting<f64> = GucSetting::<f64>::new(2.0);
 pub static EMBED_WORKER_NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(2000);
 pub static EMBED_QUEUE_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(32);
 pub static EMBED_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
@@ -193,6 +214,64 @@ pub fn init() {
         0,
         64,
         GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"genome.inference_workers",
+        c"Inference workers per database listed in genome.worker_databases: they hold one copy of each ONNX model and batch the backends' requests.",
+        c"Needs shared_preload_libraries = 'pg_genome'; 0 = none (every backend runs its models itself).",
+        &INFERENCE_WORKERS,
+        0,
+        16,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"genome.inference_queue_size",
+        c"Request slots of the inference queue, 1 MiB of shared memory each; a backend waits for a free one.",
+        c"",
+        &INFERENCE_QUEUE_SIZE,
+        2,
+        1024,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"genome.inference",
+        c"Where ONNX models run: local (in this backend), shared (the inference workers) or auto (shared when a worker serves this database with this session's execution provider, model memory limit and ONNX Runtime library).",
+        c"",
+        &INFERENCE,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"genome.inference_threads",
+        c"ONNX Runtime intra-op threads of each inference worker; 0 = one per CPU core.",
+        c"The workers' sessions are reloaded with the new count after a reload of the configuration.",
+        &INFERENCE_THREADS,
+        0,
+        64,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"genome.inference_max_batch",
+        c"Most texts or images an inference worker runs in one model call.",
+        c"",
+        &INFERENCE_MAX_BATCH,
+        1,
+        1024,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_float_guc(
+        c"genome.inference_max_wait",
+        c"Milliseconds an inference worker waits for more requests after the first of a batch arrives.",
+        c"",
+        &INFERENCE_MAX_WAIT,
+        0.0,
+        1000.0,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(

@@ -37,6 +37,7 @@ BEGIN
         'models', (SELECT coalesce(jsonb_agg(jsonb_build_object('name', m.name, 'version', m.version, 'dimension', m.dimension,
                                    'task', m.task) ORDER BY m.name, m.created_at), '[]') FROM @extschema@.models m),
         'runtime', @extschema@._runtime_info(),
+        'inference', @extschema@._inference_info(),
         'workers', (SELECT coalesce(jsonb_agg(jsonb_build_object('pid', a.pid, 'database', a.datname, 'state', a.state,
                                     'backend_start', a.backend_start) ORDER BY a.pid), '[]')
                       FROM pg_stat_activity a WHERE a.backend_type = 'pg_genome embed worker'),

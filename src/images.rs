@@ -10,7 +10,7 @@ use pgrx::prelude::*;
 use crate::embed::resolve_cached;
 use crate::errors::{report_in, OrReport};
 use crate::gucs;
-use crate::models::{with_image_embedder, ModelRow};
+use crate::models::ModelRow;
 use crate::vector::Vector;
 
 pub fn limits() -> DecodeLimits {
@@ -35,7 +35,10 @@ fn image_error(e: Error, which: Option<usize>) -> ! {
 /// cache's borrow (a bad image raises an ERROR mid-decode, and a batch decodes between model
 /// calls), so embedding an image probes the cache twice: a hash lookup, not a second load.
 fn config_of(row: &ModelRow) -> ImageConfig {
-    with_image_embedder(row, |e| e.config().clone())
+    crate::models::require_task(row, "image-embedding");
+    // from the row (what the session is built with): no session is loaded for it, so a backend
+    // served by the inference workers holds none
+    ImageConfig::from_json(&row.config).or_report()
 }
 
 /// Decode and preprocess; the decoded pixels are freed before the next image is read, so a
@@ -57,7 +60,7 @@ fn embed_image(
     let row = image_model(fcinfo, model);
     let cfg = config_of(&row);
     let t = prepare(bytes, &cfg, None);
-    let mut v = with_image_embedder(&row, |e| e.embed(&[t])).or_report();
+    let mut v = crate::models::embed_images(&row, &[t]);
     Some(Vector(v.pop().expect("one vector per image")))
 }
 
@@ -85,7 +88,7 @@ fn embed_images(
             .iter()
             .map(|&i| prepare(items[i].unwrap(), &cfg, Some(i + 1)))
             .collect();
-        let vecs = with_image_embedder(&row, |e| e.embed(&tensors)).or_report();
+        let vecs = crate::models::embed_images(&row, &tensors);
         for (&i, v) in chunk.iter().zip(vecs) {
             out[i] = Some(Vector(v));
         }
@@ -103,7 +106,7 @@ pub fn embed_with_quality(bytes: &[u8], model: &str) -> (Vec<f32>, f32) {
     let score = (quality(&img).score * 1e4).round() / 1e4;
     let t = preprocess(&img, &cfg);
     drop(img);
-    let mut v = with_image_embedder(&row, |e| e.embed(&[t])).or_report();
+    let mut v = crate::models::embed_images(&row, &[t]);
     (v.pop().expect("one vector per image"), score as f32)
 }
 

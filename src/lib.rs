@@ -30,6 +30,7 @@ pub mod errors;
 pub mod families;
 pub mod gucs;
 pub mod images;
+pub mod inference;
 pub mod locks;
 pub mod metrics;
 pub mod models;
@@ -94,6 +95,7 @@ pub extern "C-unwind" fn _PG_init() {
     progress::init();
     metrics::init();
     queue::init();
+    inference::init();
 }
 
 // What must come after every capability: event triggers and the privileges of internal functions.
@@ -117,6 +119,7 @@ pub mod pg_test {
         vec![
             "shared_preload_libraries = 'pg_genome'",
             "genome.embed_workers = 0",
+            "genome.inference_workers = 0",
         ]
     }
 }

@@ -37,6 +37,23 @@ pub struct Counters {
     pub seq_calls: u64,
     pub seq_latency_buckets: [u64; 12],
     pub seq_latency_sum_us: u64,
+    /// Inference requests (0.8.0): model calls made in the backend ("local") and requests
+    /// served by the inference workers ("shared"), with their items; the workers' batches, their
+    /// sizes, how long the first request waited for its batch and how long the batch ran; requests
+    /// that failed in a worker and those whose worker ended under them.
+    pub inference_local_calls: u64,
+    pub inference_local_items: u64,
+    pub inference_shared_requests: u64,
+    pub inference_shared_items: u64,
+    pub inference_batches: u64,
+    pub inference_batch_items: u64,
+    pub inference_batch_buckets: [u64; 12],
+    pub inference_wait_buckets: [u64; 12],
+    pub inference_wait_sum_us: u64,
+    pub inference_run_buckets: [u64; 12],
+    pub inference_run_sum_us: u64,
+    pub inference_failed: u64,
+    pub inference_lost: u64,
 }
 unsafe impl PGRXSharedMemory for Counters {}
 
@@ -102,6 +119,58 @@ pub fn record_worker_batch(completed: u64, failed: u64) {
         c.worker_batches += 1;
         c.worker_rows_completed += completed;
         c.worker_rows_failed += failed;
+    });
+}
+
+/// Upper bounds of the batch-size histogram's buckets.
+pub const BATCH_BUCKETS: [u64; 12] = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128, 256];
+
+/// One inference request made by a backend: run in the backend (`shared` false) or served by
+/// an inference worker.
+pub fn record_inference_request(shared: bool, items: usize) {
+    update(|c| {
+        if shared {
+            c.inference_shared_requests += 1;
+            c.inference_shared_items += items as u64;
+        } else {
+            c.inference_local_calls += 1;
+            c.inference_local_items += items as u64;
+        }
+    });
+}
+
+/// One batch run by an inference worker: its items, how long its first request waited, how
+/// long the model ran.
+pub fn record_inference_batch(items: usize, waited: Duration, ran: Duration) {
+    update(|c| {
+        c.inference_batches += 1;
+        c.inference_batch_items += items as u64;
+        for (i, le) in BATCH_BUCKETS.iter().enumerate() {
+            if items as u64 <= *le {
+                c.inference_batch_buckets[i] += 1;
+            }
+        }
+        observe(
+            &mut c.inference_wait_buckets,
+            &mut c.inference_wait_sum_us,
+            waited,
+        );
+        observe(
+            &mut c.inference_run_buckets,
+            &mut c.inference_run_sum_us,
+            ran,
+        );
+    });
+}
+
+/// A request that failed in a worker (`lost`: its worker ended while running it).
+pub fn record_inference_failure(lost: bool) {
+    update(|c| {
+        if lost {
+            c.inference_lost += 1;
+        } else {
+            c.inference_failed += 1;
+        }
     });
 }
 
@@ -201,6 +270,58 @@ pub fn exposition(c: &Counters) -> String {
     );
     let _ = writeln!(
         o,
+        "# HELP genome_inference_requests_total Inference requests by path: model calls run in the backend (local) and requests served by the inference workers (shared).\n\
+         # TYPE genome_inference_requests_total counter\n\
+         genome_inference_requests_total{{path=\"local\"}} {}\ngenome_inference_requests_total{{path=\"shared\"}} {}\n\
+         # HELP genome_inference_items_total Texts and images embedded, by path.\n\
+         # TYPE genome_inference_items_total counter\n\
+         genome_inference_items_total{{path=\"local\"}} {}\ngenome_inference_items_total{{path=\"shared\"}} {}\n\
+         # HELP genome_inference_failures_total Requests that failed in an inference worker (error) or whose worker ended while running them (lost).\n\
+         # TYPE genome_inference_failures_total counter\n\
+         genome_inference_failures_total{{reason=\"error\"}} {}\ngenome_inference_failures_total{{reason=\"lost\"}} {}",
+        c.inference_local_calls,
+        c.inference_shared_requests,
+        c.inference_local_items,
+        c.inference_shared_items,
+        c.inference_failed,
+        c.inference_lost
+    );
+    let name = "genome_inference_batch_size";
+    let _ = writeln!(
+        o,
+        "# HELP {name} Items per model run of the inference workers.\n# TYPE {name} histogram"
+    );
+    for (i, le) in BATCH_BUCKETS.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "{name}_bucket{{le=\"{le}\"}} {}",
+            c.inference_batch_buckets[i]
+        );
+    }
+    let _ = writeln!(
+        o,
+        "{name}_bucket{{le=\"+Inf\"}} {b}\n{name}_sum {}\n{name}_count {b}",
+        c.inference_batch_items,
+        b = c.inference_batches
+    );
+    histogram(
+        &mut o,
+        "genome_inference_wait_seconds",
+        "How long the first request of an inference batch waited before the batch ran.",
+        &c.inference_wait_buckets,
+        c.inference_wait_sum_us,
+        c.inference_batches,
+    );
+    histogram(
+        &mut o,
+        "genome_inference_run_seconds",
+        "How long an inference worker's model run took.",
+        &c.inference_run_buckets,
+        c.inference_run_sum_us,
+        c.inference_batches,
+    );
+    let _ = writeln!(
+        o,
         // always 1 since the preload became mandatory (0.4.1); kept for existing dashboards
         "# HELP genome_counters_shared 1: the counters above are cluster-wide (shared memory).\n\
          # TYPE genome_counters_shared gauge\ngenome_counters_shared 1"
@@ -210,7 +331,18 @@ pub fn exposition(c: &Counters) -> String {
 
 #[pg_extern(volatile, parallel_safe, name = "_metrics_counters")]
 fn metrics_counters() -> String {
-    exposition(&snapshot())
+    let mut o = exposition(&snapshot());
+    if let Some((pending, running, workers)) = crate::inference::queue_depth() {
+        let _ = writeln!(
+            o,
+            "# HELP genome_inference_workers Inference workers running (all databases).\n\
+             # TYPE genome_inference_workers gauge\ngenome_inference_workers {workers}\n\
+             # HELP genome_inference_queue_depth Inference requests waiting for a worker (pending) and being run (running).\n\
+             # TYPE genome_inference_queue_depth gauge\n\
+             genome_inference_queue_depth{{state=\"pending\"}} {pending}\ngenome_inference_queue_depth{{state=\"running\"}} {running}"
+        );
+    }
+    o
 }
 
 #[cfg(test)]

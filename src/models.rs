@@ -131,6 +131,36 @@ pub fn parse_spec(spec: Option<&str>) -> (String, Option<String>) {
     }
 }
 
+/// The registry row with this id, as this transaction sees it.
+pub fn row_by_id(id: i64) -> Option<ModelRow> {
+    Spi::connect(|client| {
+        let t = client.select(
+            "SELECT id, name, version, task, dimension, config::text, xmin::text || ':' || ctid::text \
+               FROM genome.models WHERE id = $1",
+            None,
+            &[id.into()],
+        )?;
+        let mut out = None;
+        for r in t {
+            out = Some(row_of(&r)?);
+        }
+        Ok::<_, pgrx::spi::SpiError>(out)
+    })
+    .or_raise("reading genome.models")
+}
+
+fn row_of(r: &pgrx::spi::SpiHeapTupleData) -> Result<ModelRow, pgrx::spi::SpiError> {
+    Ok(ModelRow {
+        id: r.get::<i64>(1)?.unwrap_or_default(),
+        name: r.get::<String>(2)?.unwrap_or_default(),
+        version: r.get::<String>(3)?.unwrap_or_default(),
+        task: r.get::<String>(4)?.unwrap_or_default(),
+        dimension: r.get::<i32>(5)?.unwrap_or_default(),
+        config: r.get::<String>(6)?.unwrap_or_default(),
+        row_version: r.get::<String>(7)?.unwrap_or_default(),
+    })
+}
+
 /// Find the registry row for a model spec; when no version is given, the production version,
 /// else the newest that is not archived. A database still on an install script older than 0.7.0
 /// (created or upgraded with this library) has no `stage` column: then the newest.
@@ -151,15 +181,7 @@ pub fn resolve(spec: Option<&str>) -> ModelRow {
         let t = client.select(&sql, None, &[name.as_str().into(), version.clone().into()])?;
         let mut out = None;
         for r in t {
-            out = Some(ModelRow {
-                id: r.get::<i64>(1)?.unwrap_or_default(),
-                name: r.get::<String>(2)?.unwrap_or_default(),
-                version: r.get::<String>(3)?.unwrap_or_default(),
-                task: r.get::<String>(4)?.unwrap_or_default(),
-                dimension: r.get::<i32>(5)?.unwrap_or_default(),
-                config: r.get::<String>(6)?.unwrap_or_default(),
-                row_version: r.get::<String>(7)?.unwrap_or_default(),
-            });
+            out = Some(row_of(&r)?);
         }
         Ok::<_, pgrx::spi::SpiError>(out)
     })
@@ -199,8 +221,13 @@ fn current_settings() -> SessionSettings {
     SessionSettings {
         intra_threads: gucs::INTRA_OP_THREADS.get().max(1) as usize,
         provider,
-        // cancel, statement_timeout and pg_terminate_backend stop a run in flight
-        stop: Some(crate::errors::interrupt_pending),
+        // cancel, statement_timeout and pg_terminate_backend stop a run in flight (in an
+        // inference worker: its termination, or every waiting statement withdrawn)
+        stop: Some(if crate::inference::in_worker() {
+            crate::inference::worker_stop
+        } else {
+            crate::errors::interrupt_pending
+        }),
     }
 }
 
@@ -223,12 +250,42 @@ pub fn embed_texts(row: &ModelRow, texts: &[&str]) -> Vec<Vec<f32>> {
     embed_onnx(row, texts)
 }
 
-/// One call of an ONNX text model (or DNA language model) over `texts`, counted in metrics().
+/// One call of an ONNX text model (or DNA language model) over `texts`: through the inference
+/// workers when genome.inference says so (src/inference.rs), else in this backend.
 fn embed_onnx(row: &ModelRow, texts: &[&str]) -> Vec<Vec<f32>> {
+    if row.task != "sequence-embedding" {
+        require_task(row, "text-embedding");
+    }
+    if let Some(v) = crate::inference::embed_shared(row, crate::inference::Items::Texts(texts)) {
+        return v;
+    }
+    crate::metrics::record_inference_request(false, texts.len());
+    embed_local(row, texts)
+}
+
+/// One model call over `texts` in this process (a backend, or an inference worker for its
+/// batch), counted in metrics().
+pub fn embed_local(row: &ModelRow, texts: &[&str]) -> Vec<Vec<f32>> {
     let t = std::time::Instant::now();
     let out = with_embedder(row, |e| e.embed(texts));
     crate::metrics::record_embed(texts.len(), t.elapsed(), out.is_ok());
     out.or_report()
+}
+
+/// Embed preprocessed images with `row`'s image model: through the inference workers when
+/// genome.inference says so, else in this backend.
+pub fn embed_images(row: &ModelRow, images: &[ndarray::Array3<f32>]) -> Vec<Vec<f32>> {
+    require_task(row, "image-embedding");
+    if let Some(v) = crate::inference::embed_shared(row, crate::inference::Items::Images(images)) {
+        return v;
+    }
+    crate::metrics::record_inference_request(false, images.len());
+    embed_images_local(row, images)
+}
+
+/// One image model call in this process.
+pub fn embed_images_local(row: &ModelRow, images: &[ndarray::Array3<f32>]) -> Vec<Vec<f32>> {
+    with_image_embedder(row, |e| e.embed(images)).or_report()
 }
 
 /// [`embed_by_length`] straight to the ONNX model: a DNA language model's k-mer sentences.
@@ -247,7 +304,13 @@ fn by_length(
     texts: &[&str],
     embed: fn(&ModelRow, &[&str]) -> Vec<Vec<f32>>,
 ) -> Vec<Vec<f32>> {
-    let batch = gucs::BATCH_SIZE.get().max(1) as usize;
+    // genome.batch_size bounds a run in this backend (a cancel waits for the run); on the
+    // inference workers a call waits on its latch, cancellable at any time, and the worker
+    // batches what it gets: send it as many texts as it runs at once
+    let batch = match crate::inference::shared_batch(row) {
+        Some(n) => n.max(gucs::BATCH_SIZE.get().max(1) as usize),
+        None => gucs::BATCH_SIZE.get().max(1) as usize,
+    };
     let mut order: Vec<usize> = (0..texts.len()).collect();
     order.sort_by_key(|i| std::cmp::Reverse(texts[*i].len()));
     let mut out = vec![Vec::new(); texts.len()];
@@ -333,17 +396,28 @@ fn load_embedder(row: &ModelRow, settings: SessionSettings) -> Embedder {
             None,
             &[row.id.into()],
         )?;
-        let mut out = (None, None, None);
+        let mut out = None;
         for r in t {
-            out = (
+            out = Some((
                 r.get::<Vec<u8>>(1)?,
                 r.get::<String>(2)?,
                 r.get::<String>(3)?,
-            );
+            ));
         }
         Ok::<_, pgrx::spi::SpiError>(out)
     })
-    .or_raise("reading genome.models");
+    .or_raise("reading genome.models")
+    .unwrap_or_else(|| {
+        // deleted by a transaction that committed after this call resolved it
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!(
+                "model \"{}@{}\" was removed while it was being loaded",
+                row.name, row.version
+            ),
+            None,
+        )
+    });
     let onnx = match (onnx, path) {
         (Some(b), _) => b,
         (None, Some(p)) => read_model_file(&p).unwrap_or_else(|e| {

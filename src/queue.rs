@@ -57,7 +57,9 @@ thread_local! {
 /// the launcher.
 pub fn init() {
     pg_shmem_init!(SLOTS);
-    if gucs::EMBED_WORKERS.get() <= 0 || gucs::worker_databases().is_empty() {
+    if (gucs::EMBED_WORKERS.get() <= 0 && gucs::INFERENCE_WORKERS.get() <= 0)
+        || gucs::worker_databases().is_empty()
+    {
         return;
     }
     // One static launcher; it starts the per-database workers as dynamic workers once their
@@ -80,10 +82,11 @@ pub fn init() {
 pub extern "C-unwind" fn genome_worker_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some("postgres"), None);
+    // embed workers in 0..MAX_WORKERS, inference workers after them
     let mut running: Vec<Option<DynamicBackgroundWorker>> =
-        (0..MAX_WORKERS).map(|_| None).collect();
+        (0..2 * MAX_WORKERS).map(|_| None).collect();
     // a worker that keeps failing is started again at most every RESTART_PAUSE
-    let mut started: Vec<Option<Instant>> = vec![None; MAX_WORKERS];
+    let mut started: Vec<Option<Instant>> = vec![None; 2 * MAX_WORKERS];
     let mut first = true;
     while first || BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
         first = false;
@@ -106,41 +109,53 @@ pub extern "C-unwind" fn genome_worker_launcher_main(_arg: pg_sys::Datum) {
             })
             .unwrap_or_default()
         });
-        let mut slot = 0usize;
-        for db in &dbs {
-            for i in 0..per_db {
-                if slot >= MAX_WORKERS {
-                    break;
-                }
-                let alive = match running[slot].as_ref().map(|h| h.pid()) {
-                    None => false,
-                    Some(Ok(_)) | Some(Err(BackgroundWorkerStatus::NotYetStarted)) => true,
-                    Some(Err(_)) => false,
-                };
-                let rested = started[slot].is_none_or(|t| t.elapsed() >= RESTART_PAUSE);
-                if !alive && rested && present.contains(db) {
-                    started[slot] = Some(Instant::now());
-                    let me = unsafe { pg_sys::MyProcPid };
-                    // the handle must outlive this loop's transactions
-                    running[slot] = unsafe {
-                        PgMemoryContexts::TopMemoryContext.switch_to(|_| {
-                            BackgroundWorkerBuilder::new(&format!(
-                                "pg_genome embed worker {i} for {db}"
-                            ))
-                            .set_type("pg_genome embed worker")
-                            .set_library("pg_genome")
-                            .set_function("genome_embed_worker_main")
-                            .set_argument(Some(pg_sys::Datum::from(slot)))
-                            .set_extra(db)
-                            .enable_spi_access()
-                            .set_restart_time(None)
-                            .set_notify_pid(me)
-                            .load_dynamic()
-                            .ok()
-                        })
+        let kinds = [
+            (0, per_db, "embed", "genome_embed_worker_main"),
+            (
+                MAX_WORKERS,
+                gucs::INFERENCE_WORKERS.get().max(0) as usize,
+                "inference",
+                "genome_inference_worker_main",
+            ),
+        ];
+        for (base, per_db, kind, function) in kinds {
+            let mut index = 0usize;
+            for db in &dbs {
+                for i in 0..per_db {
+                    if index >= MAX_WORKERS {
+                        break;
+                    }
+                    let slot = base + index;
+                    let alive = match running[slot].as_ref().map(|h| h.pid()) {
+                        None => false,
+                        Some(Ok(_)) | Some(Err(BackgroundWorkerStatus::NotYetStarted)) => true,
+                        Some(Err(_)) => false,
                     };
+                    let rested = started[slot].is_none_or(|t| t.elapsed() >= RESTART_PAUSE);
+                    if !alive && rested && present.contains(db) {
+                        started[slot] = Some(Instant::now());
+                        let me = unsafe { pg_sys::MyProcPid };
+                        // the handle must outlive this loop's transactions
+                        running[slot] = unsafe {
+                            PgMemoryContexts::TopMemoryContext.switch_to(|_| {
+                                BackgroundWorkerBuilder::new(&format!(
+                                    "pg_genome {kind} worker {i} for {db}"
+                                ))
+                                .set_type(&format!("pg_genome {kind} worker"))
+                                .set_library("pg_genome")
+                                .set_function(function)
+                                .set_argument(Some(pg_sys::Datum::from(index)))
+                                .set_extra(db)
+                                .enable_spi_access()
+                                .set_restart_time(None)
+                                .set_notify_pid(me)
+                                .load_dynamic()
+                                .ok()
+                            })
+                        };
+                    }
+                    index += 1;
                 }
-                slot += 1;
             }
         }
     }
@@ -317,6 +332,23 @@ fn step(db: &str) -> bool {
 /// Run `f` in a subtransaction, as a PL/pgSQL EXCEPTION block does: an ERROR inside rolls back
 /// what `f` did and comes back as its message. A cancel or termination is not caught.
 fn in_subtransaction<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    in_subtransaction_report(f, true).map_err(|e| e.message)
+}
+
+/// An ERROR caught by [`in_subtransaction_report`].
+pub(crate) struct Caught {
+    pub code: PgSqlErrorCode,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// [`in_subtransaction`], with the ERROR's SQLSTATE and hint. With `rethrow_cancel` false, an
+/// ERROR with the query-canceled code is caught too when this process has no interrupt pending
+/// (an inference worker's run stopped because every request in it was withdrawn).
+pub(crate) fn in_subtransaction_report<T>(
+    f: impl FnOnce() -> T,
+    rethrow_cancel: bool,
+) -> Result<T, Caught> {
     let (cxt, owner) = unsafe { (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner) };
     unsafe {
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
@@ -337,18 +369,22 @@ fn in_subtransaction<T>(f: impl FnOnce() -> T) -> Result<T, String> {
             CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
             CaughtError::RustPanic { ereport, .. } => ereport,
         };
-        if report.sql_error_code() == PgSqlErrorCode::ERRCODE_QUERY_CANCELED
+        if (rethrow_cancel && report.sql_error_code() == PgSqlErrorCode::ERRCODE_QUERY_CANCELED)
             || crate::errors::interrupt_pending()
         {
             e.rethrow();
         }
-        let msg = report.message().to_string();
+        let caught = Caught {
+            code: report.sql_error_code(),
+            message: report.message().to_string(),
+            hint: report.hint().map(str::to_string),
+        };
         unsafe {
             pg_sys::MemoryContextSwitchTo(cxt);
             pg_sys::RollbackAndReleaseCurrentSubTransaction();
         }
         restore();
-        Err(msg)
+        Err(caught)
     })
     .execute()
 }

@@ -73,7 +73,7 @@ pub fn model_read(raw: &str) -> Result<Vec<u8>, Dropped> {
 
 /// Whether a sequence-embedding row is one of pg_genome's k-mer featurisers (else an ONNX DNA
 /// language model).
-fn is_kmer(row: &ModelRow) -> bool {
+pub(crate) fn is_kmer(row: &ModelRow) -> bool {
     serde_json::from_str::<serde_json::Value>(&row.config)
         .ok()
         .and_then(|c| c.get("kind").and_then(|k| k.as_str()).map(|k| k == "kmer"))

@@ -24,6 +24,11 @@ ALTER TABLE models ADD CONSTRAINT models_check3
 -- functions new or changed since the archived install script, views, comments
 COMMENT ON FUNCTION on_sql_drop IS 'event trigger: forgets registrations (and unschedules their pg_cron jobs) of dropped tables';
 COMMENT ON FUNCTION on_ddl_end IS 'event trigger: keeps registered column names in step with renames';
+CREATE OR REPLACE FUNCTION "_inference_info"() RETURNS jsonb /* pgrx :: JsonB */
+STRICT VOLATILE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'inference_info_wrapper';
+
 CREATE OR REPLACE FUNCTION "classify_sequences"(
 	"model" TEXT, /* & str */
 	"sequences" TEXT[], /* :: std :: option :: Option < Array < & str > > */
@@ -167,8 +172,6 @@ LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 COMMENT ON FUNCTION model_info IS 'the model version a name resolves to, as one document: version, stage, trained_at, promoted_at, metrics, thresholds, featuriser, ranks, training data, cluster summary and the other versions';
-COMMENT ON FUNCTION export_bundle IS 'a model version (default: the one its name resolves to) as a bundle: its registry row, config, weights or ONNX bytes, metrics, and a SHA-256 checksum';
-COMMENT ON FUNCTION import_bundle IS 'register the model a bundle carries as a staging version (superuser or genome_admin); refuses a bundle of another format version, with a bad checksum, or whose parts do not check out; returns the new id';
 COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
 COMMENT ON FUNCTION unregister_pet_media IS 'forget a photo table: its photos, clusters and triggers (the app''s table is untouched)';
 COMMENT ON FUNCTION cluster_pet IS 'update one pet''s photo clusters incrementally: new photos join the nearest cluster or, once enough gather, form new ones';
@@ -189,6 +192,8 @@ COMMENT ON FUNCTION full_classify IS 'the weekly job: embed missing rows, reduce
 COMMENT ON FUNCTION hdbscan_recluster IS 'full classification of the rows already embedded (no embedding step); same arguments and result as full_classify';
 COMMENT ON FUNCTION assign_family IS 'the 10-minute job: give rows without a family the nearest family whose centroid reaches its threshold, else Unclustered';
 COMMENT ON FUNCTION cached_centroids IS 'the collections whose centroids this backend has cached, with their generation (tests and health)';
+COMMENT ON FUNCTION export_bundle IS 'a model version (default: the one its name resolves to) as a bundle: its registry row, config, weights or ONNX bytes, metrics, and a SHA-256 checksum';
+COMMENT ON FUNCTION import_bundle IS 'register the model a bundle carries as a staging version (superuser or genome_admin); refuses a bundle of another format version, with a bad checksum, or whose parts do not check out; returns the new id';
 CREATE OR REPLACE FUNCTION "sequence_families"(
 	"collection" TEXT, /* & str */
 	"lineage_column" TEXT DEFAULT NULL, /* Option < & str > */
@@ -283,13 +288,87 @@ COMMENT ON FUNCTION disable_auto_embed IS 'stop background embedding of a collec
 COMMENT ON FUNCTION process_embed_queue IS 'embed one batch of queued rows in this transaction (the background worker does this by itself)';
 COMMENT ON FUNCTION reembed IS 're-embed a collection with another model in the background; switches over atomically when every row is done';
 COMMENT ON FUNCTION wake_embed_workers IS 'ask this database''s embedding workers to look at the queue once the current transaction commits';
-COMMENT ON VIEW progress IS 'full classifications and assignments running now: stage, rows done of total';
-COMMENT ON FUNCTION progress_slots IS 'the raw progress slots of running jobs; genome.progress joins them with pg_stat_activity';
-COMMENT ON FUNCTION health IS 'versions, ONNX Runtime, workers, pg_cron jobs, queue depth and pending assignments as jsonb';
-COMMENT ON FUNCTION metrics IS 'Prometheus text exposition of pg_genome counters and gauges';
 COMMENT ON FUNCTION create_search_index IS 'create the pgvector HNSW (cosine) index genome.search uses, unless the embedding column has one';
 COMMENT ON FUNCTION search(text, text, integer, real, jsonb) IS 'semantic search: rows of a collection most similar to a text (cosine), best first, with optional equality filters';
 COMMENT ON FUNCTION search(text, vector, integer, real, jsonb) IS 'semantic search with a precomputed query vector';
+COMMENT ON VIEW progress IS 'full classifications and assignments running now: stage, rows done of total';
+COMMENT ON FUNCTION progress_slots IS 'the raw progress slots of running jobs; genome.progress joins them with pg_stat_activity';
+CREATE OR REPLACE FUNCTION health() RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE h jsonb; cron jsonb := NULL;
+BEGIN
+    -- What the caller may not read is skipped and named, never an error (0.5.0): pg_cron's jobs
+    -- need USAGE on its schema, a collection's pending count SELECT on its table.
+    IF to_regclass('cron.job') IS NOT NULL AND has_schema_privilege('cron', 'USAGE')
+       AND has_table_privilege('cron.job', 'SELECT') AND has_table_privilege('cron.job_run_details', 'SELECT') THEN
+        EXECUTE $q$SELECT coalesce(jsonb_agg(jsonb_build_object('jobname', j.jobname, 'schedule', j.schedule, 'active', j.active,
+                       'last_status', d.status, 'last_start', d.start_time, 'last_end', d.end_time, 'last_message', d.return_message)
+                       ORDER BY j.jobname), '[]')
+                   FROM cron.job j
+                   LEFT JOIN LATERAL (SELECT * FROM cron.job_run_details r WHERE r.jobid = j.jobid ORDER BY r.runid DESC LIMIT 1) d ON true
+                  WHERE j.jobname LIKE 'genome\_%'$q$ INTO cron;
+    END IF;
+    SELECT jsonb_build_object(
+        'extension_version', (SELECT extversion FROM pg_extension WHERE extname = 'pg_genome'),
+        'pgvector_version', (SELECT extversion FROM pg_extension WHERE extname = 'vector'),
+        'database', current_database(),
+        'default_model', nullif(current_setting('genome.default_model'), ''),
+        'models', (SELECT coalesce(jsonb_agg(jsonb_build_object('name', m.name, 'version', m.version, 'dimension', m.dimension,
+                                   'task', m.task) ORDER BY m.name, m.created_at), '[]') FROM @extschema@.models m),
+        'runtime', @extschema@._runtime_info(),
+        'inference', @extschema@._inference_info(),
+        'workers', (SELECT coalesce(jsonb_agg(jsonb_build_object('pid', a.pid, 'database', a.datname, 'state', a.state,
+                                    'backend_start', a.backend_start) ORDER BY a.pid), '[]')
+                      FROM pg_stat_activity a WHERE a.backend_type = 'pg_genome embed worker'),
+        'cron_jobs', cron,
+        'cron_jobs_readable', to_regclass('cron.job') IS NULL OR cron IS NOT NULL,
+        'queue', (SELECT coalesce(jsonb_agg(to_jsonb(q) ORDER BY q.collection), '[]') FROM @extschema@.embed_queue q),
+        'pending_assignment', (SELECT coalesce(jsonb_object_agg(c.name, @extschema@.pending_count(c.name)), '{}')
+                                 FROM @extschema@.collections c WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid)
+                                  AND @extschema@._may_read(c.relid) AND @extschema@._owned_by(c.relid, c.registered_by)
+                                  AND NOT EXISTS (SELECT 1 FROM unnest(ARRAY[c.id_column, c.family_column]) col
+                                                   WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.relid
+                                                                       AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped))),
+        -- collections whose registered columns were dropped or renamed (0.5.0): not embedded
+        -- or assigned until registered again; the app's writes go on
+        'broken_collections', (SELECT coalesce(jsonb_agg(jsonb_build_object('collection', c.name, 'missing_columns', x.miss)
+                                                         ORDER BY c.name), '[]')
+                                 FROM @extschema@.collections c
+                                 CROSS JOIN LATERAL (SELECT array_agg(col) AS miss
+                                                       FROM unnest(ARRAY[c.id_column, c.text_column, c.embedding_column, c.family_column]) col
+                                                      WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.relid
+                                                                          AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped)) x
+                                WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid) AND x.miss IS NOT NULL),
+        -- registrations refused at every use: their registering role no longer owns the table (0.5.0)
+        'refused_collections', (SELECT coalesce(jsonb_agg(c.name ORDER BY c.name), '[]') FROM @extschema@.collections c
+                                 WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid)
+                                   AND NOT @extschema@._owned_by(c.relid, c.registered_by)),
+        'skipped_collections', (SELECT coalesce(jsonb_agg(c.name ORDER BY c.name), '[]') FROM @extschema@.collections c
+                                 WHERE EXISTS (SELECT 1 FROM pg_class WHERE oid = c.relid)
+                                  AND NOT @extschema@._may_read(c.relid)),
+        -- pet photo media (since 0.4.0): photos seen, failed, clusters, pets waiting for the background update
+        'pet_media', (SELECT coalesce(jsonb_agg(jsonb_build_object('media', pm.name, 'model', pm.model,
+                          'photos', ph.n, 'failed', ph.failed,
+                          'clusters', (SELECT count(*) FROM @extschema@.pet_photo_clusters c WHERE c.media = pm.name),
+                          'pets_waiting', dt.n, 'oldest_waiting', dt.oldest)
+                          ORDER BY pm.name), '[]')
+                        FROM @extschema@.pet_media pm
+                        -- one pass over each table per media (0.4.1; 0.4.0 scanned them twice)
+                        CROSS JOIN LATERAL (SELECT count(*) AS n, count(*) FILTER (WHERE p.error IS NOT NULL) AS failed
+                                              FROM @extschema@.pet_photos p WHERE p.media = pm.name) ph
+                        CROSS JOIN LATERAL (SELECT count(*) AS n, min(d.marked_at) AS oldest
+                                              FROM @extschema@.pet_dirty d WHERE d.media = pm.name) dt),
+        -- ranking catalogs the caller may read (0.7.0): features, drift, online figures
+        'ranking', (SELECT coalesce(jsonb_agg(@extschema@._ranking_monitor_or_skip(c.name) ORDER BY c.name), '[]')
+                      FROM @extschema@.catalogs c
+                     WHERE @extschema@._catalog_readable(c.name)
+                       AND @extschema@._owned_by(c.relid, c.registered_by) AND @extschema@._owned_by(c.links, c.registered_by)))
+      INTO h;
+    RETURN h;
+END $$;
+
+COMMENT ON FUNCTION health IS 'versions, ONNX Runtime, workers, pg_cron jobs, queue depth and pending assignments as jsonb';
+COMMENT ON FUNCTION metrics IS 'Prometheus text exposition of pg_genome counters and gauges';
 
 -- src/finalize.sql, privileges
 -- Privileges
@@ -310,7 +389,7 @@ BEGIN
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO genome_user', f);
     END LOOP;
 END $grants$;
-GRANT EXECUTE ON FUNCTION progress_slots(), _runtime_info(), _metrics_counters(), _vector_schema(), _ranking_monitor_or_skip(text),
+GRANT EXECUTE ON FUNCTION progress_slots(), _runtime_info(), _inference_info(), _metrics_counters(), _vector_schema(), _ranking_monitor_or_skip(text),
     _check_registrant(text, text, oid, regrole), _owner_value(oid, text, text[], text[], text[]) TO genome_monitor;
 -- resolve_model (open to all, as before 0.6.0) calls it; it reads genome.models as the caller
 GRANT EXECUTE ON FUNCTION _resolve_model(text, boolean) TO PUBLIC;

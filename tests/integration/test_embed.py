@@ -139,6 +139,8 @@ def test_pg_cancel_backend_stops_embedding_rows(database):
 
 def test_wrong_runtime_library_is_an_error_in_a_fresh_backend(database):
     with connect() as c:
+        # the backend's own runtime (a session on the inference workers loads none)
+        c.execute("SET genome.inference = local")
         c.execute("SET genome.onnxruntime_library = '/nonexistent/libonnxruntime.so'")
         with pytest.raises(psycopg.Error, match="ONNX Runtime library could not be loaded from \"/nonexistent/libonnxruntime.so\": no such file"):
             c.execute("SELECT genome.embed('x')")
@@ -190,6 +192,8 @@ def test_server_path_registration_reads_the_file_at_load(conn):
 
 
 def test_model_is_loaded_once_per_backend(conn):
+    # the in-process path (the shared one holds no session in the backend: test_inference.py)
+    conn.execute("SET genome.inference = local")
     conn.execute("SELECT genome.clear_model_cache()")
     t0 = time.monotonic()
     conn.execute("SELECT genome.embed('first call loads the model')")

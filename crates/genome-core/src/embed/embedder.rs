@@ -126,7 +126,32 @@ impl TextEmbedder {
 
     /// Embed a batch; one vector per text, in order. Callers chunk large inputs by the batch
     /// size and check for cancellation between chunks.
+    ///
+    /// The texts run in groups of similar token length ([`length_groups`]): a model run pads
+    /// every text to the longest of its run, and on a CPU the padding costs as much as real
+    /// tokens (600 sample texts in runs of 32 in their given order: 53% more tokens than alone,
+    /// and as much more time; sorted by characters still 51%).
     pub fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        if texts.len() <= 1 {
+            return self.embed_run(texts);
+        }
+        let lens = self.tokenizer.lengths(texts)?;
+        let groups = length_groups(&lens, MAX_PADDING);
+        if groups.len() == 1 {
+            return self.embed_run(texts);
+        }
+        let mut out = vec![Vec::new(); texts.len()];
+        for g in groups {
+            let sub: Vec<&str> = g.iter().map(|&i| texts[i]).collect();
+            for (i, v) in g.into_iter().zip(self.embed_run(&sub)?) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One model run over `texts`, padded to the longest.
+    fn embed_run(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
@@ -221,6 +246,35 @@ impl TextEmbedder {
     }
 }
 
+/// The share of padding a run may add to its real tokens before the texts are split into runs
+/// of similar length.
+pub const MAX_PADDING: f64 = 0.10;
+
+/// Split texts of token lengths `lens` into runs (indices, shortest first) whose padded size
+/// (count x longest) exceeds their real tokens by at most `max_padding`: sorted by length, a run
+/// grows while it stays within the bound. Texts of one length are always one run.
+pub fn length_groups(lens: &[usize], max_padding: f64) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| (lens[i], i));
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut real = 0usize;
+    for i in order {
+        let l = lens[i].max(1);
+        let fits = groups.last().is_some_and(|g| {
+            let padded = l * (g.len() + 1);
+            padded as f64 <= (real + l) as f64 * (1.0 + max_padding)
+        });
+        if fits {
+            groups.last_mut().expect("a group").push(i);
+            real += l;
+        } else {
+            groups.push(vec![i]);
+            real = l;
+        }
+    }
+    groups
+}
+
 fn register_provider(
     builder: ort::session::builder::SessionBuilder,
     provider: ExecutionProvider,
@@ -241,5 +295,61 @@ fn register_provider(
             provider: "cuda".into(),
             reason: "pg_genome was built without the `cuda` cargo feature".into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::length_groups;
+
+    /// Every text in exactly one run; every run within the padding bound; runs in length order.
+    fn check(lens: &[usize], max_padding: f64) -> Vec<Vec<usize>> {
+        let groups = length_groups(lens, max_padding);
+        let mut seen: Vec<usize> = groups.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..lens.len()).collect::<Vec<_>>());
+        let mut last = 0;
+        for g in &groups {
+            let longest = g.iter().map(|&i| lens[i].max(1)).max().unwrap();
+            let real: usize = g.iter().map(|&i| lens[i].max(1)).sum();
+            assert!(
+                (longest * g.len()) as f64 <= real as f64 * (1.0 + max_padding) + 1e-9,
+                "{g:?}"
+            );
+            let shortest = g.iter().map(|&i| lens[i]).min().unwrap();
+            assert!(shortest >= last);
+            last = longest;
+        }
+        groups
+    }
+
+    #[test]
+    fn texts_of_one_length_run_together_and_different_lengths_apart() {
+        assert_eq!(check(&[7, 7, 7, 7], 0.1), vec![vec![0, 1, 2, 3]]);
+        // 10 and 40 tokens: padding the 10 to 40 would triple its cost
+        assert_eq!(check(&[40, 10, 40, 10], 0.1), vec![vec![1, 3], vec![0, 2]]);
+        assert!(check(&[], 0.1).is_empty());
+    }
+
+    #[test]
+    fn random_lengths_stay_within_the_padding_bound() {
+        let mut x = 12345u64;
+        let lens: Vec<usize> = (0..600)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                3 + (x >> 33) as usize % 250
+            })
+            .collect();
+        for p in [0.0, 0.1, 0.5] {
+            let g = check(&lens, p);
+            let padded: usize = g
+                .iter()
+                .map(|g| g.len() * g.iter().map(|&i| lens[i]).max().unwrap())
+                .sum();
+            let real: usize = lens.iter().sum();
+            assert!(padded as f64 <= real as f64 * (1.0 + p) + 1e-9);
+        }
     }
 }

@@ -38,6 +38,19 @@ impl TextTokenizer {
         Ok(Self { inner })
     }
 
+    /// The number of tokens of each text (special tokens included, after truncation).
+    pub fn lengths(&self, texts: &[&str]) -> Result<Vec<usize>> {
+        texts
+            .iter()
+            .map(|t| {
+                self.inner
+                    .encode(*t, true)
+                    .map(|e| e.get_attention_mask().iter().filter(|&&m| m == 1).count())
+                    .map_err(|e| Error::Tokenizer(e.to_string()))
+            })
+            .collect()
+    }
+
     pub fn encode_batch(&self, texts: &[&str]) -> Result<Encoded> {
         let encodings = self
             .inner
