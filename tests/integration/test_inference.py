@@ -307,3 +307,34 @@ def test_health_and_metrics_report_the_service(shared):
         assert name in m, name
     count = int([line for line in m.splitlines() if line.startswith("genome_inference_batch_size_count")][0].split()[1])
     assert count >= 1
+
+
+def test_a_terminated_caller_frees_the_worker_from_an_endless_model(shared):
+    """A caller terminated while the worker runs its request (FATAL: nothing unwinds in the
+    backend) lets go of it on exit; the worker stops the run and serves the next request."""
+    from test_security import LOOP_CONFIG, endless_loop_model, tokenizer
+    c = shared
+    c.execute("SELECT genome.register_model('inf-endless', '1', %s, %s, %s, validate_model => false)",
+              (endless_loop_model(), tokenizer(), LOOP_CONFIG))
+    try:
+        victim = connect()
+        victim.execute("SET genome.inference = shared")
+        pid = victim.info.backend_pid
+        t = threading.Thread(target=lambda: pytest.raises(psycopg.Error, victim.execute,
+                                                          "SELECT genome.embed('never ends', 'inf-endless')"))
+        t.start()
+        end = time.monotonic() + 20
+        while info(c)["queue"]["running"] == 0 and time.monotonic() < end:
+            time.sleep(0.01)
+        assert info(c)["queue"]["running"] > 0
+        c.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        t.join(timeout=10)
+        c.execute("SET statement_timeout = '10s'")
+        t0 = time.monotonic()
+        assert c.execute("SELECT vector_dims(genome.embed('after', 'tiny-bert'))").fetchone()[0] == 32
+        assert time.monotonic() - t0 < 3.0
+        c.execute("RESET statement_timeout")
+        q = info(c)["queue"]
+        assert q["running"] == 0, q
+    finally:
+        c.execute("DELETE FROM genome.models WHERE name = 'inf-endless'")
