@@ -557,8 +557,17 @@ fn request(
         match s.state.load(Ordering::Acquire) {
             DONE => {
                 // SAFETY: DONE: the worker wrote n x dim floats and let go of the slot.
+                // SAFETY: read after DONE was seen
+                let dim = unsafe { (*slot_ptr(i)).dim as usize };
+                if dim == 0 || 4 * dim * n > SLOT_BYTES {
+                    drop(c);
+                    raise(
+                        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                        format!("an inference worker answered {n} vectors of {dim} dimensions, which do not fit its slot"),
+                        None,
+                    );
+                }
                 let out = unsafe {
-                    let dim = (*slot_ptr(i)).dim as usize;
                     let f = data(i) as *const f32;
                     (0..n)
                         .map(|k| std::slice::from_raw_parts(f.add(k * dim), dim).to_vec())
@@ -650,23 +659,28 @@ fn sqlstate_text(e: PgSqlErrorCode) -> [u8; 5] {
 // ---- the worker ----
 
 unsafe extern "C-unwind" fn clear_worker(_code: i32, arg: pg_sys::Datum) {
+    // SAFETY: a plain global of this process
+    let me = unsafe { pg_sys::MyProcPid };
     if let Some(h) = header() {
         let w = &h.workers[arg.value() % MAX_WORKERS];
-        w.pid.store(0, Ordering::Release);
-        w.dboid.store(0, Ordering::Release);
+        if w.pid
+            .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            w.dboid.store(0, Ordering::Release);
+        }
     }
     // requests this worker held: their backends see it gone and raise the ERROR
     if let Some(h) = header() {
-        // SAFETY: a plain global of this process
-        let me = unsafe { pg_sys::MyProcPid };
         for i in 0..h.nslots as usize {
             let s = slot(i);
             if s.worker_pid.load(Ordering::Acquire) == me {
+                // SAFETY: read before the slot can be freed and reused
+                let owner = unsafe { (*slot_ptr(i)).owner_procno };
                 let _ =
                     s.state
                         .compare_exchange(ABANDONED, FREE, Ordering::AcqRel, Ordering::Acquire);
-                // SAFETY: the owner waits on it
-                set_latch_of(unsafe { (*slot_ptr(i)).owner_procno });
+                set_latch_of(owner);
             }
         }
     }
@@ -696,6 +710,16 @@ pub extern "C-unwind" fn genome_inference_worker_main(arg: pg_sys::Datum) {
         return;
     };
     apply_threads();
+    // never wait long for a lock on the registry (see run_batch)
+    // SAFETY: a core setting, for this process only
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"lock_timeout".as_ptr(),
+            c"1s".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        )
+    };
     // one snapshot per batch for reading the model row and loading it (as a backend's STABLE
     // call has): a row deleted between the two reads would otherwise look half there
     // SAFETY: a core setting, for this process only
@@ -710,8 +734,56 @@ pub extern "C-unwind" fn genome_inference_worker_main(arg: pg_sys::Datum) {
     // SAFETY: plain globals of this process
     let (pid, procno) = unsafe { (pg_sys::MyProcPid, (*pg_sys::MyProc).pgprocno) };
     let w = &h.workers[index];
+    // an entry still held by a live worker (a launcher restarted and started this index twice):
+    // leave it to that one
+    loop {
+        match w
+            .pid
+            .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => break,
+            // SAFETY: a lookup in the process array
+            Err(other) if !unsafe { pg_sys::BackendPidGetProc(other) }.is_null() => {
+                log!("pg_genome inference worker {index} for {db}: pid {other} already serves this entry; exiting");
+                return;
+            }
+            Err(other) => {
+                let _ = w
+                    .pid
+                    .compare_exchange(other, 0, Ordering::AcqRel, Ordering::Acquire);
+            }
+        }
+    }
+    unsafe { pg_sys::on_shmem_exit(Some(clear_worker), pg_sys::Datum::from(index)) };
+    // the entry is ours: fill it, the database last (backends match on it)
     w.procno.store(procno, Ordering::Relaxed);
-    w.dboid.store(my_db(), Ordering::Relaxed);
+    publish_settings(w);
+    w.batches.store(0, Ordering::Relaxed);
+    w.items.store(0, Ordering::Relaxed);
+    w.started_us.store(now_us(), Ordering::Relaxed);
+    w.dboid.store(my_db(), Ordering::Release);
+    log!("pg_genome inference worker {index} for {db} started");
+    let mut last_sweep = Instant::now();
+    loop {
+        pg_sys::check_for_interrupts!();
+        if BackgroundWorker::sighup_received() {
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            apply_threads();
+            publish_settings(w);
+        }
+        if !serve(h, w) {
+            wait_latch(Duration::from_millis(1000));
+        }
+        if last_sweep.elapsed() > Duration::from_secs(1) {
+            sweep(h);
+            last_sweep = Instant::now();
+        }
+    }
+}
+
+/// What a backend's `auto` compares with its own session: the settings this worker runs its
+/// models with (again after a reload of the configuration).
+fn publish_settings(w: &WorkerInfo) {
     w.provider.store(
         provider_code(gucs::EXECUTION_PROVIDER.get()),
         Ordering::Relaxed,
@@ -723,31 +795,6 @@ pub extern "C-unwind" fn genome_inference_worker_main(arg: pg_sys::Datum) {
     w.memory_mb
         .store(gucs::MODEL_MEMORY_LIMIT.get(), Ordering::Relaxed);
     w.library.store(library_hash(), Ordering::Relaxed);
-    w.batches.store(0, Ordering::Relaxed);
-    w.items.store(0, Ordering::Relaxed);
-    w.started_us.store(now_us(), Ordering::Relaxed);
-    w.pid.store(pid, Ordering::Release);
-    unsafe { pg_sys::on_shmem_exit(Some(clear_worker), pg_sys::Datum::from(index)) };
-    log!("pg_genome inference worker {index} for {db} started");
-    let mut last_sweep = Instant::now();
-    loop {
-        pg_sys::check_for_interrupts!();
-        if BackgroundWorker::sighup_received() {
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            apply_threads();
-            w.threads.store(
-                gucs::INTRA_OP_THREADS.get().max(1) as u32,
-                Ordering::Relaxed,
-            );
-        }
-        if !serve(h, w) {
-            wait_latch(Duration::from_millis(1000));
-        }
-        if last_sweep.elapsed() > Duration::from_secs(1) {
-            sweep(h);
-            last_sweep = Instant::now();
-        }
-    }
 }
 
 /// The worker's sessions use genome.inference_threads (one per core when 0): set as this
@@ -864,20 +911,38 @@ fn serve(h: &Header, w: &WorkerInfo) -> bool {
     let me = unsafe { pg_sys::MyProcPid };
     let mut claimed: Vec<usize> = Vec::new();
     let mut items = 0usize;
-    for (i, _, n) in pending(h) {
+    for (i, seq, n) in pending(h) {
         if key_of(i) != key || (!claimed.is_empty() && items + n > max_batch) {
             continue;
         }
         let s = slot(i);
-        s.worker_pid.store(me, Ordering::Release);
         if s.state
             .compare_exchange(PENDING, RUNNING, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+            .is_err()
         {
-            s.worker_pid.store(me, Ordering::Release);
-            claimed.push(i);
-            items += n;
+            continue;
         }
+        // the slot may have been withdrawn and refilled since it was listed: the request won
+        // must be the one listed (arrival number, database, model), else it goes back
+        // SAFETY: RUNNING: fields written before it was published
+        let same = unsafe { (*slot_ptr(i)).seq == seq && (*slot_ptr(i)).dboid == my_db() }
+            && key_of(i) == key;
+        if !same {
+            if s.state
+                .compare_exchange(RUNNING, PENDING, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                // withdrawn meanwhile (ABANDONED): nobody waits for it
+                let _ =
+                    s.state
+                        .compare_exchange(ABANDONED, FREE, Ordering::AcqRel, Ordering::Acquire);
+            }
+            continue;
+        }
+        // only the worker that won the slot names itself on it
+        s.worker_pid.store(me, Ordering::Release);
+        claimed.push(i);
+        items += n;
     }
     if claimed.is_empty() {
         return true;
@@ -906,14 +971,10 @@ fn serve(h: &Header, w: &WorkerInfo) -> bool {
                 k += n;
                 let dim = part.first().map_or(0, |v| v.len());
                 if 4 * dim * n > SLOT_BYTES {
+                    // the registry's dimension understated the model's: the caller runs it
                     fail(
                         i,
-                        &Failure {
-                            kind: ERR_ERROR,
-                            code: PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-                            message: "the vectors do not fit the request slot".into(),
-                            hint: None,
-                        },
+                        &Failure::stale("the vectors do not fit the request slot"),
                     );
                     continue;
                 }
@@ -969,6 +1030,8 @@ fn fail(i: usize, f: &Failure) {
 /// Publish a result and wake the backend; an abandoned request is freed instead.
 fn finish(i: usize, to: u32) {
     let s = slot(i);
+    // SAFETY: RUNNING: ours; read before publishing (the backend may free it at once)
+    let owner = unsafe { (*slot_ptr(i)).owner_procno };
     if s.state
         .compare_exchange(RUNNING, to, Ordering::AcqRel, Ordering::Acquire)
         .is_err()
@@ -978,8 +1041,7 @@ fn finish(i: usize, to: u32) {
             .compare_exchange(ABANDONED, FREE, Ordering::AcqRel, Ordering::Acquire);
         return;
     }
-    // SAFETY: published field
-    set_latch_of(unsafe { (*slot_ptr(i)).owner_procno });
+    set_latch_of(owner);
 }
 
 /// Why a batch failed: ERR_STALE (run it in the backend) or ERR_ERROR with the ERROR raised.
@@ -1070,6 +1132,11 @@ fn run_batch(key: &(u32, i64, Vec<u8>), claimed: &[usize]) -> Result<Vec<Vec<f32
         );
         match r {
             Ok(v) => v,
+            // the registry is locked (an ALTER waiting behind the caller's own lock, which the
+            // deadlock detector cannot see through the queue): the caller runs it itself
+            Err(e) if e.code == PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE => {
+                Err(Failure::stale(&e.message))
+            }
             Err(e) => Err(Failure {
                 kind: ERR_ERROR,
                 code: e.code,
