@@ -62,7 +62,7 @@ pub static INFERENCE_QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16);
 pub static INFERENCE: GucSetting<Inference> = GucSetting::<Inference>::new(Inference::Auto);
 /// ONNX Runtime intra-op threads of each inference worker; 0 = one per CPU core.
 pub static INFERENCE_THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
-pub static INFERENCE_MAX_BATCH: GucSetting<i32> = GucSetting::<i32>::new(32);
+pub static INFERENCE_MAX_BATCH: GucSetting<i32> = GucSetting::<i32>::new(128);
 /// Milliseconds a worker waits for more requests after the first of a batch arrives.
 pub static INFERENCE_MAX_WAIT: GucSetting<f64> = GucSetting::<f64>::new(2.0);
 pub static EMBED_WORKER_NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(2000);
@@ -256,8 +256,8 @@ pub fn init() {
     );
     GucRegistry::define_int_guc(
         c"genome.inference_max_batch",
-        c"Most texts or images an inference worker runs in one model call.",
-        c"",
+        c"Most texts or images an inference worker gathers into one batch.",
+        c"Texts of a batch run in model runs of similar token length holding at most 8,192 padded tokens.",
         &INFERENCE_MAX_BATCH,
         1,
         1024,

@@ -17,8 +17,10 @@
 //!   version (unless `genome.inference_max_batch` items are already there, or as many requests
 //!   as its previous batch held: the clients sending now; a lone client does not wait), claims
 //!   them, runs
-//!   them as one model call (texts grouped by token length inside it, see genome-core's
-//!   `length_groups`) and scatters the vectors back.
+//!   them as one model call (texts grouped by token length inside it, at most
+//!   `MAX_RUN_TOKENS` padded tokens a run, see genome-core's `length_groups`) and scatters the
+//!   vectors back. Large batches (default 128) are what lets one session on all cores keep up
+//!   with one backend per core (benches/README.md).
 //! - **Back-pressure**: a backend that finds no free slot waits for one (cancellable); memory
 //!   never grows with the load.
 //! - **Faults**: a backend waits in a loop that checks, every 20 ms, that the worker running its

@@ -1,5 +1,5 @@
 //! The raw Rust embedder outside PostgreSQL, for benches/embed_bench.py.
-//! usage: embed_bench ORT_LIB MODEL_DIR TEXTS_FILE BATCH  (one text per line; prints texts/s)
+//! usage: embed_bench ORT_LIB MODEL_DIR TEXTS_FILE BATCH [THREADS]  (one text per line; prints texts/s)
 use genome_core::embed::{ModelConfig, Runtime, SessionSettings, TextEmbedder};
 use std::time::Instant;
 
@@ -12,7 +12,11 @@ fn main() {
             .unwrap();
     let onnx = std::fs::read(format!("{dir}/model.onnx")).unwrap();
     let tok = std::fs::read(format!("{dir}/tokenizer.json")).unwrap();
-    let mut e = TextEmbedder::new(rt, &onnx, &tok, cfg, SessionSettings::default()).unwrap();
+    let settings = SessionSettings {
+        intra_threads: a.get(5).map_or(1, |t| t.parse().unwrap()),
+        ..SessionSettings::default()
+    };
+    let mut e = TextEmbedder::new(rt, &onnx, &tok, cfg, settings).unwrap();
     let text = std::fs::read_to_string(file).unwrap();
     let texts: Vec<&str> = text.lines().collect();
     e.embed(&texts[..batch.min(texts.len())]).unwrap(); // warm-up

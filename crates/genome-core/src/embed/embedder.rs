@@ -136,7 +136,7 @@ impl TextEmbedder {
             return self.embed_run(texts);
         }
         let lens = self.tokenizer.lengths(texts)?;
-        let groups = length_groups(&lens, MAX_PADDING);
+        let groups = length_groups(&lens, MAX_PADDING, MAX_RUN_TOKENS);
         if groups.len() == 1 {
             return self.embed_run(texts);
         }
@@ -250,10 +250,17 @@ impl TextEmbedder {
 /// of similar length.
 pub const MAX_PADDING: f64 = 0.10;
 
+/// The most padded tokens (texts x longest) one model run holds: 32 texts of 256 tokens. A
+/// run's activations grow with it (attention with texts x length squared), so a large batch of
+/// long texts runs in several runs and peaks no higher than a batch of 32, while short texts
+/// still run in large batches (the inference workers' batches across backends).
+pub const MAX_RUN_TOKENS: usize = 32 * 256;
+
 /// Split texts of token lengths `lens` into runs (indices, shortest first) whose padded size
-/// (count x longest) exceeds their real tokens by at most `max_padding`: sorted by length, a run
-/// grows while it stays within the bound. Texts of one length are always one run.
-pub fn length_groups(lens: &[usize], max_padding: f64) -> Vec<Vec<usize>> {
+/// (count x longest) exceeds their real tokens by at most `max_padding` and holds at most
+/// `max_tokens` (a text longer than that runs alone): sorted by length, a run grows while it
+/// stays within both bounds.
+pub fn length_groups(lens: &[usize], max_padding: f64, max_tokens: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lens.len()).collect();
     order.sort_by_key(|&i| (lens[i], i));
     let mut groups: Vec<Vec<usize>> = Vec::new();
@@ -262,7 +269,7 @@ pub fn length_groups(lens: &[usize], max_padding: f64) -> Vec<Vec<usize>> {
         let l = lens[i].max(1);
         let fits = groups.last().is_some_and(|g| {
             let padded = l * (g.len() + 1);
-            padded as f64 <= (real + l) as f64 * (1.0 + max_padding)
+            padded <= max_tokens && padded as f64 <= (real + l) as f64 * (1.0 + max_padding)
         });
         if fits {
             groups.last_mut().expect("a group").push(i);
@@ -304,7 +311,11 @@ mod tests {
 
     /// Every text in exactly one run; every run within the padding bound; runs in length order.
     fn check(lens: &[usize], max_padding: f64) -> Vec<Vec<usize>> {
-        let groups = length_groups(lens, max_padding);
+        check_tokens(lens, max_padding, usize::MAX)
+    }
+
+    fn check_tokens(lens: &[usize], max_padding: f64, max_tokens: usize) -> Vec<Vec<usize>> {
+        let groups = length_groups(lens, max_padding, max_tokens);
         let mut seen: Vec<usize> = groups.iter().flatten().copied().collect();
         seen.sort_unstable();
         assert_eq!(seen, (0..lens.len()).collect::<Vec<_>>());
@@ -316,6 +327,7 @@ mod tests {
                 (longest * g.len()) as f64 <= real as f64 * (1.0 + max_padding) + 1e-9,
                 "{g:?}"
             );
+            assert!(g.len() == 1 || longest * g.len() <= max_tokens, "{g:?}");
             let shortest = g.iter().map(|&i| lens[i]).min().unwrap();
             assert!(shortest >= last);
             last = longest;
@@ -329,6 +341,19 @@ mod tests {
         // 10 and 40 tokens: padding the 10 to 40 would triple its cost
         assert_eq!(check(&[40, 10, 40, 10], 0.1), vec![vec![1, 3], vec![0, 2]]);
         assert!(check(&[], 0.1).is_empty());
+    }
+
+    #[test]
+    fn a_run_holds_at_most_max_tokens() {
+        // 128 texts of 256 tokens: four runs of 32, not one run four times as large
+        let groups = check_tokens(&[256; 128], 0.1, super::MAX_RUN_TOKENS);
+        assert_eq!(groups.iter().map(Vec::len).collect::<Vec<_>>(), vec![32; 4]);
+        // 128 short texts stay one run; a text longer than the budget runs alone
+        assert_eq!(
+            check_tokens(&[20; 128], 0.1, super::MAX_RUN_TOKENS).len(),
+            1
+        );
+        assert_eq!(check_tokens(&[300, 300], 0.1, 299), vec![vec![0], vec![1]]);
     }
 
     #[test]
