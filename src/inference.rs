@@ -8,7 +8,9 @@
 //!   RUNNING (a worker claimed it) -> DONE or FAILED (the worker wrote the vectors or an error)
 //!   -> FREE (the backend read them). Every move is a compare-and-swap on the slot's state, so no
 //!   lock is held while a request is written, run or read; the payload is written before the
-//!   state is published (release) and read after it is seen (acquire).
+//!   state is published (release) and read after it is seen (acquire). The state word carries a
+//!   generation bumped by each claim, so a move decided on an earlier look (a sweep freeing the
+//!   slot of a backend that has gone) cannot hit a later request of the same slot.
 //! - **Waking**: a backend sets the latches of its database's workers after publishing; a worker
 //!   sets the latch of the backend whose request it finished. Both wait on their own latch with
 //!   a timeout, so nothing is lost to a race: a missed wake-up costs at most the timeout.
@@ -91,9 +93,63 @@ struct WorkerInfo {
     started_us: AtomicI64,
 }
 
+/// A slot's state word: the state in its low 8 bits, above them a generation that each claim of
+/// the slot bumps. A move decided on what a process saw of a slot it does not own (a worker's
+/// sweep of slots whose backend has gone) compares the whole word, so it cannot land on a later
+/// request that reached the same state in between.
+#[repr(transparent)]
+struct SlotState(AtomicU32);
+
+const STATE_BITS: u32 = 0xff;
+
+impl SlotState {
+    /// The state, without its generation.
+    fn get(&self) -> u32 {
+        self.0.load(Ordering::Acquire) & STATE_BITS
+    }
+
+    /// The whole word (state and generation), for [`SlotState::cas_seen`].
+    fn word(&self) -> u32 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// `from` -> `to` within the slot's current generation.
+    fn cas(&self, from: u32, to: u32) -> bool {
+        let w = self.word();
+        w & STATE_BITS == from && self.cas_seen(w, to)
+    }
+
+    /// To `to` only if the word is still `seen`: nothing claimed or moved the slot since.
+    fn cas_seen(&self, seen: u32, to: u32) -> bool {
+        self.0
+            .compare_exchange(
+                seen,
+                (seen & !STATE_BITS) | to,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// FREE -> FILLING in the next generation.
+    fn claim(&self) -> bool {
+        let w = self.word();
+        w & STATE_BITS == FREE
+            && self
+                .0
+                .compare_exchange(
+                    w,
+                    (w.wrapping_add(STATE_BITS + 1) & !STATE_BITS) | FILLING,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+}
+
 #[repr(C)]
 struct Slot {
-    state: AtomicU32,
+    state: SlotState,
     worker_pid: AtomicI32,
     kind: u32,
     owner_pid: i32,
@@ -428,16 +484,13 @@ unsafe extern "C-unwind" fn release_claims(_code: i32, _arg: pg_sys::Datum) {
 fn let_go(i: usize) {
     let s = slot(i);
     loop {
-        let st = s.state.load(Ordering::Acquire);
+        let st = s.state.get();
         let next = match st {
             FILLING | PENDING | DONE | FAILED => FREE,
             RUNNING => ABANDONED,
             _ => return,
         };
-        if s.state
-            .compare_exchange(st, next, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+        if s.state.cas(st, next) {
             return;
         }
     }
@@ -475,11 +528,7 @@ fn claim(h: &Header) -> Claim {
     loop {
         for k in 0..n {
             let i = (start + k) % n;
-            if slot(i)
-                .state
-                .compare_exchange(FREE, FILLING, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
+            if slot(i).state.claim() {
                 return Claim::new(i);
             }
         }
@@ -549,14 +598,16 @@ fn request(
         (*p).msg_len = 0;
         (*p).worker_pid.store(0, Ordering::Relaxed);
     }
-    slot(i).state.store(PENDING, Ordering::Release);
+    // FILLING is this backend's alone: nothing else moves it
+    let published = slot(i).state.cas(FILLING, PENDING);
+    debug_assert!(published);
     for &w in workers {
         set_latch_of(w);
     }
     let s = slot(i);
     let waited = Instant::now();
     loop {
-        match s.state.load(Ordering::Acquire) {
+        match s.state.get() {
             DONE => {
                 // SAFETY: DONE: the worker wrote n x dim floats and let go of the slot.
                 // SAFETY: read after DONE was seen
@@ -610,10 +661,7 @@ fn request(
             RUNNING => {
                 let wp = s.worker_pid.load(Ordering::Acquire);
                 if wp != 0 && !worker_alive(h, wp) {
-                    let lost = s
-                        .state
-                        .compare_exchange(RUNNING, FREE, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok();
+                    let lost = s.state.cas(RUNNING, FREE);
                     if lost {
                         c.forget();
                         crate::metrics::record_inference_failure(true);
@@ -679,9 +727,7 @@ unsafe extern "C-unwind" fn clear_worker(_code: i32, arg: pg_sys::Datum) {
             if s.worker_pid.load(Ordering::Acquire) == me {
                 // SAFETY: read before the slot can be freed and reused
                 let owner = unsafe { (*slot_ptr(i)).owner_procno };
-                let _ =
-                    s.state
-                        .compare_exchange(ABANDONED, FREE, Ordering::AcqRel, Ordering::Acquire);
+                let _ = s.state.cas(ABANDONED, FREE);
                 set_latch_of(owner);
             }
         }
@@ -824,8 +870,10 @@ fn sweep(h: &Header) {
     let db = my_db();
     for i in 0..h.nslots as usize {
         let s = slot(i);
-        let st = s.state.load(Ordering::Acquire);
-        // SAFETY: reads of fields written before the state was published
+        let seen = s.state.word();
+        let st = seen & STATE_BITS;
+        // SAFETY: reads of fields written before the state was published; they belong to the
+        // request of `seen` when the word is still `seen` at the swap below
         let (owner, sdb) = unsafe { ((*slot_ptr(i)).owner_pid, (*slot_ptr(i)).dboid) };
         if sdb != db {
             continue;
@@ -839,9 +887,8 @@ fn sweep(h: &Header) {
             _ => false,
         };
         if free {
-            let _ = s
-                .state
-                .compare_exchange(st, FREE, Ordering::AcqRel, Ordering::Acquire);
+            // not if the slot was claimed or moved since it was looked at
+            let _ = s.state.cas_seen(seen, FREE);
         }
     }
 }
@@ -865,7 +912,7 @@ fn key_of(i: usize) -> (u32, i64, Vec<u8>) {
 fn pending(h: &Header) -> Vec<(usize, u64, usize)> {
     let db = my_db();
     let mut v: Vec<(usize, u64, usize)> = (0..h.nslots as usize)
-        .filter(|&i| slot(i).state.load(Ordering::Acquire) == PENDING)
+        .filter(|&i| slot(i).state.get() == PENDING)
         // SAFETY: published fields
         .filter_map(|i| unsafe {
             let p = slot_ptr(i);
@@ -918,10 +965,7 @@ fn serve(h: &Header, w: &WorkerInfo) -> bool {
             continue;
         }
         let s = slot(i);
-        if s.state
-            .compare_exchange(PENDING, RUNNING, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
+        if !s.state.cas(PENDING, RUNNING) {
             continue;
         }
         // the slot may have been withdrawn and refilled since it was listed: the request won
@@ -930,14 +974,9 @@ fn serve(h: &Header, w: &WorkerInfo) -> bool {
         let same = unsafe { (*slot_ptr(i)).seq == seq && (*slot_ptr(i)).dboid == my_db() }
             && key_of(i) == key;
         if !same {
-            if s.state
-                .compare_exchange(RUNNING, PENDING, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-            {
+            if !s.state.cas(RUNNING, PENDING) {
                 // withdrawn meanwhile (ABANDONED): nobody waits for it
-                let _ =
-                    s.state
-                        .compare_exchange(ABANDONED, FREE, Ordering::AcqRel, Ordering::Acquire);
+                let _ = s.state.cas(ABANDONED, FREE);
             }
             continue;
         }
@@ -1034,13 +1073,8 @@ fn finish(i: usize, to: u32) {
     let s = slot(i);
     // SAFETY: RUNNING: ours; read before publishing (the backend may free it at once)
     let owner = unsafe { (*slot_ptr(i)).owner_procno };
-    if s.state
-        .compare_exchange(RUNNING, to, Ordering::AcqRel, Ordering::Acquire)
-        .is_err()
-    {
-        let _ = s
-            .state
-            .compare_exchange(ABANDONED, FREE, Ordering::AcqRel, Ordering::Acquire);
+    if !s.state.cas(RUNNING, to) {
+        let _ = s.state.cas(ABANDONED, FREE);
         return;
     }
     set_latch_of(owner);
@@ -1084,10 +1118,7 @@ pub fn worker_stop() -> bool {
         return true;
     }
     let slots = RUNNING_SLOTS.lock().unwrap_or_else(|e| e.into_inner());
-    !slots.is_empty()
-        && slots
-            .iter()
-            .all(|&i| slot(i).state.load(Ordering::Acquire) == ABANDONED)
+    !slots.is_empty() && slots.iter().all(|&i| slot(i).state.get() == ABANDONED)
 }
 
 /// Read the requests of `claimed` and run them as one model call, in a transaction (the model
@@ -1211,7 +1242,7 @@ fn inference_info() -> pgrx::JsonB {
     };
     let mut counts = [0usize; 7];
     for i in 0..h.nslots as usize {
-        counts[(slot(i).state.load(Ordering::Acquire) as usize).min(6)] += 1;
+        counts[(slot(i).state.get() as usize).min(6)] += 1;
     }
     let workers: Vec<serde_json::Value> = h
         .workers
@@ -1256,7 +1287,7 @@ pub fn queue_depth() -> Option<(usize, usize, usize)> {
     let mut pending = 0;
     let mut running = 0;
     for i in 0..h.nslots as usize {
-        match slot(i).state.load(Ordering::Acquire) {
+        match slot(i).state.get() {
             PENDING | FILLING => pending += 1,
             RUNNING | ABANDONED => running += 1,
             _ => {}
@@ -1284,5 +1315,35 @@ mod tests {
         ] {
             assert_eq!(sqlstate(sqlstate_text(e)), e);
         }
+    }
+
+    #[test]
+    fn a_move_decided_on_an_earlier_look_misses_a_later_request() {
+        let s = SlotState(AtomicU32::new(0));
+        // one request's life: claimed, published, run, answered
+        assert!(s.claim());
+        assert!(!s.claim(), "a claimed slot cannot be claimed again");
+        assert!(s.cas(FILLING, PENDING));
+        assert!(s.cas(PENDING, RUNNING));
+        assert!(s.cas(RUNNING, DONE));
+        assert_eq!(s.get(), DONE);
+        // a sweep looks at the finished slot ...
+        let seen = s.word();
+        // ... meanwhile its backend reads it, and another request goes through to DONE
+        assert!(s.cas(DONE, FREE));
+        assert!(s.claim());
+        assert!(s.cas(FILLING, PENDING) && s.cas(PENDING, RUNNING) && s.cas(RUNNING, DONE));
+        assert_eq!(s.get(), DONE);
+        // the sweep's free lands on nothing: the later request's answer stays
+        assert!(!s.cas_seen(seen, FREE));
+        assert_eq!(s.get(), DONE);
+        // a move on the current look does land
+        assert!(s.cas_seen(s.word(), FREE));
+        assert_eq!(s.get(), FREE);
+        // the generation wraps without touching the state
+        let s = SlotState(AtomicU32::new(!STATE_BITS | FREE));
+        assert!(s.claim());
+        assert_eq!(s.get(), FILLING);
+        assert_eq!(s.word() & !STATE_BITS, 0);
     }
 }
