@@ -1,6 +1,7 @@
 //! Run the clustering pipeline on a raw f32 matrix, for benchmarks against Python peers.
 //!   cargo run --release -p genome-core --example classify -- IN.f32 DIM OUT_PREFIX \
 //!       [reduction=umap|pca|none] [method=auto|exact|approximate] [min_cluster_size=15] [seed=42]
+//!       [knn=auto|exact|hnsw|nndescent]
 //! Writes OUT_PREFIX.labels (i32 per row) and, when reduced, OUT_PREFIX.reduced.f32; prints one
 //! JSON line with stage timings.
 
@@ -33,6 +34,14 @@ fn main() {
             "seed" => params.seed = v.parse().unwrap(),
             "max_cluster_fraction" => params.max_cluster_fraction = v.parse().unwrap(),
             "compare" => {}
+            "knn" => {
+                params.knn = match v {
+                    "exact" => genome_core::reduce::KnnMethod::Exact,
+                    "hnsw" => genome_core::reduce::KnnMethod::Hnsw,
+                    "nndescent" => genome_core::reduce::KnnMethod::NnDescent,
+                    _ => genome_core::reduce::KnnMethod::Auto,
+                }
+            }
             "init" => {
                 params.init = match v {
                     "pca" => genome_core::reduce::Init::Pca,

@@ -20,6 +20,8 @@ pub enum KnnMethod {
     Auto,
     Exact,
     Hnsw,
+    /// NN-descent from random-projection trees (see [`super::nndescent`]).
+    NnDescent,
 }
 
 /// Above this many points `Auto` switches to HNSW: brute force is O(n^2 d), which at 8k x 384
@@ -80,6 +82,13 @@ pub fn knn(
     let exact = match method {
         KnnMethod::Exact => true,
         KnnMethod::Hnsw => false,
+        KnnMethod::NnDescent => {
+            if p.n > k + 1 {
+                let params = super::nndescent::NnDescentParams::default();
+                return super::nndescent::nn_descent(p, k, metric, params, cancel);
+            }
+            true
+        }
         KnnMethod::Auto => p.n <= EXACT_MAX_POINTS,
     };
     if exact || p.n <= k + 1 {
