@@ -97,6 +97,28 @@ impl Graph {
     fn worst(&self, i: usize) -> f32 {
         self.dist[i * self.k + self.k - 1]
     }
+
+    /// The updates of one local join: every pair within `new` and every pair of `new` x `old`,
+    /// kept when it improves either point's list as it stands.
+    fn join(
+        &self,
+        new: &[u32],
+        old: &[u32],
+        dist: impl Fn(usize, usize) -> f32,
+        out: &mut Vec<(u32, u32, f32)>,
+    ) {
+        for (x, &u) in new.iter().enumerate() {
+            for &v in new[x + 1..].iter().chain(old) {
+                if u == v {
+                    continue;
+                }
+                let d = dist(u as usize, v as usize);
+                if d < self.worst(u as usize) || d < self.worst(v as usize) {
+                    out.push((u, v, d));
+                }
+            }
+        }
+    }
 }
 
 /// Insert `j` at distance `d` into one point's sorted list; true when it changed.
@@ -330,14 +352,7 @@ pub fn nn_descent(
                     }
                     let mut out = Vec::new();
                     for ids in chunk {
-                        for (x, &u) in ids.iter().enumerate() {
-                            for &v in &ids[x + 1..] {
-                                let d = dist(u as usize, v as usize);
-                                if d < g.worst(u as usize) || d < g.worst(v as usize) {
-                                    out.push((u, v, d));
-                                }
-                            }
-                        }
+                        g.join(ids, &[], dist, &mut out);
                     }
                     Some(out)
                 })
@@ -392,7 +407,7 @@ pub fn nn_descent(
         let mut changed = 0usize;
         for span in (0..n).step_by(SPAN) {
             let span_end = (span + SPAN).min(n);
-            let updates: Vec<Option<Vec<(u32, u32, f32)>>> = (span..span_end)
+            let updates: Vec<Vec<(u32, u32, f32)>> = (span..span_end)
                 .step_by(BLOCK)
                 .collect::<Vec<_>>()
                 .into_par_iter()
@@ -402,25 +417,10 @@ pub fn nn_descent(
                     }
                     let mut out = Vec::new();
                     for i in b..(b + BLOCK).min(span_end) {
-                        let nw = news.row(i);
-                        let od = olds.row(i);
-                        for (x, &u) in nw.iter().enumerate() {
-                            for &v in nw[x + 1..].iter().chain(od.iter()) {
-                                if u == v {
-                                    continue;
-                                }
-                                let d = dist(u as usize, v as usize);
-                                if d < g.worst(u as usize) || d < g.worst(v as usize) {
-                                    out.push((u, v, d));
-                                }
-                            }
-                        }
+                        g.join(news.row(i), olds.row(i), dist, &mut out);
                     }
                     Some(out)
                 })
-                .collect();
-            let updates: Vec<Vec<(u32, u32, f32)>> = updates
-                .into_iter()
                 .collect::<Option<_>>()
                 .ok_or(Cancelled)?;
             changed += g.apply(&updates);
