@@ -21,7 +21,11 @@
 //!   them, runs
 //!   them as one model call (texts grouped by token length inside it, at most
 //!   `MAX_RUN_TOKENS` padded tokens a run, see genome-core's `length_groups`) and scatters the
-//!   vectors back. Large batches (default 128) are what lets one session on all cores keep up
+//!   vectors back. A batch of several texts runs as one single-threaded session per worker
+//!   thread, the runs dealt among them and run at once (each part padded as its whole run, so
+//!   the vectors have the bits one session gives); the sessions share one copy of the weights
+//!   (genome-core's `embed::weights`). A lone text runs in the main session on every thread.
+//!   Large batches (default 128) and the parallel sessions are what lets the worker keep up
 //!   with one backend per core (benches/README.md).
 //! - **Back-pressure**: a backend that finds no free slot waits for one (cancellable); memory
 //!   never grows with the load.
@@ -1254,6 +1258,12 @@ fn inference_info() -> pgrx::JsonB {
                 "database_oid": w.dboid.load(Ordering::Relaxed),
                 "provider": if w.provider.load(Ordering::Relaxed) == 1 { "cuda" } else { "cpu" },
                 "intra_op_threads": w.threads.load(Ordering::Relaxed),
+                // text models on the CPU: a batch's runs spread over one single-threaded
+                // session per thread, sharing one copy of the weights
+                "text_sessions": match (w.provider.load(Ordering::Relaxed), w.threads.load(Ordering::Relaxed)) {
+                    (0, t) if t > 1 => t,
+                    _ => 1,
+                },
                 "batches": w.batches.load(Ordering::Relaxed),
                 "items": w.items.load(Ordering::Relaxed),
             })

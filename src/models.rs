@@ -218,9 +218,17 @@ fn current_settings() -> SessionSettings {
         gucs::Provider::Cpu => ExecutionProvider::Cpu,
         gucs::Provider::Cuda => ExecutionProvider::Cuda,
     };
+    let intra_threads = gucs::INTRA_OP_THREADS.get().max(1) as usize;
     SessionSettings {
-        intra_threads: gucs::INTRA_OP_THREADS.get().max(1) as usize,
+        intra_threads,
         provider,
+        // an inference worker spreads a batch's runs over one single-threaded session per
+        // thread (sharing the weights); a backend runs one session
+        parallel_sessions: if crate::inference::in_worker() {
+            intra_threads
+        } else {
+            1
+        },
         // cancel, statement_timeout and pg_terminate_backend stop a run in flight (in an
         // inference worker: its termination, or every waiting statement withdrawn)
         stop: Some(if crate::inference::in_worker() {

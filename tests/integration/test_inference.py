@@ -298,6 +298,8 @@ def test_health_and_metrics_report_the_service(shared):
     assert h["queue"]["slots"] >= 2
     w = my_workers(c)
     assert len(w) == 1 and w[0]["provider"] == "cpu" and w[0]["intra_op_threads"] >= 1 and w[0]["items"] >= 1
+    # a batch of texts runs as one single-threaded session per thread (sharing the weights)
+    assert w[0]["text_sessions"] == max(1, w[0]["intra_op_threads"]), w[0]
     pids = {r[0] for r in c.execute("SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_genome inference worker'")}
     assert w[0]["pid"] in pids
     m = c.execute("SELECT genome.metrics()").fetchone()[0]

@@ -236,3 +236,58 @@ fn cuda_without_the_feature_is_a_clear_error() {
         }
     }
 }
+
+/// What an inference worker runs: a batch's runs spread over single-threaded sessions that
+/// share one copy of the weights. Every vector has the bits one session gives (each part of a
+/// run is padded as the whole run), whatever the batch, and matches sentence-transformers.
+#[test]
+fn parallel_sessions_give_the_bits_of_one_session() {
+    let refs = reference();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let (onnx, tok, cfg) = files("all-minilm-l6-v2");
+    let mut one = embedder("all-minilm-l6-v2");
+    let settings = SessionSettings {
+        intra_threads: 2,
+        parallel_sessions: 3,
+        ..Default::default()
+    };
+    let mut par = TextEmbedder::new(runtime(), &onnx, &tok, cfg, settings).unwrap();
+    for size in [2, 7, 32, texts.len()] {
+        for chunk in texts.chunks(size) {
+            let a = one.embed(chunk).unwrap();
+            let b = par.embed(chunk).unwrap();
+            assert_eq!(a, b, "batches of {size}");
+        }
+    }
+    let lone = par.embed(&texts[..1]).unwrap();
+    assert_eq!(lone, one.embed(&texts[..1]).unwrap());
+    for (v, r) in par.embed(&texts).unwrap().iter().zip(&refs) {
+        assert!(cosine(v, &r.embedding) >= 0.9999, "{:?}", r.text);
+    }
+}
+
+static STOP_NOW: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn stop_now() -> bool {
+    STOP_NOW.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A stop asked for stops every parallel session's runs and the batch fails as interrupted.
+#[test]
+fn parallel_sessions_stop_when_asked() {
+    let (onnx, tok, cfg) = files("all-minilm-l6-v2");
+    let settings = SessionSettings {
+        parallel_sessions: 2,
+        stop: Some(stop_now),
+        ..Default::default()
+    };
+    let mut par = TextEmbedder::new(runtime(), &onnx, &tok, cfg, settings).unwrap();
+    let long = "the quick brown fox jumps over the lazy dog ".repeat(30);
+    let texts: Vec<&str> = (0..64).map(|_| long.as_str()).collect();
+    assert_eq!(par.embed(&texts[..4]).unwrap().len(), 4);
+    STOP_NOW.store(true, std::sync::atomic::Ordering::Relaxed);
+    let r = par.embed(&texts);
+    STOP_NOW.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(matches!(r, Err(Error::Interrupted)), "{:?}", r.err());
+    assert_eq!(par.embed(&texts[..3]).unwrap().len(), 3);
+}

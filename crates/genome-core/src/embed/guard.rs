@@ -74,7 +74,7 @@ fn bad(what: &str) -> Error {
     Error::ModelLoad(format!("not a valid ONNX model ({what})"))
 }
 
-fn varint(b: &[u8], pos: &mut usize) -> Result<u64> {
+pub(crate) fn varint(b: &[u8], pos: &mut usize) -> Result<u64> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
         let byte = *b.get(*pos).ok_or_else(|| bad("truncated varint"))?;

@@ -25,8 +25,8 @@ pub const POLL: Duration = Duration::from_millis(20);
 pub type StopCheck = fn() -> bool;
 
 struct Watch {
-    /// The run in flight and the check to poll for it.
-    current: Mutex<Option<(Arc<RunOptions>, StopCheck)>>,
+    /// The runs in flight (several when a model runs as parallel sessions) and their checks.
+    current: Mutex<Vec<(Arc<RunOptions>, StopCheck)>>,
     wake: Condvar,
 }
 
@@ -35,16 +35,16 @@ static WATCH: OnceLock<Arc<Watch>> = OnceLock::new();
 fn watch() -> &'static Arc<Watch> {
     WATCH.get_or_init(|| {
         let w = Arc::new(Watch {
-            current: Mutex::new(None),
+            current: Mutex::new(Vec::new()),
             wake: Condvar::new(),
         });
         let w2 = Arc::clone(&w);
         spawn_without_signals(move || loop {
             let mut cur = w2.current.lock().unwrap_or_else(|p| p.into_inner());
-            while cur.is_none() {
+            while cur.is_empty() {
                 cur = w2.wake.wait(cur).unwrap_or_else(|p| p.into_inner());
             }
-            if let Some((opts, check)) = cur.as_ref() {
+            for (opts, check) in cur.iter() {
                 if check() {
                     let _ = opts.terminate();
                 }
@@ -58,19 +58,30 @@ fn watch() -> &'static Arc<Watch> {
     })
 }
 
-/// The host's signal handlers must run on its own thread: the watchdog blocks every signal.
-fn spawn_without_signals(f: impl FnOnce() + Send + 'static) {
+/// Run `f` with every signal blocked in the calling thread, then restore the mask: a thread
+/// started inside inherits the blocked mask, so the host's signal handlers stay on its own
+/// thread.
+pub fn without_signals<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: sigset_t is plain data; the mask is restored before returning
     unsafe {
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let r = std::thread::Builder::new()
-            .name("genome-watchdog".into())
-            .spawn(f);
+        let r = f();
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        r.expect("starting the model-run watchdog thread");
+        r
     }
+}
+
+/// The host's signal handlers must run on its own thread: the watchdog blocks every signal.
+fn spawn_without_signals(f: impl FnOnce() + Send + 'static) {
+    without_signals(|| {
+        std::thread::Builder::new()
+            .name("genome-watchdog".into())
+            .spawn(f)
+    })
+    .expect("starting the model-run watchdog thread");
 }
 
 /// Run `session` on `inputs` and hand the outputs to `f`; when `stop` says so while the run is
@@ -94,11 +105,14 @@ pub fn run<'i, 'v: 'i, const N: usize, R>(
     let w = watch();
     {
         let mut cur = w.current.lock().unwrap_or_else(|p| p.into_inner());
-        *cur = Some((Arc::clone(&opts), check));
+        cur.push((Arc::clone(&opts), check));
         w.wake.notify_all();
     }
     let out = session.run_with_options(inputs, &*opts);
-    *w.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    w.current
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|(o, _)| !Arc::ptr_eq(o, &opts));
     match out {
         Ok(o) => f(o),
         Err(_) if check() => Err(Error::Interrupted),

@@ -7,6 +7,7 @@ pub mod interrupt;
 pub mod pooling;
 pub mod runtime;
 pub mod tokenize;
+pub mod weights;
 
 pub use config::{ModelConfig, Pooling};
 pub use embedder::{SessionSettings, TextEmbedder};

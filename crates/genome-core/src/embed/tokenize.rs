@@ -52,15 +52,30 @@ impl TextTokenizer {
     }
 
     pub fn encode_batch(&self, texts: &[&str]) -> Result<Encoded> {
+        self.encode_batch_to(texts, 0)
+    }
+
+    /// As [`encode_batch`](Self::encode_batch), padded to at least `len` tokens: a part of a
+    /// run padded as the whole run was gives each text the same inputs, hence the same vector.
+    pub fn encode_batch_to(&self, texts: &[&str], len: usize) -> Result<Encoded> {
         let encodings = self
             .inner
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let batch = encodings.len();
-        let seq = encodings.iter().map(|e| e.len()).max().unwrap_or(0);
-        let mut ids = Array2::<i64>::zeros((batch, seq));
+        let seq = encodings
+            .iter()
+            .map(|e| e.len())
+            .max()
+            .unwrap_or(0)
+            .max(len);
+        let (pad_id, pad_type) = self
+            .inner
+            .get_padding()
+            .map_or((0, 0), |p| (p.pad_id as i64, p.pad_type_id as i64));
+        let mut ids = Array2::<i64>::from_elem((batch, seq), pad_id);
         let mut mask = Array2::<i64>::zeros((batch, seq));
-        let mut type_ids = Array2::<i64>::zeros((batch, seq));
+        let mut type_ids = Array2::<i64>::from_elem((batch, seq), pad_type);
         for (b, e) in encodings.iter().enumerate() {
             for (t, ((id, m), ty)) in e
                 .get_ids()
