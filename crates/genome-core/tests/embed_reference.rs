@@ -291,3 +291,24 @@ fn parallel_sessions_stop_when_asked() {
     assert!(matches!(r, Err(Error::Interrupted)), "{:?}", r.err());
     assert_eq!(par.embed(&texts[..3]).unwrap().len(), 3);
 }
+
+/// Padding a part to its run's length adds the padding where the tokenizer puts its own: on
+/// the left for a left-padding tokenizer, so every text keeps its tokens at the same positions.
+#[test]
+fn extra_padding_follows_the_tokenizers_side() {
+    let (_, tok, _) = files("tiny-bert");
+    let mut json: serde_json::Value = serde_json::from_slice(&tok).unwrap();
+    for (side, expect_left) in [("Right", false), ("Left", true)] {
+        json["padding"] = serde_json::json!({
+            "strategy": "BatchLongest", "direction": side, "pad_to_multiple_of": null,
+            "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"
+        });
+        let t = TextTokenizer::from_json(json.to_string().as_bytes(), 256).unwrap();
+        let whole = t.encode_batch(&["a b c d e f", "a"]).unwrap();
+        let part = t.encode_batch_to(&["a"], whole.ids.dim().1).unwrap();
+        assert_eq!(part.ids.row(0), whole.ids.row(1), "{side}");
+        assert_eq!(part.mask.row(0), whole.mask.row(1), "{side}");
+        let mask = part.mask.row(0);
+        assert_eq!(mask[0] == 0, expect_left, "{side}: {mask:?}");
+    }
+}

@@ -258,18 +258,34 @@ impl TextEmbedder {
             plans[s].push(p);
         }
         let (tok, config, stop) = (&self.tokenizer, &self.config, self.settings.stop);
+        // At most MAX_RUN_TOKENS padded tokens in flight across the sessions (a part waits for
+        // the others' to finish; one runs whatever its size when none is in flight), so the
+        // batch peaks no higher than one run of the main session would. A failed part stops
+        // the other sessions before their next part.
+        let budget = TokenBudget::new(MAX_RUN_TOKENS);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let (budget, failed) = (&budget, &failed);
         let run_plan = move |session: &mut Session, plan: Vec<(Vec<usize>, usize)>| {
             let mut out = Vec::new();
             for (idx, longest) in plan {
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(Error::Interrupted);
+                }
                 let sub: Vec<&str> = idx.iter().map(|&i| texts[i]).collect();
-                let vectors = run_texts(session, tok, config, stop, &sub, longest)?;
+                let _held = budget.take(idx.len() * longest.max(1));
+                let vectors = run_texts(session, tok, config, stop, &sub, longest);
+                let vectors = vectors.inspect_err(|_| {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                })?;
                 out.extend(idx.into_iter().zip(vectors));
             }
             Ok::<_, Error>(out)
         };
+        // only as many sessions as there is work for
+        plans.retain(|p| !p.is_empty());
         let results: Vec<Result<Vec<(usize, Vec<f32>)>>> = std::thread::scope(|scope| {
             let mut work = self.parallel.iter_mut().zip(plans);
-            let (first, first_plan) = work.next().expect("k > 0");
+            let (first, first_plan) = work.next().expect("a plan");
             let handles: Vec<_> = work
                 .map(|(session, plan)| {
                     interrupt::without_signals(|| {
@@ -292,13 +308,61 @@ impl TextEmbedder {
             }
             out
         });
+        // the first real failure (a part skipped after another failed reports Interrupted)
         let mut out = vec![Vec::new(); texts.len()];
+        let mut interrupted = false;
         for r in results {
-            for (i, v) in r? {
-                out[i] = v;
+            match r {
+                Ok(v) => {
+                    for (i, v) in v {
+                        out[i] = v;
+                    }
+                }
+                Err(Error::Interrupted) => interrupted = true,
+                Err(e) => return Err(e),
             }
         }
+        if interrupted {
+            return Err(Error::Interrupted);
+        }
         Ok(out)
+    }
+}
+
+/// Padded tokens in flight across parallel sessions, at most `max` unless nothing else runs.
+struct TokenBudget {
+    used: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+    max: usize,
+}
+
+/// Tokens held by a running part, given back when it ends (errors and panics included).
+struct Held<'a>(&'a TokenBudget, usize);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut u = self.0.used.lock().unwrap_or_else(|p| p.into_inner());
+        *u -= self.1;
+        self.0.freed.notify_all();
+    }
+}
+
+impl TokenBudget {
+    fn new(max: usize) -> Self {
+        TokenBudget {
+            used: std::sync::Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+            max,
+        }
+    }
+
+    fn take(&self, tokens: usize) -> Held<'_> {
+        let mut u = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        while *u > 0 && *u + tokens > self.max {
+            u = self.freed.wait(u).unwrap_or_else(|p| p.into_inner());
+        }
+        *u += tokens;
+        Held(self, tokens)
     }
 }
 

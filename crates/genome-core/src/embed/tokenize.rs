@@ -3,7 +3,7 @@
 //! fixed length instead, which changes results (position of padding) and wastes compute.
 
 use ndarray::Array2;
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use crate::{Error, Result};
 
@@ -69,14 +69,19 @@ impl TextTokenizer {
             .max()
             .unwrap_or(0)
             .max(len);
-        let (pad_id, pad_type) = self
-            .inner
-            .get_padding()
-            .map_or((0, 0), |p| (p.pad_id as i64, p.pad_type_id as i64));
+        let (pad_id, pad_type, left) = self.inner.get_padding().map_or((0, 0, false), |p| {
+            (
+                p.pad_id as i64,
+                p.pad_type_id as i64,
+                matches!(p.direction, PaddingDirection::Left),
+            )
+        });
         let mut ids = Array2::<i64>::from_elem((batch, seq), pad_id);
         let mut mask = Array2::<i64>::zeros((batch, seq));
         let mut type_ids = Array2::<i64>::from_elem((batch, seq), pad_type);
         for (b, e) in encodings.iter().enumerate() {
+            // the extra padding goes where the tokenizer puts its own
+            let offset = if left { seq - e.len() } else { 0 };
             for (t, ((id, m), ty)) in e
                 .get_ids()
                 .iter()
@@ -84,9 +89,9 @@ impl TextTokenizer {
                 .zip(e.get_type_ids())
                 .enumerate()
             {
-                ids[[b, t]] = *id as i64;
-                mask[[b, t]] = *m as i64;
-                type_ids[[b, t]] = *ty as i64;
+                ids[[b, offset + t]] = *id as i64;
+                mask[[b, offset + t]] = *m as i64;
+                type_ids[[b, offset + t]] = *ty as i64;
             }
         }
         Ok(Encoded {
