@@ -311,10 +311,20 @@ fn cluster(
         return (Vec::new(), 0, false);
     }
     // classify calls `progress` on this thread, between its parallel stages.
+    // a stage's steps (NN-descent rounds, layout epochs) are its progress: done of total
+    let mut current = String::new();
     let o = classify(
         points,
         params,
-        &mut |s| prog.stage(s, n as i64),
+        &mut |s, done, total| {
+            if s != current {
+                current = s.to_string();
+                prog.stage(s, n as i64);
+            }
+            if total > 0 {
+                prog.steps(done as i64, total as i64);
+            }
+        },
         &crate::errors::interrupt_pending,
     )
     .unwrap_or_else(|_| raise_cancel());

@@ -6,7 +6,7 @@
 CREATE VIEW progress AS
     SELECT p.* FROM @extschema@.progress_slots() p
       JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid AND a.state = 'active';
-COMMENT ON VIEW progress IS 'full classifications and assignments running now: stage, rows done of total';
+COMMENT ON VIEW progress IS 'full classifications and assignments running now: stage, rows (or steps) done of total, and the time the stage has left at its pace so far';
 
 -- Functions
 

@@ -18,6 +18,11 @@ pub struct Slot {
     stage_started_us: i64,
     done: i64,
     total: i64,
+    /// Steps of the stage (epochs, rounds) when its rows are not what measures it.
+    steps_done: i64,
+    steps_total: i64,
+    /// When the stage reported its first step (its set-up before that is not paced by steps).
+    steps_started_us: i64,
     job: [u8; 32],
     collection: [u8; TEXT],
     stage: [u8; 32],
@@ -31,6 +36,9 @@ impl Default for Slot {
             stage_started_us: 0,
             done: 0,
             total: 0,
+            steps_done: 0,
+            steps_total: 0,
+            steps_started_us: 0,
             job: [0; 32],
             collection: [0; TEXT],
             stage: [0; 32],
@@ -131,6 +139,21 @@ impl Progress {
             s.stage_started_us = now_us();
             s.done = 0;
             s.total = total;
+            s.steps_done = 0;
+            s.steps_total = 0;
+        }
+    }
+
+    /// Steps of a stage that rows do not measure (layout epochs, kNN rounds): `done` of `total`.
+    pub fn steps(&mut self, done: i64, total: i64) {
+        if let Some(i) = self.slot {
+            let mut g = PROGRESS.exclusive();
+            let s = &mut g.0[i];
+            if s.steps_total == 0 {
+                s.steps_started_us = now_us();
+            }
+            s.steps_done = done;
+            s.steps_total = total;
         }
     }
 
@@ -149,7 +172,21 @@ impl Drop for Progress {
     }
 }
 
-/// The raw slots; `genome.progress` joins them with pg_stat_activity.
+/// How far the stage has got: its steps when it counts them, else its rows; None when it
+/// reports neither (a stage that is one step).
+fn stage_fraction(s: &Slot) -> Option<f64> {
+    if s.steps_total > 0 {
+        Some(s.steps_done as f64 / s.steps_total as f64)
+    } else if s.total > 0 && s.done > 0 {
+        Some((s.done as f64 / s.total as f64).min(1.0))
+    } else {
+        None
+    }
+}
+
+/// The raw slots; `genome.progress` joins them with pg_stat_activity. A stage's time left is
+/// estimated from its pace so far: its seconds (since its first step, when it counts steps)
+/// x (1 - fraction) / fraction.
 #[pg_extern(volatile, parallel_safe)]
 pub fn progress_slots() -> TableIterator<
     'static,
@@ -162,12 +199,23 @@ pub fn progress_slots() -> TableIterator<
         name!(total, i64),
         name!(running_seconds, f64),
         name!(stage_seconds, f64),
+        name!(stage_fraction, Option<f64>),
+        name!(stage_seconds_left, Option<f64>),
     ),
 > {
     let mut rows = Vec::new();
     {
         let now = now_us();
         for s in PROGRESS.share().0.iter().filter(|s| s.pid != 0) {
+            let stage_seconds = (now - s.stage_started_us) as f64 / 1e6;
+            let fraction = stage_fraction(s);
+            // paced from the first step when the stage counts steps (its set-up before that,
+            // e.g. the layout's initialisation, is not part of the pace)
+            let paced = if s.steps_total > 0 {
+                (now - s.steps_started_us) as f64 / 1e6
+            } else {
+                stage_seconds
+            };
             rows.push((
                 s.pid,
                 get(&s.job),
@@ -176,7 +224,9 @@ pub fn progress_slots() -> TableIterator<
                 s.done,
                 s.total,
                 (now - s.started_us) as f64 / 1e6,
-                (now - s.stage_started_us) as f64 / 1e6,
+                stage_seconds,
+                fraction,
+                fraction.filter(|f| *f > 0.0).map(|f| paced * (1.0 - f) / f),
             ));
         }
     }

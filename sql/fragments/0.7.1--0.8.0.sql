@@ -16,3 +16,8 @@ ALTER TABLE models ADD CONSTRAINT models_check2
     CHECK (task <> 'sequence-classifier' OR (config->>'kind' = 'sequence-classifier' AND weights IS NOT NULL));
 ALTER TABLE models ADD CONSTRAINT models_check3
     CHECK (config->>'kind' IS DISTINCT FROM 'kmer' OR task = 'sequence-embedding');
+
+-- progress_slots gained stage_fraction and stage_seconds_left (issue 17): a function's result
+-- columns cannot change in place; the view over it goes first and is recreated below.
+DROP VIEW IF EXISTS progress;
+DROP FUNCTION IF EXISTS progress_slots();

@@ -21,6 +21,11 @@ ALTER TABLE models ADD CONSTRAINT models_check2
 ALTER TABLE models ADD CONSTRAINT models_check3
     CHECK (config->>'kind' IS DISTINCT FROM 'kmer' OR task = 'sequence-embedding');
 
+-- progress_slots gained stage_fraction and stage_seconds_left (issue 17): a function's result
+-- columns cannot change in place; the view over it goes first and is recreated below.
+DROP VIEW IF EXISTS progress;
+DROP FUNCTION IF EXISTS progress_slots();
+
 -- functions new or changed since the archived install script, views, comments
 COMMENT ON FUNCTION on_sql_drop IS 'event trigger: forgets registrations (and unschedules their pg_cron jobs) of dropped tables';
 COMMENT ON FUNCTION on_ddl_end IS 'event trigger: keeps registered column names in step with renames';
@@ -113,6 +118,22 @@ VOLATILE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'import_bundle_wrapper';
 
+CREATE OR REPLACE FUNCTION "progress_slots"() RETURNS TABLE (
+	"pid" INT,  /* i32 */
+	"job" TEXT,  /* String */
+	"collection" TEXT,  /* String */
+	"stage" TEXT,  /* String */
+	"done" bigint,  /* i64 */
+	"total" bigint,  /* i64 */
+	"running_seconds" double precision,  /* f64 */
+	"stage_seconds" double precision,  /* f64 */
+	"stage_fraction" double precision,  /* Option < f64 > */
+	"stage_seconds_left" double precision  /* Option < f64 > */
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'progress_slots_wrapper';
+
 CREATE OR REPLACE FUNCTION "register_kmer_featurizer"(
 	"name" TEXT, /* & str */
 	"version" TEXT, /* & str */
@@ -181,6 +202,8 @@ COMMENT ON FUNCTION unschedule_pet_clustering IS 'remove the pg_cron job of a ph
 COMMENT ON FUNCTION select_heroes IS 'top n photos per cluster of a pet by hero score (quality, centrality, recency, pose)';
 COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
 COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
+COMMENT ON FUNCTION export_bundle IS 'a model version (default: the one its name resolves to) as a bundle: its registry row, config, weights or ONNX bytes, metrics, and a SHA-256 checksum';
+COMMENT ON FUNCTION import_bundle IS 'register the model a bundle carries as a staging version (superuser or genome_admin); refuses a bundle of another format version, with a bad checksum, or whose parts do not check out; returns the new id';
 COMMENT ON FUNCTION register_collection IS 'register an app table as a pg_genome collection (adds embedding and family columns if missing)';
 COMMENT ON FUNCTION unregister_collection IS 'forget a collection and its families and runs (the table and its columns stay)';
 COMMENT ON FUNCTION pending_count IS 'rows of the collection without a family yet';
@@ -192,8 +215,6 @@ COMMENT ON FUNCTION full_classify IS 'the weekly job: embed missing rows, reduce
 COMMENT ON FUNCTION hdbscan_recluster IS 'full classification of the rows already embedded (no embedding step); same arguments and result as full_classify';
 COMMENT ON FUNCTION assign_family IS 'the 10-minute job: give rows without a family the nearest family whose centroid reaches its threshold, else Unclustered';
 COMMENT ON FUNCTION cached_centroids IS 'the collections whose centroids this backend has cached, with their generation (tests and health)';
-COMMENT ON FUNCTION export_bundle IS 'a model version (default: the one its name resolves to) as a bundle: its registry row, config, weights or ONNX bytes, metrics, and a SHA-256 checksum';
-COMMENT ON FUNCTION import_bundle IS 'register the model a bundle carries as a staging version (superuser or genome_admin); refuses a bundle of another format version, with a bad checksum, or whose parts do not check out; returns the new id';
 CREATE OR REPLACE FUNCTION "sequence_families"(
 	"collection" TEXT, /* & str */
 	"lineage_column" TEXT DEFAULT NULL, /* Option < & str > */
@@ -291,7 +312,7 @@ COMMENT ON FUNCTION wake_embed_workers IS 'ask this database''s embedding worker
 COMMENT ON FUNCTION create_search_index IS 'create the pgvector HNSW (cosine) index genome.search uses, unless the embedding column has one';
 COMMENT ON FUNCTION search(text, text, integer, real, jsonb) IS 'semantic search: rows of a collection most similar to a text (cosine), best first, with optional equality filters';
 COMMENT ON FUNCTION search(text, vector, integer, real, jsonb) IS 'semantic search with a precomputed query vector';
-COMMENT ON VIEW progress IS 'full classifications and assignments running now: stage, rows done of total';
+COMMENT ON VIEW progress IS 'full classifications and assignments running now: stage, rows (or steps) done of total, and the time the stage has left at its pace so far';
 COMMENT ON FUNCTION progress_slots IS 'the raw progress slots of running jobs; genome.progress joins them with pg_stat_activity';
 CREATE OR REPLACE FUNCTION health() RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$

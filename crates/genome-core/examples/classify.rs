@@ -58,7 +58,11 @@ fn main() {
     let out = classify(
         &p,
         params,
-        &mut |s| eprintln!("[{:8.1} s] {s}", t.elapsed().as_secs_f64()),
+        &mut |s, done, _| {
+            if done == 0 {
+                eprintln!("[{:8.1} s] {s}", t.elapsed().as_secs_f64())
+            }
+        },
         &never,
     )
     .expect("not cancelled");

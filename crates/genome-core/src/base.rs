@@ -53,6 +53,14 @@ impl Points {
     pub fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.d..(i + 1) * self.d]
     }
+    /// Whether every row's length is within `tol` of 1.
+    pub fn rows_unit(&self, tol: f32) -> bool {
+        self.d > 0
+            && self
+                .data
+                .chunks(self.d)
+                .all(|r| (dot(r, r).sqrt() - 1.0).abs() <= tol)
+    }
     /// Scale every row to unit length: Euclidean distance then orders pairs as cosine does.
     pub fn l2_normalized(mut self) -> Self {
         for r in self.data.chunks_mut(self.d) {

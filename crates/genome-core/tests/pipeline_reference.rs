@@ -85,7 +85,13 @@ fn umap_hdbscan_matches_the_python_pipeline_on_real_labels() {
     let f = load();
     let r = &f.reference["umap_hdbscan"];
     let never = || false;
-    let out = classify(&f.points, ClassifyParams::default(), &mut |_| {}, &never).unwrap();
+    let out = classify(
+        &f.points,
+        ClassifyParams::default(),
+        &mut |_, _, _| {},
+        &never,
+    )
+    .unwrap();
     let labels = &out.result.labels;
     let (share, pur) = (clustered(labels), purity(labels, &f.truth));
     let ari_truth = adjusted_rand_index(labels, &f.truth);
@@ -119,7 +125,13 @@ fn umap_hdbscan_matches_the_python_pipeline_on_real_labels() {
     // and far better than HDBSCAN on the raw embeddings, which is why the reduction exists
     assert!(share > 3.0 * f.reference["raw_hdbscan"]["clustered"].as_f64().unwrap());
     // deterministic for a seed
-    let again = classify(&f.points, ClassifyParams::default(), &mut |_| {}, &never).unwrap();
+    let again = classify(
+        &f.points,
+        ClassifyParams::default(),
+        &mut |_, _, _| {},
+        &never,
+    )
+    .unwrap();
     assert_eq!(&again.result.labels, labels);
 }
 
@@ -132,7 +144,7 @@ fn raw_hdbscan_matches_sklearn_scores() {
         method: Method::Exact,
         ..Default::default()
     };
-    let out = classify(&f.points, p, &mut |_| {}, &never).unwrap();
+    let out = classify(&f.points, p, &mut |_, _, _| {}, &never).unwrap();
     let r = &f.reference["raw_hdbscan"];
     assert_eq!(
         out.result.n_clusters as u64,
@@ -146,7 +158,13 @@ fn approximate_path_agrees_with_exact() {
     let f = load();
     let never = || false;
     // on the reduced 5-d layout (where the pipeline uses it) and on raw 384-d embeddings
-    let out = classify(&f.points, ClassifyParams::default(), &mut |_| {}, &never).unwrap();
+    let out = classify(
+        &f.points,
+        ClassifyParams::default(),
+        &mut |_, _, _| {},
+        &never,
+    )
+    .unwrap();
     let red = out.reduced.unwrap();
     let hp = HdbscanParams {
         min_cluster_size: 15,
@@ -200,7 +218,7 @@ fn beats_the_python_pipeline_where_it_collapses() {
     let truth: Vec<i32> = keep.iter().map(|i| f.truth[*i]).collect();
     let never = || false;
     let py = &f.reference["subset90_umap_hdbscan"];
-    let out = classify(&sub, ClassifyParams::default(), &mut |_| {}, &never).unwrap();
+    let out = classify(&sub, ClassifyParams::default(), &mut |_, _, _| {}, &never).unwrap();
     let (share, pur) = (
         clustered(&out.result.labels),
         purity(&out.result.labels, &truth),

@@ -4,6 +4,7 @@
 //! [`euclidean`] are `base`'s, re-exported here under the paths they always had.
 
 pub mod approx;
+pub mod boruvka;
 pub mod families;
 pub mod hdbscan;
 pub mod pipeline;

@@ -1,13 +1,16 @@
 //! The full-classification pipeline over embeddings: (optional) reduction, then HDBSCAN, with
 //! the path chosen by size. Stages report through `progress` and honour `cancel`.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use super::approx::{hdbscan_knn, DEFAULT_GRAPH_K};
+use super::boruvka::KD_MAX_DIM;
 use super::hdbscan::{hdbscan, Hdbscan, HdbscanParams};
 use crate::base::{Cancelled, Points};
 use crate::reduce::knn::EXACT_MAX_POINTS;
-use crate::reduce::nndescent::{nn_descent, NnDescentParams};
+use crate::reduce::nndescent::{nn_descent_steps, NnDescentParams};
+use crate::reduce::umap::umap_steps;
 use crate::reduce::{knn, umap, Init, KnnMethod, Metric, UmapParams};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,8 +58,9 @@ impl std::str::FromStr for Method {
     }
 }
 
-/// `Auto` takes the exact path while n^2 d stays under this many operations
-/// (about 20k points at 384-d, 140k at 5-d); the approximate path above.
+/// `Auto` takes the exact path while n^2 d stays under this many operations (about 20k points
+/// at 384-d), the approximate path above; up to `KD_MAX_DIM` dimensions (the reduced layout)
+/// always the exact path, on a k-d tree from 20k points.
 pub const EXACT_BUDGET: f64 = 1.0e11;
 
 #[derive(Debug, Clone, Copy)]
@@ -107,21 +111,36 @@ pub struct Classified {
     pub timings: Vec<(&'static str, f64)>,
 }
 
-/// Cluster `emb` (any scale: rows are L2-normalised here).
+/// Cluster `emb` (any scale: rows are L2-normalised here). `progress(stage, done, total)` is
+/// told each stage as it begins (done 0) and, in the kNN graph and the layout, its steps
+/// (rounds of NN-descent, epochs of the layout), always on the calling thread.
 pub fn classify(
     emb: &Points,
     params: ClassifyParams,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(&str, usize, usize),
     cancel: &(dyn Fn() -> bool + Sync),
 ) -> Result<Classified, Cancelled> {
     let mut timings = Vec::new();
-    let normed = emb.clone().l2_normalized();
+    // Rows of unit length (what embedding models give) are used as they are: a normalised copy
+    // of 1M x 384 would be another 1.5 GiB.
+    let normed: Cow<Points> = if emb.rows_unit(1e-4) {
+        Cow::Borrowed(emb)
+    } else {
+        Cow::Owned(emb.clone().l2_normalized())
+    };
     let reduced_any = params.reduction != Reduction::None;
     let space = match params.reduction {
         Reduction::None => normed,
-        Reduction::Umap | Reduction::Pca => {
+        Reduction::Pca => {
             let t = Instant::now();
-            progress("knn");
+            progress("reduce", 0, 0);
+            let out = umap::pca_project(&normed, params.n_components, params.seed);
+            timings.push(("reduce", t.elapsed().as_secs_f64()));
+            Cow::Owned(out)
+        }
+        Reduction::Umap => {
+            let t = Instant::now();
+            progress("knn", 0, 0);
             let method = match params.knn {
                 KnnMethod::Auto if normed.n > EXACT_MAX_POINTS => KnnMethod::NnDescent,
                 m => m,
@@ -132,31 +151,31 @@ pub fn classify(
                     seed: params.seed,
                     ..Default::default()
                 };
-                nn_descent(&normed, k, Metric::Cosine, np, cancel)?
+                nn_descent_steps(&normed, k, Metric::Cosine, np, cancel, &mut |d, t| {
+                    progress("knn", d, t)
+                })?
             } else {
                 knn(&normed, k, Metric::Cosine, method, cancel)?
             };
             timings.push(("knn", t.elapsed().as_secs_f64()));
             let t = Instant::now();
-            progress("reduce");
-            let init = params.init;
+            progress("reduce", 0, 0);
             let up = UmapParams {
                 n_components: params.n_components,
-                init,
+                init: params.init,
                 seed: params.seed,
                 ..Default::default()
             };
-            let out = if params.reduction == Reduction::Pca {
-                umap::pca_project(&normed, params.n_components, params.seed)
-            } else {
-                umap(&normed, &g, up, cancel)?
-            };
+            let out = umap_steps(&normed, &g, up, cancel, &mut |d, t| {
+                progress("reduce", d, t)
+            })?;
+            drop(g);
             timings.push(("reduce", t.elapsed().as_secs_f64()));
-            out
+            Cow::Owned(out)
         }
     };
     let t = Instant::now();
-    progress("hdbscan");
+    progress("hdbscan", 0, 0);
     // One far-off island in the layout (a few near-identical texts) can make excess-of-mass pick
     // "island vs everything else": umap-learn + scikit-learn do exactly that on 90% of the
     // sample data (2 clusters, purity 0.07). A family holding over half of all rows is never
@@ -180,7 +199,8 @@ pub fn classify(
     let choose = |n: usize, d: usize| match params.method {
         Method::Exact => false,
         Method::Approximate => true,
-        Method::Auto => (n as f64).powi(2) * d as f64 > EXACT_BUDGET,
+        // low dimension: the exact path's k-d tree is O(n log n) at any size
+        Method::Auto => d > KD_MAX_DIM && (n as f64).powi(2) * d as f64 > EXACT_BUDGET,
     };
     let approximate = choose(space.n, space.d);
     let run = |p: &Points, hp: HdbscanParams| -> Result<Hdbscan, Cancelled> {
@@ -192,7 +212,11 @@ pub fn classify(
     };
     let result = run(&space, hp)?;
     timings.push(("hdbscan", t.elapsed().as_secs_f64()));
-    let reduced = if reduced_any { Some(space) } else { None };
+    let reduced = if reduced_any {
+        Some(space.into_owned())
+    } else {
+        None
+    };
     Ok(Classified {
         result,
         approximate,

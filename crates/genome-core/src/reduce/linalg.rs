@@ -34,8 +34,9 @@ pub fn top_eigenvectors(
     iters: usize,
     seed: u64,
     deflate: &[Vec<f64>],
+    cancel: &dyn Fn() -> bool,
     apply: impl Fn(&[f64], &mut [f64]),
-) -> (Vec<Vec<f64>>, Vec<f64>) {
+) -> Option<(Vec<Vec<f64>>, Vec<f64>)> {
     let mut rng = Rng::new(seed);
     let project_out = |v: &mut Vec<f64>| {
         for d in deflate {
@@ -50,6 +51,9 @@ pub fn top_eigenvectors(
     orthonormalize(&mut q, &mut rng);
     let mut y = vec![0f64; n];
     for _ in 0..iters {
+        if cancel() {
+            return None;
+        }
         for c in q.iter_mut() {
             apply(c, &mut y);
             c.copy_from_slice(&y);
@@ -69,7 +73,7 @@ pub fn top_eigenvectors(
     order.sort_by(|a, b| vals[*b].total_cmp(&vals[*a]));
     let q2 = order.iter().map(|i| q[*i].clone()).collect();
     vals = order.iter().map(|i| vals[*i]).collect();
-    (q2, vals)
+    Some((q2, vals))
 }
 
 #[cfg(test)]
@@ -79,11 +83,12 @@ mod tests {
     #[test]
     fn finds_the_leading_eigenvectors_of_a_diagonal_operator() {
         let diag = [5.0, 1.0, 4.0, 0.5, 3.0, 0.1];
-        let (v, vals) = top_eigenvectors(6, 3, 200, 1, &[], |x, y| {
+        let (v, vals) = top_eigenvectors(6, 3, 200, 1, &[], &|| false, |x, y| {
             for i in 0..6 {
                 y[i] = diag[i] * x[i];
             }
-        });
+        })
+        .unwrap();
         assert!(
             (vals[0] - 5.0).abs() < 1e-6
                 && (vals[1] - 4.0).abs() < 1e-6
@@ -97,11 +102,12 @@ mod tests {
     fn deflation_skips_a_given_vector() {
         let diag = [5.0, 1.0, 4.0];
         let e0 = vec![1.0, 0.0, 0.0];
-        let (v, vals) = top_eigenvectors(3, 1, 200, 2, &[e0], |x, y| {
+        let (v, vals) = top_eigenvectors(3, 1, 200, 2, &[e0], &|| false, |x, y| {
             for i in 0..3 {
                 y[i] = diag[i] * x[i];
             }
-        });
+        })
+        .unwrap();
         assert!((vals[0] - 4.0).abs() < 1e-6);
         assert!(v[0][2].abs() > 0.999);
     }

@@ -284,6 +284,20 @@ pub fn nn_descent(
     params: NnDescentParams,
     cancel: &(dyn Fn() -> bool + Sync),
 ) -> Result<Knn, Cancelled> {
+    nn_descent_steps(p, k, metric, params, cancel, &mut |_, _| {})
+}
+
+/// [`nn_descent`], telling `steps(done, total)` before each tree's leaf joins and each round of
+/// local joins (on the calling thread; the last rounds may be skipped when the graph has
+/// settled).
+pub fn nn_descent_steps(
+    p: &Points,
+    k: usize,
+    metric: Metric,
+    params: NnDescentParams,
+    cancel: &(dyn Fn() -> bool + Sync),
+    steps: &mut dyn FnMut(usize, usize),
+) -> Result<Knn, Cancelled> {
     let n = p.n;
     if n <= 1 {
         return Ok(Knn {
@@ -330,7 +344,8 @@ pub fn nn_descent(
         .map(|t| rp_leaves(p, leaf, mix64(params.seed ^ (t as u64 + 1)), cancel))
         .collect::<Option<_>>()
         .ok_or(Cancelled)?;
-    for leaves in &forest {
+    for (t, leaves) in forest.iter().enumerate() {
+        steps(t, trees + rounds);
         // leaves in spans of about SPAN_PAIRS pairs: the pending updates stay bounded (on the
         // first tree every pair is an update)
         let mut spans: Vec<&[Vec<u32>]> = Vec::new();
@@ -388,6 +403,7 @@ pub fn nn_descent(
         if cancel() {
             return Err(Cancelled);
         }
+        steps(trees + round, trees + rounds);
         let seed = mix64(params.seed ^ 0xd1b5_4a32_d192_ed03 ^ round as u64);
         let news = candidates(&g, n, true, max_cand, seed);
         let olds = candidates(&g, n, false, max_cand, seed ^ 1);

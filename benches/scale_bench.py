@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""Issue 17: the weekly full classification at scale, through `genome.full_classify` on real
+tables of the project's cluster (database `genome`), one backend per run.
+
+Data: WordNet 3.0's 117,659 synsets (public.bench_wordnet, loaded and embedded by
+benches/wordnet.py, labelled by their 45 lexicographer files). Sizes above 117,659 add jittered
+copies: copy j of a synset is its embedding plus a noise vector (one of 4,096 drawn once,
+N(0, 0.02^2) per dimension, the scale of benches/cluster_bench.py), re-normalised; the copy keeps
+the synset's text and label.
+
+For each size: the backend's peak memory (VmHWM) and the run's per-stage timings
+(genome.runs.timings), the progress view polled every 10 s while it runs (stage, fraction,
+the stage's time left). At 117,659 rows: clustered share, purity and AMI against the
+lexicographer files, and the ARI between runs with two seeds. With --cancel N: at N rows, a
+first full run, then runs cancelled in the kNN graph, in the layout and while writing rows:
+how long the cancel took and whether the families and every row's family are as the first
+run left them.
+
+    .genome/venv/bin/python benches/scale_bench.py [--sizes 117659,1000000]
+        [--seeds 42,7] [--cancel 300000] [--search-index] [--json out.json]
+"""
+import argparse
+import json
+import math
+import os
+import threading
+import time
+
+import numpy as np
+import psycopg
+
+DSN = f"host={os.environ.get('PGHOST', '127.0.0.1')} port={os.environ.get('PGPORT', '55432')} " \
+      f"user={os.environ.get('PGUSER', 'postgres')} dbname=genome"
+BASE = 117_659
+
+
+def connect():
+    return psycopg.connect(DSN, autocommit=True)
+
+
+def prepare(n, search_index):
+    """bench_scale_N (ids 1..n, the synsets first, then their jittered copies), registered as
+    collection scale_N. Without `search_index` the collection's pgvector HNSW index (which
+    register_collection builds) is dropped before the rows go in: see benches/README.md on
+    writing the families back."""
+    t = f"bench_scale_{n}"
+    name = t.replace("bench_", "")
+    with connect() as c:
+        c.execute("SET maintenance_work_mem = '1GB'")
+        if not c.execute("SELECT to_regclass('bench_noise') IS NOT NULL").fetchone()[0]:
+            rng = np.random.default_rng(17)
+            noise = rng.normal(scale=0.02, size=(4096, 384)).astype(np.float32)
+            c.execute("CREATE TABLE bench_noise (k int PRIMARY KEY, v vector(384))")
+            with c.cursor().copy("COPY bench_noise (k, v) FROM STDIN") as cp:
+                for k, v in enumerate(noise):
+                    cp.write_row((k, "[" + ",".join(f"{x:.6f}" for x in v) + "]"))
+        c.execute("SELECT genome.unregister_collection(%s) FROM genome.collections WHERE name = %s", (name, name))
+        c.execute(f"DROP TABLE IF EXISTS {t}")
+        c.execute(f"CREATE TABLE {t} (id bigint PRIMARY KEY, body text, lexname text, embedding vector(384), family_id bigint)")
+        c.execute("SELECT genome.register_collection(%s, %s::regclass, 'id', 'body', 'embedding', 'family_id', NULL, 'all-minilm-l6-v2')",
+                  (name, t))
+        if not search_index:
+            c.execute(f"DROP INDEX genome_hnsw_{name}")
+        copies = math.ceil(n / BASE)
+        t0 = time.time()
+        c.execute(f"""
+            INSERT INTO {t}
+            SELECT j * {BASE} + w.rn, w.body, w.lexname,
+                   CASE WHEN j = 0 THEN w.embedding ELSE l2_normalize(w.embedding + z.v) END, NULL
+              FROM (SELECT row_number() OVER (ORDER BY id) AS rn, * FROM bench_wordnet) w
+              CROSS JOIN generate_series(0, {copies - 1}) j
+              JOIN bench_noise z ON z.k = (w.rn * 7 + j * 131) % 4096
+             WHERE j * {BASE} + w.rn <= {n}""")
+        c.execute(f"VACUUM ANALYZE {t}")
+        print(f"  table {t}: {n} rows in {time.time() - t0:.0f} s (search index: {search_index})", flush=True)
+    return t, name
+
+
+def status(pid):
+    out = {}
+    for line in open(f"/proc/{pid}/status"):
+        k, v = line.split(":", 1)
+        if k in ("VmHWM", "VmRSS"):
+            out[k] = int(v.split()[0]) / 1024
+    return out
+
+
+class Poller(threading.Thread):
+    """Prints the progress view of one backend every `every` seconds."""
+
+    def __init__(self, pid, every=10.0):
+        super().__init__(daemon=True)
+        self.pid, self.every, self.stop, self.seen = pid, every, threading.Event(), []
+
+    def run(self):
+        with connect() as c:
+            while not self.stop.wait(self.every):
+                r = c.execute("SELECT stage, done, total, stage_fraction, stage_seconds_left, running_seconds "
+                              "FROM genome.progress WHERE pid = %s", (self.pid,)).fetchone()
+                if r:
+                    self.seen.append(r)
+                    stage, done, total, frac, left, run = r
+                    f = f"{frac:.0%}" if frac is not None else "-"
+                    l = f"{left:.0f} s left in stage" if left is not None else ""
+                    print(f"    [{run:6.0f} s] {stage:9s} {done}/{total} {f} {l}", flush=True)
+
+
+def full_run(name, seed, cancel_when=None):
+    """One full_classify in a fresh backend. cancel_when(stage, fraction, stage_seconds) -> True
+    cancels it."""
+    with connect() as c:
+        pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+        before = status(pid)
+        poll = Poller(pid, every=1.0 if cancel_when else 10.0)
+        canceller = None
+        result = {"seed": seed}
+        if cancel_when:
+            def watch():
+                with connect() as w:
+                    while True:
+                        r = w.execute("SELECT stage, stage_fraction, stage_seconds FROM genome.progress WHERE pid = %s",
+                                      (pid,)).fetchone()
+                        if r and cancel_when(*r):
+                            result["cancelled_in"] = r[0]
+                            result["cancel_sent"] = time.monotonic()
+                            w.execute("SELECT pg_cancel_backend(%s)", (pid,))
+                            return
+                        time.sleep(0.05)
+            canceller = threading.Thread(target=watch, daemon=True)
+            canceller.start()
+        else:
+            poll.start()
+        t0 = time.monotonic()
+        try:
+            row = c.execute("SELECT * FROM genome.full_classify(%s, seed => %s)", (name, seed)).fetchone()
+            result.update(ok=True, seconds=time.monotonic() - t0, n_clusters=row[3], n_noise=row[4])
+        except psycopg.Error as e:
+            result.update(ok=False, sqlstate=e.sqlstate, error=str(e).splitlines()[0])
+            if "cancel_sent" in result:
+                result["cancel_seconds"] = time.monotonic() - result.pop("cancel_sent")
+        poll.stop.set()
+        after = status(pid)
+        result["backend_peak_mib"] = after["VmHWM"]
+        result["backend_base_mib"] = before["VmRSS"]
+        if result.get("ok"):
+            result["timings"] = c.execute("SELECT timings FROM genome.runs WHERE collection = %s ORDER BY id DESC LIMIT 1",
+                                          (name,)).fetchone()[0]
+    return result
+
+
+def labels(t, name):
+    with connect() as c:
+        rows = c.execute(f"SELECT family_id, lexname FROM {t} ORDER BY id").fetchall()
+        unc = c.execute("SELECT id FROM genome.families WHERE collection = %s AND is_unclustered", (name,)).fetchone()[0]
+    fam = np.array([-1 if f is None or f == unc else f for f, _ in rows])
+    return fam, np.array([l for _, l in rows])
+
+
+def quality(fam, lex):
+    from sklearn.metrics import adjusted_mutual_info_score as ami
+    m = fam >= 0
+    pur = sum(np.unique(lex[fam == f], return_counts=True)[1].max() for f in np.unique(fam[m]))
+    return {"clustered": float(m.mean()), "purity": float(pur / max(m.sum(), 1)),
+            "ami_clustered": float(ami(lex[m], fam[m])), "ami_all": float(ami(lex, fam)),
+            "families": int(len(np.unique(fam[m])))}
+
+
+def checksum(t, name):
+    with connect() as c:
+        rows = c.execute(f"SELECT md5(string_agg(coalesce(family_id::text, '-'), ',' ORDER BY id)) FROM {t}").fetchone()[0]
+        fams = c.execute("SELECT md5(string_agg(id || ':' || size || ':' || coalesce(retired_at::text, ''), ',' ORDER BY id)) "
+                         "FROM genome.families WHERE collection = %s", (name,)).fetchone()[0]
+        runs = c.execute("SELECT count(*) FROM genome.runs WHERE collection = %s", (name,)).fetchone()[0]
+    return rows, fams, runs
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="117659", help="comma-separated row counts ('' for none)")
+    ap.add_argument("--seeds", default="42,7")
+    ap.add_argument("--cancel", type=int, default=0)
+    ap.add_argument("--search-index", action="store_true",
+                    help="keep the collection's HNSW index (writing families back then costs an index insertion per row)")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    out = {"runs": {}, "cancel": None}
+    seeds = [int(s) for s in a.seeds.split(",")]
+    for n in [int(s) for s in a.sizes.split(",") if s.strip()]:
+        print(f"{n} rows", flush=True)
+        t, name = prepare(n, a.search_index)
+        res = []
+        firsts = None
+        for i, seed in enumerate(seeds if n <= BASE else seeds[:1]):
+            r = full_run(name, seed)
+            print(f"  seed {seed}: {json.dumps(r)}", flush=True)
+            if n <= BASE and r.get("ok"):
+                fam, lex = labels(t, name)
+                r["quality"] = quality(fam, lex)
+                print(f"    quality {r['quality']}", flush=True)
+                if firsts is None:
+                    firsts = fam
+                else:
+                    from sklearn.metrics import adjusted_rand_score as ari
+                    m = (fam >= 0) & (firsts >= 0)
+                    r["ari_vs_first_seed"] = float(ari(firsts, fam))
+                    r["ari_vs_first_seed_both_clustered"] = float(ari(firsts[m], fam[m]))
+                    print(f"    ARI vs seed {seeds[0]}: {r['ari_vs_first_seed']:.3f} (rows clustered in both: "
+                          f"{r['ari_vs_first_seed_both_clustered']:.3f})", flush=True)
+            res.append(r)
+        out["runs"][n] = res
+    if a.cancel:
+        n = a.cancel
+        print(f"cancel at {n} rows", flush=True)
+        t, name = prepare(n, a.search_index)
+        first = full_run(name, 42)
+        print(f"  first run: {json.dumps(first)}", flush=True)
+        before = checksum(t, name)
+        cancels = []
+        # (stage, at least this fraction, at least this many seconds into the stage): the layout
+        # both in its initialisation (before its first epoch) and in its epochs
+        for stage, frac, secs in (("knn", 0.3, 0), ("reduce", 0.0, 5.0), ("reduce", 0.5, 0), ("hdbscan", 0.0, 0),
+                                  ("assign", 0.3, 0)):
+            r = full_run(name, 43, cancel_when=lambda s, f, sec, st=stage, fr=frac, se=secs:
+                         s == st and (f or 0) >= fr and sec >= se)
+            r["asked"] = {"stage": stage, "fraction": frac, "seconds_into_stage": secs}
+            r["untouched"] = checksum(t, name) == before
+            print(f"  cancel in {stage}: {json.dumps(r)}", flush=True)
+            cancels.append(r)
+        out["cancel"] = {"rows": n, "first": first, "cancels": cancels}
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
