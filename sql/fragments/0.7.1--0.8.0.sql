@@ -18,6 +18,27 @@ ALTER TABLE models ADD CONSTRAINT models_check3
     CHECK (config->>'kind' IS DISTINCT FROM 'kmer' OR task = 'sequence-embedding');
 
 -- progress_slots gained stage_fraction and stage_seconds_left (issue 17): a function's result
--- columns cannot change in place; the view over it goes first and is recreated below.
+-- columns cannot change in place. The view over it goes first; both are made again here, as
+-- src/progress.rs and src/health.sql define them (the view's text is unchanged, so the generated
+-- part below would not recreate it).
 DROP VIEW IF EXISTS progress;
 DROP FUNCTION IF EXISTS progress_slots();
+CREATE FUNCTION progress_slots() RETURNS TABLE (
+	"pid" INT,
+	"job" TEXT,
+	"collection" TEXT,
+	"stage" TEXT,
+	"done" bigint,
+	"total" bigint,
+	"running_seconds" double precision,
+	"stage_seconds" double precision,
+	"stage_fraction" double precision,
+	"stage_seconds_left" double precision
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'progress_slots_wrapper';
+CREATE VIEW progress AS
+    SELECT p.* FROM @extschema@.progress_slots() p
+      JOIN pg_catalog.pg_stat_activity a ON a.pid = p.pid AND a.state = 'active';
+GRANT SELECT ON progress TO genome_monitor;
