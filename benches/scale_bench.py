@@ -17,7 +17,8 @@ how long the cancel took and whether the families and every row's family are as 
 run left them.
 
     .genome/venv/bin/python benches/scale_bench.py [--sizes 117659,1000000]
-        [--seeds 42,7] [--cancel 300000] [--search-index] [--json out.json]
+        [--seeds 42,7] [--cancel 300000] [--search-index] [--fillfactor 50] [--grow 1000000 --batch 1000]
+        [--sample-rows 40000] [--json out.json]
 """
 import argparse
 import json
@@ -38,11 +39,12 @@ def connect():
     return psycopg.connect(DSN, autocommit=True)
 
 
-def prepare(n, search_index):
+def prepare(n, search_index, fillfactor=None):
     """bench_scale_N (ids 1..n, the synsets first, then their jittered copies), registered as
     collection scale_N. Without `search_index` the collection's pgvector HNSW index (which
     register_collection builds) is dropped before the rows go in: see benches/README.md on
-    writing the families back."""
+    writing the families back. `fillfactor`: the table's (room on each page for the new
+    version of a row whose family changes: a HOT update)."""
     t = f"bench_scale_{n}"
     name = t.replace("bench_", "")
     with connect() as c:
@@ -56,7 +58,8 @@ def prepare(n, search_index):
                     cp.write_row((k, "[" + ",".join(f"{x:.6f}" for x in v) + "]"))
         c.execute("SELECT genome.unregister_collection(%s) FROM genome.collections WHERE name = %s", (name, name))
         c.execute(f"DROP TABLE IF EXISTS {t}")
-        c.execute(f"CREATE TABLE {t} (id bigint PRIMARY KEY, body text, lexname text, embedding vector(384), family_id bigint)")
+        ff = f" WITH (fillfactor = {int(fillfactor)})" if fillfactor else ""
+        c.execute(f"CREATE TABLE {t} (id bigint PRIMARY KEY, body text, lexname text, embedding vector(384), family_id bigint){ff}")
         c.execute("SELECT genome.register_collection(%s, %s::regclass, 'id', 'body', 'embedding', 'family_id', NULL, 'all-minilm-l6-v2')",
                   (name, t))
         if not search_index:
@@ -72,7 +75,8 @@ def prepare(n, search_index):
               JOIN bench_noise z ON z.k = (w.rn * 7 + j * 131) % 4096
              WHERE j * {BASE} + w.rn <= {n}""")
         c.execute(f"VACUUM ANALYZE {t}")
-        print(f"  table {t}: {n} rows in {time.time() - t0:.0f} s (search index: {search_index})", flush=True)
+        print(f"  table {t}: {n} rows in {time.time() - t0:.0f} s (search index: {search_index}, fillfactor: "
+              f"{fillfactor or 100})", flush=True)
     return t, name
 
 
@@ -105,10 +109,22 @@ class Poller(threading.Thread):
                     print(f"    [{run:6.0f} s] {stage:9s} {done}/{total} {f} {l}", flush=True)
 
 
+def updates(c, name):
+    """(updates, HOT updates) of the collection's table so far (pg_stat_user_tables)."""
+    c.execute("SELECT pg_stat_clear_snapshot()")
+    return c.execute("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables s JOIN genome.collections g "
+                     "ON g.relid = s.relid WHERE g.name = %s", (name,)).fetchone()
+
+
+SAMPLE_ROWS = None  # --sample-rows: genome.classify_sample_rows for every run
+
+
 def full_run(name, seed, cancel_when=None):
     """One full_classify in a fresh backend. cancel_when(stage, fraction, stage_seconds) -> True
     cancels it."""
     with connect() as c:
+        if SAMPLE_ROWS is not None:
+            c.execute(f"SET genome.classify_sample_rows = {int(SAMPLE_ROWS)}")
         pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
         before = status(pid)
         poll = Poller(pid, every=1.0 if cancel_when else 10.0)
@@ -130,6 +146,7 @@ def full_run(name, seed, cancel_when=None):
             canceller.start()
         else:
             poll.start()
+        upd0 = updates(c, name)
         t0 = time.monotonic()
         try:
             row = c.execute("SELECT * FROM genome.full_classify(%s, seed => %s)", (name, seed)).fetchone()
@@ -143,6 +160,10 @@ def full_run(name, seed, cancel_when=None):
         result["backend_peak_mib"] = after["VmHWM"]
         result["backend_base_mib"] = before["VmRSS"]
         if result.get("ok"):
+            time.sleep(1.5)  # the backend's table statistics reach the shared counters when it idles
+            upd1 = updates(c, name)
+            result["row_updates"] = upd1[0] - upd0[0]
+            result["hot_updates"] = upd1[1] - upd0[1]
             result["timings"] = c.execute("SELECT timings FROM genome.runs WHERE collection = %s ORDER BY id DESC LIMIT 1",
                                           (name,)).fetchone()[0]
     return result
@@ -174,6 +195,56 @@ def checksum(t, name):
     return rows, fams, runs
 
 
+def grow(n, batch, fillfactor, search_index):
+    """assign_family with many rows pending: the 117,659 glosses classified by a full run, then
+    `n` jittered copies inserted at once (listed by the collection's trigger), then assign_family
+    in batches of `batch` until none is left. Each call's time, by how many rows were still
+    pending: flat if no batch scans the whole table or the whole list."""
+    t, name = prepare(BASE, search_index, fillfactor)
+    r = full_run(name, 42)
+    print(f"  full run on {BASE}: {r['seconds']:.1f} s", flush=True)
+    copies = math.ceil(n / BASE)
+    with connect() as c:
+        t0 = time.time()
+        c.execute(f"""
+            INSERT INTO {t}
+            SELECT j * {BASE} + w.rn, w.body, w.lexname, l2_normalize(w.embedding + z.v), NULL
+              FROM (SELECT row_number() OVER (ORDER BY id) AS rn, * FROM bench_wordnet) w
+              CROSS JOIN generate_series(1, {copies}) j
+              JOIN bench_noise z ON z.k = (w.rn * 7 + j * 131) % 4096
+             WHERE (j - 1) * {BASE} + w.rn <= {n}""")
+        ins = time.time() - t0
+        c.execute(f"VACUUM ANALYZE {t}")
+        listed = c.execute("SELECT count(*) FROM genome.pending_rows WHERE collection = %s", (name,)).fetchone()[0]
+        print(f"  inserted {n} rows in {ins:.1f} s, {listed} listed as pending", flush=True)
+        calls = []
+        left = listed
+        t0 = time.time()
+        while True:
+            t1 = time.perf_counter()
+            p, a, u = c.execute("SELECT * FROM genome.assign_family(%s, batch_size => %s, min_pending => 1)",
+                                (name, batch)).fetchone()
+            dt = time.perf_counter() - t1
+            if p == 0:
+                break
+            calls.append((left, p, dt))
+            left -= p
+            if len(calls) % 200 == 0:
+                print(f"    {len(calls)} calls, {left} pending, last {dt * 1000:.0f} ms", flush=True)
+        total = time.time() - t0
+        null = c.execute(f"SELECT count(*) FROM {t} WHERE family_id IS NULL").fetchone()[0]
+    k = max(len(calls) // 10, 1)
+    def ms(part):
+        v = sorted(x[2] for x in part)
+        return {"p50_ms": 1000 * v[len(v) // 2], "p90_ms": 1000 * v[int(len(v) * 0.9)], "calls": len(v)}
+    out = {"rows": n, "batch": batch, "insert_seconds": ins, "listed": listed, "calls": len(calls),
+           "seconds": total, "rows_per_second": listed / total, "left_without_family": null,
+           "first_tenth": ms(calls[:k]), "middle_tenth": ms(calls[len(calls) // 2 - k // 2:len(calls) // 2 + k - k // 2]),
+           "last_tenth": ms(calls[-k:])}
+    print(f"  assign_family: {json.dumps(out)}", flush=True)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="117659", help="comma-separated row counts ('' for none)")
@@ -181,13 +252,21 @@ def main():
     ap.add_argument("--cancel", type=int, default=0)
     ap.add_argument("--search-index", action="store_true",
                     help="keep the collection's HNSW index (writing families back then costs an index insertion per row)")
+    ap.add_argument("--fillfactor", type=int, help="the table's fillfactor (default 100)")
+    ap.add_argument("--grow", type=int, default=0,
+                    help="assign_family with this many rows pending (inserted after a full run on the glosses)")
+    ap.add_argument("--batch", type=int, default=1000, help="assign_family's batch size with --grow")
+    ap.add_argument("--sample-rows", type=int,
+                    help="genome.classify_sample_rows for the runs (default: the GUC's, 1,000,000)")
     ap.add_argument("--json")
     a = ap.parse_args()
+    global SAMPLE_ROWS
+    SAMPLE_ROWS = a.sample_rows
     out = {"runs": {}, "cancel": None}
     seeds = [int(s) for s in a.seeds.split(",")]
     for n in [int(s) for s in a.sizes.split(",") if s.strip()]:
         print(f"{n} rows", flush=True)
-        t, name = prepare(n, a.search_index)
+        t, name = prepare(n, a.search_index, a.fillfactor)
         res = []
         firsts = None
         for i, seed in enumerate(seeds if n <= BASE else seeds[:1]):
@@ -211,7 +290,7 @@ def main():
     if a.cancel:
         n = a.cancel
         print(f"cancel at {n} rows", flush=True)
-        t, name = prepare(n, a.search_index)
+        t, name = prepare(n, a.search_index, a.fillfactor)
         first = full_run(name, 42)
         print(f"  first run: {json.dumps(first)}", flush=True)
         before = checksum(t, name)
@@ -227,6 +306,10 @@ def main():
             print(f"  cancel in {stage}: {json.dumps(r)}", flush=True)
             cancels.append(r)
         out["cancel"] = {"rows": n, "first": first, "cancels": cancels}
+    if a.grow:
+        print(f"assign_family with {a.grow} rows pending", flush=True)
+        out["grow"] = grow(a.grow, a.batch, a.fillfactor, a.search_index)
+    out["sample_rows"] = a.sample_rows
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1, default=str)

@@ -9,7 +9,9 @@ writes sql/upgrade/pg_genome--FROM--TO.sql from
      `cargo pgrx install`): every function (SQL or Rust) that FROM's archived install script
      (sql/install/pg_genome--FROM.sql) does not have word for word, as CREATE OR REPLACE; every
      view that changed, as CREATE OR REPLACE VIEW; every COMMENT ON FUNCTION or VIEW;
-  3. the privileges of src/finalize.sql (idempotent GRANTs, so new functions are covered).
+  3. sql/fragments/FROM--TO.post.sql, hand-written, when there is one: data migrations that call
+     functions the release brings (they exist only after part 2);
+  4. the privileges of src/finalize.sql (idempotent GRANTs, so new functions are covered).
 tests/integration/test_families.py checks, object by object, that 0.1.0 upgraded through every
 release equals a fresh install, and that a database holding data upgrades with it intact.
 sql/README.md says how to cut a release."""
@@ -60,6 +62,9 @@ def upgrade(frm, to, installed):
             out.append(re.sub(r"^CREATE\s+(?:OR\s+REPLACE\s+)?VIEW", "CREATE OR REPLACE VIEW", s) + "\n")
         elif re.match(r"^COMMENT ON (FUNCTION|VIEW)", s):
             out.append(s)
+    post = os.path.join(HERE, "fragments", f"{frm}--{to}.post.sql")
+    if os.path.exists(post):
+        out += ["", f"-- sql/fragments/{frm}--{to}.post.sql", open(post).read().rstrip(), ""]
     fin = open(os.path.join(REPO, "src", "finalize.sql")).read()
     out += ["", "-- src/finalize.sql, privileges", fin[fin.index("-- Privileges"):].rstrip(), ""]
     path = os.path.join(HERE, "upgrade", f"pg_genome--{frm}--{to}.sql")

@@ -42,26 +42,33 @@ fn with_centroids<R>(c: &Collection, f: impl FnOnce(&CentroidSet) -> R) -> R {
     let key = (c.generation, c.unclustered_id);
     let hit = CENTROIDS.with(|m| m.borrow().get(&c.name).is_some_and(|x| x.key == key));
     if !hit {
-        let mut set = CentroidSet::new(c.dimension);
-        Spi::connect(|client| {
-            for r in client.select(
-                "SELECT id, centroid, coalesce(threshold, 0) FROM genome.families
-                  WHERE collection = $1 AND NOT is_unclustered AND retired_at IS NULL ORDER BY id",
-                None,
-                &[c.name.as_str().into()],
-            )? {
-                let id = r.get::<i64>(1)?.unwrap_or_default();
-                let v = r.get::<Vector>(2)?.map(|v| v.0).unwrap_or_default();
-                if v.len() == c.dimension {
-                    set.push(id, &v, r.get::<f32>(3)?.unwrap_or(0.0));
-                }
-            }
-            Ok::<_, pgrx::spi::SpiError>(())
-        })
-        .or_raise("reading centroids");
+        let set = live_centroids(c);
         CENTROIDS.with(|m| m.borrow_mut().insert(c.name.clone(), Cached { key, set }));
     }
     CENTROIDS.with(|m| f(&m.borrow()[&c.name].set))
+}
+
+/// The collection's live families (not Unclustered): centroids and calibrated thresholds, as
+/// this transaction sees them (a full run on a sample reads the families it has just written).
+pub fn live_centroids(c: &Collection) -> CentroidSet {
+    let mut set = CentroidSet::new(c.dimension);
+    Spi::connect(|client| {
+        for r in client.select(
+            "SELECT id, centroid, coalesce(threshold, 0) FROM genome.families
+              WHERE collection = $1 AND NOT is_unclustered AND retired_at IS NULL ORDER BY id",
+            None,
+            &[c.name.as_str().into()],
+        )? {
+            let id = r.get::<i64>(1)?.unwrap_or_default();
+            let v = r.get::<Vector>(2)?.map(|v| v.0).unwrap_or_default();
+            if v.len() == c.dimension {
+                set.push(id, &v, r.get::<f32>(3)?.unwrap_or(0.0));
+            }
+        }
+        Ok::<_, pgrx::spi::SpiError>(())
+    })
+    .or_raise("reading centroids");
+    set
 }
 
 /// How many processes have loaded centroids for which collections (for tests and health).
@@ -129,7 +136,7 @@ pub fn assign_family(
         );
         return nothing();
     }
-    let pending = count_pending(&c);
+    let pending = count_pending(&c, (min_pending as i64).max(batch_size as i64).max(1));
     if pending < min_pending as i64 || pending == 0 {
         return nothing();
     }

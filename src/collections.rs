@@ -327,9 +327,15 @@ pub fn embed_missing(c: &Collection, prog: &mut Progress) -> i64 {
     ids.len() as i64
 }
 
-/// All rows with an embedding, in id order: their ids (as text) and their vectors, read
-/// through a cursor (the "load" stage).
-pub fn load_embeddings(c: &Collection, prog: &mut Progress) -> (Vec<String>, Points) {
+/// The rows with an embedding a full run clusters, in id order: their ids (as text) and their
+/// vectors, read through a cursor (the "load" stage). With more than `cap` rows (0: no cap),
+/// every k-th row only (k = rows / cap, rounded up): an even sample of at most `cap`. Returns
+/// the rows read, their vectors, and how many rows have an embedding.
+pub fn load_embeddings(
+    c: &Collection,
+    prog: &mut Progress,
+    cap: i64,
+) -> (Vec<String>, Points, i64) {
     let total = c
         .as_owner(|| {
             Spi::get_one::<i64>(&format!(
@@ -341,14 +347,21 @@ pub fn load_embeddings(c: &Collection, prog: &mut Progress) -> (Vec<String>, Poi
         .or_raise("counting rows")
         .unwrap_or(0);
     prog.stage("load", total);
+    let stride = if cap > 0 && total > cap {
+        (total + cap - 1) / cap
+    } else {
+        1
+    } as usize;
+    let keep = total as usize / stride + 1;
     let sql = format!(
         "SELECT {id}::text, {emb} FROM {rel} WHERE {emb} IS NOT NULL ORDER BY {id}",
         id = ident(&c.id_col),
         emb = ident(&c.emb_col),
         rel = c.rel
     );
-    let mut ids = Vec::with_capacity(total as usize);
-    let mut data: Vec<f32> = Vec::with_capacity(total as usize * c.dimension);
+    let mut ids = Vec::with_capacity(keep);
+    let mut data: Vec<f32> = Vec::with_capacity(keep * c.dimension);
+    let mut seen = 0usize;
     c.as_owner(|| Spi::connect(|client| {
         let mut cur = client.open_cursor(&sql, &[]);
         loop {
@@ -367,14 +380,17 @@ pub fn load_embeddings(c: &Collection, prog: &mut Progress) -> (Vec<String>, Poi
                         Some(format!("clear the column: UPDATE {} SET {} = NULL WHERE ...", c.rel, ident(&c.emb_col))),
                     );
                 }
-                ids.push(id);
-                data.extend(v);
+                if seen.is_multiple_of(stride) {
+                    ids.push(id);
+                    data.extend(v);
+                }
+                seen += 1;
             }
             // Each fetch's rows would otherwise stay in SPI's memory until the end (1M rows of
             // 384-d: 1.6 GB next to the 1.5 GB copied out): free them now.
             // SAFETY: SPI_tuptable is the fetch just read, whose rows were consumed above.
             unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
-            prog.advance(ids.len() as i64);
+            prog.advance(seen as i64);
         }
         Ok::<_, pgrx::spi::SpiError>(())
     }))
@@ -387,7 +403,54 @@ pub fn load_embeddings(c: &Collection, prog: &mut Progress) -> (Vec<String>, Poi
             d,
             data,
         },
+        seen as i64,
     )
+}
+
+/// Every row with an embedding whose id is not in `skip`, in id order, a fetch at a time:
+/// `f` gets the fetch's ids and vectors (row after row) and may write to the table (a full run
+/// on a sample places the other rows this way, at the memory of one fetch).
+pub fn each_embedding_except(
+    c: &Collection,
+    skip: &std::collections::HashSet<&str>,
+    mut f: impl FnMut(&[String], &[f32]),
+) {
+    let sql = format!(
+        "SELECT {id}::text, {emb} FROM {rel} WHERE {emb} IS NOT NULL ORDER BY {id}",
+        id = ident(&c.id_col),
+        emb = ident(&c.emb_col),
+        rel = c.rel
+    );
+    c.as_owner(|| {
+        Spi::connect(|client| {
+            let mut cur = client.open_cursor(&sql, &[]);
+            loop {
+                pg_sys::check_for_interrupts!();
+                let t = cur.fetch(10_000)?;
+                if t.is_empty() {
+                    break;
+                }
+                let mut ids = Vec::new();
+                let mut data = Vec::new();
+                for r in t {
+                    let id = r.get::<String>(1)?.unwrap_or_default();
+                    if skip.contains(id.as_str()) {
+                        continue;
+                    }
+                    let v = r.get::<Vector>(2)?.map(|v| v.0).unwrap_or_default();
+                    if v.len() == c.dimension {
+                        ids.push(id);
+                        data.extend(v);
+                    }
+                }
+                // SAFETY: SPI_tuptable is the fetch just read, whose rows were consumed above.
+                unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
+                f(&ids, &data);
+            }
+            Ok::<_, pgrx::spi::SpiError>(())
+        })
+    })
+    .or_raise("reading embeddings");
 }
 
 /// The texts of the rows `ids` (ids as text), by id; rows without text are left out.
@@ -415,6 +478,20 @@ pub fn texts_of(c: &Collection, ids: &[String]) -> HashMap<String, String> {
 
 /// Write family ids to the rows, in chunks, skipping rows that already carry the right one.
 pub fn write_assignments(c: &Collection, ids: &[String], fams: &[i64], prog: &mut Progress) {
+    for (k, (ic, fc)) in ids
+        .chunks(WRITE_CHUNK)
+        .zip(fams.chunks(WRITE_CHUNK))
+        .enumerate()
+    {
+        pg_sys::check_for_interrupts!();
+        write_families_of(c, ic, fc);
+        prog.advance(((k + 1) * WRITE_CHUNK).min(ids.len()) as i64);
+    }
+}
+
+/// One statement of [`write_assignments`]: these rows' families (rows whose family is already
+/// that one are not written).
+pub fn write_families_of(c: &Collection, ids: &[String], fams: &[i64]) {
     let sql = format!(
         "UPDATE {rel} t SET {fam} = u.f FROM unnest($1::text[], $2::int8[]) AS u(id, f) \
           WHERE t.{id} = u.id::{ty} AND t.{fam} IS DISTINCT FROM u.f",
@@ -423,16 +500,8 @@ pub fn write_assignments(c: &Collection, ids: &[String], fams: &[i64], prog: &mu
         id = ident(&c.id_col),
         ty = c.id_type
     );
-    for (k, (ic, fc)) in ids
-        .chunks(WRITE_CHUNK)
-        .zip(fams.chunks(WRITE_CHUNK))
-        .enumerate()
-    {
-        pg_sys::check_for_interrupts!();
-        c.as_owner(|| Spi::run_with_args(&sql, &[ic.to_vec().into(), fc.to_vec().into()]))
-            .or_raise("writing family ids");
-        prog.advance(((k + 1) * WRITE_CHUNK).min(ids.len()) as i64);
-    }
+    c.as_owner(|| Spi::run_with_args(&sql, &[ids.to_vec().into(), fams.to_vec().into()]))
+        .or_raise("writing family ids");
 }
 
 /// Put the rows that have no embedding (after full_classify's embed stage: the rows without
@@ -471,15 +540,26 @@ pub fn count_unclustered(c: &Collection) -> i64 {
     .unwrap_or(0)
 }
 
-/// Rows of the collection without a family yet.
-pub fn count_pending(c: &Collection) -> i64 {
-    c.as_owner(|| {
-        Spi::get_one::<i64>(&format!(
-            "SELECT count(*) FROM {} WHERE {} IS NULL",
-            c.rel,
-            ident(&c.fam_col)
-        ))
-    })
+/// Rows listed as waiting for a family (genome.pending_rows), counted up to `cap`: enough for
+/// assign_family's `min_pending` test without reading a long list. Entries are hints (a row may
+/// have been given a family or deleted since), dropped by [`lock_pending`] when met.
+pub fn count_pending(c: &Collection, cap: i64) -> i64 {
+    if !has_pending_list() {
+        return c
+            .as_owner(|| {
+                Spi::get_one::<i64>(&format!(
+                    "SELECT count(*) FROM {} WHERE {} IS NULL",
+                    c.rel,
+                    ident(&c.fam_col)
+                ))
+            })
+            .or_raise("counting pending rows")
+            .unwrap_or(0);
+    }
+    Spi::get_one_with_args::<i64>(
+        "SELECT count(*) FROM (SELECT 1 FROM genome.pending_rows WHERE collection = $1 LIMIT $2) x",
+        &[c.name.as_str().into(), cap.into()],
+    )
     .or_raise("counting pending rows")
     .unwrap_or(0)
 }
@@ -491,9 +571,146 @@ pub struct PendingRow {
     pub embedding: Option<Vec<f32>>,
 }
 
-/// Lock and read up to `limit` rows without a family, oldest first (by the created-at column
-/// when the collection has one, then by id); rows another transaction holds are skipped.
+/// Lock and read up to `limit` rows without a family, in the order they became pending
+/// (genome.pending_rows; rows listed at registration by the created-at column when there is
+/// one, then by id). Entries and rows another transaction holds are skipped. The entries taken
+/// are deleted here, in the caller's transaction, except those of rows still without a family
+/// that another transaction holds: rows given a family elsewhere or deleted leave the list
+/// too, so a batch costs what its own entries cost, however long the list.
 pub fn lock_pending(c: &Collection, limit: i64) -> Vec<PendingRow> {
+    if !has_pending_list() {
+        return lock_pending_unlisted(c, limit);
+    }
+    let taken: Vec<String> = Spi::connect_mut(|client| {
+        let mut v = Vec::new();
+        for r in client.update(
+            "SELECT row_id FROM genome.pending_rows WHERE collection = $1 ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED",
+            None,
+            &[c.name.as_str().into(), limit.into()],
+        )? {
+            v.push(r.get::<String>(1)?.unwrap_or_default());
+        }
+        Ok::<_, pgrx::spi::SpiError>(v)
+    })
+    .or_raise("reading pending rows");
+    if taken.is_empty() {
+        return Vec::new();
+    }
+    let rows_sql = format!(
+        "SELECT u.id, t.{txt}::text, t.{emb} FROM {rel} t \
+           JOIN unnest($1::text[]) WITH ORDINALITY AS u(id, k) ON t.{id} = u.id::{ty} \
+          WHERE t.{fam} IS NULL ORDER BY u.k FOR UPDATE OF t SKIP LOCKED",
+        id = ident(&c.id_col),
+        txt = ident(&c.text_col),
+        emb = ident(&c.emb_col),
+        rel = c.rel,
+        fam = ident(&c.fam_col),
+        ty = c.id_type,
+    );
+    let rows = c
+        .as_owner(|| {
+            Spi::connect_mut(|client| {
+                let mut v = Vec::new();
+                for r in client.update(&rows_sql, None, &[taken.clone().into()])? {
+                    v.push(PendingRow {
+                        id: r.get::<String>(1)?.unwrap_or_default(),
+                        text: r.get::<String>(2)?,
+                        embedding: r.get::<Vector>(3)?.map(|x| x.0),
+                    });
+                }
+                Ok::<_, pgrx::spi::SpiError>(v)
+            })
+        })
+        .or_raise("reading pending rows");
+    // rows still waiting that another transaction holds keep their entries
+    let waiting = still_waiting(c, &taken);
+    let mine: std::collections::HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let done: Vec<String> = taken
+        .into_iter()
+        .filter(|id| mine.contains(id.as_str()) || !waiting.contains(id))
+        .collect();
+    drop_entries(c, &done);
+    rows
+}
+
+/// Delete the entries of these rows (ids as text) from genome.pending_rows.
+fn drop_entries(c: &Collection, ids: &[String]) {
+    for chunk in ids.chunks(WRITE_CHUNK) {
+        pg_sys::check_for_interrupts!();
+        Spi::run_with_args(
+            "DELETE FROM genome.pending_rows p USING unnest($2::text[]) u WHERE p.collection = $1 AND p.row_id = u",
+            &[c.name.as_str().into(), chunk.to_vec().into()],
+        )
+        .or_raise("updating the pending rows");
+    }
+}
+
+/// After a full run gave every row it read a family: the entries of listed rows that have a
+/// family now (or are gone) leave genome.pending_rows. The list is read first (in steady state
+/// it holds only the rows added since the last assignment), so the cost follows the list, not
+/// the table; rows added meanwhile, or without an embedding, stay listed.
+pub fn drop_pending(c: &Collection) {
+    if !has_pending_list() {
+        return;
+    }
+    // locked first: a trigger listing one of these rows again waits, then sees it deleted
+    let listed: Vec<String> = Spi::connect_mut(|client| {
+        let mut v = Vec::new();
+        for r in client.update(
+            "SELECT row_id FROM genome.pending_rows WHERE collection = $1 FOR UPDATE",
+            None,
+            &[c.name.as_str().into()],
+        )? {
+            v.push(r.get::<String>(1)?.unwrap_or_default());
+        }
+        Ok::<_, pgrx::spi::SpiError>(v)
+    })
+    .or_raise("reading the pending rows");
+    if listed.is_empty() {
+        return;
+    }
+    let waiting = still_waiting(c, &listed);
+    let done: Vec<String> = listed
+        .into_iter()
+        .filter(|id| !waiting.contains(id))
+        .collect();
+    drop_entries(c, &done);
+}
+
+/// Of these rows (ids as text), those still without a family (as the entries spell them: the
+/// id type's output, which its cast to text need not equal).
+fn still_waiting(c: &Collection, ids: &[String]) -> std::collections::HashSet<String> {
+    let sql = format!(
+        "SELECT u FROM unnest($1::text[]) u JOIN {rel} t ON t.{id} = u::{ty} WHERE t.{fam} IS NULL",
+        id = ident(&c.id_col),
+        rel = c.rel,
+        fam = ident(&c.fam_col),
+        ty = c.id_type,
+    );
+    c.as_owner(|| {
+        Spi::connect(|client| {
+            let mut w = std::collections::HashSet::new();
+            for r in client.select(&sql, None, &[ids.to_vec().into()])? {
+                w.insert(r.get::<String>(1)?.unwrap_or_default());
+            }
+            Ok::<_, pgrx::spi::SpiError>(w)
+        })
+    })
+    .or_raise("reading pending rows")
+}
+
+/// Whether this database has genome.pending_rows (0.8.0). A database still on 0.7.1's SQL with
+/// this library (ALTER EXTENSION ... UPDATE not yet run) finds pending rows by their family
+/// column, as 0.7.1 did.
+fn has_pending_list() -> bool {
+    Spi::get_one::<bool>("SELECT to_regclass('genome.pending_rows') IS NOT NULL")
+        .or_raise("looking for genome.pending_rows")
+        .unwrap_or(false)
+}
+
+/// [`lock_pending`] before 0.8.0's SQL: up to `limit` rows whose family is NULL, oldest first
+/// (by the created-at column when there is one, then by id), skipping rows others hold.
+fn lock_pending_unlisted(c: &Collection, limit: i64) -> Vec<PendingRow> {
     let order = match &c.created_col {
         Some(col) => format!("{} NULLS LAST, {}", ident(col), ident(&c.id_col)),
         None => ident(&c.id_col),

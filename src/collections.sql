@@ -30,6 +30,24 @@ CREATE TABLE collections (
 COMMENT ON TABLE collections IS 'pg_genome collections: app tables whose rows are embedded and grouped into families';
 SELECT pg_catalog.pg_extension_config_dump('collections', '');
 
+-- Rows waiting for a family (family column NULL), in the order they became pending: where
+-- assign_family finds them. Kept by triggers on the app's table (genome._pending_triggers), not
+-- by an index on the family column: any index naming that column (a partial index's predicate
+-- too) makes every family write a non-HOT update, which inserts the row into the collection's
+-- HNSW index again (about 1.2 ms a row: a weekly run at 1M rows spent longer writing than
+-- classifying). An entry is a hint: assign_family checks the row and drops entries of rows
+-- that are gone or have a family (0.8.0; a partial index "genome_pending_<name>" before).
+CREATE TABLE pending_rows (
+    collection text NOT NULL REFERENCES collections(name) ON DELETE CASCADE ON UPDATE CASCADE,
+    row_id     text NOT NULL,
+    seq        bigint GENERATED ALWAYS AS IDENTITY,
+    PRIMARY KEY (collection, row_id)
+);
+CREATE INDEX pending_rows_order ON pending_rows (collection, seq);
+COMMENT ON TABLE pending_rows IS 'pg_genome: rows of a collection waiting for a family, oldest first (kept by triggers; read by assign_family)';
+SELECT pg_catalog.pg_extension_config_dump('pending_rows', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('pending_rows', 'seq')::regclass, '');
+
 -- Functions
 
 -- Register an existing table. Identifiers are checked against pg_attribute and always quoted
@@ -101,9 +119,6 @@ BEGIN
     ELSIF ty <> 'bigint'::regtype THEN
         RAISE EXCEPTION 'pg_genome: column "%" of % is %, family ids need bigint', family_column, source, t USING ERRCODE = '42804';
     END IF;
-    -- pending rows are found by "family IS NULL"; a partial index keeps that cheap
-    EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %s (%I) WHERE %I IS NULL',
-                   left('genome_pending_' || name, 63), source, id_column, family_column);
     IF stale AND existing.model = m.name || '@' || m.version THEN
         UPDATE @extschema@.collections c
            SET relid = source, id_column = register_collection.id_column, text_column = register_collection.text_column,
@@ -122,6 +137,8 @@ BEGIN
         RETURNING * INTO result;
         INSERT INTO @extschema@.families (collection, label, is_unclustered) VALUES (name, 'Unclustered', true);
     END IF;
+    -- rows without a family, listed for assign_family, and the triggers that keep the list (0.8.0)
+    PERFORM @extschema@._pending_start(name);
     -- genome.search goes through a pgvector HNSW index (since 0.3.0)
     PERFORM @extschema@.create_search_index(name);
     -- TRUNCATE empties the families' exemplars and sizes (0.5.0)
@@ -141,6 +158,7 @@ BEGIN
                 WHERE c.name = unregister_collection.name) THEN
         PERFORM @extschema@._set_triggers(name, false);
         PERFORM @extschema@._truncate_trigger(name, false);
+        PERFORM @extschema@._pending_triggers(name, false);
     END IF;
     DELETE FROM @extschema@.collections c WHERE c.name = unregister_collection.name;
     RETURN FOUND;
@@ -149,16 +167,14 @@ COMMENT ON FUNCTION unregister_collection IS 'forget a collection and its famili
 
 CREATE FUNCTION pending_count(collection text) RETURNS bigint
 LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE c @extschema@.collections; n bigint;
 BEGIN
     PERFORM @extschema@.collection_relation(collection);
-    SELECT * INTO c FROM @extschema@.collections x WHERE x.name = collection;
-    -- as the table's owner when the caller is more privileged (0.5.0), see genome._owner_value
-    n := @extschema@._owner_value(c.relid, format('SELECT to_jsonb(count(*)) FROM %s WHERE %I IS NULL',
-                                                 c.relid::regclass, c.family_column));
-    RETURN n;
+    -- the rows listed as waiting (0.8.0; a count of "family IS NULL" before, which is now a
+    -- scan of the table: no index names the family column). A row given a family by the app, or
+    -- deleted, counts until assign_family meets its entry.
+    RETURN (SELECT count(*) FROM @extschema@.pending_rows p WHERE p.collection = pending_count.collection);
 END $$;
-COMMENT ON FUNCTION pending_count IS 'rows of the collection without a family yet';
+COMMENT ON FUNCTION pending_count IS 'rows of the collection waiting for a family (listed in genome.pending_rows)';
 
 -- Defined in Rust (src/collections.rs):
 COMMENT ON FUNCTION collection_relation IS 'a collection''s table, after the checks every use makes: registered, table present, registrant still its owner';
@@ -177,6 +193,8 @@ BEGIN
      WHERE c.name = TG_ARGV[0] AND c.relid = TG_RELID AND f.collection = c.name;
     DELETE FROM @extschema@.embed_queue_items q USING @extschema@.collections c
      WHERE c.name = TG_ARGV[0] AND c.relid = TG_RELID AND q.collection = c.name;
+    DELETE FROM @extschema@.pending_rows p USING @extschema@.collections c
+     WHERE c.name = TG_ARGV[0] AND c.relid = TG_RELID AND p.collection = c.name;
     RETURN NULL;
 END $$;
 
@@ -189,6 +207,108 @@ BEGIN
     IF present THEN
         EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %I._collection_truncated(%L)',
                        trg, rel, '@extschema@', collection);
+    END IF;
+END $$;
+
+-- Rows that become pending go to genome.pending_rows: inserted rows without a family (one
+-- statement-level trigger over the transition table: a bulk insert is one insert here; per row
+-- on a partitioned table, so that inserts straight into a partition are listed too), and rows
+-- whose family is cleared (per row, only then: the WHEN clause costs a family write nothing).
+-- An entry already there is updated, not skipped: that waits for, and then sees, a transaction
+-- deleting it as stale, which locks it first (collections.rs), so no row is left unlisted.
+-- SECURITY DEFINER, as auto_embed_enqueue: whoever writes the app's table needs no rights on
+-- pg_genome's tables; it acts only when fired by the trigger of the table registered under its
+-- argument (genome._fires_for) and writes only row ids of it (the type's output function).
+CREATE FUNCTION _pending_enqueue() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE c @extschema@.collections; one text;
+BEGIN
+    SELECT * INTO c FROM @extschema@.collections x WHERE x.name = TG_ARGV[0];
+    IF NOT FOUND OR NOT @extschema@._fires_for(TG_RELID, TG_NAME, c.relid, TG_LEVEL = 'STATEMENT', false) THEN
+        RETURN NULL;
+    END IF;
+    BEGIN
+        IF TG_LEVEL = 'STATEMENT' THEN
+            -- once per id (a table without a unique id may insert one twice), in the rows' order
+            EXECUTE format('INSERT INTO %I.pending_rows (collection, row_id) SELECT $1, x FROM '
+                           '(SELECT format(''%%s'', %I) AS x, row_number() OVER () AS k FROM new_rows WHERE %I IS NULL AND %I IS NOT NULL) s '
+                           'GROUP BY x ORDER BY min(k) ON CONFLICT (collection, row_id) DO UPDATE SET row_id = EXCLUDED.row_id',
+                           '@extschema@', c.id_column, c.family_column, c.id_column) USING c.name;
+        ELSE
+            EXECUTE format('SELECT format(''%%s'', ($1).%I)', c.id_column) INTO one USING NEW;
+            IF one IS NOT NULL THEN
+                INSERT INTO @extschema@.pending_rows (collection, row_id) VALUES (c.name, one)
+                ON CONFLICT (collection, row_id) DO UPDATE SET row_id = EXCLUDED.row_id;
+            END IF;
+        END IF;
+    EXCEPTION WHEN undefined_column THEN
+        -- a registered column was dropped or renamed: the collection is broken (health() says
+        -- so), the app's writes go on
+        RAISE WARNING 'pg_genome: collection "%": %; rows are not listed for assign_family', c.name, SQLERRM;
+    END;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION _pending_enqueue IS 'trigger: lists rows without a family in genome.pending_rows for assign_family';
+
+-- Start listing a collection's pending rows: the triggers, and every row without a family now
+-- (by the created-at column when there is one, then by id), in place of entries left by an
+-- earlier registration. The partial index on the family column that found them before 0.8.0
+-- goes; an index on the id column comes if the table has none (assign_family looks rows up by
+-- id). SECURITY INVOKER: register_collection's caller owns the table. Returns rows listed.
+CREATE FUNCTION _pending_start(collection text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE rel regclass := @extschema@.collection_relation(collection);
+        c @extschema@.collections; old regclass; n bigint;
+BEGIN
+    SELECT * INTO c FROM @extschema@.collections x WHERE x.name = collection;
+    SELECT i.indexrelid::regclass INTO old FROM pg_index i JOIN pg_class k ON k.oid = i.indexrelid
+     WHERE i.indrelid = rel AND k.relname = left('genome_pending_' || collection, 63);
+    IF old IS NOT NULL THEN
+        EXECUTE format('DROP INDEX %s', old);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                    WHERE i.indrelid = rel AND a.attname = c.id_column AND i.indpred IS NULL) THEN
+        EXECUTE format('CREATE INDEX %I ON %s (%I)', left('genome_rows_' || collection, 63), rel, c.id_column);
+    END IF;
+    PERFORM @extschema@._pending_triggers(collection, true);
+    DELETE FROM @extschema@.pending_rows p WHERE p.collection = _pending_start.collection;
+    EXECUTE format('INSERT INTO %I.pending_rows (collection, row_id) SELECT $1, format(''%%s'', %I) FROM %s '
+                   'WHERE %I IS NULL AND %I IS NOT NULL ORDER BY %s%I ON CONFLICT DO NOTHING',
+                   '@extschema@', c.id_column, rel, c.family_column, c.id_column,
+                   CASE WHEN c.created_at_column IS NULL THEN '' ELSE format('%I NULLS LAST, ', c.created_at_column) END,
+                   c.id_column) USING collection;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+-- Install (present) or remove the triggers that keep genome.pending_rows. Installing needs a
+-- valid registration; removing never does (as _set_triggers).
+CREATE FUNCTION _pending_triggers(collection text, present boolean) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+SET client_min_messages = warning AS $$
+DECLARE c @extschema@.collections;
+        rel regclass := CASE WHEN present THEN @extschema@.collection_relation(collection)
+                             ELSE (SELECT x.relid FROM @extschema@.collections x WHERE x.name = collection) END;
+        ins text := left('genome_pending_ins_' || collection, 63);
+        upd text := left('genome_pending_upd_' || collection, 63);
+BEGIN
+    IF rel IS NULL OR NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = rel) THEN
+        RETURN;
+    END IF;
+    SELECT * INTO c FROM @extschema@.collections x WHERE x.name = collection;
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', ins, rel);
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', upd, rel);
+    IF present THEN
+        IF (SELECT relkind FROM pg_class WHERE oid = rel) = 'p' THEN
+            EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s FOR EACH ROW WHEN (NEW.%I IS NULL) '
+                           'EXECUTE FUNCTION %I._pending_enqueue(%L)', ins, rel, c.family_column, '@extschema@', collection);
+        ELSE
+            EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION %I._pending_enqueue(%L)', ins, rel, '@extschema@', collection);
+        END IF;
+        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE OF %I ON %s FOR EACH ROW WHEN (NEW.%I IS NULL AND OLD.%I IS NOT NULL) '
+                       'EXECUTE FUNCTION %I._pending_enqueue(%L)', upd, c.family_column, rel, c.family_column, c.family_column,
+                       '@extschema@', collection);
     END IF;
 END $$;
 
@@ -216,7 +336,24 @@ CREATE POLICY collections_update ON collections FOR UPDATE
 CREATE POLICY collections_delete ON collections FOR DELETE
     USING (coalesce(@extschema@._owns(relid), pg_has_role(registered_by::oid, 'USAGE')));
 
+-- A role reads the pending rows of the tables it can read; it takes (FOR UPDATE) and drops them
+-- for the tables it may update (assign_family runs with the caller's rights), and lists rows
+-- only for the tables it owns (register_collection). Triggers list rows as pg_genome.
+ALTER TABLE pending_rows ENABLE ROW LEVEL SECURITY;
+CREATE POLICY pending_rows_read ON pending_rows FOR SELECT
+    USING (EXISTS (SELECT 1 FROM @extschema@.collections r WHERE r.name = collection AND @extschema@._may_read(r.relid)));
+CREATE POLICY pending_rows_insert ON pending_rows FOR INSERT
+    WITH CHECK (EXISTS (SELECT 1 FROM @extschema@.collections r WHERE r.name = collection AND @extschema@._owns(r.relid)));
+CREATE POLICY pending_rows_update ON pending_rows FOR UPDATE
+    USING (EXISTS (SELECT 1 FROM @extschema@.collections r WHERE r.name = collection
+                    AND (@extschema@._owns(r.relid) OR has_table_privilege(r.relid, 'UPDATE'))));
+CREATE POLICY pending_rows_delete ON pending_rows FOR DELETE
+    USING (EXISTS (SELECT 1 FROM @extschema@.collections r WHERE r.name = collection
+                    AND (@extschema@._owns(r.relid) OR has_table_privilege(r.relid, 'UPDATE'))));
+
 -- Grants
 
 GRANT SELECT ON collections TO genome_monitor;
 GRANT SELECT, INSERT, UPDATE, DELETE ON collections TO genome_user;
+-- UPDATE of seq only, which nobody can write (an identity): what FOR UPDATE needs
+GRANT SELECT, INSERT, DELETE, UPDATE (seq) ON pending_rows TO genome_user;

@@ -15,14 +15,15 @@ use std::time::Instant;
 
 use genome_core::base::Points;
 use genome_core::cluster::{classify, ClassifyParams, Method, Reduction};
-use genome_core::families::{plan, FamilyPlan, LiveFamily, PlanParams};
+use genome_core::families::{plan, size_on_sample, FamilyPlan, LiveFamily, PlanParams};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB, PgSqlErrorCode};
 
 use crate::collections::{
-    count_unclustered, embed_missing, load, load_embeddings, texts_of, try_lock,
-    unclustered_without_embedding, write_assignments, Collection,
+    count_unclustered, drop_pending, each_embedding_except, embed_missing, load, load_embeddings,
+    texts_of, try_lock, unclustered_without_embedding, write_assignments, write_families_of,
+    Collection,
 };
 use crate::errors::{raise, OrRaise};
 use crate::gucs;
@@ -350,31 +351,82 @@ fn insert_run(c: &Collection, kind: RunKind, started: Option<TimestampWithTimeZo
     .unwrap_or_else(|| error!("pg_genome: recording the run returned no row"))
 }
 
-/// Every row re-assigned (members to their family, noise to Unclustered; with full_classify,
-/// rows without an embedding too), the families no cluster kept retired, Unclustered's size and
-/// the collection's generation updated. Returns how many rows without text went to Unclustered.
+/// A run on a sample (`sample`: its rows' ids): each of the `rest` other rows gets the family
+/// whose centroid is nearest if its cosine reaches that family's calibrated threshold, else
+/// Unclustered, as assign_family places a new row; read and written a fetch at a time, so memory
+/// stays the sample's. The families grow by the rows they got. Returns (rows placed, of them
+/// Unclustered).
+fn place_rest(c: &Collection, sample: &[String], rest: i64, prog: &mut Progress) -> (i64, i64) {
+    prog.stage("place", rest);
+    let skip: std::collections::HashSet<&str> = sample.iter().map(String::as_str).collect();
+    let set = crate::assign::live_centroids(c);
+    let mut counts: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
+    let (mut placed, mut unclustered) = (0i64, 0i64);
+    each_embedding_except(c, &skip, |ids, data| {
+        let fams: Vec<i64> = set
+            .assign_batch(data, None)
+            .into_iter()
+            .map(|(f, _)| f.unwrap_or(c.unclustered_id))
+            .collect();
+        for &f in &fams {
+            if f == c.unclustered_id {
+                unclustered += 1;
+            } else {
+                *counts.entry(f).or_default() += 1;
+            }
+        }
+        write_families_of(c, ids, &fams);
+        placed += ids.len() as i64;
+        prog.advance(placed);
+    });
+    let mut fids: Vec<i64> = counts.keys().copied().collect();
+    fids.sort_unstable();
+    let ns: Vec<i64> = fids.iter().map(|f| counts[f]).collect();
+    Spi::run_with_args(
+        "UPDATE genome.families f SET size = f.size + u.n FROM unnest($1::int8[], $2::int8[]) AS u(id, n) WHERE f.id = u.id",
+        &[fids.into(), ns.into()],
+    )
+    .or_raise("updating family sizes");
+    (placed, unclustered)
+}
+
+/// Every row re-assigned (members to their family, noise to Unclustered; on a sample, every
+/// other row placed by nearest family; with full_classify, rows without an embedding too), the
+/// families no cluster kept retired, Unclustered's size and the collection's generation
+/// updated. Returns how many rows without text went to Unclustered, and (rows placed outside the
+/// sample, of them Unclustered).
+#[allow(clippy::too_many_arguments)]
 fn write_rows(
     kind: RunKind,
     c: &Collection,
     p: &FamilyPlan,
     ids: &[String],
     family_ids: &[i64],
+    rest: i64,
     run_id: i64,
     prog: &mut Progress,
-) -> i64 {
+) -> (i64, (i64, i64)) {
     prog.stage("assign", ids.len() as i64);
     write_assignments(c, ids, &p.row_families(family_ids, c.unclustered_id), prog);
+    // retired before the placement, which goes to live families only
+    Spi::run_with_args(
+        "UPDATE genome.families SET retired_at = now(), updated_at = now(), size = 0, run_id = $2 WHERE id = ANY($1)",
+        &[p.retired.clone().into(), run_id.into()],
+    )
+    .or_raise("retiring families");
+    let placed = if rest > 0 {
+        place_rest(c, ids, rest, prog)
+    } else {
+        (0, 0)
+    };
     // full_classify embedded everything it could: rows left without an embedding have no text.
     let textless = if kind.embeds() {
         unclustered_without_embedding(c)
     } else {
         0
     };
-    Spi::run_with_args(
-        "UPDATE genome.families SET retired_at = now(), updated_at = now(), size = 0, run_id = $2 WHERE id = ANY($1)",
-        &[p.retired.clone().into(), run_id.into()],
-    )
-    .or_raise("retiring families");
+    // listed rows that have a family now leave the pending list (rows added since stay)
+    drop_pending(c);
     let unclustered = count_unclustered(c);
     Spi::run_with_args(
         "UPDATE genome.families SET size = $3, run_id = $2, updated_at = now() WHERE id = $1",
@@ -386,7 +438,7 @@ fn write_rows(
         &[c.name.as_str().into()],
     )
     .or_raise("updating the collection");
-    textless
+    (textless, placed)
 }
 
 /// Fill in the run's row: its settings, counts and timings.
@@ -440,8 +492,21 @@ fn run(kind: RunKind, args: RunArgs) -> RunSummary {
     } else {
         0
     };
-    let (ids, points) = load_embeddings(&c, &mut prog);
+    let (ids, points, n_rows) = load_embeddings(
+        &c,
+        &mut prog,
+        crate::gucs::CLASSIFY_SAMPLE_ROWS.get() as i64,
+    );
+    let rest = n_rows - points.n as i64;
     timings.lap("load");
+    let mut settings = settings;
+    if rest > 0 {
+        // sizes count rows of the collection: on a sample of 1/k, a k-th of them
+        let on_sample = |m: usize| size_on_sample(m, points.n, n_rows as usize);
+        settings.classify.min_cluster_size = on_sample(settings.classify.min_cluster_size);
+        settings.classify.min_samples = settings.classify.min_samples.map(on_sample);
+        settings.plan.min_cluster_size = on_sample(settings.plan.min_cluster_size);
+    }
 
     // Classify.
     let (labels, k, approximate) = cluster(&points, settings.classify, &mut prog, &mut timings);
@@ -469,21 +534,32 @@ fn run(kind: RunKind, args: RunArgs) -> RunSummary {
     let run_id = insert_run(&c, kind, started);
     let family_ids = write_families(&c, &p, &ids, run_id);
     timings.lap("families");
-    let textless = write_rows(kind, &c, &p, &ids, &family_ids, run_id, &mut prog);
+    // the vectors are not needed any more: the placement reads the table a fetch at a time
+    let n_sample = points.n;
+    drop(points);
+    let (textless, (placed, placed_unclustered)) =
+        write_rows(kind, &c, &p, &ids, &family_ids, rest, run_id, &mut prog);
     timings.lap("assign");
 
+    let clustered_min_size = settings.classify.min_cluster_size;
     let mut record = settings.record;
     if let Some(why) = &p.no_families_reason {
         // say why, in the run's record and to the caller (0.5.0; 0.4.1 gave no reason)
         notice!("pg_genome: {kind} \"{}\" found no families: {why}", c.name);
         record["no_families_reason"] = serde_json::json!(why);
     }
+    if rest > 0 {
+        // clustered on an even sample; the other rows placed by nearest family
+        record["sample"] = serde_json::json!({"rows": n_sample, "of": n_rows, "placed": placed,
+                                              "placed_unclustered": placed_unclustered,
+                                              "min_cluster_size": clustered_min_size});
+    }
     let mut s = RunSummary {
         run_id,
-        n_rows: points.n as i64,
+        n_rows: n_sample as i64 + placed,
         n_embedded,
         n_clusters: k as i32,
-        n_noise: p.n_noise as i64,
+        n_noise: p.n_noise as i64 + placed_unclustered,
         n_kept: p.n_kept() as i32,
         n_new: p.n_new() as i32,
         n_retired: p.retired.len() as i32,

@@ -48,6 +48,8 @@ pub static MODEL_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// 0 = one per CPU core.
 pub static CLUSTER_THREADS: GucSetting<i32> = GucSetting::<i32>::new(0);
 /// Cosine at or above which a new cluster keeps an old family's id.
+/// Rows a full run classifies at most; above, an even sample of that many (issue 17).
+pub static CLASSIFY_SAMPLE_ROWS: GucSetting<i32> = GucSetting::<i32>::new(1_000_000);
 pub static FAMILY_MATCH_THRESHOLD: GucSetting<f64> = GucSetting::<f64>::new(0.9);
 /// Quantile of members' similarity to their centroid used as a family's assignment threshold.
 pub static THRESHOLD_QUANTILE: GucSetting<f64> = GucSetting::<f64>::new(0.1);
@@ -182,6 +184,16 @@ pub fn init() {
         &CLUSTER_THREADS,
         0,
         256,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"genome.classify_sample_rows",
+        c"Rows a full classification clusters at most (0 = all).",
+        c"A collection with more rows is clustered on an even sample of this many (every k-th row by id); every other row then gets its nearest family, as assign_family gives one. Memory stays that of the sample.",
+        &CLASSIFY_SAMPLE_ROWS,
+        0,
+        i32::MAX,
         GucContext::Userset,
         GucFlags::default(),
     );

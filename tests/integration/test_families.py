@@ -233,6 +233,139 @@ def test_concurrent_assign_family_loses_and_doubles_nothing(database, docs):
         assert c.execute("SELECT genome.pending_count('docs')").fetchone()[0] == 0
 
 
+def listed(c, name):
+    return [r[0] for r in c.execute("SELECT row_id FROM genome.pending_rows WHERE collection = %s ORDER BY seq",
+                                    (name,)).fetchall()]
+
+
+def test_pending_rows_are_listed_by_triggers_not_by_an_index_on_the_family_column(conn, docs):
+    """Rows without a family are found through genome.pending_rows (issue 17): inserted rows,
+    rows whose family is cleared; entries of rows given a family elsewhere or deleted are
+    dropped when met; a row another transaction holds keeps its entry."""
+    conn.execute("DROP TABLE IF EXISTS pend")
+    conn.execute("CREATE TABLE pend (id text PRIMARY KEY, body text, embedding vector(384), family_id bigint)")
+    conn.execute("""INSERT INTO pend SELECT 'r' || id, body, embedding, NULL FROM docs WHERE id < 1000000 ORDER BY id LIMIT 60""")
+    conn.execute("SELECT genome.register_collection('pend', 'pend', 'id', 'body')")
+    # no index names the family column (it would make every family write a non-HOT update)
+    assert conn.execute("""SELECT count(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid
+                            WHERE i.indrelid = 'pend'::regclass AND a.attname = 'family_id'
+                              AND (a.attnum = ANY (i.indkey) OR pg_get_expr(i.indpred, i.indrelid) LIKE '%family_id%')""").fetchone()[0] == 0
+    first = listed(conn, "pend")
+    assert len(first) == 60 and first == sorted(first)  # listed at registration, by id
+    conn.execute("SELECT * FROM genome.full_classify('pend', min_cluster_size => 5)")
+    assert listed(conn, "pend") == []
+    unc = conn.execute("SELECT id FROM genome.families WHERE collection = 'pend' AND is_unclustered").fetchone()[0]
+    with conn.cursor().copy("COPY pend (id, body) FROM STDIN") as cp:
+        for i in range(3):
+            cp.write_row((f"new{i}", f"a new row number {i}"))
+    conn.execute("INSERT INTO pend (id, body, family_id) VALUES ('given', 'comes with a family', %s)", (unc,))
+    conn.execute("UPDATE pend SET family_id = NULL WHERE id IN ('r1', 'r2', 'r3')")
+    conn.execute("UPDATE pend SET family_id = family_id WHERE id = 'r4'")  # no change: not listed
+    assert listed(conn, "pend") == ["new0", "new1", "new2", "r1", "r2", "r3"]
+    assert conn.execute("SELECT genome.pending_count('pend')").fetchone()[0] == 6
+    conn.execute("UPDATE pend SET family_id = %s WHERE id = 'new0'", (unc,))  # given a family by the app
+    conn.execute("DELETE FROM pend WHERE id = 'new1'")
+    # r1 is held by another transaction: skipped, and still listed afterwards
+    with connect() as other:
+        other.execute("BEGIN")
+        other.execute("SELECT 1 FROM pend WHERE id = 'r1' FOR UPDATE")
+        r = conn.execute("SELECT * FROM genome.assign_family('pend', batch_size => 10, min_pending => 1)").fetchone()
+        assert r[0] == 3, r  # new2, r2, r3
+        assert listed(conn, "pend") == ["r1"]
+        other.execute("ROLLBACK")
+    r = conn.execute("SELECT * FROM genome.assign_family('pend', batch_size => 10, min_pending => 1)").fetchone()
+    assert r[0] == 1
+    assert listed(conn, "pend") == [] and conn.execute("SELECT genome.pending_count('pend')").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM pend WHERE family_id IS NULL").fetchone()[0] == 0
+    # min_pending counts the list
+    conn.execute("INSERT INTO pend (id, body) VALUES ('x1', 'one more'), ('x2', 'and another')")
+    assert conn.execute("SELECT * FROM genome.assign_family('pend', min_pending => 3)").fetchone() == (0, 0, 0)
+    conn.execute("TRUNCATE pend")
+    assert listed(conn, "pend") == []
+    conn.execute("SELECT genome.unregister_collection('pend')")
+    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'pend'::regclass AND NOT tgisinternal").fetchone()[0] == 0
+
+
+def test_family_writes_are_hot_updates_with_the_search_index(conn, docs):
+    """With room on its pages (fillfactor 50), a full run's family writes are HOT updates: the
+    row is not inserted into the collection's HNSW search index again (issue 17). Counted in
+    the run's own transaction (pg_stat_get_xact_*)."""
+    conn.execute("DROP TABLE IF EXISTS hot")
+    conn.execute("CREATE TABLE hot (id bigint PRIMARY KEY, body text, embedding vector(384), family_id bigint) WITH (fillfactor = 50)")
+    conn.execute("INSERT INTO hot SELECT id, body, embedding, NULL FROM docs WHERE id < 1000000 AND embedding IS NOT NULL ORDER BY id LIMIT 600")
+    conn.execute("SELECT genome.register_collection('hot', 'hot', 'id', 'body')")
+    assert conn.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'hot' AND indexdef LIKE '%USING hnsw%'").fetchone()[0] == 1
+    stats = "SELECT pg_stat_get_xact_tuples_updated('hot'::regclass), pg_stat_get_xact_tuples_hot_updated('hot'::regclass)"
+    for seed in (42, 7):
+        with conn.transaction():
+            conn.execute("SELECT * FROM genome.full_classify('hot', min_cluster_size => 8, seed => %s)", (seed,))
+            upd, hot = conn.execute(stats).fetchone()
+        assert upd > 0 and hot == upd, (seed, upd, hot)
+    assert conn.execute("SELECT count(*) FROM hot WHERE family_id IS NULL").fetchone()[0] == 0
+    conn.execute("SELECT genome.unregister_collection('hot')")
+    conn.execute("DROP TABLE hot")
+
+
+def samp_purity(c):
+    return c.execute("""
+        WITH t AS (SELECT family_id, category, count(*) n FROM samp d JOIN genome.families f ON f.id = d.family_id
+                    WHERE NOT f.is_unclustered GROUP BY 1, 2),
+             m AS (SELECT family_id, max(n) mx, sum(n) s FROM t GROUP BY 1)
+        SELECT sum(mx)::float / sum(s), sum(s) FROM m""").fetchone()
+
+
+def test_a_full_run_above_the_sample_size_clusters_a_sample_and_places_the_rest(conn, docs):
+    """genome.classify_sample_rows (issue 17's path to 10M rows): a collection with more rows is
+    clustered on an even sample; every other row gets its nearest family (or Unclustered) as
+    assign_family would; sizes, the run's record and the families' quality follow."""
+    conn.execute("DROP TABLE IF EXISTS samp")
+    conn.execute("CREATE TABLE samp (id bigint PRIMARY KEY, category text, body text, embedding vector(384), family_id bigint)")
+    conn.execute("INSERT INTO samp SELECT id, category, body, embedding, NULL FROM docs WHERE id < 1000000 AND embedding IS NOT NULL")
+    n = conn.execute("SELECT count(*) FROM samp").fetchone()[0]
+    conn.execute("SELECT genome.register_collection('samp', 'samp', 'id', 'body')")
+    # the exact path first, on every row: the sample's families are compared with it below
+    conn.execute("SET genome.classify_sample_rows = 0")
+    conn.execute("SELECT * FROM genome.full_classify('samp', min_cluster_size => 8)")
+    exact = samp_purity(conn)
+    conn.execute("SET genome.classify_sample_rows = 400")
+    try:
+        r = conn.execute("SELECT n_rows, n_clusters, n_noise FROM genome.full_classify('samp', min_cluster_size => 8)").fetchone()
+    finally:
+        conn.execute("RESET genome.classify_sample_rows")
+    assert r[0] == n and r[1] >= 5, r
+    runs = conn.execute("SELECT params->'sample' FROM genome.runs WHERE collection = 'samp' ORDER BY id").fetchall()
+    assert runs[0][0] is None  # the exact run clustered every row
+    sample = runs[1][0]
+    stride = -(-n // 400)
+    assert sample["of"] == n and sample["rows"] == -(-n // stride) and sample["placed"] == n - sample["rows"], sample
+    assert sample["min_cluster_size"] == -(-8 * sample["rows"] // n)  # 8 rows of the collection, a third on the sample
+    assert conn.execute("SELECT count(*) FROM samp WHERE family_id IS NULL").fetchone()[0] == 0
+    assert conn.execute("""SELECT count(*) FROM genome.families f WHERE collection = 'samp'
+                           AND size <> (SELECT count(*) FROM samp d WHERE d.family_id = f.id)""").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM genome.pending_rows WHERE collection = 'samp'").fetchone()[0] == 0
+    assert r[2] == conn.execute("""SELECT count(*) FROM samp d JOIN genome.families f ON f.id = d.family_id
+                                    WHERE f.is_unclustered""").fetchone()[0]
+    # placed rows (all but every k-th in the order of the ids' text, as the run reads them) are
+    # where assign_family would put them: the nearest live centroid at or above its threshold
+    wrong = conn.execute("""
+        WITH placed AS (SELECT d.id, d.embedding, d.family_id FROM samp d
+                         WHERE (SELECT count(*) FROM samp e WHERE e.id::text < d.id::text) %% %s <> 0),
+             best AS (SELECT p.id, p.family_id, b.id AS fid, b.sim, b.threshold FROM placed p CROSS JOIN LATERAL (
+                         SELECT f.id, 1 - (f.centroid <=> p.embedding) AS sim, f.threshold FROM genome.families f
+                          WHERE f.collection = 'samp' AND NOT f.is_unclustered AND f.retired_at IS NULL
+                          ORDER BY f.centroid <=> p.embedding LIMIT 1) b)
+        SELECT count(*) FILTER (WHERE CASE WHEN sim >= threshold THEN family_id <> fid
+                                         ELSE family_id <> (SELECT id FROM genome.families WHERE collection = 'samp' AND is_unclustered) END),
+               count(*) FROM best""", (stride,)).fetchone()
+    assert wrong[1] == n - sample["rows"] and wrong[0] <= 0.01 * wrong[1], wrong  # ties and float rounding only
+    # a third of the rows clustered (20 a category), the rest placed: families nearly as pure as
+    # the exact path's, and a third of the rows or more in them
+    pur = samp_purity(conn)
+    assert pur[0] > exact[0] - 0.1 and pur[1] > 0.3 * n, (pur, exact)
+    conn.execute("SELECT genome.unregister_collection('samp')")
+    conn.execute("DROP TABLE samp")
+
+
 def test_centroids_are_cached_and_invalidated_by_a_full_run(conn, docs):
     add_paraphrases(conn, 5, 4_000_000)
     conn.execute("SELECT * FROM genome.assign_family('docs', min_pending => 1)")
@@ -387,6 +520,9 @@ def test_a_database_with_data_upgrades_from_the_previous_release_intact(database
                 u.execute(f"ALTER EXTENSION pg_genome UPDATE TO '{v}'")
             after = {k: u.execute(q).fetchall() for k, q in DATA.items()}
             assert after == before
+            # 0.8.0 lists pending rows in genome.pending_rows instead of a partial index
+            assert u.execute("SELECT count(*) FROM pg_indexes WHERE indexname = 'genome_pending_up'").fetchone()[0] == 0
+            assert u.execute("SELECT count(*) FROM genome.pending_rows WHERE collection = 'up'").fetchone()[0] == 20
             # and it goes on: the queue drains, assignment and search use the upgraded objects
             assert u.execute("SELECT genome.process_embed_queue(32)").fetchone()[0] == 20
             processed, assigned, unclustered = u.execute("SELECT * FROM genome.assign_family('up', min_pending => 0)").fetchone()

@@ -932,3 +932,28 @@ def test_internal_functions_are_closed_to_public(roles):
         with pytest.raises(psycopg.Error) as e:
             su.execute("SELECT genome.pet_clusters(NULL::int, 'no such media')")
         assert e.value.sqlstate == "22004"
+
+
+def test_the_owner_assigns_pending_rows_and_others_see_none_of_them(roles):
+    """genome.pending_rows (0.8.0): the table's owner, not a superuser, lists, takes and drops
+    its pending rows through register_collection and assign_family; a role that cannot read the
+    table sees no entry of it, even with every privilege on pg_genome's tables, and cannot list
+    rows for it."""
+    with connect(user="sec_app") as app:
+        app_setup(app, "pendown")
+        app.execute("SELECT genome.register_collection('sec_pendown', 'sec_app.pendown', 'id', 'body', model => 'tiny-bert')")
+        assert app.execute("SELECT genome.pending_count('sec_pendown')").fetchone()[0] == 60
+        app.execute("SELECT * FROM genome.full_classify('sec_pendown', min_cluster_size => 5)")
+        app.execute("INSERT INTO sec_app.pendown (id, body) VALUES (9001, 'row about cats'), (9002, 'row about ships')")
+        assert app.execute("SELECT genome.pending_count('sec_pendown')").fetchone()[0] == 2
+        r = app.execute("SELECT * FROM genome.assign_family('sec_pendown', min_pending => 1)").fetchone()
+        assert r[0] == 2, r
+        assert app.execute("SELECT genome.pending_count('sec_pendown')").fetchone()[0] == 0
+        app.execute("INSERT INTO sec_app.pendown (id, body) VALUES (9003, 'row about tax')")
+    with connect(user="sec_op") as op:
+        assert op.execute("SELECT count(*) FROM genome.pending_rows WHERE collection = 'sec_pendown'").fetchone()[0] == 0
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            op.execute("INSERT INTO genome.pending_rows (collection, row_id) VALUES ('sec_pendown', 'x')")
+        assert op.execute("DELETE FROM genome.pending_rows WHERE collection = 'sec_pendown'").rowcount == 0
+    with connect() as su:
+        assert su.execute("SELECT row_id FROM genome.pending_rows WHERE collection = 'sec_pendown'").fetchall() == [("9003",)]

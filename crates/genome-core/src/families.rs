@@ -111,6 +111,16 @@ impl FamilyPlan {
     }
 }
 
+/// A size counted in rows of the collection (`min_cluster_size`, `min_samples`) for a run that
+/// clusters an even sample of `sample` of its `rows`: a family of m rows has about
+/// m * sample / rows of them in the sample. Rounded up, at least 2 (HDBSCAN's smallest).
+pub fn size_on_sample(size: usize, sample: usize, rows: usize) -> usize {
+    if sample >= rows || rows == 0 {
+        return size;
+    }
+    (size * sample).div_ceil(rows).max(2)
+}
+
 /// The plan for `points` (a collection's embeddings, any scale) clustered into `labels` (one
 /// per point, 0..n_clusters-1 or -1 for noise), given the collection's `live` families.
 ///
@@ -192,6 +202,16 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_scale_with_the_sample() {
+        assert_eq!(size_on_sample(15, 1000, 1000), 15);
+        assert_eq!(size_on_sample(15, 2000, 1000), 15);
+        assert_eq!(size_on_sample(15, 500_000, 1_000_000), 8);
+        assert_eq!(size_on_sample(8, 393, 1178), 3);
+        assert_eq!(size_on_sample(15, 1_000_000, 10_000_000), 2);
+        assert_eq!(size_on_sample(100, 1_000_000, 10_000_000), 10);
+    }
 
     /// Five members around direction (1, 0) in the plane: cosines to (1, 0) of exactly 1, 0.8,
     /// 0.8, 0.6 and 0.6, and their unit mean is (1, 0) itself (they are symmetric about it).

@@ -3,6 +3,7 @@
 //! keyword labels and the reason a run found none; `crate::families::plan` puts them together.
 //! Also the nearest-centroid assignment of new rows ([`CentroidSet`], for assign_family).
 
+use rayon::prelude::*;
 use std::collections::HashMap;
 
 use crate::base::{cosine, quantile_of, Points};
@@ -145,11 +146,65 @@ impl CentroidSet {
     /// The family id for `v`: the nearest centroid's if its cosine reaches the threshold
     /// (explicit, else that family's calibrated one), else None (Unclustered).
     pub fn assign(&self, v: &[f32], threshold: Option<f32>) -> (Option<i64>, f32) {
-        match self.nearest(v) {
+        self.decide(self.nearest(v), threshold)
+    }
+
+    fn decide(&self, nearest: Option<(usize, f32)>, threshold: Option<f32>) -> (Option<i64>, f32) {
+        match nearest {
             Some((c, s)) if s >= threshold.unwrap_or(self.thresholds[c]) => (Some(self.ids[c]), s),
             Some((_, s)) => (None, s),
             None => (None, 0.0),
         }
+    }
+
+    /// [`CentroidSet::assign`] for many rows (`rows`: row after row of `d` values): a block of
+    /// rows against every centroid is one matrix product, the blocks on all threads. The
+    /// answers are `assign`'s row by row, up to the rounding of the cosines (a full run places
+    /// millions of rows against tens of thousands of centroids this way).
+    pub fn assign_batch(&self, rows: &[f32], threshold: Option<f32>) -> Vec<(Option<i64>, f32)> {
+        const BLOCK: usize = 256;
+        let (d, k) = (self.d, self.len());
+        if d == 0 || k == 0 {
+            return vec![(None, 0.0); rows.len().checked_div(d).unwrap_or(0)];
+        }
+        rows.par_chunks(BLOCK * d)
+            .flat_map_iter(|blk| {
+                let m = blk.len() / d;
+                let mut sims = vec![0f32; m * k];
+                // sims[r, j] = row r . centroid j (the centroids' matrix read transposed)
+                crate::rank::scorer::gemm(
+                    m,
+                    d,
+                    k,
+                    blk,
+                    (d, 1),
+                    &self.matrix,
+                    (1, d),
+                    0.0,
+                    &mut sims,
+                    k,
+                );
+                (0..m)
+                    .map(|r| {
+                        let norm = blk[r * d..(r + 1) * d]
+                            .iter()
+                            .map(|x| x * x)
+                            .sum::<f32>()
+                            .sqrt();
+                        if norm == 0.0 {
+                            return (None, 0.0);
+                        }
+                        let mut best = (0usize, f32::NEG_INFINITY);
+                        for (j, &s) in sims[r * k..(r + 1) * k].iter().enumerate() {
+                            if s > best.1 {
+                                best = (j, s);
+                            }
+                        }
+                        self.decide(Some((best.0, best.1 / norm)), threshold)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 }
 
@@ -253,6 +308,41 @@ pub fn no_families_reason(points: &Points, min_cluster_size: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_assignment_equals_one_by_one() {
+        let (d, k, n) = (24, 37, 600);
+        let mut x = 12345u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 2000) as f32 / 1000.0 - 1.0
+        };
+        let mut set = CentroidSet::new(d);
+        for j in 0..k {
+            let c: Vec<f32> = (0..d).map(|_| rnd()).collect();
+            set.push(100 + j as i64, &c, 0.2 + (j % 5) as f32 * 0.05);
+        }
+        let mut rows: Vec<f32> = (0..n * d).map(|_| rnd()).collect();
+        rows[..d].iter_mut().for_each(|v| *v = 0.0); // a zero row: no family
+        for t in [None, Some(0.1f32)] {
+            let batch = set.assign_batch(&rows, t);
+            assert_eq!(batch.len(), n);
+            let mut families = 0;
+            for (i, (fam, s)) in batch.iter().enumerate() {
+                let (f1, s1) = set.assign(&rows[i * d..(i + 1) * d], t);
+                assert!((s - s1).abs() < 1e-5, "row {i}: {s} vs {s1}");
+                assert_eq!(*fam, f1, "row {i}");
+                families += fam.is_some() as usize;
+            }
+            assert!(families > 50 && families < n, "{families}");
+        }
+        assert!(CentroidSet::new(d)
+            .assign_batch(&rows, None)
+            .iter()
+            .all(|r| r.0.is_none()));
+    }
 
     #[test]
     fn centroids_are_unit_means_and_quantiles_interpolate() {

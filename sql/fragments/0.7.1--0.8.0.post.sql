@@ -1,0 +1,16 @@
+-- Every collection whose table is there lists its pending rows in genome.pending_rows, as
+-- register_collection does since 0.8.0 (the partial index on its family column goes). One
+-- whose registration no longer passes the checks (its registrant lost the table) is left as it
+-- is, with a warning: registering it again lists its rows.
+DO $$
+DECLARE c text;
+BEGIN
+    FOR c IN SELECT x.name FROM @extschema@.collections x JOIN pg_class k ON k.oid = x.relid ORDER BY x.name LOOP
+        BEGIN
+            PERFORM @extschema@._pending_start(c);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'pg_genome: collection "%": %; its pending rows are not listed', c, SQLERRM
+                  USING HINT = 'register the collection again';
+        END;
+    END LOOP;
+END $$;
