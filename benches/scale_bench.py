@@ -62,8 +62,9 @@ def prepare(n, search_index, fillfactor=None):
         c.execute(f"CREATE TABLE {t} (id bigint PRIMARY KEY, body text, lexname text, embedding vector(384), family_id bigint){ff}")
         c.execute("SELECT genome.register_collection(%s, %s::regclass, 'id', 'body', 'embedding', 'family_id', NULL, 'all-minilm-l6-v2')",
                   (name, t))
-        if not search_index:
-            c.execute(f"DROP INDEX genome_hnsw_{name}")
+        # the collection's HNSW index goes before the rows; with --search-index it is built again
+        # (the same definition) once they are in: a bulk build is faster than 1M insertions
+        c.execute(f"DROP INDEX genome_hnsw_{name}")
         copies = math.ceil(n / BASE)
         t0 = time.time()
         c.execute(f"""
@@ -75,6 +76,11 @@ def prepare(n, search_index, fillfactor=None):
               JOIN bench_noise z ON z.k = (w.rn * 7 + j * 131) % 4096
              WHERE j * {BASE} + w.rn <= {n}""")
         c.execute(f"VACUUM ANALYZE {t}")
+        if search_index:
+            t1 = time.time()
+            c.execute("SET maintenance_work_mem = '8GB'")
+            c.execute("SELECT genome.create_search_index(%s)", (name,))
+            print(f"  search index built in {time.time() - t1:.0f} s", flush=True)
         print(f"  table {t}: {n} rows in {time.time() - t0:.0f} s (search index: {search_index}, fillfactor: "
               f"{fillfactor or 100})", flush=True)
     return t, name

@@ -351,6 +351,9 @@ fn insert_run(c: &Collection, kind: RunKind, started: Option<TimestampWithTimeZo
     .unwrap_or_else(|| error!("pg_genome: recording the run returned no row"))
 }
 
+/// Rows placed between two checks for a cancel.
+const PLACE_ROWS: usize = 1_000;
+
 /// A run on a sample (`sample`: its rows' ids): each of the `rest` other rows gets the family
 /// whose centroid is nearest if its cosine reaches that family's calibrated threshold, else
 /// Unclustered, as assign_family places a new row; read and written a fetch at a time, so memory
@@ -363,11 +366,17 @@ fn place_rest(c: &Collection, sample: &[String], rest: i64, prog: &mut Progress)
     let mut counts: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
     let (mut placed, mut unclustered) = (0i64, 0i64);
     each_embedding_except(c, &skip, |ids, data| {
-        let fams: Vec<i64> = set
-            .assign_batch(data, None)
-            .into_iter()
-            .map(|(f, _)| f.unwrap_or(c.unclustered_id))
-            .collect();
+        // a thousand rows at a time against every centroid (under 0.6 s at 84,000 families on
+        // two cores), so that a cancel is seen within that
+        let mut fams: Vec<i64> = Vec::with_capacity(ids.len());
+        for part in data.chunks(PLACE_ROWS * c.dimension.max(1)) {
+            pg_sys::check_for_interrupts!();
+            fams.extend(
+                set.assign_batch(part, None)
+                    .into_iter()
+                    .map(|(f, _)| f.unwrap_or(c.unclustered_id)),
+            );
+        }
         for &f in &fams {
             if f == c.unclustered_id {
                 unclustered += 1;
