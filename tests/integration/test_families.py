@@ -44,9 +44,10 @@ def snapshot(c, table="docs"):
     return fams, rows
 
 
-def purity(c):
-    return c.execute("""
-        WITH t AS (SELECT family_id, category, count(*) n FROM docs d JOIN genome.families f ON f.id = d.family_id
+def purity(c, table="docs"):
+    """Purity of a table's families against its category column, and how many rows they hold."""
+    return c.execute(f"""
+        WITH t AS (SELECT family_id, category, count(*) n FROM {table} d JOIN genome.families f ON f.id = d.family_id
                     WHERE NOT f.is_unclustered GROUP BY 1, 2),
              m AS (SELECT family_id, max(n) mx, sum(n) s FROM t GROUP BY 1)
         SELECT sum(mx)::float / sum(s), sum(s) FROM m""").fetchone()
@@ -306,14 +307,6 @@ def test_family_writes_are_hot_updates_with_the_search_index(conn, docs):
     conn.execute("DROP TABLE hot")
 
 
-def samp_purity(c):
-    return c.execute("""
-        WITH t AS (SELECT family_id, category, count(*) n FROM samp d JOIN genome.families f ON f.id = d.family_id
-                    WHERE NOT f.is_unclustered GROUP BY 1, 2),
-             m AS (SELECT family_id, max(n) mx, sum(n) s FROM t GROUP BY 1)
-        SELECT sum(mx)::float / sum(s), sum(s) FROM m""").fetchone()
-
-
 def test_a_full_run_above_the_sample_size_clusters_a_sample_and_places_the_rest(conn, docs):
     """genome.classify_sample_rows (issue 17's path to 10M rows): a collection with more rows is
     clustered on an even sample; every other row gets its nearest family (or Unclustered) as
@@ -326,7 +319,7 @@ def test_a_full_run_above_the_sample_size_clusters_a_sample_and_places_the_rest(
     # the exact path first, on every row: the sample's families are compared with it below
     conn.execute("SET genome.classify_sample_rows = 0")
     conn.execute("SELECT * FROM genome.full_classify('samp', min_cluster_size => 8)")
-    exact = samp_purity(conn)
+    exact = purity(conn, "samp")
     conn.execute("SET genome.classify_sample_rows = 400")
     try:
         r = conn.execute("SELECT n_rows, n_clusters, n_noise FROM genome.full_classify('samp', min_cluster_size => 8)").fetchone()
@@ -360,7 +353,7 @@ def test_a_full_run_above_the_sample_size_clusters_a_sample_and_places_the_rest(
     assert wrong[1] == n - sample["rows"] and wrong[0] <= 0.01 * wrong[1], wrong  # ties and float rounding only
     # a third of the rows clustered (20 a category), the rest placed: families nearly as pure as
     # the exact path's, and a third of the rows or more in them
-    pur = samp_purity(conn)
+    pur = purity(conn, "samp")
     assert pur[0] > exact[0] - 0.1 and pur[1] > 0.3 * n, (pur, exact)
     conn.execute("SELECT genome.unregister_collection('samp')")
     conn.execute("DROP TABLE samp")
