@@ -353,48 +353,26 @@ pub fn load_embeddings(
         1
     } as usize;
     let keep = total as usize / stride + 1;
-    let sql = format!(
-        "SELECT {id}::text, {emb} FROM {rel} WHERE {emb} IS NOT NULL ORDER BY {id}",
-        id = ident(&c.id_col),
-        emb = ident(&c.emb_col),
-        rel = c.rel
-    );
     let mut ids = Vec::with_capacity(keep);
     let mut data: Vec<f32> = Vec::with_capacity(keep * c.dimension);
     let mut seen = 0usize;
-    c.as_owner(|| Spi::connect(|client| {
-        let mut cur = client.open_cursor(&sql, &[]);
-        loop {
-            pg_sys::check_for_interrupts!();
-            let t = cur.fetch(10_000)?;
-            if t.is_empty() {
-                break;
+    by_fetch(c, |rows| {
+        for (id, v) in rows {
+            if v.len() != c.dimension {
+                raise(
+                    PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+                    format!("row {id} of collection \"{}\" has a {}-d embedding, the collection's model gives {}", c.name, v.len(), c.dimension),
+                    Some(format!("clear the column: UPDATE {} SET {} = NULL WHERE ...", c.rel, ident(&c.emb_col))),
+                );
             }
-            for r in t {
-                let id = r.get::<String>(1)?.unwrap_or_default();
-                let v = r.get::<Vector>(2)?.map(|v| v.0).unwrap_or_default();
-                if v.len() != c.dimension {
-                    raise(
-                        PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-                        format!("row {id} of collection \"{}\" has a {}-d embedding, the collection's model gives {}", c.name, v.len(), c.dimension),
-                        Some(format!("clear the column: UPDATE {} SET {} = NULL WHERE ...", c.rel, ident(&c.emb_col))),
-                    );
-                }
-                if seen.is_multiple_of(stride) {
-                    ids.push(id);
-                    data.extend(v);
-                }
-                seen += 1;
+            if seen.is_multiple_of(stride) {
+                ids.push(id);
+                data.extend(v);
             }
-            // Each fetch's rows would otherwise stay in SPI's memory until the end (1M rows of
-            // 384-d: 1.6 GB next to the 1.5 GB copied out): free them now.
-            // SAFETY: SPI_tuptable is the fetch just read, whose rows were consumed above.
-            unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
-            prog.advance(seen as i64);
+            seen += 1;
         }
-        Ok::<_, pgrx::spi::SpiError>(())
-    }))
-    .or_raise("reading embeddings");
+        prog.advance(seen as i64);
+    });
     let d = c.dimension.max(1);
     (
         ids,
@@ -415,6 +393,23 @@ pub fn each_embedding_except(
     skip: &std::collections::HashSet<&str>,
     mut f: impl FnMut(&[String], &[f32]),
 ) {
+    by_fetch(c, |rows| {
+        let mut ids = Vec::new();
+        let mut data = Vec::new();
+        for (id, v) in rows {
+            if !skip.contains(id.as_str()) && v.len() == c.dimension {
+                ids.push(id);
+                data.extend(v);
+            }
+        }
+        f(&ids, &data);
+    });
+}
+
+/// The collection's rows with an embedding, (id as text, vector), in id order, read through a
+/// cursor and handed to `f` a fetch of 10,000 at a time, with a check for a cancel between
+/// fetches: what the full run's two passes (the load and the placement) share.
+fn by_fetch(c: &Collection, mut f: impl FnMut(Vec<(String, Vec<f32>)>)) {
     let sql = format!(
         "SELECT {id}::text, {emb} FROM {rel} WHERE {emb} IS NOT NULL ORDER BY {id}",
         id = ident(&c.id_col),
@@ -430,22 +425,16 @@ pub fn each_embedding_except(
                 if t.is_empty() {
                     break;
                 }
-                let mut ids = Vec::new();
-                let mut data = Vec::new();
+                let mut rows = Vec::with_capacity(t.len());
                 for r in t {
                     let id = r.get::<String>(1)?.unwrap_or_default();
-                    if skip.contains(id.as_str()) {
-                        continue;
-                    }
-                    let v = r.get::<Vector>(2)?.map(|v| v.0).unwrap_or_default();
-                    if v.len() == c.dimension {
-                        ids.push(id);
-                        data.extend(v);
-                    }
+                    rows.push((id, r.get::<Vector>(2)?.map(|v| v.0).unwrap_or_default()));
                 }
-                // SAFETY: SPI_tuptable is the fetch just read, whose rows were consumed above.
+                // Each fetch's rows would otherwise stay in SPI's memory until the end (1M rows
+                // of 384-d: 1.6 GB next to the 1.5 GB copied out): free them now.
+                // SAFETY: SPI_tuptable is the fetch just read, whose rows were copied above.
                 unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
-                f(&ids, &data);
+                f(rows);
             }
             Ok::<_, pgrx::spi::SpiError>(())
         })
