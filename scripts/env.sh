@@ -12,9 +12,11 @@ find_pg_config() {
 PG_CONFIG="${PG_CONFIG:-$(find_pg_config)}"
 PG_BIN="$("$PG_CONFIG" --bindir 2>/dev/null || dirname "$PG_CONFIG")"
 GENOME_PORT="${GENOME_PORT:-55432}"
-PGDATA_DIR="$STATE/pgdata"
+# another cluster than the main one (scripts/nodes.sh): GENOME_PGDATA names its data directory
+PGDATA_DIR="${GENOME_PGDATA:-$STATE/pgdata}"
 PGSOCK_DIR="$STATE/run"
-PGLOG="$STATE/postgres.log"
+PGLOG="${GENOME_PGDATA:+$GENOME_PGDATA.log}"
+PGLOG="${PGLOG:-$STATE/postgres.log}"
 VENV="$STATE/venv"
 MODELS="$STATE/models"
 ORT_VERSION="1.31.1"
@@ -30,7 +32,16 @@ ORT_LIB_DIR() { echo "$(pg_pkglibdir)/pg_genome"; }
 MODEL_INSTALL_DIR() { echo "$(pg_sharedir)/pg_genome/models"; }
 
 # Earlier releases' install scripts and the upgrade scripts (pgrx installs only the current one).
-install_release_scripts() { cp "$REPO"/sql/install/*.sql "$REPO"/sql/upgrade/*.sql "$(pg_sharedir)/extension/"; }
+# The scale-out extension pg_genome_cluster (SQL only, cluster/): its control file and its
+# install script, at the workspace's version.
+install_release_scripts() {
+  local ext version
+  ext="$(pg_sharedir)/extension"
+  version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/Cargo.toml" | head -1)"
+  cp "$REPO"/sql/install/*.sql "$REPO"/sql/upgrade/*.sql "$ext/"
+  sed "s/@CARGO_VERSION@/$version/" "$REPO/cluster/pg_genome_cluster.control" > "$ext/pg_genome_cluster.control"
+  cp "$REPO/cluster/pg_genome_cluster.sql" "$ext/pg_genome_cluster--$version.sql"
+}
 
 GENOME_T0=${GENOME_T0:-$SECONDS}
 say() { printf '\n\033[1m==> %s\033[0m   (%d s)\n' "$*" "$((SECONDS - GENOME_T0))"; }

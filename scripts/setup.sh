@@ -11,7 +11,7 @@ DEMO=1; [ "${1:-}" = "--no-demo" ] && DEMO=0
 export DEBIAN_FRONTEND=noninteractive
 command -v cargo >/dev/null || { echo "needs Rust (cargo >= 1.95; preinstalled on the project machines, else rustup)"; exit 1; }
 
-APT_PKGS="build-essential pkg-config dpkg-dev sudo clang libclang-dev postgresql-15 postgresql-server-dev-15 postgresql-15-cron fortunes fortunes-min python3-venv ca-certificates dataset-fashion-mnist microbiomeutil-data"
+APT_PKGS="build-essential pkg-config dpkg-dev sudo clang libclang-dev postgresql-15 postgresql-server-dev-15 postgresql-15-cron postgresql-15-plproxy fortunes fortunes-min python3-venv ca-certificates dataset-fashion-mnist microbiomeutil-data"
 
 say "system packages"
 missing=$(for p in $APT_PKGS; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"; done)

@@ -85,9 +85,14 @@ BEGIN
                      WHERE @extschema@._catalog_readable(c.name)
                        AND @extschema@._owned_by(c.relid, c.registered_by) AND @extschema@._owned_by(c.links, c.registered_by)))
       INTO h;
+    -- on a coordinator (pg_genome_cluster; src/cluster.rs): every data node, its shards and its
+    -- own health, or why it did not answer
+    IF @extschema@._coordinator() THEN
+        h := h || jsonb_build_object('nodes', genome_cluster.nodes_health());
+    END IF;
     RETURN h;
 END $$;
-COMMENT ON FUNCTION health IS 'versions, ONNX Runtime, workers, pg_cron jobs, queue depth and pending assignments as jsonb';
+COMMENT ON FUNCTION health IS 'versions, ONNX Runtime, workers, pg_cron jobs, queue depth and pending assignments as jsonb; on a coordinator every data node''s too';
 
 -- Prometheus text exposition: counters from shared memory (Rust) plus gauges read here.
 CREATE FUNCTION metrics() RETURNS text

@@ -24,6 +24,7 @@ use pgrx::prelude::*;
 
 pub mod assign;
 pub mod bundles;
+pub mod cluster;
 pub mod collections;
 pub mod embed;
 pub mod errors;

@@ -183,7 +183,7 @@ COMMENT ON FUNCTION unregister_pet_media IS 'forget a photo table: its photos, c
 CREATE FUNCTION cluster_pet(pet_id anycompatible, media text DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    m @extschema@.pet_media := @extschema@._pet_media(media);
+    m @extschema@.pet_media;
     pid text := pet_id::text;
     rel regclass;
     pet_type text;
@@ -197,6 +197,11 @@ BEGIN
     IF pid IS NULL THEN
         RAISE EXCEPTION 'pg_genome: pet_id must not be NULL' USING ERRCODE = '22004';
     END IF;
+    -- on a coordinator (pg_genome_cluster; src/cluster.rs) the data node holding the pet runs it
+    IF @extschema@._coordinator() THEN
+        RETURN genome_cluster.cluster_pet(pid, media);
+    END IF;
+    m := @extschema@._pet_media(media);
     rel := m.relid::regclass;
     SELECT format_type(a.atttypid, a.atttypmod) INTO pet_type FROM pg_attribute a WHERE a.attrelid = m.relid AND a.attname = m.pet_column;
     PERFORM pg_advisory_xact_lock(@extschema@._lock_key('pet'), hashtext(m.name || '/' || pid));
@@ -277,6 +282,10 @@ CREATE FUNCTION cluster_dirty_pets(media text DEFAULT NULL, max_pets integer DEF
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE d record; done int := 0; errors int := 0; skipped int := 0; err text; t0 timestamptz := clock_timestamp();
 BEGIN
+    -- on a coordinator (pg_genome_cluster; src/cluster.rs) every data node runs its own, totals here
+    IF @extschema@._coordinator() THEN
+        RETURN genome_cluster.cluster_dirty_pets(media, max_pets);
+    END IF;
     FOR d IN SELECT x.media, x.pet_id FROM @extschema@.pet_dirty x
               WHERE (cluster_dirty_pets.media IS NULL OR x.media = cluster_dirty_pets.media)
               ORDER BY x.marked_at, x.media, x.pet_id LIMIT max_pets LOOP
@@ -335,12 +344,21 @@ CREATE FUNCTION select_heroes(pet_id anycompatible, n integer DEFAULT 3, media t
 RETURNS TABLE (cluster_id bigint, rank integer, image_id text, score double precision, quality real,
                centrality double precision, recency_days double precision, pose real, taken_at timestamptz)
 LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE m @extschema@.pet_media := @extschema@._pet_media(media); pid text := pet_id::text;
+DECLARE m @extschema@.pet_media; pid text := pet_id::text;
         newest timestamptz; min_q real := current_setting('genome.hero_min_quality')::real;
 BEGIN
     IF n IS NULL OR n < 1 THEN
         RAISE EXCEPTION 'pg_genome: n must be at least 1, got %', n USING ERRCODE = '22023';
     END IF;
+    -- on a coordinator (pg_genome_cluster; src/cluster.rs) the data node holding the pet runs it
+    IF @extschema@._coordinator() THEN
+        IF pid IS NULL THEN
+            RETURN;
+        END IF;
+        RETURN QUERY SELECT * FROM genome_cluster.select_heroes(pid, n, media, w_quality, w_centrality, w_recency, w_pose);
+        RETURN;
+    END IF;
+    m := @extschema@._pet_media(media);
     PERFORM @extschema@._use_vector_schema();
     SELECT max(p.taken_at) INTO newest FROM @extschema@.pet_photos p
      WHERE p.media = m.name AND p.pet_id = pid AND p.embedding IS NOT NULL;
@@ -370,6 +388,10 @@ DECLARE m @extschema@.pet_media; pid text := pet_id::text; res jsonb;
 BEGIN
     IF pid IS NULL THEN
         RAISE EXCEPTION 'pg_genome: pet_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    -- on a coordinator (pg_genome_cluster; src/cluster.rs) the data node holding the pet runs it
+    IF @extschema@._coordinator() THEN
+        RETURN genome_cluster.pet_clusters(pid, media, n);
     END IF;
     m := @extschema@._pet_media(media);
     PERFORM @extschema@._use_vector_schema();

@@ -302,39 +302,13 @@ fn run(
     ];
     let threshold = score_threshold.map_or(-1.0, f64::from);
     let query = |order: &str| -> Vec<Hit> {
-        let sql = statement(order);
-        // hits are copied into the context this call runs in (the SRF's), see RawJsonb
-        let outer = unsafe { pg_sys::CurrentMemoryContext };
-        let previous = HITS_CONTEXT.with(|c| c.replace(outer));
-        struct Reset(pg_sys::MemoryContext);
-        impl Drop for Reset {
-            fn drop(&mut self) {
-                HITS_CONTEXT.with(|c| c.set(self.0));
-            }
-        }
-        let _reset = Reset(previous);
-        crate::owner::as_table_owner(t.rel, || {
-            Spi::connect(|client| {
-                with_plan(client, &sql, &types, |stmt| {
-                    let args = [
-                        Vector(q.clone()).into(),
-                        top_k.into(),
-                        threshold.into(),
-                        filter.as_ref().map(|f| JsonB(f.0.clone())).into(),
-                    ];
-                    let rows = spi("searching", client.select(stmt, None, &args));
-                    let mut out = Vec::with_capacity(rows.len());
-                    for r in rows {
-                        out.push((
-                            spi("reading a hit", r.get::<String>(1)).unwrap_or_default(),
-                            spi("reading a hit", r.get::<f32>(2)).unwrap_or_default(),
-                            spi("reading a hit", r.get::<RawJsonb>(3)),
-                        ));
-                    }
-                    out
-                })
-            })
-        })
+        let args = [
+            Vector(q.clone()).into(),
+            top_k.into(),
+            threshold.into(),
+            filter.as_ref().map(|f| JsonB(f.0.clone())).into(),
+        ];
+        crate::owner::as_table_owner(t.rel, || fetch_hits(&statement(order), &types, &args))
     };
     let hits = query(&dist);
     if filter.is_some() && hits.len() < top_k as usize {
@@ -343,6 +317,69 @@ fn run(
         return query(&format!("({dist}) OPERATOR(pg_catalog.+) 0, 1"));
     }
     hits
+}
+
+/// The rows of a statement returning (id text, score real, row jsonb), kept as hits. The jsonb
+/// values are copied into the context this call runs in (the SRF's, see RawJsonb).
+fn fetch_hits(sql: &str, types: &[PgOid], args: &[pgrx::datum::DatumWithOid]) -> Vec<Hit> {
+    let outer = unsafe { pg_sys::CurrentMemoryContext };
+    let previous = HITS_CONTEXT.with(|c| c.replace(outer));
+    struct Reset(pg_sys::MemoryContext);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            HITS_CONTEXT.with(|c| c.set(self.0));
+        }
+    }
+    let _reset = Reset(previous);
+    Spi::connect(|client| {
+        with_plan(client, sql, types, |stmt| {
+            let rows = spi("searching", client.select(stmt, None, args));
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                out.push((
+                    spi("reading a hit", r.get::<String>(1)).unwrap_or_default(),
+                    spi("reading a hit", r.get::<f32>(2)).unwrap_or_default(),
+                    spi("reading a hit", r.get::<RawJsonb>(3)),
+                ));
+            }
+            out
+        })
+    })
+}
+
+/// On a coordinator (src/cluster.rs): the search of every data node, merged
+/// (genome_cluster.search, cluster/pg_genome_cluster.sql). `query` is the text or the vector,
+/// as given; the nodes check the arguments.
+fn routed(
+    collection: Option<&str>,
+    query: pgrx::datum::DatumWithOid,
+    top_k: Option<i32>,
+    score_threshold: Option<f32>,
+    filter: Option<JsonB>,
+) -> Vec<Hit> {
+    // the statement's text names the query's type: plans are kept by their text (plans.rs)
+    let kind = if query.oid() == pg_sys::TEXTOID {
+        "text"
+    } else {
+        "vector"
+    };
+    let sql =
+        format!("SELECT h.id, h.score, h.\"row\" FROM genome_cluster.search($1, $2, $3, $4, $5) h -- {kind}");
+    let types = [
+        PgOid::from(pg_sys::TEXTOID),
+        PgOid::from(query.oid()),
+        PgOid::from(pg_sys::INT4OID),
+        PgOid::from(pg_sys::FLOAT4OID),
+        PgOid::from(pg_sys::JSONBOID),
+    ];
+    let args = [
+        collection.into(),
+        query,
+        top_k.into(),
+        score_threshold.into(),
+        filter.into(),
+    ];
+    fetch_hits(&sql, &types, &args)
 }
 
 /// Settings for this call only (owner::with_settings): the safe search_path; pgvector's HNSW settings (at least top_k
@@ -402,6 +439,15 @@ pub fn search_text(
         name!(row, Option<RawJsonb>),
     ),
 > {
+    if crate::cluster::coordinator() {
+        return TableIterator::new(routed(
+            collection,
+            query.into(),
+            top_k,
+            score_threshold,
+            filter,
+        ));
+    }
     TableIterator::new(search(collection, top_k, score_threshold, filter, |t| {
         let model = resolve(Some(&t.model));
         query.map(|text| {
@@ -428,6 +474,15 @@ pub fn search_vector(
         name!(row, Option<RawJsonb>),
     ),
 > {
+    if crate::cluster::coordinator() {
+        return TableIterator::new(routed(
+            collection,
+            query_vector.into(),
+            top_k,
+            score_threshold,
+            filter,
+        ));
+    }
     TableIterator::new(search(collection, top_k, score_threshold, filter, |_| {
         query_vector.map(|v| v.0)
     }))

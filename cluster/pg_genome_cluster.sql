@@ -1,0 +1,486 @@
+-- pg_genome_cluster: pg_genome on a coordinator and N data nodes, on PostgreSQL's own machinery.
+-- Installed on the coordinator only (CREATE EXTENSION pg_genome_cluster CASCADE); every data
+-- node runs plain pg_genome. Once this extension is in a database, pg_genome's functions there
+-- route instead of running locally (genome._coordinator(), src/cluster.rs): the same names and
+-- signatures, so an app switches by connection string only. README "Several nodes" has the
+-- layout and the set-up; tests/integration/test_cluster.py runs it on 4 real clusters.
+--
+-- - Keys (a pet id, a row id) hash to one of 64 shards: genome_cluster.shard_of(key::text).
+--   genome_cluster.shards says which node holds a shard.
+-- - PL/Proxy routes a call keyed by a pet to the node holding its shard (RUN ON partition), and
+--   fans search out to every node (RUN ON ALL); one PL/Proxy partition per node, modular
+--   mapping, kept in step with genome_cluster.nodes by sync().
+-- - postgres_fdw: one server per node (genome_node_<name>); genome_cluster.attach_nodes turns a
+--   table partitioned by LIST (genome_cluster.shard_of(key::text)) into one foreign partition per
+--   node, so the app's INSERTs and SELECTs on the coordinator reach the right node.
+-- - A routed call runs on its node in that node's own transaction (PL/Proxy's autocommit): it is
+--   not undone by a rollback on the coordinator.
+\echo Use "CREATE EXTENSION pg_genome_cluster CASCADE" to load this file. \quit
+
+-- Tables
+
+CREATE TABLE nodes (
+    name        text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,30}$'),
+    host        text NOT NULL,
+    port        integer NOT NULL CHECK (port BETWEEN 1 AND 65535),
+    dbname      text NOT NULL,
+    position    integer NOT NULL UNIQUE CHECK (position >= 0),  -- its PL/Proxy partition (p<position>)
+    added_at    timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE nodes IS 'pg_genome data nodes: where they are and their PL/Proxy partition number';
+SELECT pg_catalog.pg_extension_config_dump('nodes', '');
+
+CREATE TABLE shards (
+    shard       integer PRIMARY KEY CHECK (shard >= 0 AND shard < 64),
+    node        text NOT NULL REFERENCES nodes(name) ON UPDATE CASCADE
+);
+COMMENT ON TABLE shards IS 'which data node holds each of the 64 shards (keys hash to shards: genome_cluster.shard_of)';
+SELECT pg_catalog.pg_extension_config_dump('shards', '');
+
+-- Where rebalance imports a node's table before naming it (genome_cluster._on_node).
+CREATE SCHEMA genome_cluster_import;
+REVOKE ALL ON SCHEMA genome_cluster_import FROM PUBLIC;
+
+-- Functions
+
+CREATE FUNCTION shard_count() RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS 'SELECT 64';
+COMMENT ON FUNCTION genome_cluster.shard_count IS 'the number of shards keys hash to (fixed: nodes hold whole shards)';
+
+-- The one rule that places a key: PostgreSQL's hashtext of its text form, low 6 bits.
+CREATE FUNCTION shard_of(key text) RETURNS integer
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS 'SELECT pg_catalog.hashtext(key) OPERATOR(pg_catalog.&) 63';
+COMMENT ON FUNCTION genome_cluster.shard_of IS 'the shard (0-63) of a key, from its text form: partition key of distributed tables and routing key of pet calls';
+
+CREATE FUNCTION node_of(key text) RETURNS genome_cluster.nodes
+LANGUAGE plpgsql STABLE STRICT SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE n genome_cluster.nodes;
+BEGIN
+    SELECT d.* INTO n FROM genome_cluster.shards s JOIN genome_cluster.nodes d ON d.name = s.node
+     WHERE s.shard = genome_cluster.shard_of(key);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pg_genome: no data node holds shard % (key %)', genome_cluster.shard_of(key), key
+            USING ERRCODE = '55000', HINT = 'add data nodes with genome_cluster.add_node';
+    END IF;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION genome_cluster.node_of IS 'the data node that holds a key (a pet id, a row id)';
+
+-- libpq keyword/value connection string of a node, values quoted as libpq reads them
+CREATE FUNCTION _conn_value(v text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT '''' || pg_catalog.replace(pg_catalog.replace(v, '\', '\\'), '''', '\''') || ''''
+$$;
+
+CREATE FUNCTION _connstr(n genome_cluster.nodes) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT pg_catalog.format('host=%s port=%s dbname=%s connect_timeout=5 application_name=pg_genome_cluster',
+        genome_cluster._conn_value(n.host), n.port, genome_cluster._conn_value(n.dbname))
+$$;
+
+-- The PL/Proxy partition of the node holding a key's shard: the routing key of pet calls.
+CREATE FUNCTION _partition(key text) RETURNS integer
+LANGUAGE sql STABLE STRICT SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT (genome_cluster.node_of(key)).position
+$$;
+
+-- PL/Proxy's cluster and postgres_fdw's servers, from genome_cluster.nodes. The PL/Proxy cluster
+-- is the foreign server genome_cluster: one partition per data node, p<position> = its
+-- connection string, modular mapping (any number of nodes, not only a power of two). It exists
+-- from the first node on, and its existence is what makes this database a coordinator
+-- (genome._coordinator()). PL/Proxy connects as the calling role (no user= in the mapping): a
+-- role reaches on the nodes what it may reach there. The servers are members of this extension
+-- (pg_dump leaves them out): after restoring a dump, run genome_cluster.sync().
+CREATE FUNCTION sync() RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE opts text[] := '{}'; parts text[] := '{}'; o text; n genome_cluster.nodes; srv text;
+BEGIN
+    FOR n IN SELECT * FROM genome_cluster.nodes ORDER BY position LOOP
+        parts := parts || format('p%s %L', n.position, genome_cluster._connstr(n));
+        srv := 'genome_node_' || n.name;
+        IF NOT EXISTS (SELECT 1 FROM pg_foreign_server WHERE srvname = srv) THEN
+            EXECUTE format('CREATE SERVER %I FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host %L, port %L, dbname %L, application_name %L)',
+                           srv, n.host, n.port::text, n.dbname, 'pg_genome_cluster');
+            EXECUTE format('ALTER EXTENSION pg_genome_cluster ADD SERVER %I', srv);
+            EXECUTE format('CREATE USER MAPPING FOR PUBLIC SERVER %I', srv);
+        ELSE
+            EXECUTE format('ALTER SERVER %I OPTIONS (SET host %L, SET port %L, SET dbname %L)', srv, n.host, n.port::text, n.dbname);
+        END IF;
+    END LOOP;
+    IF cardinality(parts) = 0 THEN
+        RETURN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_foreign_server WHERE srvname = 'genome_cluster') THEN
+        EXECUTE format('CREATE SERVER genome_cluster FOREIGN DATA WRAPPER plproxy OPTIONS (modular_mapping %L, connection_lifetime %L, %s)',
+                       '1', '1800', array_to_string(parts, ', '));
+        ALTER EXTENSION pg_genome_cluster ADD SERVER genome_cluster;
+        CREATE USER MAPPING FOR PUBLIC SERVER genome_cluster;
+        GRANT USAGE ON FOREIGN SERVER genome_cluster TO genome_user, genome_monitor;
+        RETURN;
+    END IF;
+    FOR o IN SELECT split_part(x, '=', 1) FROM pg_foreign_server s, unnest(s.srvoptions) x
+              WHERE s.srvname = 'genome_cluster' AND x ~ '^p[0-9]+=' LOOP
+        opts := opts || format('DROP %I', o);
+    END LOOP;
+    EXECUTE format('ALTER SERVER genome_cluster OPTIONS (%s)', array_to_string(opts || ARRAY(SELECT 'ADD ' || x FROM unnest(parts) x), ', '));
+END $$;
+COMMENT ON FUNCTION genome_cluster.sync IS 'make PL/Proxy''s cluster and the postgres_fdw servers match genome_cluster.nodes (after restoring a dump)';
+
+CREATE FUNCTION add_node(name text, host text, port integer, dbname text DEFAULT current_database())
+RETURNS genome_cluster.nodes
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE n genome_cluster.nodes;
+BEGIN
+    -- one change of the node list at a time
+    LOCK TABLE genome_cluster.nodes IN EXCLUSIVE MODE;
+    IF EXISTS (SELECT 1 FROM genome_cluster.nodes d WHERE d.name = add_node.name) THEN
+        RAISE EXCEPTION 'pg_genome: data node "%" exists', add_node.name USING ERRCODE = '42710';
+    END IF;
+    INSERT INTO genome_cluster.nodes AS d (name, host, port, dbname, position)
+    VALUES (add_node.name, add_node.host, add_node.port, add_node.dbname,
+            (SELECT count(*) FROM genome_cluster.nodes))
+    RETURNING d.* INTO n;
+    -- the first node holds every shard; genome_cluster.rebalance spreads them
+    INSERT INTO genome_cluster.shards (shard, node)
+    SELECT s, n.name FROM generate_series(0, genome_cluster.shard_count() - 1) s
+    ON CONFLICT (shard) DO NOTHING;
+    PERFORM genome_cluster.sync();
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION genome_cluster.add_node IS 'register a data node (a database with pg_genome); the first one holds every shard until genome_cluster.rebalance';
+
+-- Even shares with the fewest moves: the node at position p is to hold 64/N shards (one more for
+-- the first 64 mod N), a node holding more gives its highest-numbered ones, and nodes holding
+-- fewer take them in position order. Adding a node to N moves about 1/(N+1) of the rows.
+CREATE FUNCTION rebalance_plan() RETURNS TABLE (shard integer, from_node text, to_node text)
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    WITH n AS (SELECT d.name, d.position,
+                      genome_cluster.shard_count() / count(*) OVER ()
+                      + CASE WHEN d.position < genome_cluster.shard_count() % count(*) OVER () THEN 1 ELSE 0 END AS quota,
+                      (SELECT count(*) FROM genome_cluster.shards s WHERE s.node = d.name) AS held
+                 FROM genome_cluster.nodes d),
+         give AS (SELECT h.shard, h.node, row_number() OVER (ORDER BY h.node, h.shard) AS g
+                    FROM (SELECT s.shard, s.node, row_number() OVER (PARTITION BY s.node ORDER BY s.shard) AS k
+                            FROM genome_cluster.shards s) h
+                    JOIN n ON n.name = h.node WHERE h.k > n.quota),
+         take AS (SELECT n.name, row_number() OVER (ORDER BY n.position, x) AS g
+                    FROM n, generate_series(1, greatest(n.quota - n.held, 0)) x)
+    SELECT give.shard, give.node, take.name FROM give JOIN take USING (g) ORDER BY give.shard
+$$;
+COMMENT ON FUNCTION genome_cluster.rebalance_plan IS 'the shards genome_cluster.rebalance would move, and where';
+
+-- The coordinator's distributed tables: partitioned by LIST on the shard of a key.
+CREATE FUNCTION distributed_tables() RETURNS TABLE (rel regclass, key_expression text)
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT p.partrelid::regclass, substring(pg_get_partkeydef(p.partrelid) FROM '^LIST \((.*)\)$')
+      FROM pg_partitioned_table p
+     WHERE pg_get_partkeydef(p.partrelid) LIKE 'LIST (genome_cluster.shard_of(%'
+     ORDER BY p.partrelid
+$$;
+COMMENT ON FUNCTION genome_cluster.distributed_tables IS 'the tables partitioned by shard (genome_cluster.attach_nodes) and their shard expression';
+
+-- A plain foreign table reading and writing a distributed table's rows on one node, whatever
+-- their shard (the partitions only route): what rebalance copies and cleans up with.
+CREATE FUNCTION _drop_on_node_tables() RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE f regclass;
+BEGIN
+    -- made again from the tables' current columns by each rebalance and clean-up
+    FOR f IN SELECT c.oid::regclass FROM pg_class c
+              WHERE c.relnamespace = 'genome_cluster'::regnamespace AND c.relkind = 'f' AND c.relname ~ '^_[0-9]+_on_' LOOP
+        EXECUTE format('DROP FOREIGN TABLE %s', f);
+    END LOOP;
+END $$;
+
+CREATE FUNCTION _on_node(rel regclass, node text) RETURNS regclass
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    name text := format('_%s_on_%s', rel::oid, node);
+    nsp name := (SELECT c.relnamespace::regnamespace::name FROM pg_class c WHERE c.oid = rel);
+    tbl name := (SELECT c.relname FROM pg_class c WHERE c.oid = rel);
+BEGIN
+    IF to_regclass(format('genome_cluster.%I', name)) IS NULL THEN
+        -- the node's table as it is there (its columns may be more than the coordinator's:
+        -- pg_genome adds the embedding and family columns on the node)
+        EXECUTE format('IMPORT FOREIGN SCHEMA %I LIMIT TO (%I) FROM SERVER %I INTO genome_cluster_import',
+                       nsp, tbl, 'genome_node_' || node);
+        IF to_regclass(format('genome_cluster_import.%I', tbl)) IS NULL THEN
+            RAISE EXCEPTION 'pg_genome: data node % has no table %.%', node, nsp, tbl USING ERRCODE = '42P01';
+        END IF;
+        EXECUTE format('ALTER FOREIGN TABLE genome_cluster_import.%I RENAME TO %I', tbl, name);
+        EXECUTE format('ALTER FOREIGN TABLE genome_cluster_import.%I SET SCHEMA genome_cluster', name);
+    END IF;
+    RETURN format('genome_cluster.%I', name)::regclass;
+END $$;
+
+-- The columns of a relation, quoted, in order.
+CREATE FUNCTION _columns(rel regclass) RETURNS text
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute a
+     WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
+-- A table partitioned BY LIST (genome_cluster.shard_of((key)::text)) on the coordinator gets
+-- one foreign partition per data node (postgres_fdw), holding that node's shards, reading and
+-- writing the table of the same name on the node. Partitions made before are replaced.
+CREATE FUNCTION attach_nodes(rel regclass) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    nsp name; tbl name; keydef text; n record; made integer := 0; part regclass;
+BEGIN
+    SELECT c.relnamespace::regnamespace::name, c.relname INTO nsp, tbl FROM pg_class c WHERE c.oid = rel;
+    keydef := pg_get_partkeydef(rel);
+    IF keydef IS NULL OR keydef !~ '^LIST \(genome_cluster\.shard_of\(' THEN
+        RAISE EXCEPTION 'pg_genome: % is not partitioned by the shard of a key', rel
+            USING ERRCODE = '42P17', HINT = 'CREATE TABLE ... PARTITION BY LIST (genome_cluster.shard_of((key)::text))';
+    END IF;
+    FOR part IN SELECT i.inhrelid::regclass FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                 WHERE i.inhparent = rel AND c.relkind = 'f' LOOP
+        EXECUTE format('DROP FOREIGN TABLE %s', part);
+    END LOOP;
+    FOR n IN SELECT d.name, array_agg(s.shard ORDER BY s.shard) AS shards
+               FROM genome_cluster.nodes d JOIN genome_cluster.shards s ON s.node = d.name
+              GROUP BY d.name ORDER BY d.name LOOP
+        EXECUTE format('CREATE FOREIGN TABLE %I.%I PARTITION OF %s FOR VALUES IN (%s) SERVER %I OPTIONS (schema_name %L, table_name %L)',
+                       nsp, left(tbl, 40) || '_' || n.name, rel, array_to_string(n.shards, ', '),
+                       'genome_node_' || n.name, nsp, tbl);
+        made := made + 1;
+    END LOOP;
+    RETURN made;
+END $$;
+COMMENT ON FUNCTION genome_cluster.attach_nodes IS 'give a table partitioned by shard one postgres_fdw partition per data node (the same table on each node)';
+
+-- Moves shards to the nodes rebalance_plan() names, one shard per transaction, then deletes on
+-- every node the rows of shards it no longer holds. Nothing is lost: a shard's rows are copied
+-- to its new node and the shard map switched in one transaction (the distributed tables locked
+-- against writes through the coordinator meanwhile, reads go on), and only rows of shards mapped
+-- to another node are ever deleted, after that switch committed. Until the clean-up, a full
+-- scan through the coordinator can see a moved shard's rows twice; keyed reads and routed calls
+-- see them once. Write through the coordinator while it runs. On the new node the app table's
+-- triggers mark the moved pets for pg_genome's background update (their clusters are formed
+-- there anew, with new ids); on the old one the deletions do, and their state goes.
+-- A procedure (it commits): CALL genome_cluster.rebalance().
+CREATE PROCEDURE rebalance()
+LANGUAGE plpgsql AS $$
+DECLARE m record; t record; src regclass; moved bigint; total bigint := 0; shards int := 0;
+BEGIN
+    PERFORM genome_cluster._drop_on_node_tables();
+    FOR m IN SELECT * FROM genome_cluster.rebalance_plan() LOOP
+        FOR t IN SELECT * FROM genome_cluster.distributed_tables() LOOP
+            EXECUTE pg_catalog.format('LOCK TABLE %s IN EXCLUSIVE MODE', t.rel);
+        END LOOP;
+        FOR t IN SELECT * FROM genome_cluster.distributed_tables() LOOP
+            src := genome_cluster._on_node(t.rel, m.from_node);
+            EXECUTE pg_catalog.format('INSERT INTO %s (%s) SELECT %2$s FROM %s WHERE %s OPERATOR(pg_catalog.=) %s',
+                                      genome_cluster._on_node(t.rel, m.to_node), genome_cluster._columns(src), src,
+                                      t.key_expression, m.shard);
+            GET DIAGNOSTICS moved = ROW_COUNT;
+            total := total + moved;
+        END LOOP;
+        UPDATE genome_cluster.shards s SET node = m.to_node WHERE s.shard = m.shard;
+        FOR t IN SELECT * FROM genome_cluster.distributed_tables() LOOP
+            PERFORM genome_cluster.attach_nodes(t.rel);
+        END LOOP;
+        shards := shards + 1;
+        RAISE NOTICE 'pg_genome: shard % moved from % to % (% rows so far)', m.shard, m.from_node, m.to_node, total;
+        COMMIT;
+    END LOOP;
+    CALL genome_cluster.clean_up();
+    RAISE NOTICE 'pg_genome: rebalanced: % shards, % rows moved', shards, total;
+END $$;
+COMMENT ON PROCEDURE genome_cluster.rebalance IS 'spread the shards evenly over the data nodes with the fewest moves, moving their rows; nothing is lost';
+
+-- Deletes, on every node, the rows of the distributed tables whose shard another node holds
+-- (left by a rebalance, or one stopped between a move and its clean-up). One transaction per node.
+CREATE PROCEDURE clean_up()
+LANGUAGE plpgsql AS $$
+DECLARE n record; t record; gone bigint;
+BEGIN
+    PERFORM genome_cluster._drop_on_node_tables();
+    FOR n IN SELECT d.name, coalesce(array_agg(s.shard) FILTER (WHERE s.shard IS NOT NULL), '{}') AS shards
+               FROM genome_cluster.nodes d LEFT JOIN genome_cluster.shards s ON s.node = d.name GROUP BY d.name ORDER BY d.name LOOP
+        FOR t IN SELECT * FROM genome_cluster.distributed_tables() LOOP
+            EXECUTE pg_catalog.format('DELETE FROM %s WHERE %s OPERATOR(pg_catalog.<>) ALL (%L::integer[])',
+                                      genome_cluster._on_node(t.rel, n.name), t.key_expression, n.shards);
+            GET DIAGNOSTICS gone = ROW_COUNT;
+            IF gone > 0 THEN
+                RAISE NOTICE 'pg_genome: % rows of % left on % deleted (their shards are on other nodes)', gone, t.rel, n.name;
+            END IF;
+        END LOOP;
+        COMMIT;
+    END LOOP;
+END $$;
+COMMENT ON PROCEDURE genome_cluster.clean_up IS 'delete on every data node the rows whose shard another node holds';
+
+-- Routed calls. PL/Proxy runs pg_genome's function of the same name on the node (TARGET); the
+-- wrappers below name the node when it cannot be reached.
+
+CREATE FUNCTION _ping(part integer) RETURNS integer AS $$
+    CLUSTER 'genome_cluster'; RUN ON part; SELECT 1;
+$$ LANGUAGE plproxy;
+
+CREATE FUNCTION _health(part integer) RETURNS jsonb AS $$
+    CLUSTER 'genome_cluster'; RUN ON part; SELECT genome.health();
+$$ LANGUAGE plproxy;
+
+CREATE FUNCTION _cluster_pet(pet_id text, media text) RETURNS jsonb AS $$
+    CLUSTER 'genome_cluster'; RUN ON genome_cluster._partition(pet_id); TARGET genome.cluster_pet;
+$$ LANGUAGE plproxy;
+
+CREATE FUNCTION _select_heroes(pet_id text, n integer, media text, w_quality double precision,
+                               w_centrality double precision, w_recency double precision, w_pose double precision)
+RETURNS TABLE (cluster_id bigint, rank integer, image_id text, score double precision, quality real,
+               centrality double precision, recency_days double precision, pose real, taken_at timestamptz) AS $$
+    CLUSTER 'genome_cluster'; RUN ON genome_cluster._partition(pet_id); TARGET genome.select_heroes;
+$$ LANGUAGE plproxy;
+
+CREATE FUNCTION _pet_clusters(pet_id text, media text, n integer) RETURNS jsonb AS $$
+    CLUSTER 'genome_cluster'; RUN ON genome_cluster._partition(pet_id); TARGET genome.pet_clusters;
+$$ LANGUAGE plproxy;
+
+CREATE FUNCTION _cluster_dirty_pets(media text, max_pets integer) RETURNS SETOF jsonb AS $$
+    CLUSTER 'genome_cluster'; RUN ON ALL; TARGET genome.cluster_dirty_pets;
+$$ LANGUAGE plproxy;
+
+CREATE FUNCTION _search(collection text, query text, top_k integer, score_threshold real, filter jsonb)
+RETURNS TABLE (id text, score real, "row" jsonb) AS $$
+    CLUSTER 'genome_cluster'; RUN ON ALL; TARGET genome.search;
+$$ LANGUAGE plproxy;
+
+CREATE FUNCTION _search(collection text, query_vector vector, top_k integer, score_threshold real, filter jsonb)
+RETURNS TABLE (id text, score real, "row" jsonb) AS $$
+    CLUSTER 'genome_cluster'; RUN ON ALL; TARGET genome.search;
+$$ LANGUAGE plproxy;
+
+-- After a routed call failed: the nodes (node_name, else all) that do not answer, as an ERROR
+-- naming them; nothing when all answer (the caller then re-raises the node's own error).
+CREATE FUNCTION _raise_if_unreachable(node_name text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE n genome_cluster.nodes; down text[] := '{}'; why text;
+BEGIN
+    FOR n IN SELECT * FROM genome_cluster.nodes d WHERE node_name IS NULL OR d.name = node_name ORDER BY d.position LOOP
+        BEGIN
+            PERFORM genome_cluster._ping(n.position);
+        EXCEPTION WHEN OTHERS THEN
+            down := down || format('%s (%s:%s)', n.name, n.host, n.port);
+            why := coalesce(why, SQLERRM);
+        END;
+    END LOOP;
+    IF cardinality(down) > 0 THEN
+        RAISE EXCEPTION 'pg_genome: data node % did not answer', array_to_string(down, ', ')
+            USING ERRCODE = '08006', DETAIL = why;
+    END IF;
+END $$;
+
+CREATE FUNCTION cluster_pet(pet_id text, media text) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN genome_cluster._cluster_pet(pet_id, media);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM genome_cluster._raise_if_unreachable((genome_cluster.node_of(pet_id)).name);
+    RAISE;
+END $$;
+COMMENT ON FUNCTION genome_cluster.cluster_pet IS 'genome.cluster_pet on the data node holding the pet';
+
+CREATE FUNCTION select_heroes(pet_id text, n integer, media text, w_quality double precision,
+                              w_centrality double precision, w_recency double precision, w_pose double precision)
+RETURNS TABLE (cluster_id bigint, rank integer, image_id text, score double precision, quality real,
+               centrality double precision, recency_days double precision, pose real, taken_at timestamptz)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM genome_cluster._select_heroes(pet_id, n, media, w_quality, w_centrality, w_recency, w_pose);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM genome_cluster._raise_if_unreachable((genome_cluster.node_of(pet_id)).name);
+    RAISE;
+END $$;
+COMMENT ON FUNCTION genome_cluster.select_heroes IS 'genome.select_heroes on the data node holding the pet';
+
+CREATE FUNCTION pet_clusters(pet_id text, media text, n integer) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN genome_cluster._pet_clusters(pet_id, media, n);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM genome_cluster._raise_if_unreachable((genome_cluster.node_of(pet_id)).name);
+    RAISE;
+END $$;
+COMMENT ON FUNCTION genome_cluster.pet_clusters IS 'genome.pet_clusters on the data node holding the pet';
+
+-- Every node's background pass, summed (the nodes run theirs in parallel).
+CREATE FUNCTION cluster_dirty_pets(media text, max_pets integer) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE res jsonb;
+BEGIN
+    SELECT jsonb_build_object('pets', sum((r ->> 'pets')::bigint), 'errors', sum((r ->> 'errors')::bigint),
+                              'skipped_locked', sum((r ->> 'skipped_locked')::bigint),
+                              'still_dirty', sum((r ->> 'still_dirty')::bigint), 'ms', max((r ->> 'ms')::numeric),
+                              'nodes', count(*))
+      INTO res FROM genome_cluster._cluster_dirty_pets(media, max_pets) r;
+    RETURN res;
+EXCEPTION WHEN OTHERS THEN
+    PERFORM genome_cluster._raise_if_unreachable();
+    RAISE;
+END $$;
+COMMENT ON FUNCTION genome_cluster.cluster_dirty_pets IS 'genome.cluster_dirty_pets on every data node, totals';
+
+-- Search fans out to every node and keeps the best top_k of their answers: each node returns
+-- its own best top_k, so the merge is the search over the union of the nodes' rows. A node that
+-- does not answer fails the search with an ERROR naming it (never a silently partial result).
+CREATE FUNCTION search(collection text, query text, top_k integer, score_threshold real, filter jsonb)
+RETURNS TABLE (id text, score real, "row" jsonb)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY SELECT h.id, h.score, h."row" FROM genome_cluster._search(collection, query, top_k, score_threshold, filter) h
+                  ORDER BY h.score DESC, h.id LIMIT top_k;
+EXCEPTION WHEN OTHERS THEN
+    PERFORM genome_cluster._raise_if_unreachable();
+    RAISE;
+END $$;
+COMMENT ON FUNCTION genome_cluster.search(text, text, integer, real, jsonb) IS 'genome.search on every data node, the best top_k of all';
+
+CREATE FUNCTION search(collection text, query_vector vector, top_k integer, score_threshold real, filter jsonb)
+RETURNS TABLE (id text, score real, "row" jsonb)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY SELECT h.id, h.score, h."row" FROM genome_cluster._search(collection, query_vector, top_k, score_threshold, filter) h
+                  ORDER BY h.score DESC, h.id LIMIT top_k;
+EXCEPTION WHEN OTHERS THEN
+    PERFORM genome_cluster._raise_if_unreachable();
+    RAISE;
+END $$;
+COMMENT ON FUNCTION genome_cluster.search(text, vector, integer, real, jsonb) IS 'genome.search (query vector) on every data node, the best top_k of all';
+
+-- Every node: where it is, its shards, and its genome.health() or why it did not answer.
+CREATE FUNCTION nodes_health() RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE n genome_cluster.nodes; out jsonb := '[]'; h jsonb; err text; t0 timestamptz;
+BEGIN
+    FOR n IN SELECT * FROM genome_cluster.nodes ORDER BY position LOOP
+        h := NULL; err := NULL; t0 := clock_timestamp();
+        BEGIN
+            h := genome_cluster._health(n.position);
+        EXCEPTION WHEN OTHERS THEN
+            err := SQLERRM;
+        END;
+        out := out || jsonb_build_object('node', n.name, 'host', n.host, 'port', n.port, 'dbname', n.dbname,
+            'shards', (SELECT count(*) FROM genome_cluster.shards s WHERE s.node = n.name),
+            'answered', err IS NULL, 'error', err,
+            'ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000::numeric, 1), 'health', h);
+    END LOOP;
+    RETURN out;
+END $$;
+COMMENT ON FUNCTION genome_cluster.nodes_health IS 'each data node''s genome.health(), or why it did not answer';
+
+-- Privileges: the routed calls are for pg_genome's roles; the node list is the administrator's.
+GRANT USAGE ON SCHEMA genome_cluster TO genome_user, genome_monitor;
+GRANT SELECT ON nodes, shards TO genome_user, genome_monitor;
+REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA genome_cluster FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION shard_count(), shard_of(text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION node_of(text), _partition(text), _ping(integer), _raise_if_unreachable(text),
+    _cluster_pet(text, text), cluster_pet(text, text),
+    _select_heroes(text, integer, text, double precision, double precision, double precision, double precision),
+    select_heroes(text, integer, text, double precision, double precision, double precision, double precision),
+    _pet_clusters(text, text, integer), pet_clusters(text, text, integer),
+    _cluster_dirty_pets(text, integer), cluster_dirty_pets(text, integer),
+    _search(text, text, integer, real, jsonb), search(text, text, integer, real, jsonb),
+    _search(text, vector, integer, real, jsonb), search(text, vector, integer, real, jsonb) TO genome_user;
+GRANT EXECUTE ON FUNCTION _health(integer), nodes_health() TO genome_monitor, genome_user;

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Several local PostgreSQL 15 clusters with pg_genome, for the scale-out tests and benchmark: a
+# coordinator and data nodes n1..nN, on 127.0.0.1 ports from GENOME_NODES_PORT (default 55440:
+# coordinator 55440, n1 55441, ...). Data in .genome/multinode/<name>, logs beside it. Each is a
+# cluster as scripts/cluster.sh makes the main one (pg_cron, pg_genome preloaded).
+#   scripts/nodes.sh start N    the coordinator and n1..nN (already running ones are kept)
+#   scripts/nodes.sh stop       every one of them
+#   scripts/nodes.sh stop NAME  one (coordinator, n1, ...)
+#   scripts/nodes.sh status
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+BASE="${GENOME_NODES_PORT:-55440}"
+DIR="$STATE/multinode"
+
+port_of() { case "$1" in coordinator) echo "$BASE" ;; n*) echo $((BASE + ${1#n})) ;; esac; }
+one() { GENOME_PORT="$(port_of "$2")" GENOME_PGDATA="$DIR/$2" "$REPO/scripts/cluster.sh" "$1"; }
+names() { for d in "$DIR"/*/; do [ -f "$d/PG_VERSION" ] && basename "$d"; done 2>/dev/null || true; }
+
+case "${1:-status}" in
+  start)
+    n="${2:?usage: $0 start N}"
+    mkdir -p "$DIR"
+    for name in coordinator $(seq -f 'n%g' 1 "$n"); do
+      one start "$name" >/dev/null; printf '%-12s %s\n' "$name" "$(one status "$name")"
+    done ;;
+  stop)
+    if [ -n "${2:-}" ]; then one stop "$2"; else for name in $(names); do one stop "$name" >/dev/null; done; fi ;;
+  status)
+    for name in $(names); do printf '%-12s %s\n' "$name" "$(one status "$name")"; done ;;
+  *) echo "usage: $0 start N | stop [NAME] | status" >&2; exit 2 ;;
+esac
