@@ -37,6 +37,14 @@ CREATE TABLE shards (
 COMMENT ON TABLE shards IS 'which data node holds each of the 64 shards (keys hash to shards: genome_cluster.shard_of)';
 SELECT pg_catalog.pg_extension_config_dump('shards', '');
 
+CREATE TABLE collections (
+    name        text PRIMARY KEY,
+    rows_table  regclass NOT NULL,      -- the coordinator's table of the rows a full run clusters
+    id_type     text NOT NULL           -- the app's id type: rows are clustered in its order
+);
+COMMENT ON TABLE collections IS 'distributed collections: registered on every data node, classified through the coordinator';
+SELECT pg_catalog.pg_extension_config_dump('collections', '');
+
 -- Where rebalance imports a node's table before naming it (genome_cluster._on_node).
 CREATE SCHEMA genome_cluster_import;
 REVOKE ALL ON SCHEMA genome_cluster_import FROM PUBLIC;
@@ -470,9 +478,127 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION genome_cluster.nodes_health IS 'each data node''s genome.health(), or why it did not answer';
 
+-- Collections. Rows live on the data nodes, each node's rows in a collection registered there
+-- under the same name (genome.register_collection on every node); embedding, the queue and the
+-- 10-minute assignment run on each node. The weekly full classification runs on the
+-- coordinator (genome.full_classify, as on one node): the nodes embed their missing rows, the
+-- rows to cluster come to the coordinator (all of them up to genome.classify_sample_rows, else
+-- every k-th row of each node), the coordinator clusters them and keeps the families with
+-- their stable ids, and every node takes the families and the rows' families and places its
+-- other rows by nearest family (genome._install_families), as one node does outside its
+-- sample. Family ids are the coordinator's (from 10^12 up, apart from the nodes' own).
+
+-- The coordinator's side of a collection: a table of the rows its full runs cluster (id, text,
+-- and the embedding and family columns genome.register_collection adds), registered under the
+-- collection's name with the same model as on the nodes.
+CREATE FUNCTION distribute_collection(name text, id_type regtype, model text DEFAULT NULL)
+RETURNS genome_cluster.collections
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE rel regclass; r genome_cluster.collections; seq regclass := pg_get_serial_sequence('genome.families', 'id')::regclass;
+BEGIN
+    -- family ids apart from any node's own
+    IF coalesce((SELECT q.last_value FROM pg_sequences q WHERE format('%I.%I', q.schemaname, q.sequencename)::regclass = seq), 0)
+       < 1000000000000 THEN
+        PERFORM setval(seq, 1000000000000, false);
+    END IF;
+    EXECUTE format('CREATE TABLE genome_cluster.%I (id %s PRIMARY KEY, body text)', left(name, 50) || '_rows', id_type);
+    rel := format('genome_cluster.%I', left(name, 50) || '_rows')::regclass;
+    PERFORM genome.register_collection(name, rel, 'id', 'body', model => model);
+    INSERT INTO genome_cluster.collections VALUES (name, rel, format_type(id_type, NULL)) RETURNING * INTO r;
+    RETURN r;
+END $$;
+COMMENT ON FUNCTION genome_cluster.distribute_collection IS 'make a collection registered on every data node one the coordinator classifies (genome.full_classify) and assigns (genome.assign_family)';
+
+CREATE FUNCTION _embed_missing_all(collection text) RETURNS SETOF bigint AS $$
+    CLUSTER 'genome_cluster'; RUN ON ALL; TARGET genome._embed_missing;
+$$ LANGUAGE plproxy;
+
+CREATE FUNCTION _embedded_counts(collection text) RETURNS SETOF bigint AS $$
+    CLUSTER 'genome_cluster'; RUN ON ALL; TARGET genome._embedded_count;
+$$ LANGUAGE plproxy;
+
+CREATE FUNCTION _classify_rows(collection text, stride integer) RETURNS TABLE (id text, body text, embedding vector) AS $$
+    CLUSTER 'genome_cluster'; RUN ON ALL; TARGET genome._classify_rows;
+$$ LANGUAGE plproxy;
+
+CREATE FUNCTION _install_families(collection text, family_ids bigint[], labels text[], centroids vector[], thresholds real[],
+                                  unclustered_id bigint, row_ids text[], row_families bigint[]) RETURNS SETOF jsonb AS $$
+    CLUSTER 'genome_cluster'; RUN ON ALL; TARGET genome._install_families;
+$$ LANGUAGE plproxy;
+
+CREATE FUNCTION _assign_family(collection text, batch_size integer, min_pending integer, threshold real)
+RETURNS TABLE (processed bigint, assigned bigint, unclustered bigint) AS $$
+    CLUSTER 'genome_cluster'; RUN ON ALL; TARGET genome.assign_family;
+$$ LANGUAGE plproxy;
+
+-- A full run's first step (src/cluster.rs): the nodes embed (full_classify), then the rows to
+-- cluster replace the coordinator's table of them, in the app's id order.
+CREATE FUNCTION _gather(collection text, embed boolean) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE r genome_cluster.collections; total bigint; cap bigint := current_setting('genome.classify_sample_rows')::bigint;
+        stride integer := 1; n bigint;
+BEGIN
+    SELECT * INTO r FROM genome_cluster.collections c WHERE c.name = collection;
+    IF embed THEN
+        PERFORM sum(x) FROM genome_cluster._embed_missing_all(collection) x;
+    END IF;
+    SELECT sum(x) INTO total FROM genome_cluster._embedded_counts(collection) x;
+    IF cap > 0 AND total > cap THEN
+        stride := ceil(total::numeric / cap)::integer;
+    END IF;
+    EXECUTE format('DELETE FROM %s', r.rows_table);
+    EXECUTE format('INSERT INTO %s (id, body, embedding) SELECT x.id::%s, x.body, x.embedding FROM genome_cluster._classify_rows($1, $2) x',
+                   r.rows_table, r.id_type) USING collection, stride;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RAISE NOTICE 'pg_genome: full run "%": % rows of % on % data nodes to cluster', collection, n, total,
+        (SELECT count(*) FROM genome_cluster.nodes);
+    RETURN n;
+EXCEPTION WHEN OTHERS THEN
+    PERFORM genome_cluster._raise_if_unreachable();
+    RAISE;
+END $$;
+
+-- A full run's last step (src/cluster.rs): the live families, Unclustered's id and the family
+-- of every row clustered go to every node.
+CREATE FUNCTION _push_families(collection text) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE r genome_cluster.collections; fam_col name; unclustered bigint; row_ids text[]; row_fams bigint[]; res jsonb;
+BEGIN
+    SELECT * INTO r FROM genome_cluster.collections c WHERE c.name = collection;
+    SELECT c.family_column INTO fam_col FROM genome.collections c WHERE c.name = collection;
+    SELECT f.id INTO unclustered FROM genome.families f WHERE f.collection = _push_families.collection AND f.is_unclustered;
+    EXECUTE format('SELECT array_agg(t.id::text ORDER BY t.id), array_agg(t.%I ORDER BY t.id) FROM %s t', fam_col, r.rows_table)
+       INTO row_ids, row_fams;
+    -- the centroids' array type is read from the column (pgvector's schema is not on this path)
+    SELECT jsonb_agg(x) INTO res
+      FROM (SELECT coalesce(array_agg(f.id ORDER BY f.id), '{}') AS ids, coalesce(array_agg(f.label ORDER BY f.id), '{}') AS labels,
+                   coalesce(array_agg(f.centroid ORDER BY f.id), '{}') AS cents, coalesce(array_agg(f.threshold ORDER BY f.id), '{}') AS ths
+              FROM genome.families f
+             WHERE f.collection = _push_families.collection AND NOT f.is_unclustered AND f.retired_at IS NULL) a
+     CROSS JOIN LATERAL genome_cluster._install_families(collection, a.ids, a.labels, a.cents, a.ths, unclustered,
+                                                         coalesce(row_ids, '{}'), coalesce(row_fams, '{}')) x;
+    RETURN res;
+EXCEPTION WHEN OTHERS THEN
+    PERFORM genome_cluster._raise_if_unreachable();
+    RAISE;
+END $$;
+
+-- The 10-minute job on a coordinator: every node assigns its own pending rows; totals.
+CREATE FUNCTION assign_family(collection text, batch_size integer, min_pending integer, threshold real)
+RETURNS TABLE (processed bigint, assigned bigint, unclustered bigint)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY SELECT coalesce(sum(a.processed), 0)::bigint, coalesce(sum(a.assigned), 0)::bigint, coalesce(sum(a.unclustered), 0)::bigint
+                   FROM genome_cluster._assign_family(collection, batch_size, min_pending, threshold) a;
+EXCEPTION WHEN OTHERS THEN
+    PERFORM genome_cluster._raise_if_unreachable();
+    RAISE;
+END $$;
+COMMENT ON FUNCTION genome_cluster.assign_family IS 'genome.assign_family on every data node, totals';
+
 -- Privileges: the routed calls are for pg_genome's roles; the node list is the administrator's.
 GRANT USAGE ON SCHEMA genome_cluster TO genome_user, genome_monitor;
-GRANT SELECT ON nodes, shards TO genome_user, genome_monitor;
+GRANT SELECT ON nodes, shards, collections TO genome_user, genome_monitor;
 REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA genome_cluster FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION shard_count(), shard_of(text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION node_of(text), _partition(text), _ping(integer), _raise_if_unreachable(text),
@@ -482,5 +608,9 @@ GRANT EXECUTE ON FUNCTION node_of(text), _partition(text), _ping(integer), _rais
     _pet_clusters(text, text, integer), pet_clusters(text, text, integer),
     _cluster_dirty_pets(text, integer), cluster_dirty_pets(text, integer),
     _search(text, text, integer, real, jsonb), search(text, text, integer, real, jsonb),
-    _search(text, vector, integer, real, jsonb), search(text, vector, integer, real, jsonb) TO genome_user;
+    _search(text, vector, integer, real, jsonb), search(text, vector, integer, real, jsonb),
+    _embed_missing_all(text), _embedded_counts(text), _classify_rows(text, integer),
+    _install_families(text, bigint[], text[], vector[], real[], bigint, text[], bigint[]),
+    _assign_family(text, integer, integer, real), assign_family(text, integer, integer, real),
+    _gather(text, boolean), _push_families(text) TO genome_user;
 GRANT EXECUTE ON FUNCTION _health(integer), nodes_health() TO genome_monitor, genome_user;

@@ -114,6 +114,15 @@ pub fn assign_family(
         threshold.is_none_or(|t| (-1.0..=1.0).contains(&t)),
         "threshold must be a cosine between -1 and 1",
     );
+    if crate::cluster::distributed(collection) {
+        // on a coordinator: every data node assigns its own rows (genome_cluster.assign_family)
+        let row = Spi::get_three_with_args::<i64, i64, i64>(
+            "SELECT processed, assigned, unclustered FROM genome_cluster.assign_family($1, $2, $3, $4)",
+            &[collection.into(), batch_size.into(), min_pending.into(), threshold.into()],
+        )
+        .or_raise("assigning on the data nodes");
+        return TableIterator::once((row.0.unwrap_or(0), row.1.unwrap_or(0), row.2.unwrap_or(0)));
+    }
     let c = load(collection);
     let nothing = || TableIterator::once((0i64, 0i64, 0i64));
     if !try_lock(&c.name, true) {

@@ -10,6 +10,8 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use crate::errors::OrRaise;
+
 /// Whether this database routes pg_genome's calls to data nodes: a syscache lookup, no query,
 /// so single-node calls pay nothing measurable for the check.
 pub fn coordinator() -> bool {
@@ -21,4 +23,39 @@ pub fn coordinator() -> bool {
 #[pg_extern(stable, parallel_safe)]
 fn _coordinator() -> bool {
     coordinator()
+}
+
+/// Whether `collection` is a distributed collection of this coordinator
+/// (genome_cluster.distribute_collection): its full runs cluster rows gathered from the data
+/// nodes, and its assignment runs on the nodes.
+pub fn distributed(collection: &str) -> bool {
+    coordinator()
+        && Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM genome_cluster.collections WHERE name = $1)",
+            &[collection.into()],
+        )
+        .or_raise("reading genome_cluster.collections")
+        .unwrap_or(false)
+}
+
+/// A full run's first step on a coordinator: the data nodes embed their missing rows (when
+/// `embed`), and the rows to cluster come from every node into the collection's local table
+/// (genome_cluster._gather). The run then clusters them as on one node.
+pub fn gather(collection: &str, embed: bool) {
+    Spi::run_with_args(
+        "SELECT genome_cluster._gather($1, $2)",
+        &[collection.into(), embed.into()],
+    )
+    .or_raise("gathering the rows from the data nodes");
+}
+
+/// A full run's last step on a coordinator: its families, and the family of every row it
+/// clustered, go to every data node, which places its other rows (genome_cluster._push_families,
+/// genome._install_families on the nodes).
+pub fn push(collection: &str) {
+    Spi::run_with_args(
+        "SELECT genome_cluster._push_families($1)",
+        &[collection.into()],
+    )
+    .or_raise("installing the families on the data nodes");
 }

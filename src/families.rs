@@ -493,6 +493,12 @@ fn run(kind: RunKind, args: RunArgs) -> RunSummary {
     let mut prog = Progress::start(kind.as_str(), &c.name);
     let mut timings = Timings::start();
 
+    // On a coordinator, a distributed collection's rows come from the data nodes first.
+    let distributed = crate::cluster::distributed(&c.name);
+    if distributed {
+        crate::cluster::gather(&c.name, kind.embeds());
+        timings.lap("gather");
+    }
     // Read: embed what is missing (full_classify), then every embedding.
     let n_embedded = if kind.embeds() {
         let n = embed_missing(&c, &mut prog);
@@ -575,6 +581,10 @@ fn run(kind: RunKind, args: RunArgs) -> RunSummary {
         approximate,
         seconds: 0.0,
     };
+    if distributed {
+        crate::cluster::push(&c.name);
+        timings.lap("install");
+    }
     record_run(&s, record, &timings);
     crate::assign::invalidate(&c.name);
     s.seconds = t0.elapsed().as_secs_f64();
@@ -590,6 +600,165 @@ fn run(kind: RunKind, args: RunArgs) -> RunSummary {
         s.seconds
     );
     s
+}
+
+/// A data node's side of a full run on a coordinator (src/cluster.rs): the coordinator's
+/// families become this node's with their ids (its Unclustered takes the coordinator's id; live
+/// families the coordinator no longer has are retired), the rows the coordinator clustered
+/// (`row_ids`, any node's: rows not here are skipped) get `row_families`, and every other row
+/// the nearest family whose calibrated threshold it reaches, else Unclustered: as a single node
+/// places the rows outside its sample. Family sizes are this node's counts. One transaction,
+/// under the collection's lock, on this node.
+#[pg_extern(volatile)]
+#[allow(clippy::too_many_arguments)]
+fn _install_families(
+    collection: &str,
+    family_ids: Vec<i64>,
+    labels: Vec<String>,
+    centroids: pgrx::AnyArray,
+    thresholds: Vec<Option<f32>>,
+    unclustered_id: i64,
+    row_ids: Vec<String>,
+    row_families: Vec<i64>,
+) -> JsonB {
+    check_arg(
+        centroids.oid() == crate::vector::vector_array_type_oid(),
+        "centroids must be a vector[]",
+    );
+    // the array as it came, straight into the statements: no element is converted
+    // SAFETY: a vector[] datum (checked above), valid for this call
+    let centroids =
+        || unsafe { pgrx::datum::DatumWithOid::new(centroids.datum(), centroids.oid()) };
+    let vs = crate::collections::ident(&crate::vector::vector_schema());
+    let n_centroids =
+        Spi::get_one_with_args::<i32>("SELECT pg_catalog.cardinality($1)", &[centroids()])
+            .or_raise("reading the centroids");
+    check_arg(
+        labels.len() == family_ids.len()
+            && n_centroids.unwrap_or(0) as usize == family_ids.len()
+            && thresholds.len() == family_ids.len(),
+        "family_ids, labels, centroids and thresholds must have the same length",
+    );
+    check_arg(
+        row_ids.len() == row_families.len(),
+        "row_ids and row_families must have the same length",
+    );
+    let c = load(collection);
+    if !try_lock(&c.name, false) {
+        raise(
+            PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+            format!(
+                "another full classification or assignment is running on collection \"{}\"",
+                c.name
+            ),
+            None,
+        );
+    }
+    let wrong = Spi::get_one_with_args::<i64>(
+        &format!("SELECT count(*) FROM unnest($1::{vs}.vector[]) x WHERE x IS NULL OR {vs}.vector_dims(x) <> $2"),
+        &[centroids(), (c.dimension as i32).into()],
+    )
+    .or_raise("reading the centroids")
+    .unwrap_or(0);
+    if wrong > 0 {
+        raise(
+            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+            format!(
+                "{wrong} centroids are NULL or not of collection \"{}\"'s {} dimensions",
+                c.name, c.dimension
+            ),
+            None,
+        );
+    }
+    let mut prog = Progress::start("install_families", &c.name);
+    // Unclustered under the coordinator's id (ids are the coordinator's, from 10^12 up: they
+    // never meet this node's own)
+    Spi::run_with_args(
+        "WITH old AS (DELETE FROM genome.families WHERE collection = $1 AND is_unclustered AND id <> $2 RETURNING label)
+         INSERT INTO genome.families (id, collection, label, is_unclustered) OVERRIDING SYSTEM VALUE
+         SELECT $2, $1, old.label, true FROM old",
+        &[c.name.as_str().into(), unclustered_id.into()],
+    )
+    .or_raise("taking the coordinator's Unclustered id");
+    let clash = Spi::get_one_with_args::<i64>(
+        "SELECT min(f.id) FROM genome.families f WHERE f.id = ANY($2) AND f.collection <> $1",
+        &[c.name.as_str().into(), family_ids.clone().into()],
+    )
+    .or_raise("checking family ids");
+    if let Some(id) = clash {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+            format!("family id {id} of the coordinator is another collection's on this node"),
+            Some("classify this node's collections through the coordinator only".into()),
+        );
+    }
+    Spi::run_with_args(
+        "INSERT INTO genome.families AS f (id, collection, label, centroid, threshold, size) OVERRIDING SYSTEM VALUE
+         SELECT u.id, $1, u.label, u.centroid, u.threshold, 0
+           FROM unnest($2::int8[], $3::text[], $4::vector[], $5::real[]) AS u(id, label, centroid, threshold)
+         ON CONFLICT (id) DO UPDATE SET label = EXCLUDED.label, centroid = EXCLUDED.centroid,
+                threshold = EXCLUDED.threshold, size = 0, retired_at = NULL, updated_at = now()",
+        &[
+            c.name.as_str().into(),
+            family_ids.clone().into(),
+            labels.into(),
+            centroids(),
+            thresholds.into(),
+        ],
+    )
+    .or_raise("writing the coordinator's families");
+    Spi::run_with_args(
+        "UPDATE genome.families SET retired_at = now(), updated_at = now(), size = 0
+          WHERE collection = $1 AND NOT is_unclustered AND retired_at IS NULL AND id <> ALL($2)",
+        &[c.name.as_str().into(), family_ids.into()],
+    )
+    .or_raise("retiring families");
+    crate::assign::invalidate(&c.name);
+    let c = load(collection);
+    prog.stage("assign", row_ids.len() as i64);
+    write_assignments(&c, &row_ids, &row_families, &mut prog);
+    let rest = Spi::get_one::<i64>(&format!(
+        "SELECT count(*) FROM {} WHERE {} IS NOT NULL",
+        c.rel,
+        crate::collections::ident(&c.emb_col)
+    ))
+    .or_raise("counting rows")
+    .unwrap_or(0);
+    let (placed, placed_unclustered) = place_rest(&c, &row_ids, rest, &mut prog);
+    // rows without an embedding have no text (the coordinator's run embedded the others)
+    let textless = unclustered_without_embedding(&c);
+    drop_pending(&c);
+    // this node's sizes: one pass over its rows
+    Spi::run_with_args(
+        &format!(
+            "UPDATE genome.families f SET size = coalesce(x.n, 0) FROM genome.families g
+               LEFT JOIN (SELECT t.{fam} AS id, count(*) AS n FROM {rel} t GROUP BY t.{fam}) x ON x.id = g.id
+              WHERE f.id = g.id AND g.collection = $1 AND (g.retired_at IS NULL OR g.is_unclustered)",
+            fam = crate::collections::ident(&c.fam_col),
+            rel = c.rel
+        ),
+        &[c.name.as_str().into()],
+    )
+    .or_raise("counting family sizes");
+    Spi::run_with_args(
+        "UPDATE genome.collections SET generation = generation + 1 WHERE name = $1",
+        &[c.name.as_str().into()],
+    )
+    .or_raise("updating the collection");
+    crate::assign::invalidate(&c.name);
+    JsonB(serde_json::json!({
+        "rows": rest + textless, "given": row_ids.len(), "placed": placed,
+        "placed_unclustered": placed_unclustered, "textless": textless,
+    }))
+}
+
+/// A data node's embedding step of a full run on a coordinator: embeds the rows that have text
+/// and no embedding, as full_classify does first. Returns how many it embedded.
+#[pg_extern(volatile)]
+fn _embed_missing(collection: &str) -> i64 {
+    let c = load(collection);
+    let mut prog = Progress::start("embed", &c.name);
+    embed_missing(&c, &mut prog)
 }
 
 /// Declares a full run's SQL function: both kinds take the same arguments with the same

@@ -136,3 +136,34 @@ GRANT SELECT (id, collection, kind, status, n_rows, n_embedded, n_clusters, n_no
 -- family labels and exemplars are words and ids of the app's rows: not for monitoring
 GRANT SELECT (id, collection, size, is_unclustered, run_id, created_at, updated_at, retired_at) ON families TO genome_monitor;
 GRANT SELECT, INSERT, UPDATE, DELETE ON runs, families TO genome_user;
+
+-- Private functions
+
+-- A data node's part of a full run on a coordinator (pg_genome_cluster; src/cluster.rs): its
+-- rows with an embedding, then every stride-th of them in id order with its text (the rows the
+-- coordinator clusters), and the install of the coordinator's families (_install_families,
+-- _embed_missing: Rust, src/families.rs).
+CREATE FUNCTION _embedded_count(collection text) RETURNS bigint
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE rel regclass := @extschema@.collection_relation(collection); c @extschema@.collections; n bigint;
+BEGIN
+    SELECT * INTO c FROM @extschema@.collections x WHERE x.name = collection;
+    EXECUTE format('SELECT count(*) FROM %s t WHERE t.%I IS NOT NULL', rel, c.embedding_column) INTO n;
+    RETURN n;
+END $$;
+
+CREATE FUNCTION _classify_rows(collection text, stride integer) RETURNS TABLE (id text, body text, embedding vector)
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE rel regclass := @extschema@.collection_relation(collection); c @extschema@.collections;
+BEGIN
+    IF stride IS NULL OR stride < 1 THEN
+        RAISE EXCEPTION 'pg_genome: stride must be at least 1' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO c FROM @extschema@.collections x WHERE x.name = collection;
+    RETURN QUERY EXECUTE format(
+        'SELECT s.i, s.b, s.e FROM (SELECT t.%1$I::text AS i, t.%2$I::text AS b, t.%3$I AS e,
+                                           row_number() OVER (ORDER BY t.%1$I) AS k
+                                      FROM %4$s t WHERE t.%3$I IS NOT NULL) s
+          WHERE (s.k - 1) OPERATOR(pg_catalog.%%) $1 = 0 ORDER BY s.k',
+        c.id_column, c.text_column, c.embedding_column, rel) USING stride;
+END $$;

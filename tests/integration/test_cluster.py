@@ -89,6 +89,8 @@ def layout(database, tmp_path_factory):
     with at(COORD) as c:
         c.execute("SET client_min_messages = warning")
         c.execute("CREATE EXTENSION pg_genome_cluster CASCADE")
+        # the coordinator embeds nothing but clusters with the collection's model's metadata
+        c.execute("SELECT genome.register_model_dir('all-minilm-l6-v2', '1', %s)", (f"{MODELS}/all-minilm-l6-v2",))
         for name, port in NODES.items():
             c.execute("SELECT genome_cluster.add_node(%s, '127.0.0.1', %s)", (name, port))
         c.execute("CALL genome_cluster.rebalance()")
@@ -236,6 +238,75 @@ def test_fan_out_search_by_vector_and_filter(layout):
         want = single.execute(sql, ("it_docs_single", v)).fetchall()
     assert len(got) == 7 and [r[0] for r in got] == [r[0] for r in want]
     assert all(r[2]["category"] == "pets" for r in got)
+
+
+def families_by_row(ports_or_single, column="family_id"):
+    out = {}
+    if ports_or_single == "single":
+        with connect() as c:
+            out.update(c.execute(f"SELECT id, {column} FROM it_multi.docs").fetchall())
+        return out
+    for port in ports_or_single:
+        with at(port) as c:
+            out.update(c.execute(f"SELECT id, {column} FROM it_multi.docs").fetchall())
+    return out
+
+
+def test_full_classification_over_three_nodes_agrees_with_one_node(layout):
+    from sklearn.metrics import adjusted_rand_score
+    _, docs = layout
+    with at(COORD) as co:
+        co.execute("SET client_min_messages = warning")
+        co.execute("SELECT genome_cluster.distribute_collection('it_docs', 'bigint')")
+        got = co.execute("SELECT n_rows, n_clusters, n_new FROM genome.full_classify('it_docs', min_cluster_size => 5)").fetchone()
+        fams = co.execute("""SELECT id, label, threshold FROM genome.families
+                              WHERE collection = 'it_docs' AND NOT is_unclustered AND retired_at IS NULL ORDER BY id""").fetchall()
+        unclustered = co.execute("SELECT id FROM genome.families WHERE collection = 'it_docs' AND is_unclustered").fetchone()[0]
+    with connect() as single:
+        single.execute("SET client_min_messages = warning")
+        want = single.execute("SELECT n_rows, n_clusters, n_new FROM genome.full_classify('it_docs_single', min_cluster_size => 5)").fetchone()
+    assert got == want and got[0] == len(docs) and got[1] >= 3
+    assert all(f[0] >= 10**12 for f in fams) and unclustered >= 10**12
+    dist, one = families_by_row(NODES.values()), families_by_row("single")
+    assert set(dist) == set(one) == {d[0] for d in docs}
+    ids = sorted(one)
+    ari = adjusted_rand_score([one[i] for i in ids], [dist[i] for i in ids])
+    assert ari >= 0.9, ari
+    # every node holds the coordinator's families, with its own sizes
+    sizes = {}
+    for port in NODES.values():
+        with at(port) as c:
+            here = c.execute("""SELECT id, label, threshold FROM genome.families
+                                 WHERE collection = 'it_docs' AND NOT is_unclustered AND retired_at IS NULL ORDER BY id""").fetchall()
+            assert here == fams
+            for fid, n in c.execute("SELECT id, size FROM genome.families WHERE collection = 'it_docs' AND retired_at IS NULL"):
+                sizes[fid] = sizes.get(fid, 0) + n
+    assert sum(sizes.values()) == len(docs) and set(dist.values()) <= set(sizes)
+    # a second run keeps every family's id, and every row its family
+    with at(COORD) as co:
+        co.execute("SET client_min_messages = warning")
+        again = co.execute("SELECT n_clusters, n_kept, n_new, n_retired FROM genome.hdbscan_recluster('it_docs', min_cluster_size => 5)").fetchone()
+    assert again == (got[1], got[1], 0, 0)
+    assert families_by_row(NODES.values()) == dist
+
+
+def test_assign_family_runs_on_every_node(layout):
+    new = [(900_001 + k, "pets", body) for k, body in enumerate([
+        "My cat sleeps on the keyboard all day.", "A dog is a man's best friend.",
+        "The judge ruled in favour of the defendant.", "Never trust a computer you cannot throw out a window.",
+        "The recipe calls for two cups of flour.", "He scored the winning goal in the final minute."])]
+    with at(COORD) as co, connect() as single:
+        for row in new:
+            co.execute("INSERT INTO it_multi.docs VALUES (%s, %s, %s)", row)
+            single.execute("INSERT INTO it_multi.docs VALUES (%s, %s, %s)", row)
+        got = co.execute("SELECT * FROM genome.assign_family('it_docs', min_pending => 0)").fetchone()
+        want = single.execute("SELECT * FROM genome.assign_family('it_docs_single', min_pending => 0)").fetchone()
+    assert got == want and got[0] == len(new)
+    # the same rows went to the same families (ids differ: each side's own)
+    dist, one = families_by_row(NODES.values()), families_by_row("single")
+    old = sorted(i for i in one if i < 900_000)
+    pair = {one[i]: dist[i] for i in old}
+    assert all(pair.get(one[r[0]]) == dist[r[0]] for r in new)
 
 
 def test_health_on_the_coordinator_reports_every_node(layout):
