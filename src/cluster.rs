@@ -38,6 +38,17 @@ pub fn distributed(collection: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The model of a distributed collection (registered here by
+/// genome_cluster.distribute_collection, with the nodes' model): search embeds a text query
+/// with it once, on the coordinator.
+pub fn model_of(collection: &str) -> Option<String> {
+    Spi::get_one_with_args::<String>(
+        "SELECT min(c.model) FROM genome.collections c JOIN genome_cluster.collections d ON d.name = c.name WHERE c.name = $1",
+        &[collection.into()],
+    )
+    .or_raise("reading the collection's model")
+}
+
 /// A full run's first step on a coordinator: the data nodes embed their missing rows (when
 /// `embed`), and the rows to cluster come from every node into the collection's local table
 /// (genome_cluster._gather). The run then clusters them as on one node.
