@@ -3,7 +3,7 @@ and 3 data nodes, against the same call made straight to a data node (the baseli
 
     .genome/venv/bin/python benches/nodes_bench.py [--calls 200] [--json FILE]
 
-Starts the coordinator and data nodes with scripts/nodes.sh (loopback ports 55440..), loads real
+Starts the coordinator and data nodes with scripts/nodes.sh (loopback ports 25440..), loads real
 data through the coordinator (Fashion-MNIST photos as 12 pets with two looks each, Debian's
 fortunes as a collection), then for 1 and for 3 data nodes measures, one client, `--calls` calls each:
 - cluster_pet of a pet with no new photo (the steady state of the background path),
@@ -36,8 +36,8 @@ import imageset  # noqa: E402
 PG_CONFIG = os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
 SHARE = subprocess.check_output([PG_CONFIG, "--sharedir"], text=True).strip()
 MODELS = f"{SHARE}/pg_genome/models"
-COORD = 55440
-NODES = {"n1": 55441, "n2": 55442, "n3": 55443}
+COORD = 25440
+NODES = {"n1": 25441, "n2": 25442, "n3": 25443}
 T0 = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
 
 

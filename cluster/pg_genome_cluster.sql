@@ -98,7 +98,8 @@ $$;
 -- from the first node on, and its existence is what makes this database a coordinator
 -- (genome._coordinator()). PL/Proxy connects as the calling role (no user= in the mapping): a
 -- role reaches on the nodes what it may reach there. The servers are members of this extension
--- (pg_dump leaves them out): after restoring a dump, run genome_cluster.sync().
+-- (pg_dump leaves them out): after restoring a dump, genome_cluster.sync() makes them again and
+-- gives the distributed tables their foreign partitions.
 CREATE FUNCTION sync() RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE opts text[] := '{}'; parts text[] := '{}'; o text; n genome_cluster.nodes; srv text;
@@ -107,8 +108,8 @@ BEGIN
         parts := parts || format('p%s %L', n.position, genome_cluster._connstr(n));
         srv := 'genome_node_' || n.name;
         IF NOT EXISTS (SELECT 1 FROM pg_foreign_server WHERE srvname = srv) THEN
-            EXECUTE format('CREATE SERVER %I FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host %L, port %L, dbname %L, application_name %L)',
-                           srv, n.host, n.port::text, n.dbname, 'pg_genome_cluster');
+            EXECUTE format('CREATE SERVER %I FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host %L, port %L, dbname %L, application_name %L, batch_size %L)',
+                           srv, n.host, n.port::text, n.dbname, 'pg_genome_cluster', '1000');
             EXECUTE format('ALTER EXTENSION pg_genome_cluster ADD SERVER %I', srv);
             EXECUTE format('CREATE USER MAPPING FOR PUBLIC SERVER %I', srv);
         ELSE
@@ -124,13 +125,15 @@ BEGIN
         ALTER EXTENSION pg_genome_cluster ADD SERVER genome_cluster;
         CREATE USER MAPPING FOR PUBLIC SERVER genome_cluster;
         GRANT USAGE ON FOREIGN SERVER genome_cluster TO genome_user, genome_monitor;
-        RETURN;
+    ELSE
+        FOR o IN SELECT split_part(x, '=', 1) FROM pg_foreign_server s, unnest(s.srvoptions) x
+                  WHERE s.srvname = 'genome_cluster' AND x ~ '^p[0-9]+=' LOOP
+            opts := opts || format('DROP %I', o);
+        END LOOP;
+        EXECUTE format('ALTER SERVER genome_cluster OPTIONS (%s)', array_to_string(opts || ARRAY(SELECT 'ADD ' || x FROM unnest(parts) x), ', '));
     END IF;
-    FOR o IN SELECT split_part(x, '=', 1) FROM pg_foreign_server s, unnest(s.srvoptions) x
-              WHERE s.srvname = 'genome_cluster' AND x ~ '^p[0-9]+=' LOOP
-        opts := opts || format('DROP %I', o);
-    END LOOP;
-    EXECUTE format('ALTER SERVER genome_cluster OPTIONS (%s)', array_to_string(opts || ARRAY(SELECT 'ADD ' || x FROM unnest(parts) x), ', '));
+    -- the distributed tables' foreign partitions (a restored dump has the tables, not the partitions)
+    PERFORM genome_cluster.attach_nodes(t.rel) FROM genome_cluster.distributed_tables() t;
 END $$;
 COMMENT ON FUNCTION genome_cluster.sync IS 'make PL/Proxy''s cluster and the postgres_fdw servers match genome_cluster.nodes (after restoring a dump)';
 
@@ -258,30 +261,44 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION genome_cluster.attach_nodes IS 'give a table partitioned by shard one postgres_fdw partition per data node (the same table on each node)';
 
--- Moves shards to the nodes rebalance_plan() names, one shard per transaction, then deletes on
--- every node the rows of shards it no longer holds. Nothing is lost: a shard's rows are copied
--- to its new node and the shard map switched in one transaction (the distributed tables locked
--- against writes through the coordinator meanwhile, reads go on), and only rows of shards mapped
--- to another node are ever deleted, after that switch committed. Until the clean-up, a full
--- scan through the coordinator can see a moved shard's rows twice; keyed reads and routed calls
--- see them once. Write through the coordinator while it runs. On the new node the app table's
--- triggers mark the moved pets for pg_genome's background update (their clusters are formed
--- there anew, with new ids); on the old one the deletions do, and their state goes.
--- A procedure (it commits): CALL genome_cluster.rebalance().
+-- Moves shards to the nodes rebalance_plan() names, one shard at a time. Nothing is lost:
+-- - one transaction copies a shard's rows to its new node (first deleting any a move stopped
+--   earlier left there) and switches the shard map, the distributed tables locked meanwhile
+--   (calls through the coordinator wait for the shard's move);
+-- - the next deletes the shard's rows on its old node, after that switch committed and only if
+--   the map still says the shard is elsewhere;
+-- - at the end clean_up() deletes anything a stopped run left behind.
+-- Rebalances and clean-ups take turns, one transaction at a time (an advisory lock), each
+-- reading the shard map as it is then. Between a shard's two transactions a fan-out (search)
+-- could meet its rows on both nodes: search keeps one hit per id. Write through the coordinator
+-- while it runs. Collection rows move with their embedding and family (classify collections
+-- through the coordinator, genome_cluster.distribute_collection, so that family ids are the same
+-- on every node). On the new node the app table's triggers mark the moved pets for pg_genome's
+-- background update (their clusters are formed there anew, with new ids); on the old one the
+-- deletions do, and their state goes. A procedure (it commits): CALL genome_cluster.rebalance().
 CREATE PROCEDURE rebalance()
 LANGUAGE plpgsql AS $$
-DECLARE m record; t record; src regclass; moved bigint; total bigint := 0; shards int := 0;
+DECLARE m record; t record; src regclass; dst regclass; moved bigint; total bigint := 0; shards int := 0; holder text;
 BEGIN
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_genome_cluster.rebalance'));
     PERFORM genome_cluster._drop_on_node_tables();
+    COMMIT;
     FOR m IN SELECT * FROM genome_cluster.rebalance_plan() LOOP
+        PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_genome_cluster.rebalance'));
+        SELECT s.node INTO holder FROM genome_cluster.shards s WHERE s.shard = m.shard FOR UPDATE;
+        IF holder IS DISTINCT FROM m.from_node THEN
+            COMMIT;   -- moved by another run meanwhile
+            CONTINUE;
+        END IF;
         FOR t IN SELECT * FROM genome_cluster.distributed_tables() LOOP
             EXECUTE pg_catalog.format('LOCK TABLE %s IN EXCLUSIVE MODE', t.rel);
         END LOOP;
         FOR t IN SELECT * FROM genome_cluster.distributed_tables() LOOP
             src := genome_cluster._on_node(t.rel, m.from_node);
+            dst := genome_cluster._on_node(t.rel, m.to_node);
+            EXECUTE pg_catalog.format('DELETE FROM %s WHERE %s OPERATOR(pg_catalog.=) %s', dst, t.key_expression, m.shard);
             EXECUTE pg_catalog.format('INSERT INTO %s (%s) SELECT %2$s FROM %s WHERE %s OPERATOR(pg_catalog.=) %s',
-                                      genome_cluster._on_node(t.rel, m.to_node), genome_cluster._columns(src), src,
-                                      t.key_expression, m.shard);
+                                      dst, genome_cluster._columns(src), src, t.key_expression, m.shard);
             GET DIAGNOSTICS moved = ROW_COUNT;
             total := total + moved;
         END LOOP;
@@ -289,9 +306,18 @@ BEGIN
         FOR t IN SELECT * FROM genome_cluster.distributed_tables() LOOP
             PERFORM genome_cluster.attach_nodes(t.rel);
         END LOOP;
+        COMMIT;
+        -- the old node's copy, once the switch has committed
+        PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_genome_cluster.rebalance'));
+        IF (SELECT s.node FROM genome_cluster.shards s WHERE s.shard = m.shard) IS DISTINCT FROM m.from_node THEN
+            FOR t IN SELECT * FROM genome_cluster.distributed_tables() LOOP
+                EXECUTE pg_catalog.format('DELETE FROM %s WHERE %s OPERATOR(pg_catalog.=) %s',
+                                          genome_cluster._on_node(t.rel, m.from_node), t.key_expression, m.shard);
+            END LOOP;
+        END IF;
+        COMMIT;
         shards := shards + 1;
         RAISE NOTICE 'pg_genome: shard % moved from % to % (% rows so far)', m.shard, m.from_node, m.to_node, total;
-        COMMIT;
     END LOOP;
     CALL genome_cluster.clean_up();
     RAISE NOTICE 'pg_genome: rebalanced: % shards, % rows moved', shards, total;
@@ -299,17 +325,18 @@ END $$;
 COMMENT ON PROCEDURE genome_cluster.rebalance IS 'spread the shards evenly over the data nodes with the fewest moves, moving their rows; nothing is lost';
 
 -- Deletes, on every node, the rows of the distributed tables whose shard another node holds
--- (left by a rebalance, or one stopped between a move and its clean-up). One transaction per node.
+-- (left by a rebalance that stopped between a move and its deletion). One transaction per node,
+-- taking turns with rebalances, reading the node's shards as they are then.
 CREATE PROCEDURE clean_up()
 LANGUAGE plpgsql AS $$
-DECLARE n record; t record; gone bigint;
+DECLARE n record; t record; gone bigint; held integer[];
 BEGIN
-    PERFORM genome_cluster._drop_on_node_tables();
-    FOR n IN SELECT d.name, coalesce(array_agg(s.shard) FILTER (WHERE s.shard IS NOT NULL), '{}') AS shards
-               FROM genome_cluster.nodes d LEFT JOIN genome_cluster.shards s ON s.node = d.name GROUP BY d.name ORDER BY d.name LOOP
+    FOR n IN SELECT d.name FROM genome_cluster.nodes d ORDER BY d.name LOOP
+        PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pg_genome_cluster.rebalance'));
+        SELECT coalesce(pg_catalog.array_agg(s.shard), '{}') INTO held FROM genome_cluster.shards s WHERE s.node = n.name;
         FOR t IN SELECT * FROM genome_cluster.distributed_tables() LOOP
             EXECUTE pg_catalog.format('DELETE FROM %s WHERE %s OPERATOR(pg_catalog.<>) ALL (%L::integer[])',
-                                      genome_cluster._on_node(t.rel, n.name), t.key_expression, n.shards);
+                                      genome_cluster._on_node(t.rel, n.name), t.key_expression, held);
             GET DIAGNOSTICS gone = ROW_COUNT;
             IF gone > 0 THEN
                 RAISE NOTICE 'pg_genome: % rows of % left on % deleted (their shards are on other nodes)', gone, t.rel, n.name;
@@ -437,8 +464,11 @@ CREATE FUNCTION search(collection text, query text, top_k integer, score_thresho
 RETURNS TABLE (id text, score real, "row" jsonb)
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RETURN QUERY SELECT h.id, h.score, h."row" FROM genome_cluster._search(collection, query, top_k, score_threshold, filter) h
-                  ORDER BY h.score DESC, h.id LIMIT top_k;
+    -- one hit per id (a shard's rows can be on two nodes for a moment while it moves)
+    RETURN QUERY SELECT x.id, x.score, x."row"
+                   FROM (SELECT DISTINCT ON (h.id) h.* FROM genome_cluster._search(collection, query, top_k, score_threshold, filter) h
+                          ORDER BY h.id, h.score DESC) x
+                  ORDER BY x.score DESC, x.id LIMIT top_k;
 EXCEPTION WHEN OTHERS THEN
     PERFORM genome_cluster._raise_if_unreachable();
     RAISE;
@@ -449,8 +479,11 @@ CREATE FUNCTION search(collection text, query_vector vector, top_k integer, scor
 RETURNS TABLE (id text, score real, "row" jsonb)
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RETURN QUERY SELECT h.id, h.score, h."row" FROM genome_cluster._search(collection, query_vector, top_k, score_threshold, filter) h
-                  ORDER BY h.score DESC, h.id LIMIT top_k;
+    -- one hit per id (a shard's rows can be on two nodes for a moment while it moves)
+    RETURN QUERY SELECT x.id, x.score, x."row"
+                   FROM (SELECT DISTINCT ON (h.id) h.* FROM genome_cluster._search(collection, query_vector, top_k, score_threshold, filter) h
+                          ORDER BY h.id, h.score DESC) x
+                  ORDER BY x.score DESC, x.id LIMIT top_k;
 EXCEPTION WHEN OTHERS THEN
     PERFORM genome_cluster._raise_if_unreachable();
     RAISE;
@@ -532,7 +565,8 @@ RETURNS TABLE (processed bigint, assigned bigint, unclustered bigint) AS $$
 $$ LANGUAGE plproxy;
 
 -- A full run's first step (src/cluster.rs): the nodes embed (full_classify), then the rows to
--- cluster replace the coordinator's table of them, in the app's id order.
+-- cluster replace the coordinator's table of them, in the app's id order. Returns how many rows
+-- the nodes hold with an embedding (the run scales its sizes to them when it clusters a sample).
 CREATE FUNCTION _gather(collection text, embed boolean) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE r genome_cluster.collections; total bigint; cap bigint := current_setting('genome.classify_sample_rows')::bigint;
@@ -544,7 +578,8 @@ BEGIN
     END IF;
     SELECT sum(x) INTO total FROM genome_cluster._embedded_counts(collection) x;
     IF cap > 0 AND total > cap THEN
-        stride := ceil(total::numeric / cap)::integer;
+        -- each node gives every stride-th of its rows: at most cap in all
+        stride := ceil(total::numeric / greatest(cap - (SELECT count(*) FROM genome_cluster.nodes), 1))::integer;
     END IF;
     EXECUTE format('DELETE FROM %s', r.rows_table);
     EXECUTE format('INSERT INTO %s (id, body, embedding) SELECT x.id::%s, x.body, x.embedding FROM genome_cluster._classify_rows($1, $2) x',
@@ -552,7 +587,7 @@ BEGIN
     GET DIAGNOSTICS n = ROW_COUNT;
     RAISE NOTICE 'pg_genome: full run "%": % rows of % on % data nodes to cluster', collection, n, total,
         (SELECT count(*) FROM genome_cluster.nodes);
-    RETURN n;
+    RETURN total;
 EXCEPTION WHEN OTHERS THEN
     PERFORM genome_cluster._raise_if_unreachable();
     RAISE;

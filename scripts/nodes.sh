@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Several local PostgreSQL 15 clusters with pg_genome, for the scale-out tests and benchmark: a
-# coordinator and data nodes n1..nN, on 127.0.0.1 ports from GENOME_NODES_PORT (default 55440:
-# coordinator 55440, n1 55441, ...). Data in .genome/multinode/<name>, logs beside it. Each is a
+# coordinator and data nodes n1..nN, on 127.0.0.1 ports from GENOME_NODES_PORT (default 25440:
+# coordinator 25440, n1 25441, ...: below Linux's ephemeral ports 32768-60999, which an outgoing
+# connection could hold). Data in .genome/multinode/<name>, logs beside it. Each is a
 # cluster as scripts/cluster.sh makes the main one (pg_cron, pg_genome preloaded).
 #   scripts/nodes.sh start N    the coordinator and n1..nN (already running ones are kept)
 #   scripts/nodes.sh stop       every one of them
@@ -9,7 +10,7 @@
 #   scripts/nodes.sh status
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
-BASE="${GENOME_NODES_PORT:-55440}"
+BASE="${GENOME_NODES_PORT:-25440}"
 DIR="$STATE/multinode"
 
 port_of() { case "$1" in coordinator) echo "$BASE" ;; n*) echo $((BASE + ${1#n})) ;; esac; }

@@ -51,13 +51,15 @@ pub fn model_of(collection: &str) -> Option<String> {
 
 /// A full run's first step on a coordinator: the data nodes embed their missing rows (when
 /// `embed`), and the rows to cluster come from every node into the collection's local table
-/// (genome_cluster._gather). The run then clusters them as on one node.
-pub fn gather(collection: &str, embed: bool) {
-    Spi::run_with_args(
+/// (genome_cluster._gather). The run then clusters them as on one node. Returns how many rows
+/// the nodes hold with an embedding (more than were gathered when the run is on a sample).
+pub fn gather(collection: &str, embed: bool) -> i64 {
+    Spi::get_one_with_args::<i64>(
         "SELECT genome_cluster._gather($1, $2)",
         &[collection.into(), embed.into()],
     )
-    .or_raise("gathering the rows from the data nodes");
+    .or_raise("gathering the rows from the data nodes")
+    .unwrap_or(0)
 }
 
 /// A full run's last step on a coordinator: its families, and the family of every row it

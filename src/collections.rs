@@ -174,6 +174,11 @@ pub fn try_lock(name: &str, shared: bool) -> bool {
     crate::locks::LockKey::Collection.try_lock(name, shared)
 }
 
+/// Wait for the collection's lock, exclusive, until the end of the transaction.
+pub fn lock(name: &str) {
+    crate::locks::LockKey::Collection.lock(name)
+}
+
 // The SQL objects of this capability, in their current shape: src/collections.sql.
 extension_sql_file!(
     "collections.sql",

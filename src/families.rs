@@ -495,10 +495,13 @@ fn run(kind: RunKind, args: RunArgs) -> RunSummary {
 
     // On a coordinator, a distributed collection's rows come from the data nodes first.
     let distributed = crate::cluster::distributed(&c.name);
-    if distributed {
-        crate::cluster::gather(&c.name, kind.embeds());
+    let on_nodes = if distributed {
+        let n = crate::cluster::gather(&c.name, kind.embeds());
         timings.lap("gather");
-    }
+        Some(n)
+    } else {
+        None
+    };
     // Read: embed what is missing (full_classify), then every embedding.
     let n_embedded = if kind.embeds() {
         let n = embed_missing(&c, &mut prog);
@@ -515,9 +518,11 @@ fn run(kind: RunKind, args: RunArgs) -> RunSummary {
     let rest = n_rows - points.n as i64;
     timings.lap("load");
     let mut settings = settings;
-    if rest > 0 {
+    // on a coordinator the rows gathered may themselves be a sample of the nodes' rows
+    let of_rows = on_nodes.map_or(n_rows, |t| t.max(n_rows));
+    if of_rows > points.n as i64 {
         // sizes count rows of the collection: on a sample of 1/k, a k-th of them
-        let on_sample = |m: usize| size_on_sample(m, points.n, n_rows as usize);
+        let on_sample = |m: usize| size_on_sample(m, points.n, of_rows as usize);
         settings.classify.min_cluster_size = on_sample(settings.classify.min_cluster_size);
         settings.classify.min_samples = settings.classify.min_samples.map(on_sample);
         settings.plan.min_cluster_size = on_sample(settings.plan.min_cluster_size);
@@ -562,6 +567,10 @@ fn run(kind: RunKind, args: RunArgs) -> RunSummary {
         // say why, in the run's record and to the caller (0.5.0; 0.4.1 gave no reason)
         notice!("pg_genome: {kind} \"{}\" found no families: {why}", c.name);
         record["no_families_reason"] = serde_json::json!(why);
+    }
+    if let Some(n) = on_nodes {
+        // a coordinator's run: the rows the data nodes hold, of which it clustered n_sample
+        record["data_nodes"] = serde_json::json!({"rows": n, "clustered": n_sample});
     }
     if rest > 0 {
         // clustered on an even sample; the other rows placed by nearest family
@@ -644,16 +653,22 @@ fn _install_families(
         "row_ids and row_families must have the same length",
     );
     let c = load(collection);
-    if !try_lock(&c.name, false) {
+    // it sets any family on any row: for the table's owner (the coordinator's run connects as it)
+    let owns = Spi::get_one_with_args::<bool>("SELECT genome._owns($1)", &[c.relid.into()])
+        .or_raise("checking the table's owner")
+        .unwrap_or(false);
+    if !owns {
         raise(
-            PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!(
-                "another full classification or assignment is running on collection \"{}\"",
+                "installing families on collection \"{}\" needs the ownership of its table",
                 c.name
             ),
             None,
         );
     }
+    // waits for a running assignment (assign_family holds the lock shared) to finish
+    crate::collections::lock(&c.name);
     let wrong = Spi::get_one_with_args::<i64>(
         &format!("SELECT count(*) FROM unnest($1::{vs}.vector[]) x WHERE x IS NULL OR {vs}.vector_dims(x) <> $2"),
         &[centroids(), (c.dimension as i32).into()],
@@ -717,29 +732,69 @@ fn _install_families(
     let c = load(collection);
     prog.stage("assign", row_ids.len() as i64);
     write_assignments(&c, &row_ids, &row_families, &mut prog);
-    let rest = Spi::get_one::<i64>(&format!(
-        "SELECT count(*) FROM {} WHERE {} IS NOT NULL",
-        c.rel,
-        crate::collections::ident(&c.emb_col)
-    ))
-    .or_raise("counting rows")
-    .unwrap_or(0);
+    let rest = c
+        .as_owner(|| {
+            Spi::get_one::<i64>(&format!(
+                "SELECT count(*) FROM {} WHERE {} IS NOT NULL",
+                c.rel,
+                crate::collections::ident(&c.emb_col)
+            ))
+        })
+        .or_raise("counting rows")
+        .unwrap_or(0);
     let (placed, placed_unclustered) = place_rest(&c, &row_ids, rest, &mut prog);
-    // rows without an embedding have no text (the coordinator's run embedded the others)
-    let textless = unclustered_without_embedding(&c);
+    // rows without text (never embedded) go to Unclustered; rows with text written since the
+    // run began wait for their embedding and assign_family
+    let ident = crate::collections::ident;
+    let textless = c
+        .as_owner(|| {
+            Spi::connect_mut(|client| {
+                client
+                    .update(
+                        &format!(
+                            "UPDATE {rel} SET {fam} = $1 WHERE {emb} IS NULL AND {txt} IS NULL AND {fam} IS DISTINCT FROM $1",
+                            rel = c.rel,
+                            fam = ident(&c.fam_col),
+                            emb = ident(&c.emb_col),
+                            txt = ident(&c.text_col)
+                        ),
+                        None,
+                        &[c.unclustered_id.into()],
+                    )
+                    .map(|t| t.len() as i64)
+            })
+        })
+        .or_raise("assigning rows without text");
     drop_pending(&c);
-    // this node's sizes: one pass over its rows
+    // this node's sizes: one pass over its rows (read as the table's owner)
+    let counts = c
+        .as_owner(|| {
+            Spi::connect(|client| {
+                let mut ids: Vec<i64> = Vec::new();
+                let mut ns: Vec<i64> = Vec::new();
+                for r in client.select(
+                    &format!(
+                        "SELECT t.{fam}, count(*) FROM {rel} t WHERE t.{fam} IS NOT NULL GROUP BY t.{fam}",
+                        fam = ident(&c.fam_col),
+                        rel = c.rel
+                    ),
+                    None,
+                    &[],
+                )? {
+                    ids.push(r.get::<i64>(1)?.unwrap_or_default());
+                    ns.push(r.get::<i64>(2)?.unwrap_or_default());
+                }
+                Ok::<_, pgrx::spi::SpiError>((ids, ns))
+            })
+        })
+        .or_raise("counting family sizes");
     Spi::run_with_args(
-        &format!(
-            "UPDATE genome.families f SET size = coalesce(x.n, 0) FROM genome.families g
-               LEFT JOIN (SELECT t.{fam} AS id, count(*) AS n FROM {rel} t GROUP BY t.{fam}) x ON x.id = g.id
-              WHERE f.id = g.id AND g.collection = $1 AND (g.retired_at IS NULL OR g.is_unclustered)",
-            fam = crate::collections::ident(&c.fam_col),
-            rel = c.rel
-        ),
-        &[c.name.as_str().into()],
+        "UPDATE genome.families f SET size = coalesce(u.n, 0)
+           FROM genome.families g LEFT JOIN unnest($2::int8[], $3::int8[]) AS u(id, n) ON u.id = g.id
+          WHERE f.id = g.id AND g.collection = $1 AND (g.retired_at IS NULL OR g.is_unclustered)",
+        &[c.name.as_str().into(), counts.0.into(), counts.1.into()],
     )
-    .or_raise("counting family sizes");
+    .or_raise("writing family sizes");
     Spi::run_with_args(
         "UPDATE genome.collections SET generation = generation + 1 WHERE name = $1",
         &[c.name.as_str().into()],

@@ -54,6 +54,11 @@ impl LockKey {
         got
     }
 
+    /// Wait for the lock, exclusive, until the end of the transaction.
+    pub fn lock(self, name: &str) {
+        self.call("pg_advisory_xact_lock", name);
+    }
+
     /// Wait for the lock, shared, until the end of the transaction.
     pub fn lock_shared(self, name: &str) {
         self.call("pg_advisory_xact_lock_shared", name);

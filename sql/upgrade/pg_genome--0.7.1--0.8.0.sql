@@ -266,227 +266,6 @@ LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 COMMENT ON FUNCTION model_info IS 'the model version a name resolves to, as one document: version, stage, trained_at, promoted_at, metrics, thresholds, featuriser, ranks, training data, cluster summary and the other versions';
-COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
-COMMENT ON FUNCTION unregister_pet_media IS 'forget a photo table: its photos, clusters and triggers (the app''s table is untouched)';
-CREATE OR REPLACE FUNCTION cluster_pet(pet_id anycompatible, media text DEFAULT NULL) RETURNS jsonb
-LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    m @extschema@.pet_media;
-    pid text := pet_id::text;
-    rel regclass;
-    pet_type text;
-    t0 timestamptz := clock_timestamp();
-    r record;
-    added int := 0; failed int := 0; removed int := 0;
-    present text[];
-    upd record;
-    res jsonb;
-BEGIN
-    IF pid IS NULL THEN
-        RAISE EXCEPTION 'pg_genome: pet_id must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    -- on a coordinator (pg_genome_cluster; src/cluster.rs) the data node holding the pet runs it
-    IF @extschema@._coordinator() THEN
-        RETURN genome_cluster.cluster_pet(pid, media);
-    END IF;
-    m := @extschema@._pet_media(media);
-    rel := m.relid::regclass;
-    SELECT format_type(a.atttypid, a.atttypmod) INTO pet_type FROM pg_attribute a WHERE a.attrelid = m.relid AND a.attname = m.pet_column;
-    PERFORM pg_advisory_xact_lock(@extschema@._lock_key('pet'), hashtext(m.name || '/' || pid));
-    -- consumed first: a write committed while this runs marks the pet again (see pet_dirty)
-    DELETE FROM @extschema@.pet_dirty d WHERE d.media = m.name AND d.pet_id = pid;
-    -- The pet's photos in the app's table, read as the table's owner when the caller is more
-    -- privileged (0.5.0, genome._owner_value): ids first, then one photo's bytes at a time.
-    present := ARRAY(SELECT jsonb_array_elements_text(@extschema@._owner_value(m.relid, format(
-        'SELECT coalesce(jsonb_agg(format(''%%s'', s.%I)), ''[]'') FROM %s s WHERE s.%I OPERATOR(pg_catalog.=) ($1[1])::%s',
-        m.image_id_column, rel, m.pet_column, pet_type), ARRAY[pid])));
-    DELETE FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid AND p.image_id <> ALL (present);
-    GET DIAGNOSTICS removed = ROW_COUNT;
-    FOR r IN SELECT (ph ->> 'image_id') AS image_id, decode(substr(ph ->> 'img', 3), 'hex') AS img,
-                    (ph ->> 'taken_at')::timestamptz AS taken_at, (ph ->> 'pose')::real AS pose
-               FROM (SELECT u.image_id FROM unnest(present) AS u(image_id)
-                      WHERE NOT EXISTS (SELECT 1 FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.image_id = u.image_id)) i
-              CROSS JOIN LATERAL (SELECT @extschema@._owner_value(m.relid, format(
-                  'SELECT to_jsonb(x) FROM (SELECT format(''%%s'', s.%1$I) AS image_id, s.%2$I AS img, s.%3$I::timestamptz AS taken_at, %4$s AS pose
-                     FROM %5$s s WHERE s.%6$I OPERATOR(pg_catalog.=) ($1[1])::%7$s AND format(''%%s'', s.%1$I) OPERATOR(pg_catalog.=) $1[2]
-                    ORDER BY s.%3$I LIMIT 1) x',
-                  m.image_id_column, m.image_column, m.taken_at_column,
-                  CASE WHEN m.pose_column IS NULL THEN 'NULL::real' ELSE format('s.%I::real', m.pose_column) END,
-                  rel, m.pet_column, pet_type), ARRAY[pid, i.image_id]) AS ph) q
-              WHERE ph IS NOT NULL
-              ORDER BY (ph ->> 'taken_at')::timestamptz, i.image_id LOOP
-        IF r.img IS NULL THEN
-            INSERT INTO @extschema@.pet_photos (media, image_id, pet_id, taken_at, pose, error)
-            VALUES (m.name, r.image_id, pid, r.taken_at, r.pose, 'the image is NULL');
-            failed := failed + 1;
-            CONTINUE;
-        END IF;
-        BEGIN
-            -- one decode gives the embedding and the quality
-            INSERT INTO @extschema@.pet_photos (media, image_id, pet_id, embedding, quality, taken_at, pose)
-            SELECT m.name, r.image_id, pid, e.embedding, e.quality, r.taken_at, r.pose
-              FROM @extschema@._embed_photo(r.img, m.model) e;
-            added := added + 1;
-        EXCEPTION WHEN OTHERS THEN
-            -- a corrupt or oversized photo is recorded and skipped; the pet's other photos go on
-            -- (cancellation is not caught by OTHERS)
-            INSERT INTO @extschema@.pet_photos (media, image_id, pet_id, taken_at, pose, error)
-            VALUES (m.name, r.image_id, pid, r.taken_at, r.pose, SQLERRM);
-            failed := failed + 1;
-        END;
-    END LOOP;
-    -- the plan, made by genome-core and written by Rust: photos join or form clusters, and
-    -- every cluster gets the core's centroid (genome._pet_update, src/pets.rs); photos too poor
-    -- to place (genome.pet_min_quality) neither form nor join clusters
-    SELECT * INTO upd FROM @extschema@._pet_update(m.name, pid);
-    UPDATE @extschema@.pet_photo_clusters c
-       SET size = s.n, first_taken_at = s.f, last_taken_at = s.l, updated_at = now()
-      FROM (SELECT p.cluster_id, count(*)::int AS n, min(p.taken_at) AS f, max(p.taken_at) AS l
-              FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid AND p.cluster_id IS NOT NULL
-             GROUP BY p.cluster_id) s
-     WHERE c.id = s.cluster_id AND c.media = m.name AND c.pet_id = pid
-       AND (c.size IS DISTINCT FROM s.n OR c.last_taken_at IS DISTINCT FROM s.l OR c.first_taken_at IS DISTINCT FROM s.f);
-    DELETE FROM @extschema@.pet_photo_clusters c WHERE c.media = m.name AND c.pet_id = pid
-       AND NOT EXISTS (SELECT 1 FROM @extschema@.pet_photos p WHERE p.cluster_id = c.id);
-    INSERT INTO @extschema@.pet_state AS s (media, pet_id, threshold) VALUES (m.name, pid, upd.threshold)
-    ON CONFLICT ON CONSTRAINT pet_state_pkey DO UPDATE SET threshold = EXCLUDED.threshold, updated_at = now();
-    SELECT jsonb_build_object(
-             'media', m.name, 'pet_id', pid, 'added', added, 'failed', failed, 'removed', removed,
-             'joined', upd.joined, 'new_clusters', upd.new_clusters,
-             'clusters', (SELECT count(*) FROM @extschema@.pet_photo_clusters c WHERE c.media = m.name AND c.pet_id = pid),
-             'photos', count(*), 'clustered', count(p.cluster_id),
-             'unassigned', count(*) FILTER (WHERE p.cluster_id IS NULL AND p.embedding IS NOT NULL),
-             'threshold', upd.threshold, 'ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000::numeric))
-      INTO res
-      FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid;
-    RETURN res;
-END $$;
-
-COMMENT ON FUNCTION cluster_pet IS 'update one pet''s photo clusters incrementally: new photos join the nearest cluster or, once enough gather, form new ones';
-CREATE OR REPLACE FUNCTION cluster_dirty_pets(media text DEFAULT NULL, max_pets integer DEFAULT 100) RETURNS jsonb
-LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE d record; done int := 0; errors int := 0; skipped int := 0; err text; t0 timestamptz := clock_timestamp();
-BEGIN
-    -- on a coordinator (pg_genome_cluster; src/cluster.rs) every data node runs its own, totals here
-    IF @extschema@._coordinator() THEN
-        RETURN genome_cluster.cluster_dirty_pets(media, max_pets);
-    END IF;
-    FOR d IN SELECT x.media, x.pet_id FROM @extschema@.pet_dirty x
-              WHERE (cluster_dirty_pets.media IS NULL OR x.media = cluster_dirty_pets.media)
-              ORDER BY x.marked_at, x.media, x.pet_id LIMIT max_pets LOOP
-        IF NOT pg_try_advisory_xact_lock(@extschema@._lock_key('pet'), hashtext(d.media || '/' || d.pet_id)) THEN
-            skipped := skipped + 1;
-            CONTINUE;
-        END IF;
-        BEGIN
-            PERFORM @extschema@.cluster_pet(d.pet_id, d.media);
-            done := done + 1;
-        EXCEPTION WHEN OTHERS THEN
-            err := SQLERRM;
-            UPDATE @extschema@.pet_dirty x SET attempts = x.attempts + 1, last_error = err
-             WHERE x.media = d.media AND x.pet_id = d.pet_id;
-            RAISE WARNING 'pg_genome: updating pet % of "%" failed: %', d.pet_id, d.media, err;
-            errors := errors + 1;
-        END;
-    END LOOP;
-    RETURN jsonb_build_object('pets', done, 'errors', errors, 'skipped_locked', skipped,
-                              'still_dirty', (SELECT count(*) FROM @extschema@.pet_dirty),
-                              'ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000::numeric));
-END $$;
-
-COMMENT ON FUNCTION cluster_dirty_pets IS 'update the clusters of pets with new or removed photos (the pg_cron job''s body)';
-COMMENT ON FUNCTION schedule_pet_clustering IS 'create or update the pg_cron job that keeps pets with new photos up to date';
-COMMENT ON FUNCTION unschedule_pet_clustering IS 'remove the pg_cron job of a photo table; returns how many were removed';
-CREATE OR REPLACE FUNCTION select_heroes(pet_id anycompatible, n integer DEFAULT 3, media text DEFAULT NULL,
-                              w_quality double precision DEFAULT NULL, w_centrality double precision DEFAULT NULL,
-                              w_recency double precision DEFAULT NULL, w_pose double precision DEFAULT NULL)
-RETURNS TABLE (cluster_id bigint, rank integer, image_id text, score double precision, quality real,
-               centrality double precision, recency_days double precision, pose real, taken_at timestamptz)
-LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE m @extschema@.pet_media; pid text := pet_id::text;
-        newest timestamptz; min_q real := current_setting('genome.hero_min_quality')::real;
-BEGIN
-    IF n IS NULL OR n < 1 THEN
-        RAISE EXCEPTION 'pg_genome: n must be at least 1, got %', n USING ERRCODE = '22023';
-    END IF;
-    -- on a coordinator (pg_genome_cluster; src/cluster.rs) the data node holding the pet runs it
-    IF @extschema@._coordinator() THEN
-        IF pid IS NULL THEN
-            RETURN;
-        END IF;
-        RETURN QUERY SELECT * FROM genome_cluster.select_heroes(pid, n, media, w_quality, w_centrality, w_recency, w_pose);
-        RETURN;
-    END IF;
-    m := @extschema@._pet_media(media);
-    PERFORM @extschema@._use_vector_schema();
-    SELECT max(p.taken_at) INTO newest FROM @extschema@.pet_photos p
-     WHERE p.media = m.name AND p.pet_id = pid AND p.embedding IS NOT NULL;
-    RETURN QUERY
-    SELECT s.cluster_id, s.rank::integer, s.image_id, s.score, s.quality, s.centrality, s.age, s.pose, s.taken_at
-      FROM (SELECT x.*, row_number() OVER (PARTITION BY x.cluster_id ORDER BY x.score DESC, x.image_id) AS rank
-              FROM (SELECT p.cluster_id, p.image_id, p.quality, p.pose, p.taken_at, y.centrality, y.age,
-                           @extschema@.hero_score_of(p.quality, y.centrality, y.age,
-                                                     CASE WHEN m.pose_column IS NOT NULL THEN p.pose END,
-                                                     w_quality, w_centrality, w_recency, w_pose) AS score
-                      FROM @extschema@.pet_photos p
-                      JOIN @extschema@.pet_photo_clusters c ON c.id = p.cluster_id
-                     -- operands typed exactly as pg_catalog's operators (pgvector's schema is on the
-                     -- path here): no operator another role creates there is ever a better match
-                     CROSS JOIN LATERAL (SELECT 1::float8 - (p.embedding <=> c.centroid) AS centrality,
-                                                coalesce(extract(epoch FROM newest - p.taken_at) / 86400::numeric, 'Infinity')::double precision AS age) y
-                     WHERE p.media = m.name AND p.pet_id = pid AND p.quality >= min_q) x) s
-     WHERE s.rank <= n
-     ORDER BY s.cluster_id, s.rank;
-END $$;
-
-COMMENT ON FUNCTION select_heroes IS 'top n photos per cluster of a pet by hero score (quality, centrality, recency, pose)';
-CREATE OR REPLACE FUNCTION pet_clusters(pet_id anycompatible, media text DEFAULT NULL, n integer DEFAULT 3) RETURNS jsonb
-LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE m @extschema@.pet_media; pid text := pet_id::text; res jsonb;
-BEGIN
-    IF pid IS NULL THEN
-        RAISE EXCEPTION 'pg_genome: pet_id must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    -- on a coordinator (pg_genome_cluster; src/cluster.rs) the data node holding the pet runs it
-    IF @extschema@._coordinator() THEN
-        RETURN genome_cluster.pet_clusters(pid, media, n);
-    END IF;
-    m := @extschema@._pet_media(media);
-    PERFORM @extschema@._use_vector_schema();
-    WITH heroes AS (SELECT * FROM @extschema@.select_heroes(pid, n, m.name)),
-         photos AS (SELECT * FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid),
-         counts AS (SELECT count(*) AS total, count(embedding) AS embedded, count(error) AS failed,
-                           count(cluster_id) AS clustered,
-                           count(*) FILTER (WHERE cluster_id IN (SELECT h.cluster_id FROM heroes h)) AS in_hero_clusters
-                      FROM photos),
-         cl AS (SELECT c.*, (SELECT avg(1::float8 - (p.embedding <=> c.centroid)) FROM photos p WHERE p.cluster_id = c.id) AS cohesion
-                  FROM @extschema@.pet_photo_clusters c WHERE c.media = m.name AND c.pet_id = pid)
-    SELECT jsonb_build_object(
-        'pet_id', pid, 'media', m.name, 'model', m.model,
-        'photos', k.total, 'embedded', k.embedded, 'failed', k.failed, 'clustered', k.clustered,
-        'unassigned', k.embedded - k.clustered,
-        'coverage', jsonb_build_object(
-            'clustered_share', CASE WHEN k.embedded > 0 THEN round(k.clustered::numeric / k.embedded::numeric, 4) END,
-            'hero_cluster_share', CASE WHEN k.embedded > 0 THEN round(k.in_hero_clusters::numeric / k.embedded::numeric, 4) END),
-        'threshold', (SELECT s.threshold FROM @extschema@.pet_state s WHERE s.media = m.name AND s.pet_id = pid),
-        'updated_at', (SELECT s.updated_at FROM @extschema@.pet_state s WHERE s.media = m.name AND s.pet_id = pid),
-        'clusters', coalesce((SELECT jsonb_agg(jsonb_build_object(
-                'id', c.id, 'size', c.size, 'first_taken_at', c.first_taken_at, 'last_taken_at', c.last_taken_at,
-                'centroid', jsonb_build_object('dimension', m.dimension, 'norm', round((SELECT sqrt(sum(x * x)::float8) FROM unnest(c.centroid::real[]) x)::numeric, 4),
-                                               'cohesion', round(c.cohesion::numeric, 4)),
-                'heroes', coalesce((SELECT jsonb_agg(jsonb_build_object('image_id', h.image_id, 'rank', h.rank,
-                                        'score', round(h.score::numeric, 4), 'quality', round(h.quality::numeric, 4),
-                                        'centrality', round(h.centrality::numeric, 4), 'taken_at', h.taken_at) ORDER BY h.rank)
-                                      FROM heroes h WHERE h.cluster_id = c.id), '[]'))
-              ORDER BY c.size DESC, c.id) FROM cl c), '[]'))
-      INTO res FROM counts k;
-    RETURN res;
-END $$;
-
-COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
-COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
-COMMENT ON FUNCTION export_bundle IS 'a model version (default: the one its name resolves to) as a bundle: its registry row, config, weights or ONNX bytes, metrics, and a SHA-256 checksum';
-COMMENT ON FUNCTION import_bundle IS 'register the model a bundle carries as a staging version (superuser or genome_admin); refuses a bundle of another format version, with a bad checksum, or whose parts do not check out; returns the new id';
 CREATE OR REPLACE FUNCTION register_collection(name text, source regclass, id_column name, text_column name,
                                     embedding_column name DEFAULT 'embedding', family_column name DEFAULT 'family_id',
                                     created_at_column name DEFAULT NULL, model text DEFAULT NULL)
@@ -743,6 +522,227 @@ BEGIN
         c.id_column, c.text_column, c.embedding_column, rel) USING stride;
 END $$;
 
+COMMENT ON FUNCTION export_bundle IS 'a model version (default: the one its name resolves to) as a bundle: its registry row, config, weights or ONNX bytes, metrics, and a SHA-256 checksum';
+COMMENT ON FUNCTION import_bundle IS 'register the model a bundle carries as a staging version (superuser or genome_admin); refuses a bundle of another format version, with a bad checksum, or whose parts do not check out; returns the new id';
+COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
+COMMENT ON FUNCTION unregister_pet_media IS 'forget a photo table: its photos, clusters and triggers (the app''s table is untouched)';
+CREATE OR REPLACE FUNCTION cluster_pet(pet_id anycompatible, media text DEFAULT NULL) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m @extschema@.pet_media;
+    pid text := pet_id::text;
+    rel regclass;
+    pet_type text;
+    t0 timestamptz := clock_timestamp();
+    r record;
+    added int := 0; failed int := 0; removed int := 0;
+    present text[];
+    upd record;
+    res jsonb;
+BEGIN
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'pg_genome: pet_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    -- on a coordinator (pg_genome_cluster; src/cluster.rs) the data node holding the pet runs it
+    IF @extschema@._coordinator() THEN
+        RETURN genome_cluster.cluster_pet(pid, media);
+    END IF;
+    m := @extschema@._pet_media(media);
+    rel := m.relid::regclass;
+    SELECT format_type(a.atttypid, a.atttypmod) INTO pet_type FROM pg_attribute a WHERE a.attrelid = m.relid AND a.attname = m.pet_column;
+    PERFORM pg_advisory_xact_lock(@extschema@._lock_key('pet'), hashtext(m.name || '/' || pid));
+    -- consumed first: a write committed while this runs marks the pet again (see pet_dirty)
+    DELETE FROM @extschema@.pet_dirty d WHERE d.media = m.name AND d.pet_id = pid;
+    -- The pet's photos in the app's table, read as the table's owner when the caller is more
+    -- privileged (0.5.0, genome._owner_value): ids first, then one photo's bytes at a time.
+    present := ARRAY(SELECT jsonb_array_elements_text(@extschema@._owner_value(m.relid, format(
+        'SELECT coalesce(jsonb_agg(format(''%%s'', s.%I)), ''[]'') FROM %s s WHERE s.%I OPERATOR(pg_catalog.=) ($1[1])::%s',
+        m.image_id_column, rel, m.pet_column, pet_type), ARRAY[pid])));
+    DELETE FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid AND p.image_id <> ALL (present);
+    GET DIAGNOSTICS removed = ROW_COUNT;
+    FOR r IN SELECT (ph ->> 'image_id') AS image_id, decode(substr(ph ->> 'img', 3), 'hex') AS img,
+                    (ph ->> 'taken_at')::timestamptz AS taken_at, (ph ->> 'pose')::real AS pose
+               FROM (SELECT u.image_id FROM unnest(present) AS u(image_id)
+                      WHERE NOT EXISTS (SELECT 1 FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.image_id = u.image_id)) i
+              CROSS JOIN LATERAL (SELECT @extschema@._owner_value(m.relid, format(
+                  'SELECT to_jsonb(x) FROM (SELECT format(''%%s'', s.%1$I) AS image_id, s.%2$I AS img, s.%3$I::timestamptz AS taken_at, %4$s AS pose
+                     FROM %5$s s WHERE s.%6$I OPERATOR(pg_catalog.=) ($1[1])::%7$s AND format(''%%s'', s.%1$I) OPERATOR(pg_catalog.=) $1[2]
+                    ORDER BY s.%3$I LIMIT 1) x',
+                  m.image_id_column, m.image_column, m.taken_at_column,
+                  CASE WHEN m.pose_column IS NULL THEN 'NULL::real' ELSE format('s.%I::real', m.pose_column) END,
+                  rel, m.pet_column, pet_type), ARRAY[pid, i.image_id]) AS ph) q
+              WHERE ph IS NOT NULL
+              ORDER BY (ph ->> 'taken_at')::timestamptz, i.image_id LOOP
+        IF r.img IS NULL THEN
+            INSERT INTO @extschema@.pet_photos (media, image_id, pet_id, taken_at, pose, error)
+            VALUES (m.name, r.image_id, pid, r.taken_at, r.pose, 'the image is NULL');
+            failed := failed + 1;
+            CONTINUE;
+        END IF;
+        BEGIN
+            -- one decode gives the embedding and the quality
+            INSERT INTO @extschema@.pet_photos (media, image_id, pet_id, embedding, quality, taken_at, pose)
+            SELECT m.name, r.image_id, pid, e.embedding, e.quality, r.taken_at, r.pose
+              FROM @extschema@._embed_photo(r.img, m.model) e;
+            added := added + 1;
+        EXCEPTION WHEN OTHERS THEN
+            -- a corrupt or oversized photo is recorded and skipped; the pet's other photos go on
+            -- (cancellation is not caught by OTHERS)
+            INSERT INTO @extschema@.pet_photos (media, image_id, pet_id, taken_at, pose, error)
+            VALUES (m.name, r.image_id, pid, r.taken_at, r.pose, SQLERRM);
+            failed := failed + 1;
+        END;
+    END LOOP;
+    -- the plan, made by genome-core and written by Rust: photos join or form clusters, and
+    -- every cluster gets the core's centroid (genome._pet_update, src/pets.rs); photos too poor
+    -- to place (genome.pet_min_quality) neither form nor join clusters
+    SELECT * INTO upd FROM @extschema@._pet_update(m.name, pid);
+    UPDATE @extschema@.pet_photo_clusters c
+       SET size = s.n, first_taken_at = s.f, last_taken_at = s.l, updated_at = now()
+      FROM (SELECT p.cluster_id, count(*)::int AS n, min(p.taken_at) AS f, max(p.taken_at) AS l
+              FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid AND p.cluster_id IS NOT NULL
+             GROUP BY p.cluster_id) s
+     WHERE c.id = s.cluster_id AND c.media = m.name AND c.pet_id = pid
+       AND (c.size IS DISTINCT FROM s.n OR c.last_taken_at IS DISTINCT FROM s.l OR c.first_taken_at IS DISTINCT FROM s.f);
+    DELETE FROM @extschema@.pet_photo_clusters c WHERE c.media = m.name AND c.pet_id = pid
+       AND NOT EXISTS (SELECT 1 FROM @extschema@.pet_photos p WHERE p.cluster_id = c.id);
+    INSERT INTO @extschema@.pet_state AS s (media, pet_id, threshold) VALUES (m.name, pid, upd.threshold)
+    ON CONFLICT ON CONSTRAINT pet_state_pkey DO UPDATE SET threshold = EXCLUDED.threshold, updated_at = now();
+    SELECT jsonb_build_object(
+             'media', m.name, 'pet_id', pid, 'added', added, 'failed', failed, 'removed', removed,
+             'joined', upd.joined, 'new_clusters', upd.new_clusters,
+             'clusters', (SELECT count(*) FROM @extschema@.pet_photo_clusters c WHERE c.media = m.name AND c.pet_id = pid),
+             'photos', count(*), 'clustered', count(p.cluster_id),
+             'unassigned', count(*) FILTER (WHERE p.cluster_id IS NULL AND p.embedding IS NOT NULL),
+             'threshold', upd.threshold, 'ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000::numeric))
+      INTO res
+      FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid;
+    RETURN res;
+END $$;
+
+COMMENT ON FUNCTION cluster_pet IS 'update one pet''s photo clusters incrementally: new photos join the nearest cluster or, once enough gather, form new ones';
+CREATE OR REPLACE FUNCTION cluster_dirty_pets(media text DEFAULT NULL, max_pets integer DEFAULT 100) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE d record; done int := 0; errors int := 0; skipped int := 0; err text; t0 timestamptz := clock_timestamp();
+BEGIN
+    -- on a coordinator (pg_genome_cluster; src/cluster.rs) every data node runs its own, totals here
+    IF @extschema@._coordinator() THEN
+        RETURN genome_cluster.cluster_dirty_pets(media, max_pets);
+    END IF;
+    FOR d IN SELECT x.media, x.pet_id FROM @extschema@.pet_dirty x
+              WHERE (cluster_dirty_pets.media IS NULL OR x.media = cluster_dirty_pets.media)
+              ORDER BY x.marked_at, x.media, x.pet_id LIMIT max_pets LOOP
+        IF NOT pg_try_advisory_xact_lock(@extschema@._lock_key('pet'), hashtext(d.media || '/' || d.pet_id)) THEN
+            skipped := skipped + 1;
+            CONTINUE;
+        END IF;
+        BEGIN
+            PERFORM @extschema@.cluster_pet(d.pet_id, d.media);
+            done := done + 1;
+        EXCEPTION WHEN OTHERS THEN
+            err := SQLERRM;
+            UPDATE @extschema@.pet_dirty x SET attempts = x.attempts + 1, last_error = err
+             WHERE x.media = d.media AND x.pet_id = d.pet_id;
+            RAISE WARNING 'pg_genome: updating pet % of "%" failed: %', d.pet_id, d.media, err;
+            errors := errors + 1;
+        END;
+    END LOOP;
+    RETURN jsonb_build_object('pets', done, 'errors', errors, 'skipped_locked', skipped,
+                              'still_dirty', (SELECT count(*) FROM @extschema@.pet_dirty),
+                              'ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000::numeric));
+END $$;
+
+COMMENT ON FUNCTION cluster_dirty_pets IS 'update the clusters of pets with new or removed photos (the pg_cron job''s body)';
+COMMENT ON FUNCTION schedule_pet_clustering IS 'create or update the pg_cron job that keeps pets with new photos up to date';
+COMMENT ON FUNCTION unschedule_pet_clustering IS 'remove the pg_cron job of a photo table; returns how many were removed';
+CREATE OR REPLACE FUNCTION select_heroes(pet_id anycompatible, n integer DEFAULT 3, media text DEFAULT NULL,
+                              w_quality double precision DEFAULT NULL, w_centrality double precision DEFAULT NULL,
+                              w_recency double precision DEFAULT NULL, w_pose double precision DEFAULT NULL)
+RETURNS TABLE (cluster_id bigint, rank integer, image_id text, score double precision, quality real,
+               centrality double precision, recency_days double precision, pose real, taken_at timestamptz)
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE m @extschema@.pet_media; pid text := pet_id::text;
+        newest timestamptz; min_q real := current_setting('genome.hero_min_quality')::real;
+BEGIN
+    IF n IS NULL OR n < 1 THEN
+        RAISE EXCEPTION 'pg_genome: n must be at least 1, got %', n USING ERRCODE = '22023';
+    END IF;
+    -- on a coordinator (pg_genome_cluster; src/cluster.rs) the data node holding the pet runs it
+    IF @extschema@._coordinator() THEN
+        IF pid IS NULL THEN
+            RETURN;
+        END IF;
+        RETURN QUERY SELECT * FROM genome_cluster.select_heroes(pid, n, media, w_quality, w_centrality, w_recency, w_pose);
+        RETURN;
+    END IF;
+    m := @extschema@._pet_media(media);
+    PERFORM @extschema@._use_vector_schema();
+    SELECT max(p.taken_at) INTO newest FROM @extschema@.pet_photos p
+     WHERE p.media = m.name AND p.pet_id = pid AND p.embedding IS NOT NULL;
+    RETURN QUERY
+    SELECT s.cluster_id, s.rank::integer, s.image_id, s.score, s.quality, s.centrality, s.age, s.pose, s.taken_at
+      FROM (SELECT x.*, row_number() OVER (PARTITION BY x.cluster_id ORDER BY x.score DESC, x.image_id) AS rank
+              FROM (SELECT p.cluster_id, p.image_id, p.quality, p.pose, p.taken_at, y.centrality, y.age,
+                           @extschema@.hero_score_of(p.quality, y.centrality, y.age,
+                                                     CASE WHEN m.pose_column IS NOT NULL THEN p.pose END,
+                                                     w_quality, w_centrality, w_recency, w_pose) AS score
+                      FROM @extschema@.pet_photos p
+                      JOIN @extschema@.pet_photo_clusters c ON c.id = p.cluster_id
+                     -- operands typed exactly as pg_catalog's operators (pgvector's schema is on the
+                     -- path here): no operator another role creates there is ever a better match
+                     CROSS JOIN LATERAL (SELECT 1::float8 - (p.embedding <=> c.centroid) AS centrality,
+                                                coalesce(extract(epoch FROM newest - p.taken_at) / 86400::numeric, 'Infinity')::double precision AS age) y
+                     WHERE p.media = m.name AND p.pet_id = pid AND p.quality >= min_q) x) s
+     WHERE s.rank <= n
+     ORDER BY s.cluster_id, s.rank;
+END $$;
+
+COMMENT ON FUNCTION select_heroes IS 'top n photos per cluster of a pet by hero score (quality, centrality, recency, pose)';
+CREATE OR REPLACE FUNCTION pet_clusters(pet_id anycompatible, media text DEFAULT NULL, n integer DEFAULT 3) RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE m @extschema@.pet_media; pid text := pet_id::text; res jsonb;
+BEGIN
+    IF pid IS NULL THEN
+        RAISE EXCEPTION 'pg_genome: pet_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    -- on a coordinator (pg_genome_cluster; src/cluster.rs) the data node holding the pet runs it
+    IF @extschema@._coordinator() THEN
+        RETURN genome_cluster.pet_clusters(pid, media, n);
+    END IF;
+    m := @extschema@._pet_media(media);
+    PERFORM @extschema@._use_vector_schema();
+    WITH heroes AS (SELECT * FROM @extschema@.select_heroes(pid, n, m.name)),
+         photos AS (SELECT * FROM @extschema@.pet_photos p WHERE p.media = m.name AND p.pet_id = pid),
+         counts AS (SELECT count(*) AS total, count(embedding) AS embedded, count(error) AS failed,
+                           count(cluster_id) AS clustered,
+                           count(*) FILTER (WHERE cluster_id IN (SELECT h.cluster_id FROM heroes h)) AS in_hero_clusters
+                      FROM photos),
+         cl AS (SELECT c.*, (SELECT avg(1::float8 - (p.embedding <=> c.centroid)) FROM photos p WHERE p.cluster_id = c.id) AS cohesion
+                  FROM @extschema@.pet_photo_clusters c WHERE c.media = m.name AND c.pet_id = pid)
+    SELECT jsonb_build_object(
+        'pet_id', pid, 'media', m.name, 'model', m.model,
+        'photos', k.total, 'embedded', k.embedded, 'failed', k.failed, 'clustered', k.clustered,
+        'unassigned', k.embedded - k.clustered,
+        'coverage', jsonb_build_object(
+            'clustered_share', CASE WHEN k.embedded > 0 THEN round(k.clustered::numeric / k.embedded::numeric, 4) END,
+            'hero_cluster_share', CASE WHEN k.embedded > 0 THEN round(k.in_hero_clusters::numeric / k.embedded::numeric, 4) END),
+        'threshold', (SELECT s.threshold FROM @extschema@.pet_state s WHERE s.media = m.name AND s.pet_id = pid),
+        'updated_at', (SELECT s.updated_at FROM @extschema@.pet_state s WHERE s.media = m.name AND s.pet_id = pid),
+        'clusters', coalesce((SELECT jsonb_agg(jsonb_build_object(
+                'id', c.id, 'size', c.size, 'first_taken_at', c.first_taken_at, 'last_taken_at', c.last_taken_at,
+                'centroid', jsonb_build_object('dimension', m.dimension, 'norm', round((SELECT sqrt(sum(x * x)::float8) FROM unnest(c.centroid::real[]) x)::numeric, 4),
+                                               'cohesion', round(c.cohesion::numeric, 4)),
+                'heroes', coalesce((SELECT jsonb_agg(jsonb_build_object('image_id', h.image_id, 'rank', h.rank,
+                                        'score', round(h.score::numeric, 4), 'quality', round(h.quality::numeric, 4),
+                                        'centrality', round(h.centrality::numeric, 4), 'taken_at', h.taken_at) ORDER BY h.rank)
+                                      FROM heroes h WHERE h.cluster_id = c.id), '[]'))
+              ORDER BY c.size DESC, c.id) FROM cl c), '[]'))
+      INTO res FROM counts k;
+    RETURN res;
+END $$;
+
+COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
+COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
 CREATE OR REPLACE FUNCTION "sequence_families"(
 	"collection" TEXT, /* & str */
 	"lineage_column" TEXT DEFAULT NULL, /* Option < & str > */
@@ -837,6 +837,9 @@ COMMENT ON FUNCTION disable_auto_embed IS 'stop background embedding of a collec
 COMMENT ON FUNCTION process_embed_queue IS 'embed one batch of queued rows in this transaction (the background worker does this by itself)';
 COMMENT ON FUNCTION reembed IS 're-embed a collection with another model in the background; switches over atomically when every row is done';
 COMMENT ON FUNCTION wake_embed_workers IS 'ask this database''s embedding workers to look at the queue once the current transaction commits';
+COMMENT ON FUNCTION create_search_index IS 'create the pgvector HNSW (cosine) index genome.search uses, unless the embedding column has one';
+COMMENT ON FUNCTION search(text, text, integer, real, jsonb) IS 'semantic search: rows of a collection most similar to a text (cosine), best first, with optional equality filters';
+COMMENT ON FUNCTION search(text, vector, integer, real, jsonb) IS 'semantic search with a precomputed query vector';
 COMMENT ON VIEW progress IS 'full classifications and assignments running now: stage, rows (or steps) done of total, and the time the stage has left at its pace so far';
 COMMENT ON FUNCTION progress_slots IS 'the raw progress slots of running jobs; genome.progress joins them with pg_stat_activity';
 CREATE OR REPLACE FUNCTION health() RETURNS jsonb
@@ -920,9 +923,6 @@ END $$;
 
 COMMENT ON FUNCTION health IS 'versions, ONNX Runtime, workers, pg_cron jobs, queue depth and pending assignments as jsonb; on a coordinator every data node''s too';
 COMMENT ON FUNCTION metrics IS 'Prometheus text exposition of pg_genome counters and gauges';
-COMMENT ON FUNCTION create_search_index IS 'create the pgvector HNSW (cosine) index genome.search uses, unless the embedding column has one';
-COMMENT ON FUNCTION search(text, text, integer, real, jsonb) IS 'semantic search: rows of a collection most similar to a text (cosine), best first, with optional equality filters';
-COMMENT ON FUNCTION search(text, vector, integer, real, jsonb) IS 'semantic search with a precomputed query vector';
 
 -- sql/fragments/0.7.1--0.8.0.post.sql
 -- Every collection whose table is there lists its pending rows in genome.pending_rows, as

@@ -13,10 +13,18 @@ import psycopg
 import pytest
 
 import imageset
-from conftest import REPO, MODELS, connect
+from conftest import REPO, MODELS, connect as connect_main
 
-COORD = 55440
-NODES = {"n1": 55441, "n2": 55442, "n3": 55443}
+SINGLE = "genome_it_single"
+
+
+def connect():
+    """The single node the cluster is compared with: its own database on the main cluster (the
+    other test modules' database keeps one pet media)."""
+    return connect_main(SINGLE)
+
+COORD = 25440
+NODES = {"n1": 25441, "n2": 25442, "n3": 25443}
 T0 = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
 PHOTOS_DDL = """CREATE TABLE it_multi.photos (pet bigint NOT NULL, photo_id bigint NOT NULL, img bytea,
                 shot_at timestamptz NOT NULL, pose real, look int){}"""
@@ -107,11 +115,15 @@ def layout(database, tmp_path_factory):
         with at(port) as c:
             c.execute("UPDATE it_multi.docs SET embedding = genome.embed(body)")
             c.execute("SELECT genome.create_search_index('it_docs')")
+    with connect_main("postgres") as c:
+        c.execute(f"DROP DATABASE IF EXISTS {SINGLE} WITH (FORCE)")
+        c.execute(f"CREATE DATABASE {SINGLE}")
     with connect() as c:
         c.execute("SET client_min_messages = warning")
-        c.execute("SELECT genome.unregister_pet_media('it_multi_single')")
-        c.execute("SELECT genome.unregister_collection('it_docs_single')")
-        c.execute("DROP SCHEMA IF EXISTS it_multi CASCADE")
+        c.execute("CREATE EXTENSION pg_genome CASCADE")
+        c.execute("SELECT genome.register_model_dir('all-minilm-l6-v2', '1', %s)", (f"{MODELS}/all-minilm-l6-v2",))
+        c.execute("SELECT genome.register_model_dir('efficientnet-lite0', '1', %s, task => 'image-embedding')",
+                  (f"{MODELS}/efficientnet-lite0",))
         c.execute("CREATE SCHEMA it_multi")
         c.execute(PHOTOS_DDL.format(""))
         c.execute(DOCS_DDL.format(""))
@@ -125,6 +137,8 @@ def layout(database, tmp_path_factory):
         c.execute("SELECT genome.create_search_index('it_docs_single')")
     yield pets, docs
     nodes_sh("stop")
+    with connect_main("postgres") as c:
+        c.execute(f"DROP DATABASE IF EXISTS {SINGLE} WITH (FORCE)")
 
 
 def node_of(c, key):
@@ -301,7 +315,7 @@ def test_assign_family_runs_on_every_node(layout):
             single.execute("INSERT INTO it_multi.docs VALUES (%s, %s, %s)", row)
         got = co.execute("SELECT * FROM genome.assign_family('it_docs', min_pending => 0)").fetchone()
         want = single.execute("SELECT * FROM genome.assign_family('it_docs_single', min_pending => 0)").fetchone()
-    assert got == want and got[0] == len(new)
+    assert got == want and got[0] == len(new) and got[1] >= 1
     # the same rows went to the same families (ids differ: each side's own)
     dist, one = families_by_row(NODES.values()), families_by_row("single")
     old = sorted(i for i in one if i < 900_000)
@@ -330,7 +344,7 @@ def test_a_node_down_is_a_clear_error_naming_it(layout):
         with at(COORD) as co:
             for pet, name in home.items():
                 if name == down:
-                    with pytest.raises(psycopg.errors.ConnectionFailure, match=r"data node n2 \(127.0.0.1:55442\) did not answer"):
+                    with pytest.raises(psycopg.errors.ConnectionFailure, match=r"data node n2 \(127.0.0.1:25442\) did not answer"):
                         co.execute("SELECT genome.cluster_pet(%s, 'it_multi')", (pet,))
                 else:
                     assert co.execute("SELECT genome.cluster_pet(%s, 'it_multi')", (pet,)).fetchone()[0]["photos"] == 21
@@ -357,13 +371,13 @@ def test_adding_a_fourth_node_loses_no_row(layout):
         docs = []
         for port in ports:
             with at(port) as c:
-                docs += c.execute("SELECT id, category, body, embedding::text FROM it_multi.docs").fetchall()
+                docs += c.execute("SELECT id, category, body, embedding::text, family_id FROM it_multi.docs").fetchall()
         return photos, sorted(docs)
     before = snapshot()
     nodes_sh("start", "4")
-    prepare_node(55444)
+    prepare_node(25444)
     with at(COORD) as co:
-        co.execute("SELECT genome_cluster.add_node('n4', '127.0.0.1', 55444)")
+        co.execute("SELECT genome_cluster.add_node('n4', '127.0.0.1', 25444)")
         plan = co.execute("SELECT count(*) FROM genome_cluster.rebalance_plan()").fetchone()[0]
         assert plan == 16  # 22 + 21 + 21 shards become 16 each: 6 + 5 + 5 move to n4
         co.execute("CALL genome_cluster.rebalance()")
@@ -372,11 +386,11 @@ def test_adding_a_fourth_node_loses_no_row(layout):
         home = {p: node_of(co, p) for p in pets}
     assert shards == [("n1", 16), ("n2", 16), ("n3", 16), ("n4", 16)]
     after = snapshot()
-    assert after == before and len(after[0]) > 0 and all(r[3] is not None for r in after[1])
+    assert after == before and len(after[0]) > 0 and all(r[3] is not None and r[4] is not None for r in after[1])
     assert_rows_on_their_nodes()
     # no row twice: the nodes' counts add up to the coordinator's
     total = 0
-    for port in [*NODES.values(), 55444]:
+    for port in [*NODES.values(), 25444]:
         with at(port) as c:
             total += c.execute("SELECT count(*) FROM it_multi.photos").fetchone()[0]
     assert total == len(before[0])
@@ -395,5 +409,41 @@ def test_adding_a_fourth_node_loses_no_row(layout):
             single.execute("SELECT genome.cluster_pet(%s, 'it_multi_single')", (pet,))
             want = single.execute("SELECT genome.pet_clusters(%s, 'it_multi_single')", (pet,)).fetchone()[0]
             assert got["photos"] == want["photos"] == 21 and strip(got) == strip(want)
-    with at(55444) as c:
+    with at(25444) as c:
         assert c.execute("SELECT count(DISTINCT pet_id) FROM genome.pet_photos").fetchone()[0] == len(moved)
+    # their state left the old nodes; search over 4 nodes is still one node's search
+    for port in NODES.values():
+        with at(port) as c:
+            assert c.execute("SELECT count(*) FROM genome.pet_photos WHERE pet_id = ANY(%s)",
+                             ([str(p) for p in moved],)).fetchone()[0] == 0
+    got, want = search_pair("the law and lawyers", top_k=20, score_threshold=-1.0)
+    assert [r[0] for r in got] == [r[0] for r in want]
+
+
+def test_a_stopped_move_is_cleaned_up_with_nothing_lost(layout):
+    """A rebalance stopped between a shard's copy and the deletion on its old node leaves the
+    shard's rows on both: clean_up deletes the copy on the node that does not hold the shard, and
+    search meanwhile answers each row once."""
+    with at(COORD) as co:
+        ports = dict(co.execute("SELECT name, port FROM genome_cluster.nodes").fetchall())
+        shard, holder = co.execute("""SELECT s.shard, s.node FROM genome_cluster.shards s
+                                       WHERE EXISTS (SELECT 1 FROM it_multi.docs d WHERE genome_cluster.shard_of(d.id::text) = s.shard)
+                                       ORDER BY s.shard LIMIT 1""").fetchone()
+        before = sorted(co.execute("SELECT id, body FROM it_multi.docs").fetchall())
+    other = next(n for n in ports if n != holder)
+    with at(ports[holder]) as src, at(ports[other]) as dst:
+        rows = src.execute("SELECT * FROM it_multi.docs WHERE (hashtext(id::text) & 63) = %s", (shard,)).fetchall()
+        cols = len(rows[0])
+        with dst.cursor() as cur:
+            cur.executemany(f"INSERT INTO it_multi.docs VALUES ({', '.join(['%s'] * cols)})", rows)
+    q = "SELECT id FROM genome.search('it_docs', %s::text, top_k => 50, score_threshold => -1)"
+    with at(COORD) as co:
+        ids = [r[0] for r in co.execute(q, (rows[0][2],)).fetchall()]
+        assert len(ids) == len(set(ids)) and str(rows[0][0]) in ids
+        co.execute("SET client_min_messages = warning")
+        co.execute("CALL genome_cluster.clean_up()")
+        assert sorted(co.execute("SELECT id, body FROM it_multi.docs").fetchall()) == before
+    with at(ports[other]) as dst:
+        assert dst.execute("SELECT count(*) FROM it_multi.docs WHERE (hashtext(id::text) & 63) = %s", (shard,)).fetchone()[0] == 0
+    with at(ports[holder]) as src:
+        assert src.execute("SELECT count(*) FROM it_multi.docs WHERE (hashtext(id::text) & 63) = %s", (shard,)).fetchone()[0] == len(rows)
