@@ -402,7 +402,8 @@ BEGIN
         END;
     END LOOP;
     IF cardinality(down) > 0 THEN
-        RAISE EXCEPTION 'pg_genome: data node % did not answer', array_to_string(down, ', ')
+        RAISE EXCEPTION 'pg_genome: data % % did not answer', CASE WHEN cardinality(down) > 1 THEN 'nodes' ELSE 'node' END,
+                        array_to_string(down, ', ')
             USING ERRCODE = '08006', DETAIL = why;
     END IF;
 END $$;

@@ -13,6 +13,14 @@ CREATE EXTENSION pg_genome CASCADE;
 SELECT genome.register_model_dir('tiny-bert', '1', :'models' || '/tiny-bert');
 SELECT genome.register_model_dir('efficientnet-lite0', '1', :'models' || '/efficientnet-lite0', task => 'image-embedding');
 CREATE TABLE regress_photos (pet int NOT NULL, photo_id int PRIMARY KEY, img bytea, shot_at timestamptz NOT NULL, look int);
+-- err(q): runs a statement and shows the SQLSTATE and message it raised (the files' bad-input checks)
+CREATE FUNCTION public.err(q text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE q;
+    RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
 SQL
 # pet 1: 8 photos of trousers and 8 of sneakers (Fashion-MNIST test images), a day apart
 PYTHONPATH="$REPO/tests/integration" "$VENV/bin/python" - "$DB" <<'PY'

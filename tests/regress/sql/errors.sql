@@ -1,14 +1,7 @@
 -- Bad input: a clear ERROR with its SQLSTATE, never a crash. err() runs a statement and shows
 -- the SQLSTATE and message it raised.
-CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE q;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
 CREATE TABLE regress_t (id int PRIMARY KEY, body text, embedding vector(32), family_id bigint);
-SELECT q, pg_temp.err(q) FROM (VALUES
+SELECT q, err(q) FROM (VALUES
     ($$SELECT genome.embed('x', 'no-such-model')$$),
     ($$SELECT genome.embed('x', 'tiny-bert@9')$$),
     ($$SELECT genome.embed_image('\x00'::bytea, 'efficientnet-lite0')$$),
@@ -25,7 +18,7 @@ SELECT q, pg_temp.err(q) FROM (VALUES
     ($$SELECT genome._lock_key('nope')$$)
 ) v(q);
 SELECT name, model FROM genome.register_collection('r', 'regress_t', 'id', 'body', model => 'tiny-bert');
-SELECT q, pg_temp.err(q) FROM (VALUES
+SELECT q, err(q) FROM (VALUES
     ($$SELECT * FROM genome.search('r', 'x', top_k => 0)$$),
     ($$SELECT * FROM genome.search('r', 'x', score_threshold => 'NaN')$$),
     ($$SELECT * FROM genome.search('r', '[1,2,3]'::vector)$$),

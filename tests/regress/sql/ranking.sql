@@ -1,12 +1,5 @@
 -- Capability ranking with the tiny test model: the result's shape before training (the fused
 -- retrieval, flagged by NULL model_version and confidence), the log, and bad input with SQLSTATEs.
-CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE q;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
 SET client_min_messages = warning;
 CREATE TABLE regress_caps (name text PRIMARY KEY, description text NOT NULL);
 CREATE TABLE regress_links (capability text NOT NULL, tool text NOT NULL);
@@ -28,7 +21,7 @@ SELECT rank, capability, round(score::numeric, 5) AS score, confidence, model_ve
   FROM genome.rank_capabilities('extract files from a tarball archive', top_k => 3, catalog => 'regress');
 SELECT intent, candidates, model_version FROM genome.rankings WHERE catalog = 'regress' ORDER BY id;
 SELECT jsonb_object_keys(genome.ranking_monitor('regress')) AS key ORDER BY 1;
-SELECT q, pg_temp.err(q) FROM (VALUES
+SELECT q, err(q) FROM (VALUES
     ($$SELECT * FROM genome.rank_capabilities('', catalog => 'regress')$$),
     ($$SELECT * FROM genome.rank_capabilities(NULL, catalog => 'regress')$$),
     ($$SELECT * FROM genome.rank_capabilities('x', catalog => 'nope')$$),

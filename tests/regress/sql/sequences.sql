@@ -1,12 +1,5 @@
 -- Sequences: the rows and report of clean_sequences, a k-mer featuriser's registry row, and
 -- bad reads as ERRORs with their SQLSTATE.
-CREATE FUNCTION pg_temp.err(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE q;
-    RETURN 'no error';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
 SELECT * FROM genome.clean_sequences(ARRAY[
     'TTGTGCCAGCAGCCGCGGTAATACGGAGGGTGCAAGCGTTAATCGGAATTACTGGGCGTAAAGCGCACGCAGGCGGTTTGTTAAGTCAGATGTGAAATCCCCGGGCTCAACCTGGGAACTGCATCTGATACTGGCAAGC',
     'ttgtgccagcagccgcggtaatacggagggtgcaagcgttaatcggaattactgggcgtaaagcgcacgcaggcggtttgttaagtcagatgtgaaatccccgggctcaacctgggaactgcatctgatactggcaagc',
@@ -18,7 +11,7 @@ SELECT name, version, task, dimension, config, weights IS NULL AS no_weights, st
 SELECT vector_dims(genome.embed_sequence('ACGTTGCAAGGTCC', 'regress-k4')) AS dims,
        genome.embed_sequence('acguugcaagguCC', 'regress-k4') = genome.embed_sequence('ACGTTGCAAGGTCC', 'regress-k4') AS rna_and_case_read_alike,
        genome.embed_sequence('NNNNNNNNN', 'regress-k4') IS NULL AS no_kmer_gives_null;
-SELECT q, pg_temp.err(q) FROM (VALUES
+SELECT q, err(q) FROM (VALUES
     ($$SELECT genome.embed_sequence('hello world', 'regress-k4')$$),
     ($$SELECT genome.embed_sequence('', 'regress-k4')$$),
     ($$SELECT genome.embed_sequence('>S000005078 Geobacillus', 'regress-k4')$$),
