@@ -332,6 +332,19 @@ pub fn embed_missing(c: &Collection, prog: &mut Progress) -> i64 {
     ids.len() as i64
 }
 
+/// How many rows of the collection have an embedding (read as the table's owner).
+pub fn count_embedded(c: &Collection) -> i64 {
+    c.as_owner(|| {
+        Spi::get_one::<i64>(&format!(
+            "SELECT count(*) FROM {} WHERE {} IS NOT NULL",
+            c.rel,
+            ident(&c.emb_col)
+        ))
+    })
+    .or_raise("counting rows")
+    .unwrap_or(0)
+}
+
 /// The rows with an embedding a full run clusters, in id order: their ids (as text) and their
 /// vectors, read through a cursor (the "load" stage). With more than `cap` rows (0: no cap),
 /// every k-th row only (k = rows / cap, rounded up): an even sample of at most `cap`. Returns
@@ -341,16 +354,7 @@ pub fn load_embeddings(
     prog: &mut Progress,
     cap: i64,
 ) -> (Vec<String>, Points, i64) {
-    let total = c
-        .as_owner(|| {
-            Spi::get_one::<i64>(&format!(
-                "SELECT count(*) FROM {} WHERE {} IS NOT NULL",
-                c.rel,
-                ident(&c.emb_col)
-            ))
-        })
-        .or_raise("counting rows")
-        .unwrap_or(0);
+    let total = count_embedded(c);
     prog.stage("load", total);
     let stride = if cap > 0 && total > cap {
         (total + cap - 1) / cap
@@ -499,14 +503,21 @@ pub fn write_families_of(c: &Collection, ids: &[String], fams: &[i64]) {
 }
 
 /// Put the rows that have no embedding (after full_classify's embed stage: the rows without
-/// text) in Unclustered; returns how many changed. A plain UPDATE, its row count from SPI: a
+/// text) in Unclustered; returns how many changed. With `textless_only`, rows that have text
+/// are left as they are (a data node's install: rows written since the coordinator's run began
+/// wait for their embedding and assign_family). A plain UPDATE, its row count from SPI: a
 /// data-modifying WITH would refuse tables with DO ALSO rules.
-pub fn unclustered_without_embedding(c: &Collection) -> i64 {
+pub fn unclustered_without_embedding(c: &Collection, textless_only: bool) -> i64 {
     let sql = format!(
-        "UPDATE {rel} SET {fam} = $1 WHERE {emb} IS NULL AND {fam} IS DISTINCT FROM $1",
+        "UPDATE {rel} SET {fam} = $1 WHERE {emb} IS NULL{text} AND {fam} IS DISTINCT FROM $1",
         rel = c.rel,
         fam = ident(&c.fam_col),
-        emb = ident(&c.emb_col)
+        emb = ident(&c.emb_col),
+        text = if textless_only {
+            format!(" AND {} IS NULL", ident(&c.text_col))
+        } else {
+            String::new()
+        }
     );
     c.as_owner(|| {
         Spi::connect_mut(|client| {

@@ -21,9 +21,9 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB, PgSqlErrorCode};
 
 use crate::collections::{
-    count_unclustered, drop_pending, each_embedding_except, embed_missing, load, load_embeddings,
-    texts_of, try_lock, unclustered_without_embedding, write_assignments, write_families_of,
-    Collection,
+    count_embedded, count_unclustered, drop_pending, each_embedding_except, embed_missing, load,
+    load_embeddings, texts_of, try_lock, unclustered_without_embedding, write_assignments,
+    write_families_of, Collection,
 };
 use crate::errors::{raise, OrRaise};
 use crate::gucs;
@@ -430,7 +430,7 @@ fn write_rows(
     };
     // full_classify embedded everything it could: rows left without an embedding have no text.
     let textless = if kind.embeds() {
-        unclustered_without_embedding(c)
+        unclustered_without_embedding(c, false)
     } else {
         0
     };
@@ -634,20 +634,6 @@ fn _install_families(
         centroids.oid() == crate::vector::vector_array_type_oid(),
         "centroids must be a vector[]",
     );
-    // the array as it came, straight into the statements: no element is converted
-    // SAFETY: a vector[] datum (checked above), valid for this call
-    let centroids =
-        || unsafe { pgrx::datum::DatumWithOid::new(centroids.datum(), centroids.oid()) };
-    let vs = crate::collections::ident(&crate::vector::vector_schema());
-    let n_centroids =
-        Spi::get_one_with_args::<i32>("SELECT pg_catalog.cardinality($1)", &[centroids()])
-            .or_raise("reading the centroids");
-    check_arg(
-        labels.len() == family_ids.len()
-            && n_centroids.unwrap_or(0) as usize == family_ids.len()
-            && thresholds.len() == family_ids.len(),
-        "family_ids, labels, centroids and thresholds must have the same length",
-    );
     check_arg(
         row_ids.len() == row_families.len(),
         "row_ids and row_families must have the same length",
@@ -669,13 +655,23 @@ fn _install_families(
     }
     // waits for a running assignment (assign_family holds the lock shared) to finish
     crate::collections::lock(&c.name);
-    let wrong = Spi::get_one_with_args::<i64>(
-        &format!("SELECT count(*) FROM unnest($1::{vs}.vector[]) x WHERE x IS NULL OR {vs}.vector_dims(x) <> $2"),
+    // the array as it came, straight into the statements: no element is converted
+    // SAFETY: a vector[] datum (checked above), valid for this call
+    let centroids =
+        || unsafe { pgrx::datum::DatumWithOid::new(centroids.datum(), centroids.oid()) };
+    let vs = crate::collections::ident(&crate::vector::vector_schema());
+    let (n_centroids, wrong) = Spi::get_two_with_args::<i64, i64>(
+        &format!("SELECT count(*), count(*) FILTER (WHERE x IS NULL OR {vs}.vector_dims(x) <> $2) FROM unnest($1::{vs}.vector[]) x"),
         &[centroids(), (c.dimension as i32).into()],
     )
-    .or_raise("reading the centroids")
-    .unwrap_or(0);
-    if wrong > 0 {
+    .or_raise("reading the centroids");
+    check_arg(
+        labels.len() == family_ids.len()
+            && n_centroids.unwrap_or(0) as usize == family_ids.len()
+            && thresholds.len() == family_ids.len(),
+        "family_ids, labels, centroids and thresholds must have the same length",
+    );
+    if let Some(wrong) = wrong.filter(|&w| w > 0) {
         raise(
             PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
             format!(
@@ -732,39 +728,12 @@ fn _install_families(
     let c = load(collection);
     prog.stage("assign", row_ids.len() as i64);
     write_assignments(&c, &row_ids, &row_families, &mut prog);
-    let rest = c
-        .as_owner(|| {
-            Spi::get_one::<i64>(&format!(
-                "SELECT count(*) FROM {} WHERE {} IS NOT NULL",
-                c.rel,
-                crate::collections::ident(&c.emb_col)
-            ))
-        })
-        .or_raise("counting rows")
-        .unwrap_or(0);
+    let rest = count_embedded(&c);
     let (placed, placed_unclustered) = place_rest(&c, &row_ids, rest, &mut prog);
     // rows without text (never embedded) go to Unclustered; rows with text written since the
     // run began wait for their embedding and assign_family
+    let textless = unclustered_without_embedding(&c, true);
     let ident = crate::collections::ident;
-    let textless = c
-        .as_owner(|| {
-            Spi::connect_mut(|client| {
-                client
-                    .update(
-                        &format!(
-                            "UPDATE {rel} SET {fam} = $1 WHERE {emb} IS NULL AND {txt} IS NULL AND {fam} IS DISTINCT FROM $1",
-                            rel = c.rel,
-                            fam = ident(&c.fam_col),
-                            emb = ident(&c.emb_col),
-                            txt = ident(&c.text_col)
-                        ),
-                        None,
-                        &[c.unclustered_id.into()],
-                    )
-                    .map(|t| t.len() as i64)
-            })
-        })
-        .or_raise("assigning rows without text");
     drop_pending(&c);
     // this node's sizes: one pass over its rows (read as the table's owner)
     let counts = c
@@ -805,6 +774,13 @@ fn _install_families(
         "rows": rest + textless, "given": row_ids.len(), "placed": placed,
         "placed_unclustered": placed_unclustered, "textless": textless,
     }))
+}
+
+/// A data node's count of the rows a full run on a coordinator may cluster (its rows with an
+/// embedding), as a single node's run counts them.
+#[pg_extern(stable)]
+fn _embedded_count(collection: &str) -> i64 {
+    count_embedded(&load(collection))
 }
 
 /// A data node's embedding step of a full run on a coordinator: embeds the rows that have text

@@ -139,19 +139,10 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON runs, families TO genome_user;
 
 -- Private functions
 
--- A data node's part of a full run on a coordinator (pg_genome_cluster; src/cluster.rs): its
--- rows with an embedding, then every stride-th of them in id order with its text (the rows the
--- coordinator clusters), and the install of the coordinator's families (_install_families,
--- _embed_missing: Rust, src/families.rs).
-CREATE FUNCTION _embedded_count(collection text) RETURNS bigint
-LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE rel regclass := @extschema@.collection_relation(collection); c @extschema@.collections; n bigint;
-BEGIN
-    SELECT * INTO c FROM @extschema@.collections x WHERE x.name = collection;
-    EXECUTE format('SELECT count(*) FROM %s t WHERE t.%I IS NOT NULL', rel, c.embedding_column) INTO n;
-    RETURN n;
-END $$;
-
+-- A data node's part of a full run on a coordinator (pg_genome_cluster; src/cluster.rs): every
+-- stride-th of its rows with an embedding, in id order, with its text (the rows the coordinator
+-- clusters). The rest of the node's part is Rust (src/families.rs): _embedded_count,
+-- _embed_missing, _install_families.
 CREATE FUNCTION _classify_rows(collection text, stride integer) RETURNS TABLE (id text, body text, embedding vector)
 LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE rel regclass := @extschema@.collection_relation(collection); c @extschema@.collections;

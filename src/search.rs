@@ -442,25 +442,14 @@ pub fn search_text(
     if crate::cluster::coordinator() {
         // a distributed collection's model is known here: the query is embedded once, here, and
         // its vector goes to the nodes (else every node embeds the text)
-        if let (Some(text), Some(model)) = (query, collection.and_then(crate::cluster::model_of)) {
-            let v = embed_texts(&resolve(Some(&model)), &[text])
-                .pop()
-                .expect("one vector per text");
-            return TableIterator::new(routed(
-                collection,
-                Some(Vector(v)).into(),
-                top_k,
-                score_threshold,
-                filter,
-            ));
-        }
-        return TableIterator::new(routed(
-            collection,
-            query.into(),
-            top_k,
-            score_threshold,
-            filter,
-        ));
+        let q = match (query, collection.and_then(crate::cluster::model_of)) {
+            (Some(text), Some(model)) => {
+                let v = embed_texts(&resolve(Some(&model)), &[text]).pop();
+                Some(Vector(v.expect("one vector per text"))).into()
+            }
+            _ => query.into(),
+        };
+        return TableIterator::new(routed(collection, q, top_k, score_threshold, filter));
     }
     TableIterator::new(search(collection, top_k, score_threshold, filter, |t| {
         let model = resolve(Some(&t.model));

@@ -88,6 +88,13 @@ STRICT VOLATILE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_embed_missing_wrapper';
 
+CREATE OR REPLACE FUNCTION "_embedded_count"(
+	"collection" TEXT /* & str */
+) RETURNS bigint /* i64 */
+STRICT STABLE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_embedded_count_wrapper';
+
 CREATE OR REPLACE FUNCTION "_inference_info"() RETURNS jsonb /* pgrx :: JsonB */
 STRICT VOLATILE PARALLEL SAFE 
 LANGUAGE c /* Rust */
@@ -497,15 +504,6 @@ COMMENT ON FUNCTION full_classify IS 'the weekly job: embed missing rows, reduce
 COMMENT ON FUNCTION hdbscan_recluster IS 'full classification of the rows already embedded (no embedding step); same arguments and result as full_classify';
 COMMENT ON FUNCTION assign_family IS 'the 10-minute job: give rows without a family the nearest family whose centroid reaches its threshold, else Unclustered';
 COMMENT ON FUNCTION cached_centroids IS 'the collections whose centroids this backend has cached, with their generation (tests and health)';
-CREATE OR REPLACE FUNCTION _embedded_count(collection text) RETURNS bigint
-LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE rel regclass := @extschema@.collection_relation(collection); c @extschema@.collections; n bigint;
-BEGIN
-    SELECT * INTO c FROM @extschema@.collections x WHERE x.name = collection;
-    EXECUTE format('SELECT count(*) FROM %s t WHERE t.%I IS NOT NULL', rel, c.embedding_column) INTO n;
-    RETURN n;
-END $$;
-
 CREATE OR REPLACE FUNCTION _classify_rows(collection text, stride integer) RETURNS TABLE (id text, body text, embedding vector)
 LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE rel regclass := @extschema@.collection_relation(collection); c @extschema@.collections;
@@ -522,8 +520,6 @@ BEGIN
         c.id_column, c.text_column, c.embedding_column, rel) USING stride;
 END $$;
 
-COMMENT ON FUNCTION export_bundle IS 'a model version (default: the one its name resolves to) as a bundle: its registry row, config, weights or ONNX bytes, metrics, and a SHA-256 checksum';
-COMMENT ON FUNCTION import_bundle IS 'register the model a bundle carries as a staging version (superuser or genome_admin); refuses a bundle of another format version, with a bad checksum, or whose parts do not check out; returns the new id';
 COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
 COMMENT ON FUNCTION unregister_pet_media IS 'forget a photo table: its photos, clusters and triggers (the app''s table is untouched)';
 CREATE OR REPLACE FUNCTION cluster_pet(pet_id anycompatible, media text DEFAULT NULL) RETURNS jsonb
@@ -743,6 +739,8 @@ END $$;
 
 COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
 COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
+COMMENT ON FUNCTION export_bundle IS 'a model version (default: the one its name resolves to) as a bundle: its registry row, config, weights or ONNX bytes, metrics, and a SHA-256 checksum';
+COMMENT ON FUNCTION import_bundle IS 'register the model a bundle carries as a staging version (superuser or genome_admin); refuses a bundle of another format version, with a bad checksum, or whose parts do not check out; returns the new id';
 CREATE OR REPLACE FUNCTION "sequence_families"(
 	"collection" TEXT, /* & str */
 	"lineage_column" TEXT DEFAULT NULL, /* Option < & str > */
@@ -837,9 +835,6 @@ COMMENT ON FUNCTION disable_auto_embed IS 'stop background embedding of a collec
 COMMENT ON FUNCTION process_embed_queue IS 'embed one batch of queued rows in this transaction (the background worker does this by itself)';
 COMMENT ON FUNCTION reembed IS 're-embed a collection with another model in the background; switches over atomically when every row is done';
 COMMENT ON FUNCTION wake_embed_workers IS 'ask this database''s embedding workers to look at the queue once the current transaction commits';
-COMMENT ON FUNCTION create_search_index IS 'create the pgvector HNSW (cosine) index genome.search uses, unless the embedding column has one';
-COMMENT ON FUNCTION search(text, text, integer, real, jsonb) IS 'semantic search: rows of a collection most similar to a text (cosine), best first, with optional equality filters';
-COMMENT ON FUNCTION search(text, vector, integer, real, jsonb) IS 'semantic search with a precomputed query vector';
 COMMENT ON VIEW progress IS 'full classifications and assignments running now: stage, rows (or steps) done of total, and the time the stage has left at its pace so far';
 COMMENT ON FUNCTION progress_slots IS 'the raw progress slots of running jobs; genome.progress joins them with pg_stat_activity';
 CREATE OR REPLACE FUNCTION health() RETURNS jsonb
@@ -923,6 +918,9 @@ END $$;
 
 COMMENT ON FUNCTION health IS 'versions, ONNX Runtime, workers, pg_cron jobs, queue depth and pending assignments as jsonb; on a coordinator every data node''s too';
 COMMENT ON FUNCTION metrics IS 'Prometheus text exposition of pg_genome counters and gauges';
+COMMENT ON FUNCTION create_search_index IS 'create the pgvector HNSW (cosine) index genome.search uses, unless the embedding column has one';
+COMMENT ON FUNCTION search(text, text, integer, real, jsonb) IS 'semantic search: rows of a collection most similar to a text (cosine), best first, with optional equality filters';
+COMMENT ON FUNCTION search(text, vector, integer, real, jsonb) IS 'semantic search with a precomputed query vector';
 
 -- sql/fragments/0.7.1--0.8.0.post.sql
 -- Every collection whose table is there lists its pending rows in genome.pending_rows, as
