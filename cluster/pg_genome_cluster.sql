@@ -25,7 +25,10 @@ CREATE TABLE nodes (
     port        integer NOT NULL CHECK (port BETWEEN 1 AND 65535),
     dbname      text NOT NULL,
     position    integer NOT NULL UNIQUE CHECK (position >= 0),  -- its PL/Proxy partition (p<position>)
-    added_at    timestamptz NOT NULL DEFAULT now()
+    added_at    timestamptz NOT NULL DEFAULT now(),
+    -- when replicate() last found it with every reference table applied (NULL: not yet, or a
+    -- table was published since): only such nodes rank (rank_capabilities)
+    ready_at    timestamptz
 );
 COMMENT ON TABLE nodes IS 'pg_genome data nodes: where they are and their PL/Proxy partition number';
 SELECT pg_catalog.pg_extension_config_dump('nodes', '');
@@ -506,7 +509,10 @@ BEGIN
         out := out || jsonb_build_object('node', n.name, 'host', n.host, 'port', n.port, 'dbname', n.dbname,
             'shards', (SELECT count(*) FROM genome_cluster.shards s WHERE s.node = n.name),
             'answered', err IS NULL, 'error', err,
-            'ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000::numeric, 1), 'health', h);
+            'ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000::numeric, 1), 'health', h,
+            -- its subscription to the reference data (NULL before genome_cluster.publish)
+            'reference', (SELECT to_jsonb(r) - 'node' FROM genome_cluster.replication() r
+                           WHERE r.node = n.name AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'genome_reference')));
     END LOOP;
     RETURN out;
 END $$;
@@ -525,10 +531,19 @@ COMMENT ON FUNCTION genome_cluster.nodes_health IS 'each data node''s genome.hea
 -- The coordinator's side of a collection: a table of the rows its full runs cluster (id, text,
 -- and the embedding and family columns genome.register_collection adds), registered under the
 -- collection's name with the same model as on the nodes.
+-- A collection's model and its checksum on a node ('name@version sha256'), NULL when the
+-- collection is not registered there.
+CREATE FUNCTION _collection_model_on(part integer, collection text) RETURNS text AS $$
+    CLUSTER 'genome_cluster'; RUN ON part;
+    SELECT c.model || ' ' || coalesce(m.sha256, '?') FROM genome.collections c
+      LEFT JOIN genome.models m ON m.name || '@' || m.version = c.model WHERE c.name = collection;
+$$ LANGUAGE plproxy;
+
 CREATE FUNCTION distribute_collection(name text, id_type regtype, model text DEFAULT NULL)
 RETURNS genome_cluster.collections
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE rel regclass; r genome_cluster.collections; seq regclass := pg_get_serial_sequence('genome.families', 'id')::regclass;
+        here text; there text; n genome_cluster.nodes;
 BEGIN
     -- family ids apart from any node's own
     IF coalesce((SELECT q.last_value FROM pg_sequences q WHERE format('%I.%I', q.schemaname, q.sequencename)::regclass = seq), 0)
@@ -538,6 +553,24 @@ BEGIN
     EXECUTE format('CREATE TABLE genome_cluster.%I (id %s PRIMARY KEY, body text)', left(name, 50) || '_rows', id_type);
     rel := format('genome_cluster.%I', left(name, 50) || '_rows')::regclass;
     PERFORM genome.register_collection(name, rel, 'id', 'body', model => model);
+    -- the coordinator clusters the nodes' vectors and embeds search queries: with their model
+    SELECT c.model || ' ' || coalesce(m.sha256, '?') INTO here FROM genome.collections c
+      LEFT JOIN genome.models m ON m.name || '@' || m.version = c.model WHERE c.name = distribute_collection.name;
+    FOR n IN SELECT * FROM genome_cluster.nodes ORDER BY position LOOP
+        BEGIN
+            there := genome_cluster._collection_model_on(n.position, name);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM genome_cluster._raise_if_unreachable(n.name);
+            RAISE;
+        END;
+        IF there IS NULL THEN
+            RAISE EXCEPTION 'pg_genome: collection "%" is not registered on data node %', name, n.name USING ERRCODE = '42704',
+                  HINT = 'register it on every data node (genome.register_collection) first';
+        ELSIF there <> here THEN
+            RAISE EXCEPTION 'pg_genome: collection "%" embeds with another model on data node % (%) than here (%)', name, n.name, there, here
+                USING ERRCODE = '22023', HINT = 'give the coordinator the nodes'' model (the same name, version and bytes), or replicate the registry (genome_cluster.publish)';
+        END IF;
+    END LOOP;
     INSERT INTO genome_cluster.collections VALUES (name, rel, format_type(id_type, NULL)) RETURNING * INTO r;
     RETURN r;
 END $$;
@@ -632,6 +665,320 @@ EXCEPTION WHEN OTHERS THEN
 END $$;
 COMMENT ON FUNCTION genome_cluster.assign_family IS 'genome.assign_family on every data node, totals';
 
+-- Reference data: the model registry and the ranking catalogs, written on the coordinator and
+-- replicated to every data node by PostgreSQL's logical replication (publication
+-- genome_reference here, a subscription genome_reference_<node> on each node). Any node then
+-- embeds with the same models, classifies sequences with the same classifiers and ranks with
+-- the same catalog, features and rankers; rankings and outcomes stay in the log of the node that
+-- served them and come back here for training (gather_outcomes). README "Several nodes".
+
+-- pg_genome's replicated tables, then each ranking catalog's app tables (which must exist, with
+-- the same names and owner, on every node; logical replication copies rows, not DDL).
+CREATE FUNCTION reference_tables() RETURNS TABLE (rel regclass, kind text)
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT r.rel, 'pg_genome' FROM unnest(ARRAY['genome.models', 'genome.catalogs', 'genome.capability_features',
+                                               'genome.tool_features', 'genome.rankers', 'genome.ranker_memory']::regclass[]) r(rel)
+    UNION ALL
+    SELECT t.rel, 'catalog ' || string_agg(c.name, ', ' ORDER BY c.name)
+      FROM genome.catalogs c CROSS JOIN LATERAL unnest(ARRAY[c.relid, c.links, c.tools]) t(rel)
+     WHERE t.rel IS NOT NULL
+     GROUP BY t.rel
+$$;
+COMMENT ON FUNCTION genome_cluster.reference_tables IS 'the tables the coordinator replicates to every data node: pg_genome''s model registry and ranking state, and the ranking catalogs'' app tables';
+
+CREATE FUNCTION _missing_on(part integer, rels text[], owners text[]) RETURNS text[] AS $$
+    CLUSTER 'genome_cluster'; RUN ON part;
+    SELECT coalesce(array_agg(r.rel || CASE WHEN c.oid IS NULL THEN ' (no such table)' ELSE ' (owned by ' || pg_get_userbyid(c.relowner) || ')' END), '{}')
+      FROM unnest(rels, owners) r(rel, owner) LEFT JOIN pg_class c ON c.oid = to_regclass(r.rel)
+     WHERE c.oid IS NULL OR pg_get_userbyid(c.relowner) <> r.owner;
+$$ LANGUAGE plproxy;
+
+-- A replicated catalog row names its app tables (regclass travels by name) and its registrant:
+-- every node must have those tables, owned by the same role, or the node's subscription would
+-- stop at that row. Checked by publish() and by register_catalog on a coordinator that publishes.
+CREATE FUNCTION _check_on_nodes(rels regclass[]) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE n genome_cluster.nodes; names text[]; owners text[]; missing text[]; problems text[] := '{}';
+BEGIN
+    SELECT array_agg(r::text ORDER BY r::text), array_agg(pg_get_userbyid(c.relowner) ORDER BY r::text) INTO names, owners
+      FROM unnest(rels) r JOIN pg_class c ON c.oid = r WHERE r IS NOT NULL;
+    FOR n IN SELECT * FROM genome_cluster.nodes ORDER BY position LOOP
+        BEGIN
+            missing := genome_cluster._missing_on(n.position, names, owners);
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM genome_cluster._raise_if_unreachable(n.name);
+            RAISE;
+        END;
+        IF cardinality(missing) > 0 THEN
+            problems := problems || format('%s: %s', n.name, array_to_string(missing, ', '));
+        END IF;
+    END LOOP;
+    IF cardinality(problems) > 0 THEN
+        RAISE EXCEPTION 'pg_genome: the data nodes need the catalog''s tables, owned by the same role, before its rows are replicated: %',
+                        array_to_string(problems, '; ') USING ERRCODE = '42P01',
+              HINT = 'create the tables on every data node (as on the coordinator), then try again';
+    END IF;
+END $$;
+
+-- The publication genome_reference with every reference table (made, or given the tables added
+-- since). A table must identify its rows for replicated updates and deletes: pg_genome's have
+-- primary keys (ranker_memory is given REPLICA IDENTITY FULL); an app table without one is
+-- refused rather than have the app's UPDATEs fail. A table added makes every node not ready
+-- until replicate() finds it applied there (the coordinator ranks meanwhile). Returns the
+-- tables added.
+CREATE FUNCTION publish() RETURNS SETOF regclass
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE t record;
+BEGIN
+    IF current_setting('wal_level') <> 'logical' THEN
+        RAISE EXCEPTION 'pg_genome: the coordinator replicates its registry by logical replication, which needs wal_level = logical (it is %)',
+                        current_setting('wal_level') USING ERRCODE = '55000',
+              HINT = 'set wal_level = logical in postgresql.conf and restart the coordinator';
+    END IF;
+    PERFORM genome_cluster._check_on_nodes(ARRAY(SELECT r.rel FROM genome_cluster.reference_tables() r WHERE r.kind <> 'pg_genome'));
+    IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'genome_reference') THEN
+        CREATE PUBLICATION genome_reference;
+    END IF;
+    ALTER TABLE genome.ranker_memory REPLICA IDENTITY FULL;
+    FOR t IN SELECT r.rel, r.kind, c.relreplident,
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = r.rel AND i.indisprimary) AS has_pk
+               FROM genome_cluster.reference_tables() r JOIN pg_class c ON c.oid = r.rel
+              WHERE NOT EXISTS (SELECT 1 FROM pg_publication_rel p JOIN pg_publication b ON b.oid = p.prpubid
+                                 WHERE b.pubname = 'genome_reference' AND p.prrelid = r.rel) LOOP
+        IF t.relreplident = 'n' OR (t.relreplident = 'd' AND NOT t.has_pk) THEN
+            RAISE EXCEPTION 'pg_genome: table % (%) has no primary key: replicated to the data nodes, its updates and deletes could not be',
+                            t.rel, t.kind USING ERRCODE = '55000',
+                  HINT = format('give it a primary key, or ALTER TABLE %s REPLICA IDENTITY FULL', t.rel);
+        END IF;
+        EXECUTE format('ALTER PUBLICATION genome_reference ADD TABLE %s', t.rel);
+        UPDATE genome_cluster.nodes SET ready_at = NULL;
+        RETURN NEXT t.rel;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION genome_cluster.publish IS 'publish the reference tables (model registry, ranking catalogs and their app tables) for the data nodes'' subscriptions; returns the tables added';
+
+-- Each node's subscription as the coordinator sees it: its replication slot (named after the
+-- subscription, in this database) and how far it has confirmed the coordinator's WAL.
+CREATE FUNCTION replication() RETURNS TABLE (node text, slot name, active boolean, confirmed pg_lsn, lag_bytes numeric, ready_at timestamptz)
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT d.name, s.slot_name, coalesce(s.active, false), s.confirmed_flush_lsn,
+           pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn), d.ready_at
+      FROM genome_cluster.nodes d
+      LEFT JOIN pg_replication_slots s ON s.slot_name = 'genome_reference_' || d.name AND s.database = current_database()
+     ORDER BY d.position
+$$;
+COMMENT ON FUNCTION genome_cluster.replication IS 'each data node''s subscription to the reference data: its slot, whether it is connected, its lag, and since when it is ready to rank';
+
+CREATE FUNCTION _replica_prepare(part integer, tables text[]) RETURNS jsonb AS $$
+    CLUSTER 'genome_cluster'; RUN ON part; SELECT genome._replica_prepare(part, tables);
+$$ LANGUAGE plproxy;
+
+-- Wait until every node has applied the reference data written here before the call (its slot
+-- past a mark written now in the WAL, every published table subscribed and copied, every model
+-- file there), then ready each node to serve (genome._replica_prepare: its ranking log ids in a
+-- range of its own, the catalogs' HNSW indexes) and mark the nodes ready. ERROR 57014 after
+-- timeout_s seconds, naming what each node lacks (no node is marked then). Call it in a transaction of its own: it waits for what
+-- was committed.
+CREATE PROCEDURE replicate(timeout_s integer DEFAULT 60)
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE target pg_lsn; deadline timestamptz := clock_timestamp() + make_interval(secs => coalesce(timeout_s, 60));
+        tables text[]; behind text[]; n genome_cluster.nodes; state jsonb; why text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'genome_reference') THEN
+        RAISE EXCEPTION 'pg_genome: nothing is published for the data nodes' USING ERRCODE = '55000',
+              HINT = 'SELECT genome_cluster.publish(), then subscribe each node (README "Several nodes")';
+    END IF;
+    IF txid_current_if_assigned() IS NOT NULL THEN
+        RAISE EXCEPTION 'pg_genome: genome_cluster.replicate() waits for committed writes: call it outside the transaction that wrote'
+            USING ERRCODE = '25001';
+    END IF;
+    -- a record of our own in the WAL: a slot past it has every change committed before
+    target := pg_logical_emit_message(false, 'genome_replicate', '');
+    tables := ARRAY(SELECT format('%I.%I', p.schemaname, p.tablename) FROM pg_publication_tables p
+                     WHERE p.pubname = 'genome_reference' ORDER BY 1);
+    LOOP
+        SELECT array_agg(format('%s (%s)', r.node, CASE WHEN r.slot IS NULL THEN 'not subscribed' ELSE 'applying' END) ORDER BY r.node)
+          INTO behind FROM genome_cluster.replication() r
+         WHERE r.confirmed IS NULL OR r.confirmed < target;
+        IF behind IS NULL THEN
+            FOR n IN SELECT * FROM genome_cluster.nodes ORDER BY position LOOP
+                BEGIN
+                    state := genome_cluster._replica_prepare(n.position, tables);
+                EXCEPTION WHEN OTHERS THEN
+                    PERFORM genome_cluster._raise_if_unreachable(n.name);
+                    RAISE;
+                END;
+                IF NOT (state->>'ready')::boolean THEN
+                    behind := coalesce(behind, '{}') || format('%s (%s)', n.name, state - 'ready');
+                END IF;
+            END LOOP;
+            IF behind IS NULL THEN
+                -- written only now: a transaction holding an id while it waits would hold up the
+                -- nodes' table copies (a new replication slot waits for running transactions)
+                UPDATE genome_cluster.nodes d SET ready_at = coalesce(d.ready_at, now());
+                EXIT;
+            END IF;
+        END IF;
+        IF clock_timestamp() > deadline THEN
+            RAISE EXCEPTION 'pg_genome: data node(s) have not applied the reference data after % s: %', coalesce(timeout_s, 60),
+                            array_to_string(behind, ', ')
+                USING ERRCODE = '57014',
+                      HINT = 'genome_cluster.replication() shows each node''s subscription; a node subscribes with CREATE SUBSCRIPTION genome_reference_<node> ... PUBLICATION genome_reference, and takes tables published later with ALTER SUBSCRIPTION ... REFRESH PUBLICATION';
+        END IF;
+        PERFORM pg_sleep(0.2);
+    END LOOP;
+END $$;
+COMMENT ON PROCEDURE genome_cluster.replicate IS 'wait until every data node has the coordinator''s reference data (models, catalogs, rankers), then ready it to serve rankings';
+
+-- Whether rank_capabilities runs on the data nodes for this catalog: the registry, the catalog's
+-- state and its app tables are published, and a node is ready (src/cluster.rs; otherwise the
+-- coordinator, which holds all of it, ranks).
+CREATE FUNCTION _ranked_on_nodes(catalog text) RETURNS boolean
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM genome_cluster.nodes d WHERE d.ready_at IS NOT NULL)
+       AND coalesce(bool_and(EXISTS (SELECT 1 FROM pg_publication_rel p JOIN pg_publication b ON b.oid = p.prpubid
+                                      WHERE b.pubname = 'genome_reference' AND p.prrelid = t.rel)), false)
+      FROM genome.catalogs c
+     CROSS JOIN LATERAL unnest(ARRAY['genome.models'::regclass, 'genome.catalogs', 'genome.capability_features',
+                                     'genome.tool_features', 'genome.rankers', 'genome.ranker_memory', c.relid, c.links, c.tools]) t(rel)
+     WHERE c.name = catalog AND t.rel IS NOT NULL
+$$;
+
+CREATE FUNCTION _rank_on(part integer, intent text, context_tools text[], top_k integer, catalog text, min_score real,
+                         filter jsonb, session_id text)
+RETURNS TABLE (rank integer, capability text, score real, confidence real, model_version text, ranking_id bigint) AS $$
+    CLUSTER 'genome_cluster'; RUN ON part;
+    SELECT * FROM genome.rank_capabilities(intent, context_tools, top_k, catalog, min_score, filter, session_id);
+$$ LANGUAGE plproxy;
+
+-- rank_capabilities on a ready node: the session's node (by its id), else one drawn at random;
+-- the next one when it does not answer (a node that did not answer is passed over by this
+-- session for 30 s, unless none other is left). An ERROR from a node that answers (bad input)
+-- is the caller's.
+CREATE FUNCTION rank_capabilities(intent text, context_tools text[], top_k integer, catalog text, min_score real,
+                                  filter jsonb, session_id text)
+RETURNS TABLE (rank integer, capability text, score real, confidence real, model_version text, ranking_id bigint)
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE ns genome_cluster.nodes[]; k integer; first integer; n genome_cluster.nodes; down_key text; tried text[] := '{}';
+BEGIN
+    ns := ARRAY(SELECT d FROM genome_cluster.nodes d WHERE d.ready_at IS NOT NULL ORDER BY d.position);
+    k := cardinality(ns);
+    IF k = 0 THEN
+        RAISE EXCEPTION 'pg_genome: no data node is ready to rank' USING ERRCODE = '55000',
+              HINT = 'CALL genome_cluster.replicate()';
+    END IF;
+    first := CASE WHEN session_id IS NOT NULL THEN abs(hashtext(session_id)::bigint) % k
+                  ELSE floor(random() * k)::integer END;
+    -- first the nodes this session has not seen down in the last 30 s, then the others
+    FOR pass IN 1 .. 2 LOOP
+        FOR i IN 0 .. k - 1 LOOP
+            n := ns[(first + i) % k + 1];
+            down_key := 'genome_cluster.down_' || n.name;
+            CONTINUE WHEN n.name = ANY (tried)
+                       OR (pass = 1 AND coalesce(nullif(current_setting(down_key, true), ''), '-infinity')::timestamptz > now() - interval '30 s');
+            tried := tried || n.name;
+            BEGIN
+                RETURN QUERY SELECT * FROM genome_cluster._rank_on(n.position, intent, context_tools, top_k, catalog, min_score, filter, session_id);
+                PERFORM set_config(down_key, '', false);
+                RETURN;
+            EXCEPTION WHEN OTHERS THEN
+                BEGIN
+                    PERFORM genome_cluster._ping(n.position);
+                EXCEPTION WHEN OTHERS THEN
+                    PERFORM set_config(down_key, clock_timestamp()::text, false);
+                    CONTINUE;   -- down: the next node ranks
+                END;
+                RAISE;
+            END;
+        END LOOP;
+    END LOOP;
+    PERFORM genome_cluster._raise_if_unreachable();
+    RAISE EXCEPTION 'pg_genome: no data node answered' USING ERRCODE = '08006';
+END $$;
+COMMENT ON FUNCTION genome_cluster.rank_capabilities IS 'genome.rank_capabilities on a data node that answers (the session''s, else any), the catalog replicated to every node';
+
+CREATE FUNCTION _record_outcome(part integer, ranking_id bigint, capability text, outcome text, execution_ms real,
+                                rating integer, session_id text) RETURNS bigint AS $$
+    CLUSTER 'genome_cluster'; RUN ON part;
+    SELECT genome.record_outcome(ranking_id, capability, outcome, execution_ms, rating, session_id);
+$$ LANGUAGE plproxy;
+
+-- An outcome goes to the node that logged its ranking: node ids are ranges of 2^40 per position
+-- (genome._replica_prepare), so the ranking id names the node.
+CREATE FUNCTION record_outcome(ranking_id bigint, capability text, outcome text, execution_ms real, rating integer, session_id text)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE n genome_cluster.nodes;
+BEGIN
+    SELECT * INTO n FROM genome_cluster.nodes d WHERE d.position = (ranking_id >> 40) - 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pg_genome: ranking % was not logged by a data node of this coordinator', ranking_id USING ERRCODE = '42704';
+    END IF;
+    RETURN genome_cluster._record_outcome(n.position, ranking_id, capability, outcome, execution_ms, rating, session_id);
+EXCEPTION WHEN OTHERS THEN
+    IF n.name IS NOT NULL THEN
+        PERFORM genome_cluster._raise_if_unreachable(n.name);
+    END IF;
+    RAISE;
+END $$;
+COMMENT ON FUNCTION genome_cluster.record_outcome IS 'genome.record_outcome on the data node that logged the ranking';
+
+-- The rankings and outcomes of a catalog logged on the data nodes since the last gathering,
+-- copied into this database's log (their ids are the nodes' and never collide), so that
+-- train_ranker, refresh_catalog's usage statistics and ranking_monitor see every node's. Rows
+-- past the last one gathered, and again those of the last hour (a row committed late, after a
+-- higher id was gathered, is not missed); never rows older than the catalog's registration or
+-- than genome.experience_retention_days. A node that does not answer is passed over with a
+-- WARNING (its rows come next time). Needs a superuser, as postgres_fdw's mapping does: the
+-- log's policies let a role write only rows of its own, and these were written by the roles
+-- that ranked. Returns the outcomes copied.
+CREATE FUNCTION gather_outcomes(catalog text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE n genome_cluster.nodes; lo bigint; hi bigint; since timestamptz; hwm bigint; got bigint; total bigint := 0; t text;
+        keep integer := current_setting('genome.experience_retention_days')::int;
+BEGIN
+    SELECT c.created_at INTO since FROM genome.catalogs c WHERE c.name = gather_outcomes.catalog;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pg_genome: catalog "%" is not registered', catalog USING ERRCODE = '42704';
+    END IF;
+    IF keep > 0 THEN
+        since := greatest(since, now() - make_interval(days => keep));
+    END IF;
+    FOR n IN SELECT * FROM genome_cluster.nodes ORDER BY position LOOP
+        lo := (n.position::bigint + 1) << 40;
+        hi := lo + (1::bigint << 40);
+        BEGIN
+            -- rankings first: an outcome refers to its ranking
+            FOREACH t IN ARRAY ARRAY['rankings', 'experiences'] LOOP
+                EXECUTE format('SELECT coalesce(max(k.id), 0) FROM genome.%I k WHERE k.catalog = $1 AND k.id >= $2 AND k.id < $3', t)
+                   INTO hwm USING catalog, lo, hi;
+                -- parameters, not expressions, so that postgres_fdw filters on the node
+                EXECUTE format('INSERT INTO genome.%1$I (%2$s) OVERRIDING SYSTEM VALUE SELECT %2$s FROM %3$s r
+                                 WHERE r.catalog = $1 AND r.id >= $2 AND r.id < $3 AND (r.id > $4 OR r.created_at > $5)
+                                   AND r.created_at >= $6
+                                 ORDER BY r.id ON CONFLICT DO NOTHING',
+                               t, genome_cluster._columns(format('genome.%I', t)::regclass),
+                               genome_cluster._on_node(format('genome.%I', t)::regclass, n.name))
+                    USING catalog, lo, hi, hwm, now() - interval '1 hour', since;
+                GET DIAGNOSTICS got = ROW_COUNT;
+                IF t = 'experiences' THEN
+                    total := total + got;
+                END IF;
+            END LOOP;
+        EXCEPTION WHEN OTHERS THEN
+            BEGIN
+                PERFORM genome_cluster._raise_if_unreachable(n.name);
+            EXCEPTION WHEN SQLSTATE '08006' THEN
+                RAISE WARNING '%', SQLERRM USING DETAIL = 'its outcomes are gathered next time';
+                CONTINUE;
+            END;
+            RAISE;
+        END;
+    END LOOP;
+    RETURN total;
+END $$;
+COMMENT ON FUNCTION genome_cluster.gather_outcomes IS 'copy a catalog''s rankings and outcomes logged on the data nodes since the last time into the coordinator''s log (train_ranker does it first)';
+
 -- Privileges: the routed calls are for pg_genome's roles; the node list is the administrator's.
 GRANT USAGE ON SCHEMA genome_cluster TO genome_user, genome_monitor;
 GRANT SELECT ON nodes, shards, collections TO genome_user, genome_monitor;
@@ -648,5 +995,10 @@ GRANT EXECUTE ON FUNCTION node_of(text), _partition(text), _ping(integer), _rais
     _embed_missing_all(text), _embedded_counts(text), _classify_rows(text, integer),
     _install_families(text, bigint[], text[], vector[], real[], bigint, text[], bigint[]),
     _assign_family(text, integer, integer, real), assign_family(text, integer, integer, real),
-    _gather(text, boolean), _push_families(text) TO genome_user;
+    _gather(text, boolean), _push_families(text), _collection_model_on(integer, text),
+    _ranked_on_nodes(text), _rank_on(integer, text, text[], integer, text, real, jsonb, text), _check_on_nodes(regclass[]),
+    _missing_on(integer, text[], text[]),
+    rank_capabilities(text, text[], integer, text, real, jsonb, text),
+    _record_outcome(integer, bigint, text, text, real, integer, text), record_outcome(bigint, text, text, real, integer, text) TO genome_user;
+GRANT EXECUTE ON FUNCTION reference_tables(), replication() TO genome_monitor, genome_user;
 GRANT EXECUTE ON FUNCTION _health(integer), nodes_health() TO genome_monitor, genome_user;

@@ -47,6 +47,7 @@ CONF
 # background embedding workers: the main job's database and the integration tests' one
 genome.worker_databases = 'genome,genome_it'
 genome.embed_workers = 1
+${GENOME_EXTRA_CONF:-}
 CONF
   chown postgres "$PGDATA_DIR/genome.conf"
 }

@@ -14,7 +14,10 @@ BASE="${GENOME_NODES_PORT:-25440}"
 DIR="$STATE/multinode"
 
 port_of() { case "$1" in coordinator) echo "$BASE" ;; n*) echo $((BASE + ${1#n})) ;; esac; }
-one() { GENOME_PORT="$(port_of "$2")" GENOME_PGDATA="$DIR/$2" "$REPO/scripts/cluster.sh" "$1"; }
+# wal_level = logical: the coordinator publishes the model registry and the ranking catalogs to
+# the data nodes (genome_cluster.publish, README "Several nodes")
+one() { GENOME_PORT="$(port_of "$2")" GENOME_PGDATA="$DIR/$2" GENOME_EXTRA_CONF="wal_level = logical" \
+          "$REPO/scripts/cluster.sh" "$1"; }
 names() { for d in "$DIR"/*/; do [ -f "$d/PG_VERSION" ] && basename "$d"; done 2>/dev/null || true; }
 
 case "${1:-status}" in
@@ -22,7 +25,12 @@ case "${1:-status}" in
     n="${2:?usage: $0 start N}"
     mkdir -p "$DIR"
     for name in coordinator $(seq -f 'n%g' 1 "$n"); do
-      one start "$name" >/dev/null; printf '%-12s %s\n' "$name" "$(one status "$name")"
+      one start "$name" >/dev/null
+      # a cluster started by an older checkout: restart it for wal_level
+      if [ "$(psql -h 127.0.0.1 -p "$(port_of "$name")" -U postgres -d postgres -Atc 'SHOW wal_level')" != logical ]; then
+        one restart "$name" >/dev/null
+      fi
+      printf '%-12s %s\n' "$name" "$(one status "$name")"
     done ;;
   stop)
     if [ -n "${2:-}" ]; then one stop "$2"; else for name in $(names); do one stop "$name" >/dev/null; done; fi ;;

@@ -1041,6 +1041,13 @@ pub fn rank_capabilities(
     }
     let row = catalog_row(catalog);
     require_readable(&row);
+    // on a coordinator whose catalog is replicated to the data nodes, any node ranks and logs
+    if crate::cluster::ranked_on_nodes(&row.name) {
+        let ctx = (!ctx_names.is_empty()).then_some(ctx_names);
+        let rows =
+            crate::cluster::rank(intent, ctx, top_k, &row.name, min_score, filter, session_id);
+        return TableIterator::new(rows);
+    }
     let lc = loaded_catalog(row);
     let serving = serving_rankers(&lc.row.name);
     let chosen = match (&serving.canary, &serving.production) {
@@ -1451,6 +1458,10 @@ pub fn train_ranker(
     let row = catalog_row(Some(catalog));
     require_owned(&row, "train its ranker");
     lock_catalog(&row.name);
+    // on a coordinator, the outcomes logged by the data nodes first
+    if crate::cluster::ranked_on_nodes(&row.name) {
+        crate::cluster::gather_outcomes(&row.name);
+    }
     let lc = loaded_catalog(row);
     let mut prog = Progress::start("train_ranker", &lc.row.name);
     if let Some(t) = examples {

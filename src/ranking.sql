@@ -212,6 +212,11 @@ BEGIN
               USING ERRCODE = '42804';
     END IF;
     m := @extschema@.resolve_model(model);
+    -- on a coordinator that publishes its catalogs, the row reaches every data node at once: the
+    -- nodes must have the tables (pg_genome_cluster; README "Several nodes")
+    IF @extschema@._coordinator() AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'genome_reference') THEN
+        PERFORM genome_cluster._check_on_nodes(ARRAY[capabilities, links, tools]);
+    END IF;
     -- the row policy checks that the writer owns the capability and link tables
     INSERT INTO @extschema@.catalogs (name, relid, id_column, text_column, links, link_capability_column, link_tool_column,
                                       tools, tool_id_column, tool_text_column, model, dimension)
@@ -278,6 +283,11 @@ DECLARE
     step integer;
     id bigint;
 BEGIN
+    -- on a coordinator (pg_genome_cluster) the data node that logged the ranking records it: the
+    -- nodes' ranking ids start at 2^40 (genome._replica_prepare)
+    IF ranking_id >= (1::bigint << 40) AND @extschema@._coordinator() THEN
+        RETURN genome_cluster.record_outcome(ranking_id, capability, outcome, execution_ms, rating, session_id);
+    END IF;
     IF ranking_id IS NULL OR capability IS NULL OR outcome IS NULL THEN
         RAISE EXCEPTION 'pg_genome: record_outcome needs ranking_id, capability and outcome' USING ERRCODE = '22004';
     END IF;
@@ -483,6 +493,52 @@ BEGIN
     IF NOT @extschema@._catalog_owned(catalog) THEN
         RAISE EXCEPTION 'pg_genome: only the owner of catalog "%"''s tables may do this', catalog USING ERRCODE = '42501';
     END IF;
+END $$;
+
+-- On a data node of a coordinator (pg_genome_cluster), called by genome_cluster.replicate there
+-- with the coordinator's published tables. Ready when every one of them is subscribed here and
+-- copied, and every model registered by path has its file here; then its rankings and outcomes
+-- take ids from a range of its own, [(part + 1) * 2^40, (part + 2) * 2^40), so the coordinator
+-- routes an outcome by its ranking id and gathers the logs without collisions; each replicated
+-- catalog gets its HNSW index (replication copies rows, not the index register_catalog made
+-- there); and what a catalog unregistered on the coordinator left here goes (its log rows and
+-- index: the replicated delete does not cascade). Returns what it found and did.
+CREATE FUNCTION _replica_prepare(part integer, tables text[]) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE lo bigint := (part::bigint + 1) << 40; seq regclass; missing text[]; copying text[]; files text[];
+        indexed integer := 0; c text; ix record;
+BEGIN
+    SELECT coalesce(array_agg(t.rel ORDER BY t.rel) FILTER (WHERE r.copied IS NULL), '{}'),
+           coalesce(array_agg(t.rel ORDER BY t.rel) FILTER (WHERE NOT r.copied), '{}')
+      INTO missing, copying
+      FROM unnest(tables) t(rel)
+      LEFT JOIN LATERAL (SELECT bool_and(x.srsubstate = 'r') AS copied FROM pg_subscription s JOIN pg_subscription_rel x ON x.srsubid = s.oid
+                          WHERE s.subname LIKE 'genome\_reference%' AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                            AND x.srrelid = to_regclass(t.rel)) r ON true;
+    SELECT coalesce(array_agg(m.name || '@' || m.version || ': ' || m.onnx_path ORDER BY m.name, m.version), '{}') INTO files
+      FROM @extschema@.models m WHERE m.onnx_path IS NOT NULL AND pg_stat_file(m.onnx_path, true) IS NULL;
+    IF cardinality(missing) + cardinality(copying) + cardinality(files) > 0 THEN
+        RETURN jsonb_strip_nulls(jsonb_build_object('ready', false,
+            'not_subscribed', nullif(missing, '{}'), 'copying', nullif(copying, '{}'), 'model_files_missing', nullif(files, '{}')));
+    END IF;
+    FOREACH seq IN ARRAY ARRAY[pg_get_serial_sequence('@extschema@.rankings', 'id'), pg_get_serial_sequence('@extschema@.experiences', 'id')]::regclass[] LOOP
+        IF (SELECT coalesce(s.last_value, 0) < lo FROM pg_sequences s
+             WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass = seq) THEN
+            PERFORM setval(seq, lo, false);
+        END IF;
+    END LOOP;
+    DELETE FROM @extschema@.experiences e WHERE NOT EXISTS (SELECT 1 FROM @extschema@.catalogs x WHERE x.name = e.catalog);
+    DELETE FROM @extschema@.rankings k WHERE NOT EXISTS (SELECT 1 FROM @extschema@.catalogs x WHERE x.name = k.catalog);
+    FOR ix IN SELECT i.indexrelid::regclass AS rel FROM pg_index i JOIN pg_class k ON k.oid = i.indexrelid
+               WHERE i.indrelid = '@extschema@.capability_features'::regclass AND k.relname LIKE 'capability\_features\_hnsw\_%'
+                 AND NOT EXISTS (SELECT 1 FROM @extschema@.catalogs x WHERE k.relname = 'capability_features_hnsw_' || md5(x.name)) LOOP
+        EXECUTE format('DROP INDEX %s', ix.rel);
+    END LOOP;
+    FOR c IN SELECT x.name FROM @extschema@.catalogs x ORDER BY x.name LOOP
+        PERFORM @extschema@._catalog_index(c);
+        indexed := indexed + 1;
+    END LOOP;
+    RETURN jsonb_build_object('ready', true, 'catalogs', indexed, 'ids_from', lo);
 END $$;
 
 -- A change to the app's capability, link or tools table marks its catalog changed.

@@ -520,6 +520,8 @@ BEGIN
         c.id_column, c.text_column, c.embedding_column, rel) USING stride;
 END $$;
 
+COMMENT ON FUNCTION export_bundle IS 'a model version (default: the one its name resolves to) as a bundle: its registry row, config, weights or ONNX bytes, metrics, and a SHA-256 checksum';
+COMMENT ON FUNCTION import_bundle IS 'register the model a bundle carries as a staging version (superuser or genome_admin); refuses a bundle of another format version, with a bad checksum, or whose parts do not check out; returns the new id';
 COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
 COMMENT ON FUNCTION unregister_pet_media IS 'forget a photo table: its photos, clusters and triggers (the app''s table is untouched)';
 CREATE OR REPLACE FUNCTION cluster_pet(pet_id anycompatible, media text DEFAULT NULL) RETURNS jsonb
@@ -739,8 +741,6 @@ END $$;
 
 COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
 COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
-COMMENT ON FUNCTION export_bundle IS 'a model version (default: the one its name resolves to) as a bundle: its registry row, config, weights or ONNX bytes, metrics, and a SHA-256 checksum';
-COMMENT ON FUNCTION import_bundle IS 'register the model a bundle carries as a staging version (superuser or genome_admin); refuses a bundle of another format version, with a bad checksum, or whose parts do not check out; returns the new id';
 CREATE OR REPLACE FUNCTION "sequence_families"(
 	"collection" TEXT, /* & str */
 	"lineage_column" TEXT DEFAULT NULL, /* Option < & str > */
@@ -781,9 +781,125 @@ COMMENT ON FUNCTION register_kmer_featurizer IS 'register a k-mer featuriser (k,
 COMMENT ON FUNCTION embed_sequence IS 'embed one DNA read with a sequence-embedding model; NULL for NULL or a read without an unambiguous k-mer, ERROR for a read that is not DNA';
 COMMENT ON FUNCTION embed_sequences IS 'embed many DNA reads in order with a sequence-embedding model; NULL elements give NULL';
 COMMENT ON FUNCTION sequence_families IS 'the families of a sequence collection (after full_classify) summarised: size, exemplar reads nearest the centroid, per rank the majority name among members with a lineage and its share, and the mean silhouette (cosine; at most 2,000 clustered reads scored)';
+CREATE OR REPLACE FUNCTION register_catalog(name text, capabilities regclass, id_column name, text_column name,
+                                 links regclass, link_capability_column name, link_tool_column name,
+                                 model text DEFAULT NULL, tools regclass DEFAULT NULL,
+                                 tool_id_column name DEFAULT NULL, tool_text_column name DEFAULT NULL)
+RETURNS @extschema@.catalogs
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m record;
+    result @extschema@.catalogs;
+    col record;
+BEGIN
+    IF name IS NULL OR capabilities IS NULL OR id_column IS NULL OR text_column IS NULL OR links IS NULL
+       OR link_capability_column IS NULL OR link_tool_column IS NULL THEN
+        RAISE EXCEPTION 'pg_genome: register_catalog arguments other than model and tools must not be NULL'
+              USING ERRCODE = '22004';
+    END IF;
+    IF name !~ '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$' THEN
+        RAISE EXCEPTION 'pg_genome: invalid catalog name "%"', name USING ERRCODE = '22023',
+              HINT = 'use 1 to 63 letters, digits, "_", "." or "-"';
+    END IF;
+    IF EXISTS (SELECT 1 FROM @extschema@.catalogs c WHERE c.name = register_catalog.name) THEN
+        RAISE EXCEPTION 'pg_genome: catalog "%" is already registered', name
+              USING ERRCODE = '42710', HINT = 'genome.unregister_catalog(name) first';
+    END IF;
+    IF (tools IS NULL) <> (tool_id_column IS NULL) OR (tools IS NULL) <> (tool_text_column IS NULL) THEN
+        RAISE EXCEPTION 'pg_genome: tools, tool_id_column and tool_text_column go together' USING ERRCODE = '22023';
+    END IF;
+    FOR col IN SELECT * FROM (VALUES (capabilities, id_column), (capabilities, text_column), (links, link_capability_column),
+                                     (links, link_tool_column), (tools, tool_id_column), (tools, tool_text_column)) v(rel, att)
+                WHERE v.rel IS NOT NULL LOOP
+        IF (SELECT relkind FROM pg_class WHERE oid = col.rel) NOT IN ('r', 'p') THEN
+            RAISE EXCEPTION 'pg_genome: % is not a table', col.rel USING ERRCODE = '42809';
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = col.rel AND attname = col.att AND attnum > 0 AND NOT attisdropped) THEN
+            RAISE EXCEPTION 'pg_genome: column "%" does not exist in table %', col.att, col.rel USING ERRCODE = '42703';
+        END IF;
+    END LOOP;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = capabilities AND attname = text_column AND attnum > 0
+                   AND atttypid IN ('text'::regtype, 'varchar'::regtype, 'bpchar'::regtype)) THEN
+        RAISE EXCEPTION 'pg_genome: column "%" of % must be of type text or varchar', text_column, capabilities
+              USING ERRCODE = '42804';
+    END IF;
+    m := @extschema@.resolve_model(model);
+    -- on a coordinator that publishes its catalogs, the row reaches every data node at once: the
+    -- nodes must have the tables (pg_genome_cluster; README "Several nodes")
+    IF @extschema@._coordinator() AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'genome_reference') THEN
+        PERFORM genome_cluster._check_on_nodes(ARRAY[capabilities, links, tools]);
+    END IF;
+    -- the row policy checks that the writer owns the capability and link tables
+    INSERT INTO @extschema@.catalogs (name, relid, id_column, text_column, links, link_capability_column, link_tool_column,
+                                      tools, tool_id_column, tool_text_column, model, dimension)
+    VALUES (name, capabilities, id_column, text_column, links, link_capability_column, link_tool_column,
+            tools, tool_id_column, tool_text_column, m.name || '@' || m.version, m.dimension)
+    RETURNING * INTO result;
+    PERFORM @extschema@._catalog_triggers(name, true);
+    PERFORM @extschema@._catalog_index(name);
+    RETURN result;
+END $$;
+
 COMMENT ON FUNCTION register_catalog IS 'register an app''s capability table and capability-tool link table as a ranking catalog';
 COMMENT ON FUNCTION unregister_catalog IS 'forget a catalog with its features, ranking log, experiences and rankers (the app''s tables stay)';
 COMMENT ON FUNCTION schedule_catalog IS 'schedule the daily refresh of a catalog''s features (and the experience-log prune) on pg_cron';
+CREATE OR REPLACE FUNCTION record_outcome(ranking_id bigint, capability text, outcome text, execution_ms real DEFAULT NULL,
+                               rating integer DEFAULT NULL, session_id text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r @extschema@.rankings;
+    pos integer;
+    base real;
+    reward real;
+    step integer;
+    id bigint;
+BEGIN
+    -- on a coordinator (pg_genome_cluster) the data node that logged the ranking records it: the
+    -- nodes' ranking ids start at 2^40 (genome._replica_prepare)
+    IF ranking_id >= (1::bigint << 40) AND @extschema@._coordinator() THEN
+        RETURN genome_cluster.record_outcome(ranking_id, capability, outcome, execution_ms, rating, session_id);
+    END IF;
+    IF ranking_id IS NULL OR capability IS NULL OR outcome IS NULL THEN
+        RAISE EXCEPTION 'pg_genome: record_outcome needs ranking_id, capability and outcome' USING ERRCODE = '22004';
+    END IF;
+    IF outcome NOT IN ('success', 'partial', 'failure') THEN
+        RAISE EXCEPTION 'pg_genome: outcome must be success, partial or failure, not "%"', outcome USING ERRCODE = '22023';
+    END IF;
+    IF rating IS NOT NULL AND rating NOT BETWEEN 1 AND 5 THEN
+        RAISE EXCEPTION 'pg_genome: rating must be between 1 and 5' USING ERRCODE = '22003';
+    END IF;
+    IF execution_ms IS NOT NULL AND (execution_ms < 0 OR execution_ms = 'NaN'::real) THEN
+        RAISE EXCEPTION 'pg_genome: execution_ms must be a number >= 0' USING ERRCODE = '22003';
+    END IF;
+    SELECT * INTO r FROM @extschema@.rankings k WHERE k.id = record_outcome.ranking_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pg_genome: ranking % does not exist (or is in a catalog you cannot read)', ranking_id
+              USING ERRCODE = '42704';
+    END IF;
+    pos := array_position(r.candidates, capability);
+    IF pos IS NULL AND NOT EXISTS (SELECT 1 FROM @extschema@.capability_features f
+                                    WHERE f.catalog = r.catalog AND f.capability = record_outcome.capability) THEN
+        RAISE EXCEPTION 'pg_genome: capability "%" is not in catalog "%"', capability, r.catalog USING ERRCODE = '42704';
+    END IF;
+    base := CASE outcome WHEN 'success' THEN 1 WHEN 'partial' THEN 0.5 ELSE 0 END;
+    -- a rating moves the reward halfway to its own scale (1 -> 0, 5 -> 1)
+    reward := CASE WHEN rating IS NULL THEN base ELSE (base + (rating - 1) / 4.0) / 2 END;
+    session_id := coalesce(session_id, r.session_id);
+    -- steps of a session in order: concurrent calls of one session serialise on this lock
+    IF session_id IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(@extschema@._lock_key('ranking'), hashtext(r.catalog || '/' || session_id));
+        SELECT coalesce(max(e.step), 0) + 1 INTO step FROM @extschema@.experiences e
+         WHERE e.catalog = r.catalog AND e.session_id = record_outcome.session_id;
+    END IF;
+    INSERT INTO @extschema@.experiences (catalog, ranking_id, intent, intent_embedding, context_tools, candidates, capability,
+                                         rank, outcome, reward, execution_ms, rating, session_id, step)
+    VALUES (r.catalog, r.id, r.intent, r.intent_embedding, r.context_tools, r.candidates, capability, pos, outcome,
+            reward, execution_ms, rating, session_id, coalesce(step, 1))
+    RETURNING experiences.id INTO id;
+    RETURN id;
+END $$;
+
 COMMENT ON FUNCTION record_outcome IS 'log the outcome of a ranking (success, partial, failure; execution time; rating 1-5) in the experience log';
 COMMENT ON FUNCTION prune_experiences IS 'delete logged outcomes and rankings older than genome.experience_retention_days';
 COMMENT ON FUNCTION promote_ranker IS 'make a ranker version the production one (the previous production version is archived)';
@@ -796,6 +912,44 @@ COMMENT ON FUNCTION train_ranker IS 'train a ranker version from the experience 
 COMMENT ON FUNCTION ranking_monitor IS 'feature validation, drift (KS on intent projections, PSI of scores) and online latency, fallback, error rate and logged MRR of a catalog';
 COMMENT ON FUNCTION temporal_validation IS 'train on the experience log before a time, rank the successful outcomes after it (ranker against dense cosine)';
 COMMENT ON FUNCTION evaluate_ranker IS 'ranking and calibration metrics of a ranker version over a table of labelled intents';
+CREATE OR REPLACE FUNCTION _replica_prepare(part integer, tables text[]) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE lo bigint := (part::bigint + 1) << 40; seq regclass; missing text[]; copying text[]; files text[];
+        indexed integer := 0; c text; ix record;
+BEGIN
+    SELECT coalesce(array_agg(t.rel ORDER BY t.rel) FILTER (WHERE r.copied IS NULL), '{}'),
+           coalesce(array_agg(t.rel ORDER BY t.rel) FILTER (WHERE NOT r.copied), '{}')
+      INTO missing, copying
+      FROM unnest(tables) t(rel)
+      LEFT JOIN LATERAL (SELECT bool_and(x.srsubstate = 'r') AS copied FROM pg_subscription s JOIN pg_subscription_rel x ON x.srsubid = s.oid
+                          WHERE s.subname LIKE 'genome\_reference%' AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                            AND x.srrelid = to_regclass(t.rel)) r ON true;
+    SELECT coalesce(array_agg(m.name || '@' || m.version || ': ' || m.onnx_path ORDER BY m.name, m.version), '{}') INTO files
+      FROM @extschema@.models m WHERE m.onnx_path IS NOT NULL AND pg_stat_file(m.onnx_path, true) IS NULL;
+    IF cardinality(missing) + cardinality(copying) + cardinality(files) > 0 THEN
+        RETURN jsonb_strip_nulls(jsonb_build_object('ready', false,
+            'not_subscribed', nullif(missing, '{}'), 'copying', nullif(copying, '{}'), 'model_files_missing', nullif(files, '{}')));
+    END IF;
+    FOREACH seq IN ARRAY ARRAY[pg_get_serial_sequence('@extschema@.rankings', 'id'), pg_get_serial_sequence('@extschema@.experiences', 'id')]::regclass[] LOOP
+        IF (SELECT coalesce(s.last_value, 0) < lo FROM pg_sequences s
+             WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass = seq) THEN
+            PERFORM setval(seq, lo, false);
+        END IF;
+    END LOOP;
+    DELETE FROM @extschema@.experiences e WHERE NOT EXISTS (SELECT 1 FROM @extschema@.catalogs x WHERE x.name = e.catalog);
+    DELETE FROM @extschema@.rankings k WHERE NOT EXISTS (SELECT 1 FROM @extschema@.catalogs x WHERE x.name = k.catalog);
+    FOR ix IN SELECT i.indexrelid::regclass AS rel FROM pg_index i JOIN pg_class k ON k.oid = i.indexrelid
+               WHERE i.indrelid = '@extschema@.capability_features'::regclass AND k.relname LIKE 'capability\_features\_hnsw\_%'
+                 AND NOT EXISTS (SELECT 1 FROM @extschema@.catalogs x WHERE k.relname = 'capability_features_hnsw_' || md5(x.name)) LOOP
+        EXECUTE format('DROP INDEX %s', ix.rel);
+    END LOOP;
+    FOR c IN SELECT x.name FROM @extschema@.catalogs x ORDER BY x.name LOOP
+        PERFORM @extschema@._catalog_index(c);
+        indexed := indexed + 1;
+    END LOOP;
+    RETURN jsonb_build_object('ready', true, 'catalogs', indexed, 'ids_from', lo);
+END $$;
+
 COMMENT ON VIEW ranker_versions IS 'ranker versions of each catalog with their stage and dev metrics';
 CREATE OR REPLACE FUNCTION "train_sequence_classifier"(
 	"name" TEXT, /* & str */

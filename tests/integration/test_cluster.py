@@ -33,7 +33,8 @@ SHARDED = " PARTITION BY LIST (genome_cluster.shard_of(({}) :: text))"
 
 
 def at(port, dbname="genome", **kw):
-    return psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname=dbname, autocommit=True, **kw)
+    return psycopg.connect(host="127.0.0.1", port=port, user=kw.pop("user", "postgres"), dbname=dbname,
+                           autocommit=True, **kw)
 
 
 def nodes_sh(*args):

@@ -34,17 +34,32 @@ SELECT genome_cluster.attach_nodes('regress_sharded') AS partitions;
 SELECT rel, key_expression FROM genome_cluster.distributed_tables();
 SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) ~ '^FOR VALUES IN' AS listed
   FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'regress_sharded'::regclass ORDER BY 1;
--- routed calls to nodes that do not answer: an ERROR naming them
+-- routed calls to nodes that do not answer: an ERROR naming them (distribute_collection
+-- compares the collection's model with each node's)
+SELECT genome.register_kmer_featurizer('regress_k4', '1', k => 4) > 0 AS featuriser;
 SELECT q, err(q) FROM (VALUES
     ($$SELECT genome.cluster_pet(1)$$),
     ($$SELECT genome.cluster_pet(42, 'photos')$$),
     ($$SELECT * FROM genome.select_heroes(1)$$),
     ($$SELECT genome.pet_clusters(1)$$),
     ($$SELECT genome.cluster_dirty_pets()$$),
-    ($$SELECT * FROM genome.search('docs', 'a query')$$)
+    ($$SELECT * FROM genome.search('docs', 'a query')$$),
+    ($$SELECT genome_cluster.distribute_collection('ghost', 'bigint', 'regress_k4')$$)
 ) v(q);
 SELECT n ->> 'node' AS node, n ->> 'shards' AS shards, n ->> 'answered' AS answered, n ? 'error' AS has_error
   FROM jsonb_array_elements(genome.health() -> 'nodes') n;
+-- reference data: this cluster runs with wal_level = replica, and nothing is published
+SELECT q, err(q) FROM (VALUES
+    ($$SELECT genome_cluster.publish()$$),
+    ($$CALL genome_cluster.replicate(1)$$),
+    ($$SELECT genome_cluster.record_outcome(42, 'x', 'success', NULL, NULL, NULL)$$),
+    ($$SELECT genome_cluster.record_outcome((9::bigint << 40) + 1, 'x', 'success', NULL, NULL, NULL)$$),
+    ($$SELECT * FROM genome_cluster.rank_capabilities('x', NULL, 5, 'nope', NULL, NULL, NULL)$$),
+    ($$SELECT genome_cluster.gather_outcomes('nope')$$)
+) v(q);
+SELECT node, slot, active, ready_at FROM genome_cluster.replication();
+SELECT rel, kind FROM genome_cluster.reference_tables();
 DROP TABLE regress_sharded, regress_plain;
+DELETE FROM genome.models WHERE name = 'regress_k4';
 DROP EXTENSION pg_genome_cluster CASCADE;
 SELECT genome._coordinator() AS coordinator_after_drop;
