@@ -686,25 +686,34 @@ LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 $$;
 COMMENT ON FUNCTION genome_cluster.reference_tables IS 'the tables the coordinator replicates to every data node: pg_genome''s model registry and ranking state, and the ranking catalogs'' app tables';
 
-CREATE FUNCTION _missing_on(part integer, rels text[], owners text[]) RETURNS text[] AS $$
+CREATE FUNCTION _missing_on(part integer, rels text[], owners text[], roles text[]) RETURNS text[] AS $$
     CLUSTER 'genome_cluster'; RUN ON part;
-    SELECT coalesce(array_agg(r.rel || CASE WHEN c.oid IS NULL THEN ' (no such table)' ELSE ' (owned by ' || pg_get_userbyid(c.relowner) || ')' END), '{}')
-      FROM unnest(rels, owners) r(rel, owner) LEFT JOIN pg_class c ON c.oid = to_regclass(r.rel)
-     WHERE c.oid IS NULL OR pg_get_userbyid(c.relowner) <> r.owner;
+    SELECT coalesce(array_agg(x ORDER BY x), '{}') FROM (
+        SELECT r.rel || CASE WHEN c.oid IS NULL THEN ' (no such table)'
+                             WHEN pg_get_userbyid(c.relowner) <> r.owner THEN ' (owned by ' || pg_get_userbyid(c.relowner) || ')'
+                             ELSE ' (no primary key)' END AS x
+          FROM unnest(rels, owners) r(rel, owner) LEFT JOIN pg_class c ON c.oid = to_regclass(r.rel)
+         WHERE c.oid IS NULL OR pg_get_userbyid(c.relowner) <> r.owner
+            OR c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
+        UNION ALL
+        SELECT 'role ' || g.role || ' (no such role)' FROM unnest(roles) g(role)
+         WHERE NOT EXISTS (SELECT 1 FROM pg_roles o WHERE o.rolname = g.role)) m;
 $$ LANGUAGE plproxy;
 
--- A replicated catalog row names its app tables (regclass travels by name) and its registrant:
--- every node must have those tables, owned by the same role, or the node's subscription would
--- stop at that row. Checked by publish() and by register_catalog on a coordinator that publishes.
-CREATE FUNCTION _check_on_nodes(rels regclass[]) RETURNS void
+-- A replicated catalog row names its app tables (regclass travels by name) and its registrant
+-- (regrole, by name): every node must have those tables, owned by the same role and with a
+-- primary key, and the role, or the node's subscription would stop at that row. Checked by
+-- publish() and by register_catalog on a coordinator that publishes.
+CREATE FUNCTION _check_on_nodes(rels regclass[], roles text[]) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE n genome_cluster.nodes; names text[]; owners text[]; missing text[]; problems text[] := '{}';
 BEGIN
-    SELECT array_agg(r::text ORDER BY r::text), array_agg(pg_get_userbyid(c.relowner) ORDER BY r::text) INTO names, owners
+    SELECT coalesce(array_agg(r::text ORDER BY r::text), '{}'), coalesce(array_agg(pg_get_userbyid(c.relowner) ORDER BY r::text), '{}')
+      INTO names, owners
       FROM unnest(rels) r JOIN pg_class c ON c.oid = r WHERE r IS NOT NULL;
     FOR n IN SELECT * FROM genome_cluster.nodes ORDER BY position LOOP
         BEGIN
-            missing := genome_cluster._missing_on(n.position, names, owners);
+            missing := genome_cluster._missing_on(n.position, names, owners, coalesce(roles, '{}'));
         EXCEPTION WHEN OTHERS THEN
             PERFORM genome_cluster._raise_if_unreachable(n.name);
             RAISE;
@@ -714,9 +723,9 @@ BEGIN
         END IF;
     END LOOP;
     IF cardinality(problems) > 0 THEN
-        RAISE EXCEPTION 'pg_genome: the data nodes need the catalog''s tables, owned by the same role, before its rows are replicated: %',
+        RAISE EXCEPTION 'pg_genome: the data nodes need the catalog''s tables (same owner, a primary key) and roles before its rows are replicated: %',
                         array_to_string(problems, '; ') USING ERRCODE = '42P01',
-              HINT = 'create the tables on every data node (as on the coordinator), then try again';
+              HINT = 'create them on every data node (as on the coordinator), then try again';
     END IF;
 END $$;
 
@@ -735,7 +744,8 @@ BEGIN
                         current_setting('wal_level') USING ERRCODE = '55000',
               HINT = 'set wal_level = logical in postgresql.conf and restart the coordinator';
     END IF;
-    PERFORM genome_cluster._check_on_nodes(ARRAY(SELECT r.rel FROM genome_cluster.reference_tables() r WHERE r.kind <> 'pg_genome'));
+    PERFORM genome_cluster._check_on_nodes(ARRAY(SELECT r.rel FROM genome_cluster.reference_tables() r WHERE r.kind <> 'pg_genome'),
+                                           ARRAY(SELECT DISTINCT c.registered_by::text FROM genome.catalogs c WHERE c.registered_by IS NOT NULL));
     IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'genome_reference') THEN
         CREATE PUBLICATION genome_reference;
     END IF;
@@ -769,12 +779,18 @@ LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 $$;
 COMMENT ON FUNCTION genome_cluster.replication IS 'each data node''s subscription to the reference data: its slot, whether it is connected, its lag, and since when it is ready to rank';
 
+CREATE FUNCTION _published() RETURNS text[]
+LANGUAGE sql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY(SELECT format('%I.%I', p.schemaname, p.tablename) FROM pg_publication_tables p
+                  WHERE p.pubname = 'genome_reference' ORDER BY 1)
+$$;
+
 CREATE FUNCTION _replica_prepare(part integer, tables text[]) RETURNS jsonb AS $$
     CLUSTER 'genome_cluster'; RUN ON part; SELECT genome._replica_prepare(part, tables);
 $$ LANGUAGE plproxy;
 
--- Wait until every node has applied the reference data written here before the call (its slot
--- past a mark written now in the WAL, every published table subscribed and copied, every model
+-- Wait until every node has applied the reference data committed here before the call (its slot
+-- past the WAL flushed at the call, every published table subscribed and copied, every model
 -- file there), then ready each node to serve (genome._replica_prepare: its ranking log ids in a
 -- range of its own, the catalogs' HNSW indexes) and mark the nodes ready. ERROR 57014 after
 -- timeout_s seconds, naming what each node lacks (no node is marked then). Call it in a transaction of its own: it waits for what
@@ -792,10 +808,10 @@ BEGIN
         RAISE EXCEPTION 'pg_genome: genome_cluster.replicate() waits for committed writes: call it outside the transaction that wrote'
             USING ERRCODE = '25001';
     END IF;
-    -- a record of our own in the WAL: a slot past it has every change committed before
-    target := pg_logical_emit_message(false, 'genome_replicate', '');
-    tables := ARRAY(SELECT format('%I.%I', p.schemaname, p.tablename) FROM pg_publication_tables p
-                     WHERE p.pubname = 'genome_reference' ORDER BY 1);
+    -- the WAL flushed so far holds every change committed before the call (a commit flushes;
+    -- an idle walsender reports the flush point to its node, which confirms it)
+    target := pg_current_wal_flush_lsn();
+    tables := genome_cluster._published();
     LOOP
         SELECT array_agg(format('%s (%s)', r.node, CASE WHEN r.slot IS NULL THEN 'not subscribed' ELSE 'applying' END) ORDER BY r.node)
           INTO behind FROM genome_cluster.replication() r
@@ -812,6 +828,11 @@ BEGIN
                     behind := coalesce(behind, '{}') || format('%s (%s)', n.name, state - 'ready');
                 END IF;
             END LOOP;
+            IF behind IS NULL AND tables IS DISTINCT FROM genome_cluster._published() THEN
+                -- publish() added a table meanwhile: look again
+                tables := genome_cluster._published();
+                behind := ARRAY['tables published meanwhile'];
+            END IF;
             IF behind IS NULL THEN
                 -- written only now: a transaction holding an id while it waits would hold up the
                 -- nodes' table copies (a new replication slot waits for running transactions)
@@ -934,7 +955,7 @@ COMMENT ON FUNCTION genome_cluster.record_outcome IS 'genome.record_outcome on t
 -- that ranked. Returns the outcomes copied.
 CREATE FUNCTION gather_outcomes(catalog text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE n genome_cluster.nodes; lo bigint; hi bigint; since timestamptz; hwm bigint; got bigint; total bigint := 0; t text;
+DECLARE n genome_cluster.nodes; lo bigint; hi bigint; since timestamptz; hwm bigint; got bigint; total bigint := 0; t text; sel text;
         keep integer := current_setting('genome.experience_retention_days')::int;
 BEGIN
     SELECT c.created_at INTO since FROM genome.catalogs c WHERE c.name = gather_outcomes.catalog;
@@ -952,13 +973,20 @@ BEGIN
             FOREACH t IN ARRAY ARRAY['rankings', 'experiences'] LOOP
                 EXECUTE format('SELECT coalesce(max(k.id), 0) FROM genome.%I k WHERE k.catalog = $1 AND k.id >= $2 AND k.id < $3', t)
                    INTO hwm USING catalog, lo, hi;
+                -- an outcome whose ranking is not here (pruned, or older than what is gathered)
+                -- keeps no ranking id, as the foreign key's ON DELETE SET NULL would leave it
+                SELECT string_agg(CASE WHEN a.attname = 'ranking_id'
+                                       THEN '(SELECT k.id FROM genome.rankings k WHERE k.catalog = r.catalog AND k.id = r.ranking_id)'
+                                       ELSE 'r.' || quote_ident(a.attname) END, ', ' ORDER BY a.attnum)
+                  INTO sel FROM pg_attribute a
+                 WHERE a.attrelid = format('genome.%I', t)::regclass AND a.attnum > 0 AND NOT a.attisdropped;
                 -- parameters, not expressions, so that postgres_fdw filters on the node
-                EXECUTE format('INSERT INTO genome.%1$I (%2$s) OVERRIDING SYSTEM VALUE SELECT %2$s FROM %3$s r
+                EXECUTE format('INSERT INTO genome.%1$I (%2$s) OVERRIDING SYSTEM VALUE SELECT %4$s FROM %3$s r
                                  WHERE r.catalog = $1 AND r.id >= $2 AND r.id < $3 AND (r.id > $4 OR r.created_at > $5)
                                    AND r.created_at >= $6
                                  ORDER BY r.id ON CONFLICT DO NOTHING',
                                t, genome_cluster._columns(format('genome.%I', t)::regclass),
-                               genome_cluster._on_node(format('genome.%I', t)::regclass, n.name))
+                               genome_cluster._on_node(format('genome.%I', t)::regclass, n.name), sel)
                     USING catalog, lo, hi, hwm, now() - interval '1 hour', since;
                 GET DIAGNOSTICS got = ROW_COUNT;
                 IF t = 'experiences' THEN
@@ -977,6 +1005,33 @@ BEGIN
     END LOOP;
     RETURN total;
 END $$;
+CREATE FUNCTION _prune_experiences(part integer, catalog text) RETURNS bigint AS $$
+    CLUSTER 'genome_cluster'; RUN ON part; SELECT genome.prune_experiences(catalog);
+$$ LANGUAGE plproxy;
+
+-- genome.prune_experiences on a coordinator that publishes prunes every node's log too (each
+-- keeps the rankings it served): a node that does not answer is passed over with a WARNING.
+CREATE FUNCTION prune_experiences(catalog text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE n genome_cluster.nodes; total bigint := 0;
+BEGIN
+    FOR n IN SELECT * FROM genome_cluster.nodes ORDER BY position LOOP
+        BEGIN
+            total := total + genome_cluster._prune_experiences(n.position, catalog);
+        EXCEPTION WHEN OTHERS THEN
+            BEGIN
+                PERFORM genome_cluster._raise_if_unreachable(n.name);
+            EXCEPTION WHEN SQLSTATE '08006' THEN
+                RAISE WARNING '%', SQLERRM USING DETAIL = 'its log is pruned next time';
+                CONTINUE;
+            END;
+            RAISE;
+        END;
+    END LOOP;
+    RETURN total;
+END $$;
+COMMENT ON FUNCTION genome_cluster.prune_experiences IS 'genome.prune_experiences on every data node (called by it on a coordinator that publishes)';
+
 COMMENT ON FUNCTION genome_cluster.gather_outcomes IS 'copy a catalog''s rankings and outcomes logged on the data nodes since the last time into the coordinator''s log (train_ranker does it first)';
 
 -- Privileges: the routed calls are for pg_genome's roles; the node list is the administrator's.
@@ -996,8 +1051,8 @@ GRANT EXECUTE ON FUNCTION node_of(text), _partition(text), _ping(integer), _rais
     _install_families(text, bigint[], text[], vector[], real[], bigint, text[], bigint[]),
     _assign_family(text, integer, integer, real), assign_family(text, integer, integer, real),
     _gather(text, boolean), _push_families(text), _collection_model_on(integer, text),
-    _ranked_on_nodes(text), _rank_on(integer, text, text[], integer, text, real, jsonb, text), _check_on_nodes(regclass[]),
-    _missing_on(integer, text[], text[]),
+    _ranked_on_nodes(text), _rank_on(integer, text, text[], integer, text, real, jsonb, text), _check_on_nodes(regclass[], text[]),
+    _missing_on(integer, text[], text[], text[]), _prune_experiences(integer, text), prune_experiences(text),
     rank_capabilities(text, text[], integer, text, real, jsonb, text),
     _record_outcome(integer, bigint, text, text, real, integer, text), record_outcome(bigint, text, text, real, integer, text) TO genome_user;
 GRANT EXECUTE ON FUNCTION reference_tables(), replication() TO genome_monitor, genome_user;

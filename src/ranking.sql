@@ -215,7 +215,7 @@ BEGIN
     -- on a coordinator that publishes its catalogs, the row reaches every data node at once: the
     -- nodes must have the tables (pg_genome_cluster; README "Several nodes")
     IF @extschema@._coordinator() AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'genome_reference') THEN
-        PERFORM genome_cluster._check_on_nodes(ARRAY[capabilities, links, tools]);
+        PERFORM genome_cluster._check_on_nodes(ARRAY[capabilities, links, tools], ARRAY[current_user::text]);
     END IF;
     -- the row policy checks that the writer owns the capability and link tables
     INSERT INTO @extschema@.catalogs (name, relid, id_column, text_column, links, link_capability_column, link_tool_column,
@@ -341,6 +341,11 @@ BEGIN
        AND e.source = 'outcome';
     GET DIAGNOSTICS n = ROW_COUNT;
     DELETE FROM @extschema@.rankings k WHERE k.catalog = prune_experiences.catalog AND k.created_at < now() - keep;
+    -- on a coordinator that publishes its catalogs, the data nodes' logs too: each keeps the
+    -- rankings it served and their outcomes (pg_genome_cluster)
+    IF @extschema@._coordinator() AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'genome_reference') THEN
+        n := n + genome_cluster.prune_experiences(catalog);
+    END IF;
     RETURN n;
 END $$;
 COMMENT ON FUNCTION prune_experiences IS 'delete logged outcomes and rankings older than genome.experience_retention_days';
@@ -614,6 +619,19 @@ BEGIN
     RETURN NEW;
 END $$;
 CREATE TRIGGER catalogs_fixed BEFORE UPDATE ON catalogs FOR EACH ROW EXECUTE FUNCTION _catalog_fixed();
+
+-- On a data node of a coordinator (pg_genome_cluster) a catalog's row goes by the replication of
+-- the coordinator's unregister_catalog, which does not run here: the catalog's HNSW index goes
+-- with the row (fired only by replication, ENABLE REPLICA), or the rows of a catalog registered
+-- again with another dimension would not fit the old index and stop the node's replication.
+CREATE FUNCTION _catalog_unindexed() RETURNS trigger
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM @extschema@._catalog_index(OLD.name, false);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER catalogs_replica_unindexed AFTER DELETE ON catalogs FOR EACH ROW EXECUTE FUNCTION _catalog_unindexed();
+ALTER TABLE catalogs ENABLE REPLICA TRIGGER catalogs_replica_unindexed;
 
 CREATE FUNCTION _experiences_append_only() RETURNS trigger
 LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$

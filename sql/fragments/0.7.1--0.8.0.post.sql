@@ -14,3 +14,8 @@ BEGIN
         END;
     END LOOP;
 END $$;
+
+-- Data nodes of a coordinator (pg_genome_cluster): a catalog's index goes with its replicated
+-- delete (src/ranking.sql).
+CREATE TRIGGER catalogs_replica_unindexed AFTER DELETE ON @extschema@.catalogs FOR EACH ROW EXECUTE FUNCTION @extschema@._catalog_unindexed();
+ALTER TABLE @extschema@.catalogs ENABLE REPLICA TRIGGER catalogs_replica_unindexed;

@@ -520,8 +520,6 @@ BEGIN
         c.id_column, c.text_column, c.embedding_column, rel) USING stride;
 END $$;
 
-COMMENT ON FUNCTION export_bundle IS 'a model version (default: the one its name resolves to) as a bundle: its registry row, config, weights or ONNX bytes, metrics, and a SHA-256 checksum';
-COMMENT ON FUNCTION import_bundle IS 'register the model a bundle carries as a staging version (superuser or genome_admin); refuses a bundle of another format version, with a bad checksum, or whose parts do not check out; returns the new id';
 COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
 COMMENT ON FUNCTION unregister_pet_media IS 'forget a photo table: its photos, clusters and triggers (the app''s table is untouched)';
 CREATE OR REPLACE FUNCTION cluster_pet(pet_id anycompatible, media text DEFAULT NULL) RETURNS jsonb
@@ -741,6 +739,8 @@ END $$;
 
 COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
 COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
+COMMENT ON FUNCTION export_bundle IS 'a model version (default: the one its name resolves to) as a bundle: its registry row, config, weights or ONNX bytes, metrics, and a SHA-256 checksum';
+COMMENT ON FUNCTION import_bundle IS 'register the model a bundle carries as a staging version (superuser or genome_admin); refuses a bundle of another format version, with a bad checksum, or whose parts do not check out; returns the new id';
 CREATE OR REPLACE FUNCTION "sequence_families"(
 	"collection" TEXT, /* & str */
 	"lineage_column" TEXT DEFAULT NULL, /* Option < & str > */
@@ -827,7 +827,7 @@ BEGIN
     -- on a coordinator that publishes its catalogs, the row reaches every data node at once: the
     -- nodes must have the tables (pg_genome_cluster; README "Several nodes")
     IF @extschema@._coordinator() AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'genome_reference') THEN
-        PERFORM genome_cluster._check_on_nodes(ARRAY[capabilities, links, tools]);
+        PERFORM genome_cluster._check_on_nodes(ARRAY[capabilities, links, tools], ARRAY[current_user::text]);
     END IF;
     -- the row policy checks that the writer owns the capability and link tables
     INSERT INTO @extschema@.catalogs (name, relid, id_column, text_column, links, link_capability_column, link_tool_column,
@@ -901,6 +901,25 @@ BEGIN
 END $$;
 
 COMMENT ON FUNCTION record_outcome IS 'log the outcome of a ranking (success, partial, failure; execution time; rating 1-5) in the experience log';
+CREATE OR REPLACE FUNCTION prune_experiences(catalog text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE keep interval := make_interval(days => current_setting('genome.experience_retention_days')::int); n bigint;
+BEGIN
+    IF keep = interval '0' THEN
+        RETURN 0;
+    END IF;
+    DELETE FROM @extschema@.experiences e WHERE e.catalog = prune_experiences.catalog AND e.created_at < now() - keep
+       AND e.source = 'outcome';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    DELETE FROM @extschema@.rankings k WHERE k.catalog = prune_experiences.catalog AND k.created_at < now() - keep;
+    -- on a coordinator that publishes its catalogs, the data nodes' logs too: each keeps the
+    -- rankings it served and their outcomes (pg_genome_cluster)
+    IF @extschema@._coordinator() AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'genome_reference') THEN
+        n := n + genome_cluster.prune_experiences(catalog);
+    END IF;
+    RETURN n;
+END $$;
+
 COMMENT ON FUNCTION prune_experiences IS 'delete logged outcomes and rankings older than genome.experience_retention_days';
 COMMENT ON FUNCTION promote_ranker IS 'make a ranker version the production one (the previous production version is archived)';
 COMMENT ON FUNCTION rollback_ranker IS 'make the previous production ranker version the production one again';
@@ -951,6 +970,13 @@ BEGIN
 END $$;
 
 COMMENT ON VIEW ranker_versions IS 'ranker versions of each catalog with their stage and dev metrics';
+CREATE OR REPLACE FUNCTION _catalog_unindexed() RETURNS trigger
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM @extschema@._catalog_index(OLD.name, false);
+    RETURN NULL;
+END $$;
+
 CREATE OR REPLACE FUNCTION "train_sequence_classifier"(
 	"name" TEXT, /* & str */
 	"source" regclass, /* RegClass */
@@ -1093,6 +1119,11 @@ BEGIN
         END;
     END LOOP;
 END $$;
+
+-- Data nodes of a coordinator (pg_genome_cluster): a catalog's index goes with its replicated
+-- delete (src/ranking.sql).
+CREATE TRIGGER catalogs_replica_unindexed AFTER DELETE ON @extschema@.catalogs FOR EACH ROW EXECUTE FUNCTION @extschema@._catalog_unindexed();
+ALTER TABLE @extschema@.catalogs ENABLE REPLICA TRIGGER catalogs_replica_unindexed;
 
 
 -- src/finalize.sql, privileges

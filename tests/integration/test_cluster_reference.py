@@ -8,6 +8,7 @@ catalog and the real 16S gold set."""
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import psycopg
@@ -292,6 +293,12 @@ def test_a_node_down_ranking_goes_on_and_its_outcomes_are_a_clear_error(ref):
             with pytest.raises(psycopg.Error) as e:
                 c.execute("SELECT genome.record_outcome(%s, 'x', 'success')", (on_n2,))
         assert e.value.sqlstate == "08006" and "n2 (127.0.0.1:25442)" in str(e.value)
+        # gathering outcomes passes over the node that is down, with a WARNING
+        notices = []
+        with at(COORD, DB) as c:
+            c.add_notice_handler(lambda d: notices.append((d.severity_nonlocalized, d.message_primary)))
+            assert c.execute("SELECT genome_cluster.gather_outcomes(%s)", (CAT,)).fetchone()[0] >= 0
+        assert any(sev == "WARNING" and "n2 (127.0.0.1:25442) did not answer" in msg for sev, msg in notices), notices
         # written while n2 is down: its slot keeps the WAL for it
         with at(COORD, DB) as c:
             c.execute("SELECT genome.promote_model('ref_k4', '1')")
@@ -301,6 +308,24 @@ def test_a_node_down_ranking_goes_on_and_its_outcomes_are_a_clear_error(ref):
     replicate()
     assert q(NODES["n2"], "SELECT stage FROM genome.models WHERE name = 'ref_k4'") == [("production",)]
     assert node_of_ranking(ranked(COORD, INTENTS[3])[0][4]) in NODES
+
+
+def test_pruning_on_the_coordinator_prunes_the_nodes_logs(ref):
+    for port in [COORD, *NODES.values()]:
+        with at(port, "postgres") as c:
+            c.execute(f"ALTER DATABASE {DB} SET genome.experience_retention_days = 30")
+    try:
+        old = q(NODES["n1"], "INSERT INTO genome.rankings (catalog, intent, intent_embedding, candidates, scores, latency_ms, created_at) "
+                             "SELECT catalog, 'an old ranking', intent_embedding, candidates, scores, latency_ms, now() - interval '40 days' "
+                             "FROM genome.rankings LIMIT 1 RETURNING id")[0][0]
+        kept = q(NODES["n1"], "SELECT count(*) FROM genome.rankings")[0][0] - 1
+        q(COORD, "SELECT genome.prune_experiences(%s)", (CAT,))
+        assert not q(NODES["n1"], "SELECT 1 FROM genome.rankings WHERE id = %s", (old,))
+        assert q(NODES["n1"], "SELECT count(*) FROM genome.rankings")[0][0] == kept > 0
+    finally:
+        for port in [COORD, *NODES.values()]:
+            with at(port, "postgres") as c:
+                c.execute(f"ALTER DATABASE {DB} RESET genome.experience_retention_days")
 
 
 def test_a_node_added_later_gets_the_reference_data(ref):
@@ -338,11 +363,30 @@ def test_a_catalog_needs_its_tables_on_every_node_and_a_primary_key(ref):
             for d in ddl:
                 c.execute(d)
     with at(COORD, DB) as c:
+        # a node's copy without a primary key could not take the replicated updates
+        with pytest.raises(psycopg.Error) as e:
+            c.execute(register)
+        assert e.value.sqlstate == "42P01" and "n4: ref_app.loose (no primary key)" in str(e.value)
+    for port in [*NODES.values(), 25444]:
+        with at(port, DB) as c:
+            c.execute("ALTER TABLE ref_app.loose ADD PRIMARY KEY (capability, tool)")
+    with at(COORD, DB) as c:
         c.execute(register)
+        # the coordinator's own table has none: its app's UPDATEs would fail once published
         with pytest.raises(psycopg.Error) as e:
             c.execute("SELECT genome_cluster.publish()")
         assert e.value.sqlstate == "55000" and "ref_app.loose" in str(e.value) and "primary key" in str(e.value)
+    replicate()
+    hnsw = "SELECT count(*) FROM pg_indexes WHERE indexname LIKE 'capability_features_hnsw_%'"
+    assert q(25444, hnsw) == [(2,)], "the node indexed both catalogs"
+    with at(COORD, DB) as c:
         c.execute("SELECT genome.unregister_catalog('loose')")
+    # the replicated delete takes its index on the node (no replicate() needed)
+    for _ in range(100):
+        if q(25444, hnsw) == [(1,)]:
+            break
+        time.sleep(0.2)
+    assert q(25444, hnsw) == [(1,)]
     # the registration came and went on every node; the subscriptions go on
     replicate()
     for port in [*NODES.values(), 25444]:
