@@ -411,6 +411,19 @@ BEGIN
     END IF;
 END $$;
 
+-- After a per-node step of a periodic job failed: true, with a WARNING naming the node, when
+-- the node does not answer (the job goes on; the step is done next time); false when it answers
+-- (the caller re-raises the node's own error).
+CREATE FUNCTION _passed_over(node_name text, next_time text) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM genome_cluster._raise_if_unreachable(node_name);
+    RETURN false;
+EXCEPTION WHEN SQLSTATE '08006' THEN
+    RAISE WARNING '%', SQLERRM USING DETAIL = next_time;
+    RETURN true;
+END $$;
+
 CREATE FUNCTION cluster_pet(pet_id text, media text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -994,17 +1007,14 @@ BEGIN
                 END IF;
             END LOOP;
         EXCEPTION WHEN OTHERS THEN
-            BEGIN
-                PERFORM genome_cluster._raise_if_unreachable(n.name);
-            EXCEPTION WHEN SQLSTATE '08006' THEN
-                RAISE WARNING '%', SQLERRM USING DETAIL = 'its outcomes are gathered next time';
-                CONTINUE;
-            END;
+            CONTINUE WHEN genome_cluster._passed_over(n.name, 'its outcomes are gathered next time');
             RAISE;
         END;
     END LOOP;
     RETURN total;
 END $$;
+COMMENT ON FUNCTION genome_cluster.gather_outcomes IS 'copy a catalog''s rankings and outcomes logged on the data nodes since the last time into the coordinator''s log (train_ranker does it first)';
+
 CREATE FUNCTION _prune_experiences(part integer, catalog text) RETURNS bigint AS $$
     CLUSTER 'genome_cluster'; RUN ON part; SELECT genome.prune_experiences(catalog);
 $$ LANGUAGE plproxy;
@@ -1019,20 +1029,13 @@ BEGIN
         BEGIN
             total := total + genome_cluster._prune_experiences(n.position, catalog);
         EXCEPTION WHEN OTHERS THEN
-            BEGIN
-                PERFORM genome_cluster._raise_if_unreachable(n.name);
-            EXCEPTION WHEN SQLSTATE '08006' THEN
-                RAISE WARNING '%', SQLERRM USING DETAIL = 'its log is pruned next time';
-                CONTINUE;
-            END;
+            CONTINUE WHEN genome_cluster._passed_over(n.name, 'its log is pruned next time');
             RAISE;
         END;
     END LOOP;
     RETURN total;
 END $$;
 COMMENT ON FUNCTION genome_cluster.prune_experiences IS 'genome.prune_experiences on every data node (called by it on a coordinator that publishes)';
-
-COMMENT ON FUNCTION genome_cluster.gather_outcomes IS 'copy a catalog''s rankings and outcomes logged on the data nodes since the last time into the coordinator''s log (train_ranker does it first)';
 
 -- Privileges: the routed calls are for pg_genome's roles; the node list is the administrator's.
 GRANT USAGE ON SCHEMA genome_cluster TO genome_user, genome_monitor;
@@ -1052,7 +1055,7 @@ GRANT EXECUTE ON FUNCTION node_of(text), _partition(text), _ping(integer), _rais
     _assign_family(text, integer, integer, real), assign_family(text, integer, integer, real),
     _gather(text, boolean), _push_families(text), _collection_model_on(integer, text),
     _ranked_on_nodes(text), _rank_on(integer, text, text[], integer, text, real, jsonb, text), _check_on_nodes(regclass[], text[]),
-    _missing_on(integer, text[], text[], text[]), _prune_experiences(integer, text), prune_experiences(text),
+    _missing_on(integer, text[], text[], text[]), _prune_experiences(integer, text), prune_experiences(text), _passed_over(text, text),
     rank_capabilities(text, text[], integer, text, real, jsonb, text),
     _record_outcome(integer, bigint, text, text, real, integer, text), record_outcome(bigint, text, text, real, integer, text) TO genome_user;
 GRANT EXECUTE ON FUNCTION reference_tables(), replication() TO genome_monitor, genome_user;
