@@ -525,7 +525,7 @@ BEGIN
             'ms', round(extract(epoch FROM clock_timestamp() - t0) * 1000::numeric, 1), 'health', h,
             -- its subscription to the reference data (NULL before genome_cluster.publish)
             'reference', (SELECT to_jsonb(r) - 'node' FROM genome_cluster.replication() r
-                           WHERE r.node = n.name AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'genome_reference')));
+                           WHERE r.node = n.name AND genome._publishes_reference()));
     END LOOP;
     RETURN out;
 END $$;
@@ -555,14 +555,10 @@ $$ LANGUAGE plproxy;
 CREATE FUNCTION distribute_collection(name text, id_type regtype, model text DEFAULT NULL)
 RETURNS genome_cluster.collections
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE rel regclass; r genome_cluster.collections; seq regclass := pg_get_serial_sequence('genome.families', 'id')::regclass;
-        here text; there text; n genome_cluster.nodes;
+DECLARE rel regclass; r genome_cluster.collections; here text; there text; n genome_cluster.nodes;
 BEGIN
     -- family ids apart from any node's own
-    IF coalesce((SELECT q.last_value FROM pg_sequences q WHERE format('%I.%I', q.schemaname, q.sequencename)::regclass = seq), 0)
-       < 1000000000000 THEN
-        PERFORM setval(seq, 1000000000000, false);
-    END IF;
+    PERFORM genome._sequence_at_least(pg_get_serial_sequence('genome.families', 'id')::regclass, 1000000000000);
     EXECUTE format('CREATE TABLE genome_cluster.%I (id %s PRIMARY KEY, body text)', left(name, 50) || '_rows', id_type);
     rel := format('genome_cluster.%I', left(name, 50) || '_rows')::regclass;
     PERFORM genome.register_collection(name, rel, 'id', 'body', model => model);
@@ -813,7 +809,7 @@ LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE target pg_lsn; deadline timestamptz := clock_timestamp() + make_interval(secs => coalesce(timeout_s, 60));
         tables text[]; behind text[]; n genome_cluster.nodes; state jsonb; why text;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'genome_reference') THEN
+    IF NOT genome._publishes_reference() THEN
         RAISE EXCEPTION 'pg_genome: nothing is published for the data nodes' USING ERRCODE = '55000',
               HINT = 'SELECT genome_cluster.publish(), then subscribe each node (README "Several nodes")';
     END IF;

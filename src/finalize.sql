@@ -28,7 +28,7 @@ BEGIN
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO genome_user', f);
     END LOOP;
 END $grants$;
-GRANT EXECUTE ON FUNCTION progress_slots(), _coordinator(), _runtime_info(), _inference_info(), _metrics_counters(), _vector_schema(), _ranking_monitor_or_skip(text),
+GRANT EXECUTE ON FUNCTION progress_slots(), _coordinator(), _publishes_reference(), _runtime_info(), _inference_info(), _metrics_counters(), _vector_schema(), _ranking_monitor_or_skip(text),
     _check_registrant(text, text, oid, regrole), _owner_value(oid, text, text[], text[], text[]) TO genome_monitor;
 -- resolve_model (open to all, as before 0.6.0) calls it; it reads genome.models as the caller
 GRANT EXECUTE ON FUNCTION _resolve_model(text, boolean) TO PUBLIC;

@@ -214,7 +214,7 @@ BEGIN
     m := @extschema@.resolve_model(model);
     -- on a coordinator that publishes its catalogs, the row reaches every data node at once: the
     -- nodes must have the tables (pg_genome_cluster; README "Several nodes")
-    IF @extschema@._coordinator() AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'genome_reference') THEN
+    IF @extschema@._publishes_reference() THEN
         PERFORM genome_cluster._check_on_nodes(ARRAY[capabilities, links, tools], ARRAY[current_user::text]);
     END IF;
     -- the row policy checks that the writer owns the capability and link tables
@@ -343,7 +343,7 @@ BEGIN
     DELETE FROM @extschema@.rankings k WHERE k.catalog = prune_experiences.catalog AND k.created_at < now() - keep;
     -- on a coordinator that publishes its catalogs, the data nodes' logs too: each keeps the
     -- rankings it served and their outcomes (pg_genome_cluster)
-    IF @extschema@._coordinator() AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'genome_reference') THEN
+    IF @extschema@._publishes_reference() THEN
         n := n + genome_cluster.prune_experiences(catalog);
     END IF;
     RETURN n;
@@ -500,6 +500,28 @@ BEGIN
     END IF;
 END $$;
 
+-- Whether this database is a coordinator (pg_genome_cluster) that replicates its model registry
+-- and ranking catalogs to the data nodes (genome_cluster.publish made the publication
+-- genome_reference): the one rule for what then reaches the nodes too (register_catalog's check
+-- of their tables, prune_experiences, the nodes' subscriptions in health, replicate). PL/pgSQL,
+-- not Rust: SPI would give the caller a transaction id, which genome_cluster.replicate must not hold.
+CREATE FUNCTION _publishes_reference() RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN @extschema@._coordinator() AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'genome_reference');
+END $$;
+
+-- Ids apart: a sequence's next value made at least lo (it is left alone when already past).
+-- The nodes' ranking log ids (below) and the coordinator's family ids
+-- (genome_cluster.distribute_collection).
+CREATE FUNCTION _sequence_at_least(seq regclass, lo bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF coalesce(pg_sequence_last_value(seq), 0) < lo THEN
+        PERFORM setval(seq, lo, false);
+    END IF;
+END $$;
+
 -- On a data node of a coordinator (pg_genome_cluster), called by genome_cluster.replicate there
 -- with the coordinator's published tables. Ready when every one of them is subscribed here and
 -- copied, and every model registered by path has its file here; then its rankings and outcomes
@@ -510,7 +532,7 @@ END $$;
 -- index: the replicated delete does not cascade). Returns what it found and did.
 CREATE FUNCTION _replica_prepare(part integer, tables text[]) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE lo bigint := (part::bigint + 1) << 40; seq regclass; missing text[]; copying text[]; files text[];
+DECLARE lo bigint := (part::bigint + 1) << 40; missing text[]; copying text[]; files text[];
         indexed integer := 0; c text; ix record;
 BEGIN
     SELECT coalesce(array_agg(t.rel ORDER BY t.rel) FILTER (WHERE r.copied IS NULL), '{}'),
@@ -526,12 +548,8 @@ BEGIN
         RETURN jsonb_strip_nulls(jsonb_build_object('ready', false,
             'not_subscribed', nullif(missing, '{}'), 'copying', nullif(copying, '{}'), 'model_files_missing', nullif(files, '{}')));
     END IF;
-    FOREACH seq IN ARRAY ARRAY[pg_get_serial_sequence('@extschema@.rankings', 'id'), pg_get_serial_sequence('@extschema@.experiences', 'id')]::regclass[] LOOP
-        IF (SELECT coalesce(s.last_value, 0) < lo FROM pg_sequences s
-             WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass = seq) THEN
-            PERFORM setval(seq, lo, false);
-        END IF;
-    END LOOP;
+    PERFORM @extschema@._sequence_at_least(pg_get_serial_sequence('@extschema@.rankings', 'id')::regclass, lo);
+    PERFORM @extschema@._sequence_at_least(pg_get_serial_sequence('@extschema@.experiences', 'id')::regclass, lo);
     DELETE FROM @extschema@.experiences e WHERE NOT EXISTS (SELECT 1 FROM @extschema@.catalogs x WHERE x.name = e.catalog);
     DELETE FROM @extschema@.rankings k WHERE NOT EXISTS (SELECT 1 FROM @extschema@.catalogs x WHERE x.name = k.catalog);
     FOR ix IN SELECT i.indexrelid::regclass AS rel FROM pg_index i JOIN pg_class k ON k.oid = i.indexrelid

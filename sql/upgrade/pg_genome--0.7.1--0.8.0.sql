@@ -520,6 +520,8 @@ BEGIN
         c.id_column, c.text_column, c.embedding_column, rel) USING stride;
 END $$;
 
+COMMENT ON FUNCTION export_bundle IS 'a model version (default: the one its name resolves to) as a bundle: its registry row, config, weights or ONNX bytes, metrics, and a SHA-256 checksum';
+COMMENT ON FUNCTION import_bundle IS 'register the model a bundle carries as a staging version (superuser or genome_admin); refuses a bundle of another format version, with a bad checksum, or whose parts do not check out; returns the new id';
 COMMENT ON FUNCTION register_pet_media IS 'register an app''s photo table (pet, image id, image bytes, taken at, optional pose score) for per-pet clusters';
 COMMENT ON FUNCTION unregister_pet_media IS 'forget a photo table: its photos, clusters and triggers (the app''s table is untouched)';
 CREATE OR REPLACE FUNCTION cluster_pet(pet_id anycompatible, media text DEFAULT NULL) RETURNS jsonb
@@ -739,8 +741,6 @@ END $$;
 
 COMMENT ON FUNCTION pet_clusters IS 'one pet''s clusters with sizes, time spans, centroid summary and heroes, coverage and model: an API payload';
 COMMENT ON FUNCTION hero_score_of IS 'a photo''s hero score from its quality, similarity to its cluster, age and pose (weights default to the genome.hero_weight_* settings)';
-COMMENT ON FUNCTION export_bundle IS 'a model version (default: the one its name resolves to) as a bundle: its registry row, config, weights or ONNX bytes, metrics, and a SHA-256 checksum';
-COMMENT ON FUNCTION import_bundle IS 'register the model a bundle carries as a staging version (superuser or genome_admin); refuses a bundle of another format version, with a bad checksum, or whose parts do not check out; returns the new id';
 CREATE OR REPLACE FUNCTION "sequence_families"(
 	"collection" TEXT, /* & str */
 	"lineage_column" TEXT DEFAULT NULL, /* Option < & str > */
@@ -826,7 +826,7 @@ BEGIN
     m := @extschema@.resolve_model(model);
     -- on a coordinator that publishes its catalogs, the row reaches every data node at once: the
     -- nodes must have the tables (pg_genome_cluster; README "Several nodes")
-    IF @extschema@._coordinator() AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'genome_reference') THEN
+    IF @extschema@._publishes_reference() THEN
         PERFORM genome_cluster._check_on_nodes(ARRAY[capabilities, links, tools], ARRAY[current_user::text]);
     END IF;
     -- the row policy checks that the writer owns the capability and link tables
@@ -914,7 +914,7 @@ BEGIN
     DELETE FROM @extschema@.rankings k WHERE k.catalog = prune_experiences.catalog AND k.created_at < now() - keep;
     -- on a coordinator that publishes its catalogs, the data nodes' logs too: each keeps the
     -- rankings it served and their outcomes (pg_genome_cluster)
-    IF @extschema@._coordinator() AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'genome_reference') THEN
+    IF @extschema@._publishes_reference() THEN
         n := n + genome_cluster.prune_experiences(catalog);
     END IF;
     RETURN n;
@@ -931,9 +931,23 @@ COMMENT ON FUNCTION train_ranker IS 'train a ranker version from the experience 
 COMMENT ON FUNCTION ranking_monitor IS 'feature validation, drift (KS on intent projections, PSI of scores) and online latency, fallback, error rate and logged MRR of a catalog';
 COMMENT ON FUNCTION temporal_validation IS 'train on the experience log before a time, rank the successful outcomes after it (ranker against dense cosine)';
 COMMENT ON FUNCTION evaluate_ranker IS 'ranking and calibration metrics of a ranker version over a table of labelled intents';
+CREATE OR REPLACE FUNCTION _publishes_reference() RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN @extschema@._coordinator() AND EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'genome_reference');
+END $$;
+
+CREATE OR REPLACE FUNCTION _sequence_at_least(seq regclass, lo bigint) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF coalesce(pg_sequence_last_value(seq), 0) < lo THEN
+        PERFORM setval(seq, lo, false);
+    END IF;
+END $$;
+
 CREATE OR REPLACE FUNCTION _replica_prepare(part integer, tables text[]) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE lo bigint := (part::bigint + 1) << 40; seq regclass; missing text[]; copying text[]; files text[];
+DECLARE lo bigint := (part::bigint + 1) << 40; missing text[]; copying text[]; files text[];
         indexed integer := 0; c text; ix record;
 BEGIN
     SELECT coalesce(array_agg(t.rel ORDER BY t.rel) FILTER (WHERE r.copied IS NULL), '{}'),
@@ -949,12 +963,8 @@ BEGIN
         RETURN jsonb_strip_nulls(jsonb_build_object('ready', false,
             'not_subscribed', nullif(missing, '{}'), 'copying', nullif(copying, '{}'), 'model_files_missing', nullif(files, '{}')));
     END IF;
-    FOREACH seq IN ARRAY ARRAY[pg_get_serial_sequence('@extschema@.rankings', 'id'), pg_get_serial_sequence('@extschema@.experiences', 'id')]::regclass[] LOOP
-        IF (SELECT coalesce(s.last_value, 0) < lo FROM pg_sequences s
-             WHERE format('%I.%I', s.schemaname, s.sequencename)::regclass = seq) THEN
-            PERFORM setval(seq, lo, false);
-        END IF;
-    END LOOP;
+    PERFORM @extschema@._sequence_at_least(pg_get_serial_sequence('@extschema@.rankings', 'id')::regclass, lo);
+    PERFORM @extschema@._sequence_at_least(pg_get_serial_sequence('@extschema@.experiences', 'id')::regclass, lo);
     DELETE FROM @extschema@.experiences e WHERE NOT EXISTS (SELECT 1 FROM @extschema@.catalogs x WHERE x.name = e.catalog);
     DELETE FROM @extschema@.rankings k WHERE NOT EXISTS (SELECT 1 FROM @extschema@.catalogs x WHERE x.name = k.catalog);
     FOR ix IN SELECT i.indexrelid::regclass AS rel FROM pg_index i JOIN pg_class k ON k.oid = i.indexrelid
@@ -1015,6 +1025,9 @@ COMMENT ON FUNCTION disable_auto_embed IS 'stop background embedding of a collec
 COMMENT ON FUNCTION process_embed_queue IS 'embed one batch of queued rows in this transaction (the background worker does this by itself)';
 COMMENT ON FUNCTION reembed IS 're-embed a collection with another model in the background; switches over atomically when every row is done';
 COMMENT ON FUNCTION wake_embed_workers IS 'ask this database''s embedding workers to look at the queue once the current transaction commits';
+COMMENT ON FUNCTION create_search_index IS 'create the pgvector HNSW (cosine) index genome.search uses, unless the embedding column has one';
+COMMENT ON FUNCTION search(text, text, integer, real, jsonb) IS 'semantic search: rows of a collection most similar to a text (cosine), best first, with optional equality filters';
+COMMENT ON FUNCTION search(text, vector, integer, real, jsonb) IS 'semantic search with a precomputed query vector';
 COMMENT ON VIEW progress IS 'full classifications and assignments running now: stage, rows (or steps) done of total, and the time the stage has left at its pace so far';
 COMMENT ON FUNCTION progress_slots IS 'the raw progress slots of running jobs; genome.progress joins them with pg_stat_activity';
 CREATE OR REPLACE FUNCTION health() RETURNS jsonb
@@ -1098,9 +1111,6 @@ END $$;
 
 COMMENT ON FUNCTION health IS 'versions, ONNX Runtime, workers, pg_cron jobs, queue depth and pending assignments as jsonb; on a coordinator every data node''s too';
 COMMENT ON FUNCTION metrics IS 'Prometheus text exposition of pg_genome counters and gauges';
-COMMENT ON FUNCTION create_search_index IS 'create the pgvector HNSW (cosine) index genome.search uses, unless the embedding column has one';
-COMMENT ON FUNCTION search(text, text, integer, real, jsonb) IS 'semantic search: rows of a collection most similar to a text (cosine), best first, with optional equality filters';
-COMMENT ON FUNCTION search(text, vector, integer, real, jsonb) IS 'semantic search with a precomputed query vector';
 
 -- sql/fragments/0.7.1--0.8.0.post.sql
 -- Every collection whose table is there lists its pending rows in genome.pending_rows, as
@@ -1145,7 +1155,7 @@ BEGIN
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO genome_user', f);
     END LOOP;
 END $grants$;
-GRANT EXECUTE ON FUNCTION progress_slots(), _coordinator(), _runtime_info(), _inference_info(), _metrics_counters(), _vector_schema(), _ranking_monitor_or_skip(text),
+GRANT EXECUTE ON FUNCTION progress_slots(), _coordinator(), _publishes_reference(), _runtime_info(), _inference_info(), _metrics_counters(), _vector_schema(), _ranking_monitor_or_skip(text),
     _check_registrant(text, text, oid, regrole), _owner_value(oid, text, text[], text[], text[]) TO genome_monitor;
 -- resolve_model (open to all, as before 0.6.0) calls it; it reads genome.models as the caller
 GRANT EXECUTE ON FUNCTION _resolve_model(text, boolean) TO PUBLIC;
